@@ -1,0 +1,12 @@
+//! Kestrel's on-board runtime: runs exported models with tract.
+//!
+//! This crate never depends on burn: what the host trains is exported to ONNX and run here, and the
+//! host itself computes its training embeddings through [`OnnxModel`] so both sides compute the same
+//! numbers with the same code.
+
+pub mod cli;
+pub mod model;
+pub mod trunk;
+
+pub use model::{EdgeError, ModelOutput, OnnxModel, Threads};
+pub use trunk::Trunk;

@@ -1,0 +1,218 @@
+//! Loading an ONNX model into tract, optimising it once, and running batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+/// Errors of the edge runtime, each naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The model file is missing or unreadable.
+    #[error("cannot read model {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// tract refused the model (malformed protobuf, unsupported operator, bad shapes).
+    #[error("model {path} cannot be loaded: {reason} (re-export it with `kestrel`)")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// tract's explanation, outermost context first.
+        reason: String,
+    },
+    /// Running the model failed.
+    #[error("running model {path} failed: {reason}")]
+    Run {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The input does not have the size the model expects.
+    #[error("model {path} expects {expected} input values per image, got {got}")]
+    InputSize {
+        /// The file.
+        path: PathBuf,
+        /// Values per image the model wants.
+        expected: usize,
+        /// Values received.
+        got: usize,
+    },
+    /// The description next to the model is unusable.
+    #[error(transparent)]
+    Info(#[from] kestrel_shared::TrunkInfoError),
+    /// The model file is not the one the description names.
+    #[error("{path} has sha256 {found} but its description expects {expected}: the bundle is damaged or mixed up; export it again")]
+    Checksum {
+        /// The model file.
+        path: PathBuf,
+        /// Its sha256.
+        found: String,
+        /// The one in the description.
+        expected: String,
+    },
+    /// A picture could not be read.
+    #[error(transparent)]
+    Image(#[from] kestrel_shared::PreprocessError),
+}
+
+/// How many threads tract's matrix kernels may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One thread: the caller's.
+    Single,
+    /// A pool of n threads.
+    Multi(usize),
+}
+
+/// tract's error with all its context, outermost first.
+fn chain(e: &TractError) -> String {
+    format!("{e:#}")
+}
+
+/// One output tensor, flattened, with its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOutput {
+    /// Shape, batch first.
+    pub shape: Vec<usize>,
+    /// Values in row-major order.
+    pub data: Vec<f32>,
+}
+
+/// An ONNX model with one float input, optimised by tract for a fixed batch size.
+pub struct OnnxModel {
+    path: PathBuf,
+    plan: Arc<TypedRunnableModel>,
+    input_shape: Vec<usize>,
+    threads: Threads,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("path", &self.path)
+            .field("input_shape", &self.input_shape)
+            .finish()
+    }
+}
+
+impl OnnxModel {
+    /// Load `path`, fix the batch dimension to `batch`, and optimise the graph once.
+    pub fn load(path: &Path, batch: usize, threads: Threads) -> Result<Self, EdgeError> {
+        let bytes = std::fs::read(path).map_err(|source| EdgeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path, batch, threads)
+    }
+
+    /// Like [`OnnxModel::load`], from bytes already in memory (`path` is only used in messages).
+    pub fn from_bytes(bytes: &[u8], path: &Path, batch: usize, threads: Threads) -> Result<Self, EdgeError> {
+        let load_err = |e: TractError| EdgeError::Load {
+            path: path.to_path_buf(),
+            reason: chain(&e),
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &*bytes)
+            .map_err(load_err)?;
+        // Fix the batch dimension (the exporter leaves it symbolic) so tract can plan statically.
+        let fact = model.input_fact(0).map_err(load_err)?.clone();
+        let shape = fact.shape.dims().cloned().collect::<Vec<_>>();
+        let mut concrete = Vec::with_capacity(shape.len());
+        for (i, d) in shape.iter().enumerate() {
+            match d.concretize().and_then(|d| d.as_i64()).and_then(|v| usize::try_from(v).ok()) {
+                Some(v) => concrete.push(v),
+                None if i == 0 => concrete.push(batch),
+                None => {
+                    return Err(EdgeError::Load {
+                        path: path.to_path_buf(),
+                        reason: format!("input dimension {i} is not fixed ({d:?})"),
+                    });
+                }
+            }
+        }
+        if concrete.is_empty() {
+            return Err(EdgeError::Load {
+                path: path.to_path_buf(),
+                reason: "the model input has no known shape".into(),
+            });
+        }
+        concrete[0] = batch;
+        model
+            .set_input_fact(0, f32::fact(&concrete).into())
+            .map_err(load_err)?;
+        let typed = model.into_optimized().map_err(load_err)?;
+        let options = match threads {
+            Threads::Single => RunOptions::default(),
+            Threads::Multi(n) => RunOptions {
+                executor: Some(multithread::Executor::multithread(n)),
+                ..Default::default()
+            },
+        };
+        let plan = typed.into_runnable_with_options(&options).map_err(load_err)?;
+        Ok(OnnxModel {
+            path: path.to_path_buf(),
+            plan,
+            input_shape: concrete,
+            threads,
+        })
+    }
+
+    /// Input shape, batch first.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// Batch size the model was planned for.
+    pub fn batch(&self) -> usize {
+        self.input_shape[0]
+    }
+
+    /// Threads the model runs with.
+    pub fn threads(&self) -> Threads {
+        self.threads
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Names of the operators tract runs after optimisation, one per node, in order.
+    pub fn op_names(&self) -> Vec<String> {
+        self.plan
+            .model()
+            .nodes()
+            .iter()
+            .map(|n| n.op().name().to_string())
+            .collect()
+    }
+
+    /// Run one full batch given as flat values; returns the first output.
+    pub fn run(&self, input: &[f32]) -> Result<ModelOutput, EdgeError> {
+        let expected: usize = self.input_shape.iter().product();
+        if input.len() != expected {
+            return Err(EdgeError::InputSize {
+                path: self.path.clone(),
+                expected: expected / self.batch(),
+                got: input.len() / self.batch().max(1),
+            });
+        }
+        let run_err = |e: TractError| EdgeError::Run {
+            path: self.path.clone(),
+            reason: chain(&e),
+        };
+        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(run_err)?;
+        let outputs = self.plan.run(tvec!(tensor.into_tvalue())).map_err(run_err)?;
+        let out = outputs[0].to_plain_array_view::<f32>().map_err(run_err)?;
+        Ok(ModelOutput {
+            shape: out.shape().to_vec(),
+            data: out.iter().copied().collect(),
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! `kestrel bench`: embeddings per second of the frozen trunk, burn (each backend) against tract
+//! on the exported ONNX, with onnxruntime as the peer, all in one run on the same input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use kestrel_edge::{Threads, Trunk};
+use kestrel_shared::{CutPoint, PreprocessSpec};
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::pretrained::Pretrained;
+
+/// The golden synthetic picture: `x[c,h,w] = sin(0.05 (h+1)(c+1)) cos(0.03 (w+1))`, CHW.
+pub fn synthetic_input(height: usize, width: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(3 * height * width);
+    for c in 0..3 {
+        for h in 0..height {
+            for w in 0..width {
+                let v = (0.05 * (h + 1) as f64 * (c + 1) as f64).sin() * (0.03 * (w + 1) as f64).cos();
+                x.push(v as f32);
+            }
+        }
+    }
+    x
+}
+
+/// One measured engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// Engine name.
+    pub engine: String,
+    /// Median milliseconds per batch.
+    pub median_ms: f64,
+    /// 95th percentile milliseconds per batch.
+    pub p95_ms: f64,
+    /// Embeddings per second at the median.
+    pub embeddings_per_sec: f64,
+    /// Why the engine was not measured, if it was not.
+    pub skipped: Option<String>,
+}
+
+/// Settings of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Timed iterations per engine.
+    pub iters: usize,
+    /// Untimed warm-up iterations.
+    pub warmup: usize,
+    /// Trunk cut measured.
+    pub cut: CutPoint,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Python interpreter for the onnxruntime peer.
+    pub python: String,
+}
+
+fn stats(engine: &str, mut times: Vec<f64>, batch: usize) -> BenchRow {
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let p95 = times[((times.len() as f64 * 0.95) as usize).min(times.len() - 1)];
+    BenchRow {
+        engine: engine.into(),
+        median_ms: median,
+        p95_ms: p95,
+        embeddings_per_sec: batch as f64 * 1000.0 / median,
+        skipped: None,
+    }
+}
+
+fn time<F: FnMut()>(opts: &BenchOptions, mut f: F) -> Vec<f64> {
+    for _ in 0..opts.warmup {
+        f();
+    }
+    (0..opts.iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+const ORT_SCRIPT: &str = r#"
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+path, batch, iters, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+so = ort.SessionOptions()
+so.intra_op_num_threads = 1
+so.inter_op_num_threads = 1
+s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+inp = s.get_inputs()[0]
+x = np.random.default_rng(0).standard_normal((batch,) + tuple(inp.shape[1:])).astype(np.float32)
+for _ in range(warmup):
+    s.run(None, {inp.name: x})
+times = []
+for _ in range(iters):
+    t = time.perf_counter()
+    s.run(None, {inp.name: x})
+    times.append((time.perf_counter() - t) * 1e3)
+print(json.dumps({"times": times, "version": ort.__version__}))
+"#;
+
+fn onnxruntime(onnx: &Path, opts: &BenchOptions) -> Result<(Vec<f64>, String), String> {
+    let out = Command::new(&opts.python)
+        .args(["-c", ORT_SCRIPT])
+        .arg(onnx)
+        .args([opts.batch, opts.iters, opts.warmup].map(|v| v.to_string()))
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", opts.python))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad output from python: {e}"))?;
+    let times = v["times"]
+        .as_array()
+        .ok_or("no times")?
+        .iter()
+        .filter_map(|t| t.as_f64())
+        .collect();
+    Ok((times, v["version"].as_str().unwrap_or("?").to_string()))
+}
+
+/// Measure every engine on one thread. Burn must already be limited to one thread
+/// ([`crate::backend::set_threads`]) for the comparison to be fair.
+pub fn run(weights: &Path, cache: &Path, opts: &BenchOptions) -> anyhow::Result<Vec<BenchRow>> {
+    let spec = PreprocessSpec::imagenet();
+    let (h, w) = (spec.height as usize, spec.width as usize);
+    let one = synthetic_input(h, w);
+    let input: Vec<f32> = (0..opts.batch).flat_map(|_| one.iter().copied()).collect();
+    let mut rows = Vec::new();
+    let mut trunk_dir: Option<PathBuf> = None;
+    for backend in Backend::ALL {
+        let p = Pretrained::load(weights, backend)?;
+        let trunk = p.model.clone().truncate(opts.cut);
+        let times = time(opts, || {
+            trunk.run(input.clone(), opts.batch, h, w, &p.device);
+        });
+        rows.push(stats(&format!("burn-{}", backend.name()), times, opts.batch));
+        if trunk_dir.is_none() {
+            trunk_dir = Some(p.cached_trunk(opts.cut, spec, cache)?);
+        }
+    }
+    let dir = trunk_dir.expect("at least one backend");
+    let trunk = Trunk::open(&dir, opts.batch, Threads::Single)?;
+    let times = time(opts, || {
+        trunk.model.run(&input).expect("tract runs the trunk");
+    });
+    rows.push(stats("tract", times, opts.batch));
+    match onnxruntime(&dir.join(&trunk.info.onnx_file), opts) {
+        Ok((times, version)) => rows.push(stats(&format!("onnxruntime-{version}"), times, opts.batch)),
+        Err(why) => rows.push(BenchRow {
+            engine: "onnxruntime".into(),
+            median_ms: f64::NAN,
+            p95_ms: f64::NAN,
+            embeddings_per_sec: f64::NAN,
+            skipped: Some(why),
+        }),
+    }
+    Ok(rows)
+}
+
+/// A plain-text table of the rows, with each engine's speed relative to tract.
+pub fn table(rows: &[BenchRow]) -> String {
+    let tract = rows
+        .iter()
+        .find(|r| r.engine == "tract")
+        .map(|r| r.median_ms)
+        .unwrap_or(f64::NAN);
+    let mut s = format!(
+        "{:<22} {:>10} {:>10} {:>12} {:>14}\n",
+        "engine", "median ms", "p95 ms", "emb/s", "time vs tract"
+    );
+    for r in rows {
+        match &r.skipped {
+            Some(why) => s += &format!("{:<22} skipped: {why}\n", r.engine),
+            None => {
+                s += &format!(
+                    "{:<22} {:>10.2} {:>10.2} {:>12.1} {:>13.2}x\n",
+                    r.engine,
+                    r.median_ms,
+                    r.p95_ms,
+                    r.embeddings_per_sec,
+                    r.median_ms / tract
+                )
+            }
+        }
+    }
+    s
+}

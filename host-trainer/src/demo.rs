@@ -1,0 +1,106 @@
+//! `kestrel demo`: the main job, end to end on this machine.
+//!
+//! Today: fetch the weights, classify the sample photos with burn, export the frozen trunk to
+//! ONNX, run it in the edge runtime (tract) on the same photos, and check both sides agree.
+//! Later stages add training, the bundle, deployment and detection.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kestrel_edge::{Threads, Trunk};
+use kestrel_shared::{CutPoint, PreprocessSpec};
+use serde_json::json;
+
+use crate::imagenet::{SAMPLES, class_names};
+use crate::predict::Classifier;
+use crate::pretrained::Pretrained;
+
+/// What the demo measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoReport {
+    /// Sample photos whose top-1 class was the expected one.
+    pub top1_correct: usize,
+    /// Sample photos.
+    pub photos: usize,
+    /// Largest difference between burn's and tract's trunk outputs on the photos.
+    pub max_abs_diff_burn_vs_tract: f32,
+    /// Milliseconds per photo through burn's trunk.
+    pub burn_trunk_ms: f64,
+    /// Milliseconds per photo through tract's trunk (edge runtime).
+    pub tract_trunk_ms: f64,
+    /// The trunk directory.
+    pub trunk_dir: PathBuf,
+}
+
+/// Run the demo, writing photos, the trunk and `metrics.json` under `out`.
+pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result<DemoReport> {
+    std::fs::create_dir_all(out)?;
+    let spec = PreprocessSpec::imagenet();
+    let mut photos = Vec::new();
+    for (name, bytes, _) in SAMPLES {
+        let p = out.join(name);
+        std::fs::write(&p, bytes)?;
+        photos.push(p);
+    }
+
+    println!("== 1. ImageNet classification with the pretrained MobileNetV2 (burn, {})", pretrained.backend.name());
+    let classifier = Classifier {
+        model: &pretrained.model,
+        device: &pretrained.device,
+        spec,
+        labels: class_names(),
+        batch: 8,
+    };
+    let mut top1_correct = 0;
+    for (res, (_, _, expected)) in classifier.classify_files(&photos, 3).into_iter().zip(SAMPLES) {
+        let p = res?;
+        let best = &p.top[0];
+        let ok = best.label == *expected;
+        top1_correct += ok as usize;
+        let top: Vec<String> = p.top.iter().map(|s| format!("{} {:.1}%", s.label, 100.0 * s.score)).collect();
+        println!(
+            "   {:<12} {}   [{}]",
+            p.image.file_name().unwrap_or_default().to_string_lossy(),
+            top.join(", "),
+            if ok { "as expected" } else { "UNEXPECTED" }
+        );
+    }
+
+    println!("== 2. Export the frozen trunk (cut at {cut}) to ONNX");
+    let trunk_dir = out.join("trunk");
+    let info = crate::export::export_trunk(&pretrained.model, cut, spec, &pretrained.weights_sha256, &trunk_dir)?;
+    let size = std::fs::metadata(trunk_dir.join(&info.onnx_file))?.len();
+    println!("   {} ({:.1} MB, output {:?})", trunk_dir.join(&info.onnx_file).display(), size as f64 / 1e6, info.output_shape);
+
+    println!("== 3. Run the trunk in the edge runtime (tract) and compare with burn");
+    let inputs: Vec<Vec<f32>> = photos.iter().map(|p| spec.load_and_apply(p)).collect::<Result<_, _>>()?;
+    let trunk = Trunk::open(&trunk_dir, 1, Threads::Single)?;
+    let burn_trunk = pretrained.model.clone().truncate(cut);
+    let (mut max_diff, mut burn_ms, mut tract_ms) = (0f32, 0f64, 0f64);
+    for x in &inputs {
+        let t = Instant::now();
+        let (b, _) = burn_trunk.run(x.clone(), 1, 224, 224, &pretrained.device);
+        burn_ms += t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let e = trunk.embed(std::slice::from_ref(x))?.remove(0);
+        tract_ms += t.elapsed().as_secs_f64() * 1e3;
+        max_diff = b.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+    }
+    let n = inputs.len() as f64;
+    let report = DemoReport {
+        top1_correct,
+        photos: photos.len(),
+        max_abs_diff_burn_vs_tract: max_diff,
+        burn_trunk_ms: burn_ms / n,
+        tract_trunk_ms: tract_ms / n,
+        trunk_dir: trunk_dir.clone(),
+    };
+    println!(
+        "   max |burn - tract| = {:.2e}; burn {:.1} ms/photo, tract {:.1} ms/photo (first runs, one photo at a time)",
+        report.max_abs_diff_burn_vs_tract, report.burn_trunk_ms, report.tract_trunk_ms
+    );
+    let metrics = out.join("metrics.json");
+    std::fs::write(&metrics, serde_json::to_string_pretty(&json!({"demo": report, "trunk": info}))? + "\n")?;
+    println!("== metrics: top-1 {}/{} sample photos; written to {}", report.top1_correct, report.photos, metrics.display());
+    Ok(report)
+}

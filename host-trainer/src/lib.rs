@@ -1,0 +1,20 @@
+//! Kestrel's workstation side: torchvision's pretrained MobileNetV2 in burn, cut into a frozen
+//! trunk, exported to ONNX for the board, and (in later stages) transfer learning on top of it.
+//!
+//! The binary `kestrel` is a thin layer over these modules.
+
+pub mod backend;
+pub mod bench;
+pub mod demo;
+pub mod export;
+pub mod imagenet;
+pub mod mobilenet;
+pub mod onnx;
+pub mod predict;
+pub mod pretrained;
+pub mod progress;
+pub mod weights;
+
+pub use backend::Backend;
+pub use mobilenet::{MobileNetV2, MobileNetV2Config};
+pub use pretrained::Pretrained;

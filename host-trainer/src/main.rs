@@ -1,0 +1,188 @@
+//! `kestrel`: Kestrel's workstation command line (argument parsing only; the work is in the library).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use kestrel_shared::{CutPoint, PreprocessSpec};
+use kestrel_trainer::backend::{Backend, set_threads};
+use kestrel_trainer::progress::{Bars, Silent};
+use kestrel_trainer::weights::{Fetcher, default_cache_dir};
+use kestrel_trainer::{Pretrained, bench, demo, imagenet, predict};
+
+#[derive(Parser)]
+#[command(name = "kestrel", version, about = "Transfer learning for edge vision: train on a workstation, run on a board")]
+struct Cli {
+    /// MobileNetV2 weights file (mobilenet_v2-b0353104.pth), for offline use.
+    #[arg(long, global = true, env = "KESTREL_WEIGHTS")]
+    weights: Option<PathBuf>,
+    /// burn backend.
+    #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
+    backend: Backend,
+    /// CPU threads for burn (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Hide progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download and verify the pretrained weights into the cache; print their path.
+    FetchWeights,
+    /// Classify photos with the full pretrained ImageNet model.
+    Predict {
+        /// Pictures (PNG, JPEG, WebP, BMP).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Number of classes to show per picture.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// One JSON object per picture and line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the frozen trunk, cut at a layer, to ONNX (trunk.onnx + trunk.json).
+    ExportTrunk {
+        /// features.0 .. features.18, or stride8 / stride16 / stride32 / pooled.
+        #[arg(long, default_value = "pooled")]
+        cut: CutPoint,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Embed pictures through the exported trunk with tract (model 1 of the two-model approach).
+    Embed {
+        /// Pictures.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Cut point.
+        #[arg(long, default_value = "pooled")]
+        cut: CutPoint,
+        /// Print every value.
+        #[arg(long)]
+        values: bool,
+    },
+    /// Measure embeddings per second on one core: burn (flex, ndarray), tract, onnxruntime.
+    Bench {
+        /// Timed iterations per engine.
+        #[arg(long, default_value_t = 30)]
+        iters: usize,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Cut point measured.
+        #[arg(long, default_value = "pooled")]
+        cut: CutPoint,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The main job: weights, classification, trunk export, edge runtime, metrics.
+    Demo {
+        /// Output directory.
+        #[arg(long, default_value = "kestrel-demo")]
+        out: PathBuf,
+        /// Cut point of the exported trunk.
+        #[arg(long, default_value = "pooled")]
+        cut: CutPoint,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let threads = match cli.command {
+        // Benchmarks compare engines on one core unless told otherwise.
+        Command::Bench { .. } => Some(cli.threads.unwrap_or(1)),
+        _ => cli.threads,
+    };
+    if let Some(n) = threads {
+        set_threads(n);
+    }
+    let cache = default_cache_dir();
+    let resolve = || -> anyhow::Result<PathBuf> {
+        let progress: &dyn kestrel_trainer::progress::Progress = if cli.quiet { &Silent } else { &Bars };
+        Ok(Fetcher::default().resolve(cli.weights.as_deref(), progress)?)
+    };
+
+    match cli.command {
+        Command::FetchWeights => println!("{}", resolve()?.display()),
+        Command::Predict { ref images, top, json } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let classifier = predict::Classifier {
+                model: &p.model,
+                device: &p.device,
+                spec: PreprocessSpec::imagenet(),
+                labels: imagenet::class_names(),
+                batch: 8,
+            };
+            let mut failed = 0;
+            for res in classifier.classify_files(images, top) {
+                match res {
+                    Ok(pred) if json => println!("{}", serde_json::to_string(&pred)?),
+                    Ok(pred) => {
+                        println!("{}", pred.image.display());
+                        for s in &pred.top {
+                            println!("  {:>6.2}%  {:>4}  {}", 100.0 * s.score, s.class, s.label);
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} pictures could not be classified", images.len());
+            }
+        }
+        Command::ExportTrunk { cut, ref out } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let info = kestrel_trainer::export::export_trunk(&p.model, cut, PreprocessSpec::imagenet(), &p.weights_sha256, out)
+                .with_context(|| format!("exporting the trunk to {}", out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        Command::Embed { ref images, cut, values } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let dir = p.cached_trunk(cut, PreprocessSpec::imagenet(), &cache)?;
+            let trunk = kestrel_edge::Trunk::open(&dir, 1, kestrel_edge::Threads::Single)?;
+            let failed = kestrel_edge::cli::embed_images(&trunk, images, values, &mut std::io::stdout())?;
+            if failed > 0 {
+                bail!("{failed} of {} pictures could not be embedded", images.len());
+            }
+        }
+        Command::Bench { iters, batch, cut, ref out } => {
+            let opts = bench::BenchOptions {
+                iters,
+                warmup: 3,
+                cut,
+                batch,
+                python: std::env::var("KESTREL_PYTHON").unwrap_or_else(|_| "python3".into()),
+            };
+            let rows = bench::run(&resolve()?, &cache, &opts)?;
+            println!("MobileNetV2 trunk ({cut}), batch {batch}, {} thread(s), {iters} runs", threads.unwrap_or(1));
+            print!("{}", bench::table(&rows));
+            if let Some(out) = out {
+                std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+        Command::Demo { ref out, cut } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let report = demo::run(&p, cut, out)?;
+            if report.top1_correct != report.photos || report.max_abs_diff_burn_vs_tract > 1e-3 {
+                bail!("demo results are off: {report:?}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! torchvision's MobileNetV2, in burn, loadable from `mobilenet_v2-b0353104.pth`.
+//!
+//! The layer list mirrors torchvision's `features.0` .. `features.18` (stem, 17 inverted residual
+//! blocks, last 1x1 conv) so that a [`CutPoint`] means the same layer on both sides. BatchNorm runs
+//! on its running statistics unless the model is put on an autodiff device for training.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::tensor::{Device, Tensor, TensorData};
+use kestrel_shared::CutPoint;
+
+/// Torchvision's inverted residual settings: expansion t, output channels c, repeats n, stride s.
+const SETTINGS: [(usize, usize, usize, usize); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+/// Number of inverted residual blocks (`features.1` .. `features.17`).
+pub const NUM_BLOCKS: usize = 17;
+
+/// torchvision's `_make_divisible`: round channels to a multiple of 8, never losing more than 10%.
+pub fn make_divisible(v: f32, divisor: usize) -> usize {
+    let d = divisor as f32;
+    let mut new_v = ((v + d / 2.0) as usize / divisor * divisor).max(divisor);
+    if (new_v as f32) < 0.9 * v {
+        new_v += divisor;
+    }
+    new_v
+}
+
+/// Architecture options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MobileNetV2Config {
+    /// Width multiplier (1.0 = torchvision's pretrained model).
+    pub width: f32,
+    /// ImageNet classes of the classifier.
+    pub num_classes: usize,
+}
+
+impl Default for MobileNetV2Config {
+    fn default() -> Self {
+        MobileNetV2Config {
+            width: 1.0,
+            num_classes: 1000,
+        }
+    }
+}
+
+/// Convolution, BatchNorm, and optionally ReLU6: torchvision's `Conv2dNormActivation`.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    /// Convolution without bias (the BatchNorm supplies it).
+    pub conv: Conv2d,
+    /// Normalisation.
+    pub bn: BatchNorm,
+    /// Whether ReLU6 follows (false for the linear bottleneck projection).
+    pub relu6: bool,
+}
+
+impl ConvBn {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, groups: usize, relu6: bool, device: &Device) -> Self {
+        let pad = (k - 1) / 2;
+        ConvBn {
+            conv: Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_groups(groups)
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(cout).with_epsilon(1e-5).init(device),
+            relu6,
+        }
+    }
+
+    /// `[N, Cin, H, W] -> [N, Cout, H/stride, W/stride]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.bn.forward(self.conv.forward(x));
+        if self.relu6 { x.clamp(0.0, 6.0) } else { x }
+    }
+}
+
+/// MobileNetV2's inverted residual block: expand (1x1), depthwise (3x3), project (1x1, linear).
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    /// 1x1 expansion (absent when the expansion factor is 1).
+    pub expand: Option<ConvBn>,
+    /// 3x3 depthwise convolution.
+    pub depthwise: ConvBn,
+    /// 1x1 linear projection.
+    pub project: ConvBn,
+    /// Whether the input is added to the output (stride 1 and same channels).
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(cin: usize, cout: usize, stride: usize, t: usize, device: &Device) -> Self {
+        let hidden = cin * t;
+        InvertedResidual {
+            expand: (t != 1).then(|| ConvBn::new(cin, hidden, 1, 1, 1, true, device)),
+            depthwise: ConvBn::new(hidden, hidden, 3, stride, hidden, true, device),
+            project: ConvBn::new(hidden, cout, 1, 1, 1, false, device),
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    /// `[N, Cin, H, W] -> [N, Cout, H/stride, W/stride]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = expand.forward(y);
+        }
+        let y = self.project.forward(self.depthwise.forward(y));
+        if self.residual { x + y } else { y }
+    }
+}
+
+/// MobileNetV2, possibly cut: layers after the cut point are absent, not merely skipped.
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    /// `features.0`: 3x3 stride-2 convolution.
+    pub stem: ConvBn,
+    /// `features.1` .. `features.17` (fewer when cut earlier).
+    pub blocks: Vec<InvertedResidual>,
+    /// `features.18`: 1x1 convolution to 1280 channels (absent when cut earlier).
+    pub last: Option<ConvBn>,
+    /// ImageNet classifier after global pooling (absent in a trunk).
+    pub classifier: Option<Linear>,
+    /// Whether the output is globally pooled (the `pooled` cut and the full classifier).
+    pub pooled: bool,
+}
+
+/// A failure to build or load the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The weights file could not be read as a PyTorch checkpoint.
+    #[error("cannot load MobileNetV2 weights from {path}: {reason}")]
+    Load {
+        /// The weights file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The checkpoint does not fit the architecture.
+    #[error("weights {path} do not fit MobileNetV2 (width {width}): missing {missing:?}, errors {errors:?}")]
+    Mismatch {
+        /// The weights file.
+        path: String,
+        /// Width multiplier asked for.
+        width: f32,
+        /// Parameters the checkpoint lacks.
+        missing: Vec<String>,
+        /// Shape or type errors.
+        errors: Vec<String>,
+    },
+}
+
+impl MobileNetV2Config {
+    /// Build the full network with fresh (random) parameters on `device`.
+    pub fn init(&self, device: &Device) -> MobileNetV2 {
+        let mut cin = make_divisible(32.0 * self.width, 8);
+        let last_channels = make_divisible(1280.0 * self.width.max(1.0), 8);
+        let stem = ConvBn::new(3, cin, 3, 2, 1, true, device);
+        let mut blocks = Vec::with_capacity(NUM_BLOCKS);
+        for (t, c, n, s) in SETTINGS {
+            let cout = make_divisible(c as f32 * self.width, 8);
+            for i in 0..n {
+                blocks.push(InvertedResidual::new(cin, cout, if i == 0 { s } else { 1 }, t, device));
+                cin = cout;
+            }
+        }
+        MobileNetV2 {
+            stem,
+            blocks,
+            last: Some(ConvBn::new(cin, last_channels, 1, 1, 1, true, device)),
+            classifier: Some(LinearConfig::new(last_channels, self.num_classes).init(device)),
+            pooled: true,
+        }
+    }
+
+    /// Build the network and load torchvision's checkpoint into it (all parameters must load).
+    pub fn load(&self, weights: &Path, device: &Device) -> Result<MobileNetV2, ModelError> {
+        let mut model = self.init(device);
+        let path = weights.display().to_string();
+        let mut store = torchvision_key_mapping(PytorchStore::from_file(weights))
+            .map_indices_contiguous(false)
+            .allow_partial(true);
+        let result = model.load_from(&mut store).map_err(|e| ModelError::Load {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if !result.missing.is_empty() || !result.errors.is_empty() {
+            return Err(ModelError::Mismatch {
+                path,
+                width: self.width,
+                missing: result.missing.into_iter().map(|(p, _)| p).collect(),
+                errors: result.errors.iter().map(|e| format!("{e:?}")).collect(),
+            });
+        }
+        tracing::debug!(
+            applied = result.applied.len(),
+            unused = result.unused.len(),
+            "loaded MobileNetV2 weights from {path}"
+        );
+        Ok(model)
+    }
+}
+
+/// Rename torchvision's `features.N...` keys to this module's field names.
+fn torchvision_key_mapping(mut store: PytorchStore) -> PytorchStore {
+    store = store
+        .with_key_remapping(r"^features\.0\.0\.", "stem.conv.")
+        .with_key_remapping(r"^features\.0\.1\.", "stem.bn.")
+        .with_key_remapping(r"^features\.18\.0\.", "last.conv.")
+        .with_key_remapping(r"^features\.18\.1\.", "last.bn.")
+        .with_key_remapping(r"^classifier\.1\.", "classifier.");
+    // Block 1 has no expansion, so its sub-layer indices are shifted by one.
+    let b = "blocks.0";
+    store = store
+        .with_key_remapping(r"^features\.1\.conv\.0\.0\.", format!("{b}.depthwise.conv."))
+        .with_key_remapping(r"^features\.1\.conv\.0\.1\.", format!("{b}.depthwise.bn."))
+        .with_key_remapping(r"^features\.1\.conv\.1\.", format!("{b}.project.conv."))
+        .with_key_remapping(r"^features\.1\.conv\.2\.", format!("{b}.project.bn."));
+    for n in 2..=NUM_BLOCKS {
+        let b = format!("blocks.{}", n - 1);
+        for (from, to) in [
+            ("conv.0.0", "expand.conv"),
+            ("conv.0.1", "expand.bn"),
+            ("conv.1.0", "depthwise.conv"),
+            ("conv.1.1", "depthwise.bn"),
+            ("conv.2", "project.conv"),
+            ("conv.3", "project.bn"),
+        ] {
+            let from = from.replace('.', r"\.");
+            store = store.with_key_remapping(format!(r"^features\.{n}\.{from}\."), format!("{b}.{to}."));
+        }
+    }
+    store
+}
+
+impl MobileNetV2 {
+    /// Keep only what runs up to `cut`; everything after it is dropped.
+    pub fn truncate(mut self, cut: CutPoint) -> Self {
+        match cut {
+            CutPoint::Features(n) => {
+                self.blocks.truncate((n as usize).min(NUM_BLOCKS));
+                if (n as usize) <= NUM_BLOCKS {
+                    self.last = None;
+                }
+                self.classifier = None;
+                self.pooled = false;
+            }
+            CutPoint::Pooled => {
+                self.classifier = None;
+                self.pooled = true;
+            }
+        }
+        self
+    }
+
+    /// The cut point this (possibly truncated) model ends at, or None for the full classifier.
+    pub fn cut(&self) -> Option<CutPoint> {
+        match (&self.last, &self.classifier, self.pooled) {
+            (_, Some(_), _) => None,
+            (Some(_), None, true) => Some(CutPoint::Pooled),
+            (Some(_), None, false) => Some(CutPoint::Features(18)),
+            (None, _, _) => Some(CutPoint::Features(self.blocks.len() as u8)),
+        }
+    }
+
+    /// Run the feature layers: `[N, 3, H, W] -> [N, C, H/s, W/s]` at the truncation point.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.stem.forward(x);
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        if let Some(last) = &self.last {
+            x = last.forward(x);
+        }
+        x
+    }
+
+    /// Global average pooling: `[N, C, H, W] -> [N, C]`.
+    pub fn pool(x: Tensor<4>) -> Tensor<2> {
+        let [n, c, _, _] = x.dims();
+        x.mean_dims(&[2, 3]).reshape([n, c])
+    }
+
+    /// Everything the model has: a feature map (cut at `features.N`), `[N, 1280]` (pooled) or
+    /// `[N, 1000]` logits (full model), flattened to `[N, rest]` together with its full shape.
+    pub fn forward(&self, x: Tensor<4>) -> (Tensor<2>, Vec<usize>) {
+        let f = self.features(x);
+        if !self.pooled {
+            let dims = f.dims().to_vec();
+            let n = dims[0];
+            return (f.reshape([n as i32, -1]), dims);
+        }
+        let p = Self::pool(f);
+        let p = match &self.classifier {
+            Some(c) => c.forward(p),
+            None => p,
+        };
+        let dims = p.dims().to_vec();
+        (p, dims)
+    }
+
+    /// Run on a batch given as flat CHW floats (`n` images of `h` x `w`) and return flat outputs.
+    pub fn run(&self, input: Vec<f32>, n: usize, h: usize, w: usize, device: &Device) -> (Vec<f32>, Vec<usize>) {
+        let x = Tensor::<4>::from_data(TensorData::new(input, [n, 3, h, w]), device);
+        let (y, shape) = self.forward(x);
+        let data = y.into_data().try_into_vec::<f32>().expect("float output");
+        (data, shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        assert_eq!(make_divisible(32.0, 8), 32);
+        assert_eq!(make_divisible(32.0 * 0.35, 8), 16);
+        assert_eq!(make_divisible(1280.0, 8), 1280);
+        assert_eq!(make_divisible(24.0 * 0.75, 8), 24);
+        assert_eq!(make_divisible(3.0, 8), 8);
+    }
+
+    #[test]
+    fn shapes_and_parameter_count_follow_torchvision() {
+        let device = Device::flex();
+        let model = MobileNetV2Config::default().init(&device);
+        // torchvision: sum(p.numel() for p in mobilenet_v2().parameters()) == 3,504,872
+        assert_eq!(model.num_params(), 3_504_872);
+        assert_eq!(model.blocks.len(), NUM_BLOCKS);
+        assert_eq!(model.cut(), None);
+        let model = model.truncate(CutPoint::Features(13));
+        assert_eq!(model.cut(), Some(CutPoint::Features(13)));
+        let (_, shape) = model.run(vec![0.1; 3 * 64 * 64], 1, 64, 64, &device);
+        assert_eq!(shape, vec![1, 96, 4, 4]);
+    }
+
+    #[test]
+    fn every_cut_has_the_advertised_shape() {
+        let device = Device::flex();
+        let full = MobileNetV2Config::default().init(&device);
+        for n in 0..=18u8 {
+            let cut = CutPoint::Features(n);
+            let m = full.clone().truncate(cut);
+            assert_eq!(m.cut(), Some(cut));
+            let (_, shape) = m.run(vec![0.0; 3 * 32 * 32], 1, 32, 32, &device);
+            assert_eq!(shape, cut.output_shape(32, 32), "{cut}");
+        }
+        let m = full.truncate(CutPoint::Pooled);
+        let (_, shape) = m.run(vec![0.0; 2 * 3 * 32 * 32], 2, 32, 32, &device);
+        assert_eq!(shape, vec![2, 1280]);
+    }
+
+    #[test]
+    fn width_multiplier_changes_channels() {
+        let device = Device::flex();
+        let m = MobileNetV2Config { width: 0.5, num_classes: 10 }.init(&device);
+        let (_, shape) = m.run(vec![0.0; 3 * 32 * 32], 1, 32, 32, &device);
+        assert_eq!(shape, vec![1, 10]);
+        assert!(m.num_params() < 3_504_872 / 2);
+    }
+}

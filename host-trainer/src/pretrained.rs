@@ -1,0 +1,64 @@
+//! The pretrained network as the commands use it: weights resolved, model loaded on a backend.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use kestrel_shared::hash::sha256_file;
+use kestrel_shared::{CutPoint, PreprocessSpec};
+
+use crate::backend::Backend;
+use crate::export::{cached_trunk_dir, export_trunk};
+use crate::mobilenet::{MobileNetV2, MobileNetV2Config};
+
+/// torchvision's ImageNet MobileNetV2 loaded in burn.
+pub struct Pretrained {
+    /// The verified weights file.
+    pub weights: PathBuf,
+    /// Its sha256.
+    pub weights_sha256: String,
+    /// The full model (features + classifier).
+    pub model: MobileNetV2,
+    /// burn backend in use.
+    pub backend: Backend,
+    /// The backend's device.
+    pub device: Device,
+}
+
+impl Pretrained {
+    /// Load verified weights into the full network on `backend`.
+    pub fn load(weights: &Path, backend: Backend) -> anyhow::Result<Self> {
+        let device = backend.device();
+        let model = MobileNetV2Config::default().load(weights, &device)?;
+        // Recorded in every export so a trunk names the exact weights it came from.
+        let weights_sha256 = sha256_file(weights)?;
+        Ok(Pretrained {
+            weights: weights.to_path_buf(),
+            weights_sha256,
+            model,
+            backend,
+            device,
+        })
+    }
+
+    /// Export the trunk cut at `cut` into the cache (once) and return its directory.
+    ///
+    /// This is model 1 of the book's two-model approach: the host embeds its training pictures
+    /// through this ONNX file with tract, exactly as the board will.
+    pub fn cached_trunk(&self, cut: CutPoint, spec: PreprocessSpec, cache: &Path) -> anyhow::Result<PathBuf> {
+        let dir = cached_trunk_dir(cache, &self.weights_sha256, cut, &spec);
+        let usable = kestrel_shared::TrunkInfo::read(&dir.join(kestrel_edge::trunk::TRUNK_JSON))
+            .ok()
+            .is_some_and(|info| {
+                sha256_file(&dir.join(&info.onnx_file)).is_ok_and(|h| h == info.onnx_sha256)
+            });
+        if !usable {
+            tracing::info!("exporting trunk {cut} to {}", dir.display());
+            let tmp = dir.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            export_trunk(&self.model, cut, spec, &self.weights_sha256, &tmp)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir)?;
+        }
+        Ok(dir)
+    }
+}

@@ -1,0 +1,70 @@
+//! Progress reporting for long work, as a small trait so library code never draws by itself.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Something that can show the progress of a task.
+pub trait Progress {
+    /// Start a task of `total` units (bytes, images...), or of unknown length.
+    fn start(&self, what: &str, total: Option<u64>) -> Box<dyn Task>;
+}
+
+/// One running task.
+pub trait Task {
+    /// `n` more units are done.
+    fn advance(&self, n: u64);
+    /// The task is over.
+    fn finish(&self);
+}
+
+/// Shows nothing (tests, `--quiet`, JSON output).
+pub struct Silent;
+
+struct NoTask;
+
+impl Task for NoTask {
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+impl Progress for Silent {
+    fn start(&self, _: &str, _: Option<u64>) -> Box<dyn Task> {
+        Box::new(NoTask)
+    }
+}
+
+/// Terminal progress bars on stderr (hidden automatically when stderr is not a terminal).
+pub struct Bars;
+
+struct BarTask(ProgressBar);
+
+impl Task for BarTask {
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, what: &str, total: Option<u64>) -> Box<dyn Task> {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => {
+                let b = ProgressBar::new_spinner();
+                b.enable_steady_tick(Duration::from_millis(120));
+                b
+            }
+        };
+        bar.set_message(what.to_string());
+        Box::new(BarTask(bar))
+    }
+}

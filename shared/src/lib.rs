@@ -1,0 +1,15 @@
+//! Types both sides of Kestrel agree on.
+//!
+//! The host (`kestrel`, burn) and the board (`kestrel-edge`, tract) must compute exactly the same
+//! thing from the same picture, so everything they have to agree on lives here, once: where the
+//! trunk is cut, how a picture becomes a tensor, and the description that travels with an exported
+//! model. This crate depends on neither burn nor tract.
+
+pub mod cut;
+pub mod hash;
+pub mod preprocess;
+pub mod trunk;
+
+pub use cut::CutPoint;
+pub use preprocess::{Normalization, PreprocessError, PreprocessSpec, ResizeMode};
+pub use trunk::{TRUNK_SCHEMA_VERSION, TrunkInfo, TrunkInfoError};
