@@ -338,8 +338,9 @@ mod tests {
     fn shapes_and_parameter_count_follow_torchvision() {
         let device = Device::flex();
         let model = MobileNetV2Config::default().init(&device);
-        // torchvision: sum(p.numel() for p in mobilenet_v2().parameters()) == 3,504,872
-        assert_eq!(model.num_params(), 3_504_872);
+        // torchvision: sum(p.numel() for p in mobilenet_v2().parameters()) == 3,504,872; burn also
+        // counts the BatchNorm running mean and variance (17,056 channels x 2 = 34,112).
+        assert_eq!(model.num_params(), 3_504_872 + 34_112);
         assert_eq!(model.blocks.len(), NUM_BLOCKS);
         assert_eq!(model.cut(), None);
         let model = model.truncate(CutPoint::Features(13));

@@ -162,11 +162,13 @@ impl PreprocessSpec {
             ResizeMode::Stretch => resize_exact(img, w, h),
             ResizeMode::ShorterSideCrop { shorter } => {
                 // torchvision's Resize(int): the shorter side becomes `shorter`, the longer side
-                // int(shorter * long / short), truncated.
+                // shorter * long / short, rounded (checked against torchvision 0.29's output for a
+                // 451x300 photo: 385, not 384).
+                let long = |l: u32, s: u32| (shorter as f64 * l as f64 / s as f64).round() as u32;
                 let (rw, rh) = if iw <= ih {
-                    (shorter, (shorter as u64 * ih as u64 / iw as u64) as u32)
+                    (shorter, long(ih, iw))
                 } else {
-                    ((shorter as u64 * iw as u64 / ih as u64) as u32, shorter)
+                    (long(iw, ih), shorter)
                 };
                 let resized = resize_exact(img, rw.max(1), rh.max(1));
                 center_crop(&resized, w, h)

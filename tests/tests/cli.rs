@@ -1,0 +1,118 @@
+//! The `kestrel` and `kestrel-edge` binaries as a user runs them.
+
+use std::process::Command;
+
+use kestrel_e2e::{bin, golden_manifest, photo, weights};
+
+fn kestrel() -> Command {
+    let mut c = Command::new(bin("kestrel"));
+    c.env("KESTREL_WEIGHTS", weights()).arg("--quiet");
+    c
+}
+
+#[test]
+fn predict_json_reports_bad_files_and_still_classifies_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8\xff\xe0 truncated jpeg").unwrap();
+    let missing = dir.path().join("missing.png");
+    let out = kestrel()
+        .args(["predict", "--json", "--top", "3"])
+        .arg(photo("chelsea.png"))
+        .arg(&corrupt)
+        .arg(&missing)
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "bad pictures must give a non-zero exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("corrupt.jpg") && stderr.contains("missing.png"), "{stderr}");
+    assert!(stderr.contains("2 of 4 pictures"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let manifest = golden_manifest();
+    for (line, case) in lines.iter().zip(["chelsea", "coffee"]) {
+        assert!(line["image"].as_str().unwrap().ends_with(&format!("{case}.png")));
+        let top = line["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let want = &manifest["cases"][case]["top5"][0];
+        assert_eq!(top[0]["class"], want[0]);
+        assert_eq!(top[0]["label"], want[1]);
+        let scores: Vec<f64> = top.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores[0] <= 1.0 && scores[2] > 0.0);
+    }
+}
+
+#[test]
+fn exported_trunk_runs_in_the_edge_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let trunk = dir.path().join("trunk");
+    let out = kestrel()
+        .args(["export-trunk", "--cut", "stride16", "--out"])
+        .arg(&trunk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["cut"], "features.13");
+
+    let out = Command::new(bin("kestrel-edge"))
+        .args(["embed", "--values", "--trunk"])
+        .arg(&trunk)
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["shape"], serde_json::json!([1, 96, 14, 14]));
+    assert_eq!(line["values"].as_array().unwrap().len(), 96 * 14 * 14);
+
+    // The host's `kestrel embed` goes through the same ONNX trunk with tract: same numbers.
+    let host = kestrel()
+        .args(["embed", "--values", "--cut", "stride16"])
+        .arg(photo("coffee.png"))
+        .output()
+        .unwrap();
+    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
+    let host: serde_json::Value = serde_json::from_slice(&host.stdout).unwrap();
+    assert_eq!(host["values"], line["values"]);
+
+    let out = Command::new(bin("kestrel-edge"))
+        .args(["info", "--trunk"])
+        .arg(&trunk)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["tract_ops"]["DepthWiseConv"], 13);
+}
+
+#[test]
+fn wrong_weights_file_says_how_to_provide_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("mobilenet_v2-b0353104.pth");
+    std::fs::write(&fake, b"not a checkpoint").unwrap();
+    let out = Command::new(bin("kestrel"))
+        .args(["--quiet", "fetch-weights", "--weights"])
+        .arg(&fake)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sha256") && stderr.contains("--weights PATH"), "{stderr}");
+}
+
+#[test]
+fn demo_classifies_exports_and_agrees_with_the_edge_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kestrel().args(["demo", "--out"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["demo"]["top1_correct"], 2);
+    assert!(metrics["demo"]["max_abs_diff_burn_vs_tract"].as_f64().unwrap() < 1e-4);
+    assert!(dir.path().join("trunk/trunk.onnx").exists());
+}
