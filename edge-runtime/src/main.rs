@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use kestrel_edge::{Threads, Trunk};
 
 #[derive(Parser)]
-#[command(name = "kestrel-edge", version, about = "Kestrel's on-board runtime (tract)")]
+#[command(
+    name = "kestrel-edge",
+    version,
+    about = "Kestrel's on-board runtime (tract)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,12 +54,20 @@ fn main() -> anyhow::Result<()> {
             threads,
             values,
         } => {
-            let threads = if threads <= 1 { Threads::Single } else { Threads::Multi(threads) };
+            let threads = if threads <= 1 {
+                Threads::Single
+            } else {
+                Threads::Multi(threads)
+            };
             let trunk = Trunk::open(&trunk, 1, threads)
                 .with_context(|| format!("loading trunk {}", trunk.display()))?;
-            let failed = kestrel_edge::cli::embed_images(&trunk, &images, values, &mut std::io::stdout())?;
+            let failed =
+                kestrel_edge::cli::embed_images(&trunk, &images, values, &mut std::io::stdout())?;
             if failed > 0 {
-                anyhow::bail!("{failed} of {} pictures could not be embedded", images.len());
+                anyhow::bail!(
+                    "{failed} of {} pictures could not be embedded",
+                    images.len()
+                );
             }
         }
         Command::Info { trunk } => {

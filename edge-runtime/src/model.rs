@@ -47,7 +47,9 @@ pub enum EdgeError {
     #[error(transparent)]
     Info(#[from] kestrel_shared::TrunkInfoError),
     /// The model file is not the one the description names.
-    #[error("{path} has sha256 {found} but its description expects {expected}: the bundle is damaged or mixed up; export it again")]
+    #[error(
+        "{path} has sha256 {found} but its description expects {expected}: the bundle is damaged or mixed up; export it again"
+    )]
     Checksum {
         /// The model file.
         path: PathBuf,
@@ -112,7 +114,12 @@ impl OnnxModel {
     }
 
     /// Like [`OnnxModel::load`], from bytes already in memory (`path` is only used in messages).
-    pub fn from_bytes(bytes: &[u8], path: &Path, batch: usize, threads: Threads) -> Result<Self, EdgeError> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        path: &Path,
+        batch: usize,
+        threads: Threads,
+    ) -> Result<Self, EdgeError> {
         let load_err = |e: TractError| EdgeError::Load {
             path: path.to_path_buf(),
             reason: chain(&e),
@@ -125,7 +132,11 @@ impl OnnxModel {
         let shape = fact.shape.dims().cloned().collect::<Vec<_>>();
         let mut concrete = Vec::with_capacity(shape.len());
         for (i, d) in shape.iter().enumerate() {
-            match d.concretize().and_then(|d| d.as_i64()).and_then(|v| usize::try_from(v).ok()) {
+            match d
+                .concretize()
+                .and_then(|d| d.as_i64())
+                .and_then(|v| usize::try_from(v).ok())
+            {
                 Some(v) => concrete.push(v),
                 None if i == 0 => concrete.push(batch),
                 None => {
@@ -154,7 +165,9 @@ impl OnnxModel {
                 ..Default::default()
             },
         };
-        let plan = typed.into_runnable_with_options(&options).map_err(load_err)?;
+        let plan = typed
+            .into_runnable_with_options(&options)
+            .map_err(load_err)?;
         Ok(OnnxModel {
             path: path.to_path_buf(),
             plan,
@@ -208,7 +221,10 @@ impl OnnxModel {
             reason: chain(&e),
         };
         let tensor = Tensor::from_shape(&self.input_shape, input).map_err(run_err)?;
-        let outputs = self.plan.run(tvec!(tensor.into_tvalue())).map_err(run_err)?;
+        let outputs = self
+            .plan
+            .run(tvec!(tensor.into_tvalue()))
+            .map_err(run_err)?;
         let out = outputs[0].to_plain_array_view::<f32>().map_err(run_err)?;
         Ok(ModelOutput {
             shape: out.shape().to_vec(),

@@ -36,7 +36,10 @@ impl Backend {
 
 /// Limit the CPU threads burn (through rayon's global pool) may use. Call once, early.
 pub fn set_threads(n: usize) {
-    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
         tracing::warn!("thread count already fixed: {e}");
     }
 }

@@ -18,7 +18,8 @@ pub fn synthetic_input(height: usize, width: usize) -> Vec<f32> {
     for c in 0..3 {
         for h in 0..height {
             for w in 0..width {
-                let v = (0.05 * (h + 1) as f64 * (c + 1) as f64).sin() * (0.03 * (w + 1) as f64).cos();
+                let v =
+                    (0.05 * (h + 1) as f64 * (c + 1) as f64).sin() * (0.03 * (w + 1) as f64).cos();
                 x.push(v as f32);
             }
         }
@@ -140,7 +141,11 @@ pub fn run(weights: &Path, cache: &Path, opts: &BenchOptions) -> anyhow::Result<
         let times = time(opts, || {
             trunk.run(input.clone(), opts.batch, h, w, &p.device);
         });
-        rows.push(stats(&format!("burn-{}", backend.name()), times, opts.batch));
+        rows.push(stats(
+            &format!("burn-{}", backend.name()),
+            times,
+            opts.batch,
+        ));
         if trunk_dir.is_none() {
             trunk_dir = Some(p.cached_trunk(opts.cut, spec, cache)?);
         }
@@ -152,7 +157,9 @@ pub fn run(weights: &Path, cache: &Path, opts: &BenchOptions) -> anyhow::Result<
     });
     rows.push(stats("tract", times, opts.batch));
     match onnxruntime(&dir.join(&trunk.info.onnx_file), opts) {
-        Ok((times, version)) => rows.push(stats(&format!("onnxruntime-{version}"), times, opts.batch)),
+        Ok((times, version)) => {
+            rows.push(stats(&format!("onnxruntime-{version}"), times, opts.batch))
+        }
         Err(why) => rows.push(BenchRow {
             engine: "onnxruntime".into(),
             median_ms: f64::NAN,

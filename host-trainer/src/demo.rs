@@ -43,7 +43,10 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         photos.push(p);
     }
 
-    println!("== 1. ImageNet classification with the pretrained MobileNetV2 (burn, {})", pretrained.backend.name());
+    println!(
+        "== 1. ImageNet classification with the pretrained MobileNetV2 (burn, {})",
+        pretrained.backend.name()
+    );
     let classifier = Classifier {
         model: &pretrained.model,
         device: &pretrained.device,
@@ -52,12 +55,20 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         batch: 8,
     };
     let mut top1_correct = 0;
-    for (res, (_, _, expected)) in classifier.classify_files(&photos, 3).into_iter().zip(SAMPLES) {
+    for (res, (_, _, expected)) in classifier
+        .classify_files(&photos, 3)
+        .into_iter()
+        .zip(SAMPLES)
+    {
         let p = res?;
         let best = &p.top[0];
         let ok = best.label == *expected;
         top1_correct += ok as usize;
-        let top: Vec<String> = p.top.iter().map(|s| format!("{} {:.1}%", s.label, 100.0 * s.score)).collect();
+        let top: Vec<String> = p
+            .top
+            .iter()
+            .map(|s| format!("{} {:.1}%", s.label, 100.0 * s.score))
+            .collect();
         println!(
             "   {:<12} {}   [{}]",
             p.image.file_name().unwrap_or_default().to_string_lossy(),
@@ -68,12 +79,26 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
 
     println!("== 2. Export the frozen trunk (cut at {cut}) to ONNX");
     let trunk_dir = out.join("trunk");
-    let info = crate::export::export_trunk(&pretrained.model, cut, spec, &pretrained.weights_sha256, &trunk_dir)?;
+    let info = crate::export::export_trunk(
+        &pretrained.model,
+        cut,
+        spec,
+        &pretrained.weights_sha256,
+        &trunk_dir,
+    )?;
     let size = std::fs::metadata(trunk_dir.join(&info.onnx_file))?.len();
-    println!("   {} ({:.1} MB, output {:?})", trunk_dir.join(&info.onnx_file).display(), size as f64 / 1e6, info.output_shape);
+    println!(
+        "   {} ({:.1} MB, output {:?})",
+        trunk_dir.join(&info.onnx_file).display(),
+        size as f64 / 1e6,
+        info.output_shape
+    );
 
     println!("== 3. Run the trunk in the edge runtime (tract) and compare with burn");
-    let inputs: Vec<Vec<f32>> = photos.iter().map(|p| spec.load_and_apply(p)).collect::<Result<_, _>>()?;
+    let inputs: Vec<Vec<f32>> = photos
+        .iter()
+        .map(|p| spec.load_and_apply(p))
+        .collect::<Result<_, _>>()?;
     let trunk = Trunk::open(&trunk_dir, 1, Threads::Single)?;
     let burn_trunk = pretrained.model.clone().truncate(cut);
     let (mut max_diff, mut burn_ms, mut tract_ms) = (0f32, 0f64, 0f64);
@@ -84,7 +109,11 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         let t = Instant::now();
         let e = trunk.embed(std::slice::from_ref(x))?.remove(0);
         tract_ms += t.elapsed().as_secs_f64() * 1e3;
-        max_diff = b.iter().zip(&e).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+        max_diff = b
+            .iter()
+            .zip(&e)
+            .map(|(a, b)| (a - b).abs())
+            .fold(max_diff, f32::max);
     }
     let n = inputs.len() as f64;
     let report = DemoReport {
@@ -100,7 +129,15 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         report.max_abs_diff_burn_vs_tract, report.burn_trunk_ms, report.tract_trunk_ms
     );
     let metrics = out.join("metrics.json");
-    std::fs::write(&metrics, serde_json::to_string_pretty(&json!({"demo": report, "trunk": info}))? + "\n")?;
-    println!("== metrics: top-1 {}/{} sample photos; written to {}", report.top1_correct, report.photos, metrics.display());
+    std::fs::write(
+        &metrics,
+        serde_json::to_string_pretty(&json!({"demo": report, "trunk": info}))? + "\n",
+    )?;
+    println!(
+        "== metrics: top-1 {}/{} sample photos; written to {}",
+        report.top1_correct,
+        report.photos,
+        metrics.display()
+    );
     Ok(report)
 }

@@ -73,7 +73,12 @@ pub fn export_trunk(
 }
 
 /// Directory of the cached trunk export for these weights, cut and preprocessing.
-pub fn cached_trunk_dir(cache: &Path, weights_sha256: &str, cut: CutPoint, spec: &PreprocessSpec) -> PathBuf {
+pub fn cached_trunk_dir(
+    cache: &Path,
+    weights_sha256: &str,
+    cut: CutPoint,
+    spec: &PreprocessSpec,
+) -> PathBuf {
     let key = kestrel_shared::hash::sha256_hex(
         serde_json::to_string(&(weights_sha256, cut, spec, env!("CARGO_PKG_VERSION")))
             .expect("serialisable")

@@ -2,13 +2,23 @@
 
 /// The 1000 ImageNet class names, in index order.
 pub fn class_names() -> Vec<&'static str> {
-    include_str!("../assets/imagenet_classes.txt").lines().collect()
+    include_str!("../assets/imagenet_classes.txt")
+        .lines()
+        .collect()
 }
 
 /// Sample photos (CC0, scikit-image sample data) with their ImageNet label, for the demo.
 pub const SAMPLES: &[(&str, &[u8], &str)] = &[
-    ("chelsea.png", include_bytes!("../assets/chelsea.png"), "Egyptian cat"),
-    ("coffee.png", include_bytes!("../assets/coffee.png"), "espresso"),
+    (
+        "chelsea.png",
+        include_bytes!("../assets/chelsea.png"),
+        "Egyptian cat",
+    ),
+    (
+        "coffee.png",
+        include_bytes!("../assets/coffee.png"),
+        "espresso",
+    ),
 ];
 
 #[cfg(test)]

@@ -11,7 +11,11 @@ use kestrel_trainer::weights::{Fetcher, default_cache_dir};
 use kestrel_trainer::{Pretrained, bench, demo, imagenet, predict};
 
 #[derive(Parser)]
-#[command(name = "kestrel", version, about = "Transfer learning for edge vision: train on a workstation, run on a board")]
+#[command(
+    name = "kestrel",
+    version,
+    about = "Transfer learning for edge vision: train on a workstation, run on a board"
+)]
 struct Cli {
     /// MobileNetV2 weights file (mobilenet_v2-b0353104.pth), for offline use.
     #[arg(long, global = true, env = "KESTREL_WEIGHTS")]
@@ -111,13 +115,18 @@ fn main() -> anyhow::Result<()> {
     }
     let cache = default_cache_dir();
     let resolve = || -> anyhow::Result<PathBuf> {
-        let progress: &dyn kestrel_trainer::progress::Progress = if cli.quiet { &Silent } else { &Bars };
+        let progress: &dyn kestrel_trainer::progress::Progress =
+            if cli.quiet { &Silent } else { &Bars };
         Ok(Fetcher::default().resolve(cli.weights.as_deref(), progress)?)
     };
 
     match cli.command {
         Command::FetchWeights => println!("{}", resolve()?.display()),
-        Command::Predict { ref images, top, json } => {
+        Command::Predict {
+            ref images,
+            top,
+            json,
+        } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let classifier = predict::Classifier {
                 model: &p.model,
@@ -143,25 +152,47 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             if failed > 0 {
-                bail!("{failed} of {} pictures could not be classified", images.len());
+                bail!(
+                    "{failed} of {} pictures could not be classified",
+                    images.len()
+                );
             }
         }
         Command::ExportTrunk { cut, ref out } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
-            let info = kestrel_trainer::export::export_trunk(&p.model, cut, PreprocessSpec::imagenet(), &p.weights_sha256, out)
-                .with_context(|| format!("exporting the trunk to {}", out.display()))?;
+            let info = kestrel_trainer::export::export_trunk(
+                &p.model,
+                cut,
+                PreprocessSpec::imagenet(),
+                &p.weights_sha256,
+                out,
+            )
+            .with_context(|| format!("exporting the trunk to {}", out.display()))?;
             println!("{}", serde_json::to_string_pretty(&info)?);
         }
-        Command::Embed { ref images, cut, values } => {
+        Command::Embed {
+            ref images,
+            cut,
+            values,
+        } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let dir = p.cached_trunk(cut, PreprocessSpec::imagenet(), &cache)?;
             let trunk = kestrel_edge::Trunk::open(&dir, 1, kestrel_edge::Threads::Single)?;
-            let failed = kestrel_edge::cli::embed_images(&trunk, images, values, &mut std::io::stdout())?;
+            let failed =
+                kestrel_edge::cli::embed_images(&trunk, images, values, &mut std::io::stdout())?;
             if failed > 0 {
-                bail!("{failed} of {} pictures could not be embedded", images.len());
+                bail!(
+                    "{failed} of {} pictures could not be embedded",
+                    images.len()
+                );
             }
         }
-        Command::Bench { iters, batch, cut, ref out } => {
+        Command::Bench {
+            iters,
+            batch,
+            cut,
+            ref out,
+        } => {
             let opts = bench::BenchOptions {
                 iters,
                 warmup: 3,
@@ -170,7 +201,10 @@ fn main() -> anyhow::Result<()> {
                 python: std::env::var("KESTREL_PYTHON").unwrap_or_else(|_| "python3".into()),
             };
             let rows = bench::run(&resolve()?, &cache, &opts)?;
-            println!("MobileNetV2 trunk ({cut}), batch {batch}, {} thread(s), {iters} runs", threads.unwrap_or(1));
+            println!(
+                "MobileNetV2 trunk ({cut}), batch {batch}, {} thread(s), {iters} runs",
+                threads.unwrap_or(1)
+            );
             print!("{}", bench::table(&rows));
             if let Some(out) = out {
                 std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;

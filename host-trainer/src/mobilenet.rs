@@ -67,7 +67,15 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, groups: usize, relu6: bool, device: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        relu6: bool,
+        device: &Device,
+    ) -> Self {
         let pad = (k - 1) / 2;
         ConvBn {
             conv: Conv2dConfig::new([cin, cout], [k, k])
@@ -150,7 +158,9 @@ pub enum ModelError {
         reason: String,
     },
     /// The checkpoint does not fit the architecture.
-    #[error("weights {path} do not fit MobileNetV2 (width {width}): missing {missing:?}, errors {errors:?}")]
+    #[error(
+        "weights {path} do not fit MobileNetV2 (width {width}): missing {missing:?}, errors {errors:?}"
+    )]
     Mismatch {
         /// The weights file.
         path: String,
@@ -173,7 +183,13 @@ impl MobileNetV2Config {
         for (t, c, n, s) in SETTINGS {
             let cout = make_divisible(c as f32 * self.width, 8);
             for i in 0..n {
-                blocks.push(InvertedResidual::new(cin, cout, if i == 0 { s } else { 1 }, t, device));
+                blocks.push(InvertedResidual::new(
+                    cin,
+                    cout,
+                    if i == 0 { s } else { 1 },
+                    t,
+                    device,
+                ));
                 cin = cout;
             }
         }
@@ -225,7 +241,10 @@ fn torchvision_key_mapping(mut store: PytorchStore) -> PytorchStore {
     // Block 1 has no expansion, so its sub-layer indices are shifted by one.
     let b = "blocks.0";
     store = store
-        .with_key_remapping(r"^features\.1\.conv\.0\.0\.", format!("{b}.depthwise.conv."))
+        .with_key_remapping(
+            r"^features\.1\.conv\.0\.0\.",
+            format!("{b}.depthwise.conv."),
+        )
         .with_key_remapping(r"^features\.1\.conv\.0\.1\.", format!("{b}.depthwise.bn."))
         .with_key_remapping(r"^features\.1\.conv\.1\.", format!("{b}.project.conv."))
         .with_key_remapping(r"^features\.1\.conv\.2\.", format!("{b}.project.bn."));
@@ -240,7 +259,8 @@ fn torchvision_key_mapping(mut store: PytorchStore) -> PytorchStore {
             ("conv.3", "project.bn"),
         ] {
             let from = from.replace('.', r"\.");
-            store = store.with_key_remapping(format!(r"^features\.{n}\.{from}\."), format!("{b}.{to}."));
+            store = store
+                .with_key_remapping(format!(r"^features\.{n}\.{from}\."), format!("{b}.{to}."));
         }
     }
     store
@@ -313,7 +333,14 @@ impl MobileNetV2 {
     }
 
     /// Run on a batch given as flat CHW floats (`n` images of `h` x `w`) and return flat outputs.
-    pub fn run(&self, input: Vec<f32>, n: usize, h: usize, w: usize, device: &Device) -> (Vec<f32>, Vec<usize>) {
+    pub fn run(
+        &self,
+        input: Vec<f32>,
+        n: usize,
+        h: usize,
+        w: usize,
+        device: &Device,
+    ) -> (Vec<f32>, Vec<usize>) {
         let x = Tensor::<4>::from_data(TensorData::new(input, [n, 3, h, w]), device);
         let (y, shape) = self.forward(x);
         let data = y.into_data().try_into_vec::<f32>().expect("float output");
@@ -368,7 +395,11 @@ mod tests {
     #[test]
     fn width_multiplier_changes_channels() {
         let device = Device::flex();
-        let m = MobileNetV2Config { width: 0.5, num_classes: 10 }.init(&device);
+        let m = MobileNetV2Config {
+            width: 0.5,
+            num_classes: 10,
+        }
+        .init(&device);
         let (_, shape) = m.run(vec![0.0; 3 * 32 * 32], 1, 32, 32, &device);
         assert_eq!(shape, vec![1, 10]);
         assert!(m.num_params() < 3_504_872 / 2);

@@ -173,7 +173,9 @@ impl GraphBuilder {
 }
 
 fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().expect("float parameters")
+    t.into_data()
+        .try_into_vec::<f32>()
+        .expect("float parameters")
 }
 
 /// Append a convolution with its BatchNorm folded in, and the ReLU6 as a Clip.
@@ -206,8 +208,14 @@ fn conv_bn(g: &mut GraphBuilder, x: &str, layer: &ConvBn, clip: (&str, &str)) ->
         &[x, &wn, &bn_name],
         vec![
             ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
-            ("strides", Attr::Ints(conv.stride.iter().map(|&s| s as i64).collect())),
-            ("pads", Attr::Ints(vec![ph as i64, pw as i64, ph as i64, pw as i64])),
+            (
+                "strides",
+                Attr::Ints(conv.stride.iter().map(|&s| s as i64).collect()),
+            ),
+            (
+                "pads",
+                Attr::Ints(vec![ph as i64, pw as i64, ph as i64, pw as i64]),
+            ),
             ("dilations", Attr::Ints(vec![1, 1])),
             ("group", Attr::Int(conv.groups as i64)),
         ],

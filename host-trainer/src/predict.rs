@@ -71,10 +71,17 @@ impl Classifier<'_> {
     }
 
     /// Classify picture files; results are in input order.
-    pub fn classify_files(&self, paths: &[PathBuf], k: usize) -> Vec<Result<Prediction, PreprocessError>> {
+    pub fn classify_files(
+        &self,
+        paths: &[PathBuf],
+        k: usize,
+    ) -> Vec<Result<Prediction, PreprocessError>> {
         let loaded: Vec<Result<Vec<f32>, PreprocessError>> =
             paths.iter().map(|p| self.spec.load_and_apply(p)).collect();
-        let good: Vec<Vec<f32>> = loaded.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let good: Vec<Vec<f32>> = loaded
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
         let mut logits = self.logits(&good).into_iter();
         paths
             .iter()
@@ -113,6 +120,9 @@ mod tests {
         assert_eq!(top_k(&p, 2)[0].0, 3);
         let p = softmax(&[0.0, (2.0f32).ln()]);
         assert!((p[1] - 2.0 / 3.0).abs() < 1e-6);
-        assert_eq!(top_k(&[0.1, 0.5, 0.3], 5), vec![(1, 0.5), (2, 0.3), (0, 0.1)]);
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.3], 5),
+            vec![(1, 0.5), (2, 0.3), (0, 0.1)]
+        );
     }
 }

@@ -44,7 +44,12 @@ impl Pretrained {
     ///
     /// This is model 1 of the book's two-model approach: the host embeds its training pictures
     /// through this ONNX file with tract, exactly as the board will.
-    pub fn cached_trunk(&self, cut: CutPoint, spec: PreprocessSpec, cache: &Path) -> anyhow::Result<PathBuf> {
+    pub fn cached_trunk(
+        &self,
+        cut: CutPoint,
+        spec: PreprocessSpec,
+        cache: &Path,
+    ) -> anyhow::Result<PathBuf> {
         let dir = cached_trunk_dir(cache, &self.weights_sha256, cut, &spec);
         let usable = kestrel_shared::TrunkInfo::read(&dir.join(kestrel_edge::trunk::TRUNK_JSON))
             .ok()
@@ -53,7 +58,8 @@ impl Pretrained {
             });
         if !usable {
             tracing::info!("exporting trunk {cut} to {}", dir.display());
-            let tmp = dir.with_extension("tmp");
+            let name = dir.file_name().expect("cache entry").to_string_lossy();
+            let tmp = dir.with_file_name(format!("{name}.tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             export_trunk(&self.model, cut, spec, &self.weights_sha256, &tmp)?;
             let _ = std::fs::remove_dir_all(&dir);

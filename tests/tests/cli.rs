@@ -24,9 +24,15 @@ fn predict_json_reports_bad_files_and_still_classifies_the_rest() {
         .arg(photo("coffee.png"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "bad pictures must give a non-zero exit");
+    assert!(
+        !out.status.success(),
+        "bad pictures must give a non-zero exit"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("corrupt.jpg") && stderr.contains("missing.png"), "{stderr}");
+    assert!(
+        stderr.contains("corrupt.jpg") && stderr.contains("missing.png"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 of 4 pictures"), "{stderr}");
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
@@ -36,7 +42,12 @@ fn predict_json_reports_bad_files_and_still_classifies_the_rest() {
     assert_eq!(lines.len(), 2);
     let manifest = golden_manifest();
     for (line, case) in lines.iter().zip(["chelsea", "coffee"]) {
-        assert!(line["image"].as_str().unwrap().ends_with(&format!("{case}.png")));
+        assert!(
+            line["image"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{case}.png"))
+        );
         let top = line["top"].as_array().unwrap();
         assert_eq!(top.len(), 3);
         let want = &manifest["cases"][case]["top5"][0];
@@ -56,7 +67,11 @@ fn exported_trunk_runs_in_the_edge_binary() {
         .arg(&trunk)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["cut"], "features.13");
 
@@ -66,7 +81,11 @@ fn exported_trunk_runs_in_the_edge_binary() {
         .arg(photo("coffee.png"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["shape"], serde_json::json!([1, 96, 14, 14]));
     assert_eq!(line["values"].as_array().unwrap().len(), 96 * 14 * 14);
@@ -77,7 +96,11 @@ fn exported_trunk_runs_in_the_edge_binary() {
         .arg(photo("coffee.png"))
         .output()
         .unwrap();
-    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
+    assert!(
+        host.status.success(),
+        "{}",
+        String::from_utf8_lossy(&host.stderr)
+    );
     let host: serde_json::Value = serde_json::from_slice(&host.stdout).unwrap();
     assert_eq!(host["values"], line["values"]);
 
@@ -102,17 +125,34 @@ fn wrong_weights_file_says_how_to_provide_the_right_one() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("sha256") && stderr.contains("--weights PATH"), "{stderr}");
+    assert!(
+        stderr.contains("sha256") && stderr.contains("--weights PATH"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn demo_classifies_exports_and_agrees_with_the_edge_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let out = kestrel().args(["demo", "--out"]).arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kestrel()
+        .args(["demo", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("metrics.json")).unwrap())
+            .unwrap();
     assert_eq!(metrics["demo"]["top1_correct"], 2);
-    assert!(metrics["demo"]["max_abs_diff_burn_vs_tract"].as_f64().unwrap() < 1e-4);
+    assert!(
+        metrics["demo"]["max_abs_diff_burn_vs_tract"]
+            .as_f64()
+            .unwrap()
+            < 1e-4
+    );
     assert!(dir.path().join("trunk/trunk.onnx").exists());
 }

@@ -24,21 +24,24 @@ fn check_backend(backend: Backend) {
     let x = golden("synthetic", "input").data;
     for n in [0u8, 6, 13, 18] {
         let want = golden("synthetic", &format!("features.{n}"));
-        let (got, shape) = p
-            .model
-            .clone()
-            .truncate(CutPoint::Features(n))
-            .run(x.clone(), 1, 224, 224, &p.device);
+        let (got, shape) =
+            p.model
+                .clone()
+                .truncate(CutPoint::Features(n))
+                .run(x.clone(), 1, 224, 224, &p.device);
         assert_eq!(shape, want.shape, "features.{n} shape");
         let err = max_abs_diff(&got, &want.data);
-        assert!(err <= FEATURE_TOL, "{backend:?} features.{n}: max abs err {err}");
+        assert!(
+            err <= FEATURE_TOL,
+            "{backend:?} features.{n}: max abs err {err}"
+        );
     }
     let want = golden("synthetic", "pooled");
-    let (got, shape) = p
-        .model
-        .clone()
-        .truncate(CutPoint::Pooled)
-        .run(x.clone(), 1, 224, 224, &p.device);
+    let (got, shape) =
+        p.model
+            .clone()
+            .truncate(CutPoint::Pooled)
+            .run(x.clone(), 1, 224, 224, &p.device);
     assert_eq!(shape, want.shape);
     let err = max_abs_diff(&got, &want.data);
     assert!(err <= FEATURE_TOL, "{backend:?} pooled: {err}");
@@ -83,10 +86,22 @@ fn photos_preprocessed_from_png_give_torchvision_top1() {
         let ours = spec.load_and_apply(&photo(&format!("{case}.png"))).unwrap();
         // Our resize differs slightly from PIL's; the tensors stay close.
         let theirs = golden(case, "input").data;
-        let mean_err = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-        assert!(mean_err < 0.02, "{case}: mean preprocessing difference {mean_err}");
+        let mean_err = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / ours.len() as f32;
+        assert!(
+            mean_err < 0.02,
+            "{case}: mean preprocessing difference {mean_err}"
+        );
         let (logits, _) = p.model.run(ours, 1, 224, 224, &p.device);
         let top1 = top_k(&logits, 1)[0].0 as u64;
-        assert_eq!(top1, manifest["cases"][case]["top5"][0][0].as_u64().unwrap(), "{case}");
+        assert_eq!(
+            top1,
+            manifest["cases"][case]["top5"][0][0].as_u64().unwrap(),
+            "{case}"
+        );
     }
 }

@@ -28,11 +28,22 @@ fn tract_runs_every_preset_cut_like_burn_and_torchvision() {
         CutPoint::Pooled,
     ] {
         let out = dir.path().join(cut.to_string());
-        let info = export_trunk(&p.model, cut, PreprocessSpec::imagenet(), &p.weights_sha256, &out).unwrap();
+        let info = export_trunk(
+            &p.model,
+            cut,
+            PreprocessSpec::imagenet(),
+            &p.weights_sha256,
+            &out,
+        )
+        .unwrap();
         let trunk = Trunk::open(&out, 1, Threads::Single).unwrap();
         let ours = trunk.model.run(&x).unwrap();
         assert_eq!(ours.shape, info.output_shape, "{cut}");
-        let (burn, _) = p.model.clone().truncate(cut).run(x.clone(), 1, 224, 224, &p.device);
+        let (burn, _) = p
+            .model
+            .clone()
+            .truncate(cut)
+            .run(x.clone(), 1, 224, 224, &p.device);
         let vs_burn = max_abs_diff(&ours.data, &burn);
         let vs_torch = max_abs_diff(&ours.data, &golden("synthetic", &golden_name(cut)).data);
         assert!(vs_burn <= TOL, "{cut}: tract vs burn {vs_burn}");
@@ -44,7 +55,14 @@ fn tract_runs_every_preset_cut_like_burn_and_torchvision() {
 fn tract_graph_is_clean_after_optimisation() {
     let p = Pretrained::load(&weights(), Backend::Flex).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    export_trunk(&p.model, CutPoint::Pooled, PreprocessSpec::imagenet(), &p.weights_sha256, dir.path()).unwrap();
+    export_trunk(
+        &p.model,
+        CutPoint::Pooled,
+        PreprocessSpec::imagenet(),
+        &p.weights_sha256,
+        dir.path(),
+    )
+    .unwrap();
     let trunk = Trunk::open(dir.path(), 1, Threads::Single).unwrap();
     let ops = trunk.model.op_names();
     let count = |name: &str| ops.iter().filter(|o| o.as_str() == name).count();
@@ -62,13 +80,32 @@ fn tract_graph_is_clean_after_optimisation() {
 fn batched_tract_equals_one_at_a_time() {
     let p = Pretrained::load(&weights(), Backend::Flex).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    export_trunk(&p.model, CutPoint::Pooled, PreprocessSpec::imagenet(), &p.weights_sha256, dir.path()).unwrap();
-    let images: Vec<Vec<f32>> = ["synthetic", "chelsea", "coffee"].iter().map(|c| golden(c, "input").data).collect();
-    let single = Trunk::open(dir.path(), 1, Threads::Single).unwrap().embed(&images).unwrap();
-    let batched = Trunk::open(dir.path(), 2, Threads::Multi(2)).unwrap().embed(&images).unwrap();
+    export_trunk(
+        &p.model,
+        CutPoint::Pooled,
+        PreprocessSpec::imagenet(),
+        &p.weights_sha256,
+        dir.path(),
+    )
+    .unwrap();
+    let images: Vec<Vec<f32>> = ["synthetic", "chelsea", "coffee"]
+        .iter()
+        .map(|c| golden(c, "input").data)
+        .collect();
+    let single = Trunk::open(dir.path(), 1, Threads::Single)
+        .unwrap()
+        .embed(&images)
+        .unwrap();
+    let batched = Trunk::open(dir.path(), 2, Threads::Multi(2))
+        .unwrap()
+        .embed(&images)
+        .unwrap();
     for (i, case) in ["synthetic", "chelsea", "coffee"].iter().enumerate() {
         assert!(max_abs_diff(&single[i], &batched[i]) < 1e-5);
-        assert!(max_abs_diff(&single[i], &golden(case, "pooled").data) <= TOL, "{case}");
+        assert!(
+            max_abs_diff(&single[i], &golden(case, "pooled").data) <= TOL,
+            "{case}"
+        );
     }
 }
 
@@ -87,7 +124,14 @@ fn onnxruntime_agrees_on_the_same_file() {
     let dir = tempfile::tempdir().unwrap();
     for cut in [CutPoint::Features(13), CutPoint::Pooled] {
         let out = dir.path().join(cut.to_string());
-        export_trunk(&p.model, cut, PreprocessSpec::imagenet(), &p.weights_sha256, &out).unwrap();
+        export_trunk(
+            &p.model,
+            cut,
+            PreprocessSpec::imagenet(),
+            &p.weights_sha256,
+            &out,
+        )
+        .unwrap();
         let result = out.join("ort.npy");
         let status = Command::new(python())
             .args(["-c", ORT_CHECK])
@@ -96,7 +140,10 @@ fn onnxruntime_agrees_on_the_same_file() {
             .arg(&result)
             .status()
             .expect("python3 with onnxruntime and numpy is needed (pip install onnxruntime numpy)");
-        assert!(status.success(), "onnxruntime failed on {cut}: is it installed (pip install onnxruntime numpy)?");
+        assert!(
+            status.success(),
+            "onnxruntime failed on {cut}: is it installed (pip install onnxruntime numpy)?"
+        );
         let ort = kestrel_e2e::read_npy(&result);
         let trunk = Trunk::open(&out, 1, Threads::Single).unwrap();
         let tract = trunk.model.run(&golden("synthetic", "input").data).unwrap();
@@ -113,7 +160,14 @@ fn damaged_trunks_are_refused_with_the_file_named() {
     let p = Pretrained::load(&weights(), Backend::Flex).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good");
-    export_trunk(&p.model, CutPoint::Features(6), PreprocessSpec::imagenet(), &p.weights_sha256, &good).unwrap();
+    export_trunk(
+        &p.model,
+        CutPoint::Features(6),
+        PreprocessSpec::imagenet(),
+        &p.weights_sha256,
+        &good,
+    )
+    .unwrap();
     let onnx = std::fs::read(good.join("trunk.onnx")).unwrap();
 
     // Truncated file: the checksum no longer matches.
@@ -131,17 +185,66 @@ fn damaged_trunks_are_refused_with_the_file_named() {
     let err = kestrel_edge::OnnxModel::load(&garbage, 1, Threads::Single).unwrap_err();
     assert!(matches!(err, EdgeError::Load { .. }), "{err}");
     assert!(err.to_string().contains("garbage.onnx"));
-    let err = kestrel_edge::OnnxModel::load(&dir.path().join("missing.onnx"), 1, Threads::Single).unwrap_err();
+    let err = kestrel_edge::OnnxModel::load(&dir.path().join("missing.onnx"), 1, Threads::Single)
+        .unwrap_err();
     assert!(matches!(err, EdgeError::Read { .. }));
 
     // Wrong schema version in the description.
     let json = std::fs::read_to_string(good.join("trunk.json")).unwrap();
-    std::fs::write(good.join("trunk.json"), json.replace("\"schema_version\": 1", "\"schema_version\": 7")).unwrap();
+    std::fs::write(
+        good.join("trunk.json"),
+        json.replace("\"schema_version\": 1", "\"schema_version\": 7"),
+    )
+    .unwrap();
     let err = Trunk::open(&good, 1, Threads::Single).unwrap_err();
     assert!(err.to_string().contains("schema version 7"), "{err}");
 
     // Wrong input size is an error, not a panic.
     std::fs::write(good.join("trunk.json"), json).unwrap();
     let t = Trunk::open(&good, 1, Threads::Single).unwrap();
-    assert!(matches!(t.model.run(&[0.0; 10]), Err(EdgeError::InputSize { .. })));
+    assert!(matches!(
+        t.model.run(&[0.0; 10]),
+        Err(EdgeError::InputSize { .. })
+    ));
+}
+
+#[test]
+fn cached_trunk_is_exported_once_and_repaired_when_damaged() {
+    let p = Pretrained::load(&weights(), Backend::Flex).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let spec = PreprocessSpec::imagenet();
+    let a = p
+        .cached_trunk(CutPoint::Features(6), spec, cache.path())
+        .unwrap();
+    let b = p
+        .cached_trunk(CutPoint::Features(13), spec, cache.path())
+        .unwrap();
+    assert_ne!(a, b, "each cut has its own entry");
+    let onnx = a.join("trunk.onnx");
+    let stamp = std::fs::metadata(&onnx).unwrap().modified().unwrap();
+    assert_eq!(
+        p.cached_trunk(CutPoint::Features(6), spec, cache.path())
+            .unwrap(),
+        a
+    );
+    assert_eq!(
+        std::fs::metadata(&onnx).unwrap().modified().unwrap(),
+        stamp,
+        "reused, not re-exported"
+    );
+    // A damaged entry is exported again rather than used.
+    std::fs::write(&onnx, b"damaged").unwrap();
+    let again = p
+        .cached_trunk(CutPoint::Features(6), spec, cache.path())
+        .unwrap();
+    let trunk = Trunk::open(&again, 1, Threads::Single).unwrap();
+    let out = trunk.model.run(&golden("synthetic", "input").data).unwrap();
+    assert!(max_abs_diff(&out.data, &golden("synthetic", "features.6").data) <= TOL);
+    // Nothing but the two entries is left behind.
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("trunks"))
+            .unwrap()
+            .count(),
+        2
+    );
 }
