@@ -8,4 +8,5 @@ cargo build --workspace --all-targets
 # plainly instead of inside a test.
 cargo run -q -p kestrel-trainer --bin kestrel -- --quiet fetch-weights
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
