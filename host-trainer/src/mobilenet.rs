@@ -286,6 +286,24 @@ impl MobileNetV2 {
         self
     }
 
+    /// A frozen trunk: cut at `cut`, every parameter excluded from gradients and every BatchNorm
+    /// on its running statistics, even on a training (autodiff) device.
+    pub fn frozen_trunk(self, cut: CutPoint) -> Self {
+        self.truncate(cut).freeze()
+    }
+
+    /// Every convolution + BatchNorm layer, in execution order.
+    pub fn conv_layers(&self) -> Vec<&ConvBn> {
+        let mut layers = vec![&self.stem];
+        for b in &self.blocks {
+            layers.extend(b.expand.iter());
+            layers.push(&b.depthwise);
+            layers.push(&b.project);
+        }
+        layers.extend(self.last.iter());
+        layers
+    }
+
     /// The cut point this (possibly truncated) model ends at, or None for the full classifier.
     pub fn cut(&self) -> Option<CutPoint> {
         match (&self.last, &self.classifier, self.pooled) {

@@ -105,3 +105,35 @@ fn photos_preprocessed_from_png_give_torchvision_top1() {
         );
     }
 }
+
+#[test]
+fn frozen_trunk_on_a_training_device_stays_exact() {
+    use kestrel_trainer::MobileNetV2Config;
+    let device = Backend::Flex.device().autodiff();
+    let trunk = MobileNetV2Config::default()
+        .load(&weights(), &device)
+        .unwrap()
+        .frozen_trunk(CutPoint::Features(13));
+    let layers = trunk.conv_layers();
+    assert_eq!(
+        layers.len(),
+        1 + 2 + 12 * 3,
+        "stem, block 1 (no expansion), blocks 2..13"
+    );
+    for l in &layers {
+        assert!(!l.conv.weight.is_require_grad());
+        assert!(!l.bn.gamma.is_require_grad() && !l.bn.beta.is_require_grad());
+        assert!(!l.bn.training.is_enabled());
+    }
+    // Running statistics, not batch statistics: a batch of two different images gives each image
+    // torchvision's output for it alone.
+    let x: Vec<f32> = ["synthetic", "chelsea"]
+        .iter()
+        .flat_map(|c| golden(c, "input").data)
+        .collect();
+    let (got, shape) = trunk.run(x, 2, 224, 224, &device);
+    assert_eq!(shape, vec![2, 96, 14, 14]);
+    let per = 96 * 14 * 14;
+    let err = max_abs_diff(&got[..per], &golden("synthetic", "features.13").data);
+    assert!(err <= FEATURE_TOL, "frozen features.13 on autodiff: {err}");
+}
