@@ -15,6 +15,9 @@ use crate::imagenet::{SAMPLES, class_names};
 use crate::predict::Classifier;
 use crate::pretrained::Pretrained;
 
+/// Largest difference between burn and tract outputs the demo accepts (the golden tests' tolerance).
+pub const MAX_ABS_DIFF: f32 = 1e-4;
+
 /// What the demo measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {

@@ -213,7 +213,9 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { ref out, cut } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let report = demo::run(&p, cut, out)?;
-            if report.top1_correct != report.photos || report.max_abs_diff_burn_vs_tract > 1e-3 {
+            if report.top1_correct != report.photos
+                || report.max_abs_diff_burn_vs_tract > demo::MAX_ABS_DIFF
+            {
                 bail!("demo results are off: {report:?}");
             }
         }

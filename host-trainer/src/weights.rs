@@ -124,17 +124,16 @@ impl Fetcher {
         self.cache_dir.join(WEIGHTS_FILE)
     }
 
-    /// Return a verified weights file: `explicit` (or `$KESTREL_WEIGHTS`) if given, else the
-    /// cache, else download it (URL, then pip) into the cache.
+    /// Return a verified weights file: `explicit` if given (the command line passes `--weights`
+    /// or `$KESTREL_WEIGHTS` here), else the cache, else download it (URL, then pip) into the cache.
     pub fn resolve(
         &self,
         explicit: Option<&Path>,
         progress: &dyn Progress,
     ) -> Result<PathBuf, WeightsError> {
-        let from_env = std::env::var_os(WEIGHTS_ENV).map(PathBuf::from);
-        if let Some(path) = explicit.map(Path::to_path_buf).or(from_env) {
-            self.verify(&path)?;
-            return Ok(path);
+        if let Some(path) = explicit {
+            self.verify(path)?;
+            return Ok(path.to_path_buf());
         }
         let cached = self.cached_path();
         if cached.exists() {

@@ -87,8 +87,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn weights() -> PathBuf {
     static W: OnceLock<PathBuf> = OnceLock::new();
     W.get_or_init(|| {
+        let explicit = std::env::var_os(kestrel_trainer::weights::WEIGHTS_ENV).map(PathBuf::from);
         kestrel_trainer::weights::Fetcher::default()
-            .resolve(None, &kestrel_trainer::progress::Silent)
+            .resolve(explicit.as_deref(), &kestrel_trainer::progress::Silent)
             .unwrap_or_else(|e| panic!("the tests need the pretrained weights: {e}"))
     })
     .clone()
