@@ -85,6 +85,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write synthetic labelled pictures (no download needed).
+    Synth {
+        #[command(subcommand)]
+        what: SynthCommand,
+    },
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo {
         /// Output directory.
@@ -93,6 +98,25 @@ enum Command {
         /// Cut point of the exported trunk.
         #[arg(long, default_value = "pooled")]
         cut: CutPoint,
+    },
+}
+
+#[derive(Subcommand)]
+enum SynthCommand {
+    /// Shapes (circle, cross, square, triangle) on varied backgrounds, as OUT/<label>/*.png.
+    Classify {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Pictures per class.
+        #[arg(long, default_value_t = 60)]
+        per_class: usize,
+        /// Side of the pictures in pixels.
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+        /// Random seed (same seed, same pictures).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -209,6 +233,29 @@ fn main() -> anyhow::Result<()> {
             if let Some(out) = out {
                 std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;
             }
+        }
+        Command::Synth {
+            what:
+                SynthCommand::Classify {
+                    ref out,
+                    per_class,
+                    size,
+                    seed,
+                },
+        } => {
+            let opts = kestrel_trainer::data::synth::SynthClassify {
+                per_class,
+                size,
+                seed,
+            };
+            let files = kestrel_trainer::data::synth::write_classify(&opts, out)
+                .with_context(|| format!("writing the synthetic set to {}", out.display()))?;
+            println!(
+                "wrote {} pictures of {} classes to {}",
+                files.len(),
+                kestrel_trainer::data::synth::SHAPES.len(),
+                out.display()
+            );
         }
         Command::Demo { ref out, cut } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
