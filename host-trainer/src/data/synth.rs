@@ -209,9 +209,9 @@ mod tests {
     fn shapes_are_what_they_claim() {
         // Geometry of each class at radius 10: the centre is inside, a far corner is not, and the
         // classes differ where they should.
-        for k in 0..SHAPES.len() {
-            assert!(inside(k, 0.0, 0.0, 10.0), "{}", SHAPES[k]);
-            assert!(!inside(k, 9.9, 9.9, 10.0), "{}", SHAPES[k]);
+        for (k, name) in SHAPES.iter().enumerate() {
+            assert!(inside(k, 0.0, 0.0, 10.0), "{name}");
+            assert!(!inside(k, 9.9, 9.9, 10.0), "{name}");
         }
         let circle = 0;
         let cross = 1;
