@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod classify;
 pub mod data;
 pub mod demo;
 pub mod export;

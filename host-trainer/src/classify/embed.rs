@@ -1,0 +1,139 @@
+//! Embedding a dataset through the frozen ONNX trunk (tract), with an on-disk cache.
+//!
+//! Cache key: the trunk file's sha256 (which pins weights, cut and graph), the picture's content
+//! sha256 and the view number (0 = the picture itself; augmented views come later). A second run
+//! with other head settings reads every embedding from the cache and never runs the trunk.
+
+use std::path::{Path, PathBuf};
+
+use kestrel_edge::Trunk;
+use kestrel_shared::hash::sha256_hex;
+
+use crate::data::Sample;
+use crate::progress::Progress;
+
+/// Embeddings on disk, one little-endian f32 file per (trunk, picture, view).
+#[derive(Debug, Clone)]
+pub struct EmbeddingCache {
+    dir: PathBuf,
+}
+
+impl EmbeddingCache {
+    /// A cache rooted at `dir` (created on first write).
+    pub fn new(dir: &Path) -> Self {
+        EmbeddingCache {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, trunk_sha: &str, content_sha: &str, view: u32) -> PathBuf {
+        self.dir
+            .join(&trunk_sha[..16])
+            .join(&content_sha[..2])
+            .join(format!("{content_sha}-v{view}.f32"))
+    }
+
+    /// The cached embedding, if present and of the expected length.
+    pub fn get(&self, trunk_sha: &str, content_sha: &str, view: u32, len: usize) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(self.path(trunk_sha, content_sha, view)).ok()?;
+        (bytes.len() == 4 * len).then(|| {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+
+    /// Store an embedding (written to a temporary file, then renamed: never half a file).
+    pub fn put(&self, trunk_sha: &str, content_sha: &str, view: u32, v: &[f32]) -> std::io::Result<()> {
+        let p = self.path(trunk_sha, content_sha, view);
+        std::fs::create_dir_all(p.parent().expect("cache path has a parent"))?;
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+        std::fs::rename(tmp, p)
+    }
+}
+
+/// A picture that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// Embeddings of a set of samples.
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedSet {
+    /// One embedding per usable sample.
+    pub x: Vec<Vec<f32>>,
+    /// Its label.
+    pub y: Vec<usize>,
+    /// The sample files, in the same order.
+    pub paths: Vec<PathBuf>,
+    /// Pictures that could not be read or decoded.
+    pub skipped: Vec<Skipped>,
+    /// How many embeddings came from the cache.
+    pub cache_hits: usize,
+}
+
+/// Embed every sample through `trunk` (reading and filling `cache`). Unreadable pictures are
+/// reported by path (a warning each) and skipped, unless `strict`, where the first is an error.
+pub fn embed_samples(
+    trunk: &Trunk,
+    samples: &[Sample],
+    cache: &EmbeddingCache,
+    strict: bool,
+    progress: &dyn Progress,
+) -> anyhow::Result<EmbeddedSet> {
+    let trunk_sha = &trunk.info.onnx_sha256;
+    let len: usize = trunk.info.output_shape.iter().skip(1).product();
+    let mut set = EmbeddedSet::default();
+    let bar = progress.start("embedding pictures", Some(samples.len() as u64));
+    for s in samples {
+        bar.advance(1);
+        let bytes = match std::fs::read(&s.path) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = format!("cannot read: {e}");
+                if strict {
+                    anyhow::bail!("{}: {reason} (--strict)", s.path.display());
+                }
+                tracing::warn!("skipping {}: {reason}", s.path.display());
+                set.skipped.push(Skipped { path: s.path.clone(), reason });
+                continue;
+            }
+        };
+        let content = sha256_hex(&bytes);
+        let v = match cache.get(trunk_sha, &content, 0, len) {
+            Some(v) => {
+                set.cache_hits += 1;
+                v
+            }
+            None => {
+                let img = match image::load_from_memory(&bytes) {
+                    Ok(img) => img,
+                    Err(e) => {
+                        let reason = format!("cannot decode: {e}");
+                        if strict {
+                            anyhow::bail!("{}: {reason} (--strict)", s.path.display());
+                        }
+                        tracing::warn!("skipping {}: {reason}", s.path.display());
+                        set.skipped.push(Skipped { path: s.path.clone(), reason });
+                        continue;
+                    }
+                };
+                let x = trunk.preprocess().apply_dynamic(&img);
+                let v = trunk.embed(std::slice::from_ref(&x))?.remove(0);
+                cache.put(trunk_sha, &content, 0, &v)?;
+                v
+            }
+        };
+        set.x.push(v);
+        set.y.push(s.label);
+        set.paths.push(s.path.clone());
+    }
+    bar.finish();
+    Ok(set)
+}

@@ -1,0 +1,11 @@
+//! Transfer learning for image classification, the book's two-model approach: the frozen ONNX
+//! trunk (run by tract) embeds every picture once, into a cache; a small head is trained in burn
+//! on the cached embeddings.
+
+pub mod embed;
+pub mod head;
+pub mod train;
+
+pub use embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
+pub use head::{Head, HeadConfig, HeadKind};
+pub use train::{EpochStats, OptimizerKind, TrainConfig, TrainResult, train_head};
