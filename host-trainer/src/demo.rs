@@ -1,7 +1,8 @@
 //! `kestrel demo`: the main job, end to end on this machine.
 //!
 //! Today: fetch the weights, classify the sample photos with burn, export the frozen trunk to
-//! ONNX, run it in the edge runtime (tract) on the same photos, and check both sides agree.
+//! ONNX, run it in the edge runtime (tract) on the same photos, check both sides agree, and train
+//! a classification head on a synthetic set through the two-model approach.
 //! Later stages add training, the bundle, deployment and detection.
 
 use std::path::{Path, PathBuf};
@@ -11,9 +12,12 @@ use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use serde_json::json;
 
+use crate::classify::{ClassifyOptions, TrainConfig, train_classify};
+use crate::data::synth::{SHAPES, SynthClassify, write_classify};
 use crate::imagenet::{SAMPLES, class_names};
 use crate::predict::Classifier;
 use crate::pretrained::Pretrained;
+use crate::weights::default_cache_dir;
 
 /// Largest difference between burn and tract outputs the demo accepts (the golden tests' tolerance).
 pub const MAX_ABS_DIFF: f32 = 1e-4;
@@ -131,10 +135,45 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         "   max |burn - tract| = {:.2e}; burn {:.1} ms/photo, tract {:.1} ms/photo (first runs, one photo at a time)",
         report.max_abs_diff_burn_vs_tract, report.burn_trunk_ms, report.tract_trunk_ms
     );
+    println!(
+        "== 4. Transfer learning: a new head on the frozen trunk (synthetic shapes, two-model approach)"
+    );
+    let data = out.join("shapes");
+    let synth = SynthClassify {
+        per_class: 60,
+        size: 96,
+        seed: 0,
+    };
+    write_classify(&synth, &data)?;
+    let opts = ClassifyOptions {
+        data: data.clone(),
+        cut: CutPoint::Pooled,
+        val_fraction: 0.2,
+        strict: false,
+        train: TrainConfig::default(),
+    };
+    let t = Instant::now();
+    let run = train_classify(
+        pretrained,
+        &opts,
+        &default_cache_dir(),
+        &out.join("run-classify"),
+        &crate::progress::Bars,
+    )?;
+    println!(
+        "   {} pictures of {} shapes: validation accuracy {:.1}% (best epoch {}), {:.1} s including embedding; run in {}",
+        run.images_used,
+        SHAPES.len(),
+        100.0 * run.val_accuracy,
+        run.best_epoch,
+        t.elapsed().as_secs_f64(),
+        run.run.display()
+    );
     let metrics = out.join("metrics.json");
     std::fs::write(
         &metrics,
-        serde_json::to_string_pretty(&json!({"demo": report, "trunk": info}))? + "\n",
+        serde_json::to_string_pretty(&json!({"demo": report, "trunk": info, "classify": run}))?
+            + "\n",
     )?;
     println!(
         "== metrics: top-1 {}/{} sample photos; written to {}",

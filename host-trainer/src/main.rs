@@ -6,6 +6,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use kestrel_trainer::backend::{Backend, set_threads};
+use kestrel_trainer::classify::{
+    ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
+};
 use kestrel_trainer::progress::{Bars, Silent};
 use kestrel_trainer::weights::{Fetcher, default_cache_dir};
 use kestrel_trainer::{Pretrained, bench, demo, imagenet, predict};
@@ -85,6 +88,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Train a new head on the frozen trunk.
+    Train {
+        #[command(subcommand)]
+        what: TrainCommand,
+    },
     /// Write synthetic labelled pictures (no download needed).
     Synth {
         #[command(subcommand)]
@@ -99,6 +107,64 @@ enum Command {
         #[arg(long, default_value = "pooled")]
         cut: CutPoint,
     },
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Image classification from DATA/<label>/*.png (two-model approach: cached embeddings + head).
+    Classify(ClassifyArgs),
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    /// Dataset root: DATA/<label>/*, or DATA/train/<label>/* and DATA/val/<label>/*.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Trunk cut point.
+    #[arg(long, default_value = "pooled")]
+    cut: CutPoint,
+    /// Head: linear, or dense (units, ReLU, dropout) then linear.
+    #[arg(long, value_enum, default_value_t = HeadArg::Dense)]
+    head: HeadArg,
+    /// Hidden units of a dense head.
+    #[arg(long, default_value_t = 100)]
+    units: usize,
+    /// Dropout after the hidden layer of a dense head.
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    optimizer: OptimizerKind,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Maximum epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Seed (split, initialisation, shuffling, dropout).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Early stopping: epochs without a better validation loss (0 = off).
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    /// Share of each class held out for validation when there is no val/ folder.
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    /// Fail on an unreadable picture instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HeadArg {
+    Linear,
+    Dense,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +299,48 @@ fn main() -> anyhow::Result<()> {
             if let Some(out) = out {
                 std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;
             }
+        }
+        Command::Train {
+            what: TrainCommand::Classify(ref a),
+        } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let opts = ClassifyOptions {
+                data: a.data.clone(),
+                cut: a.cut,
+                val_fraction: a.val_fraction,
+                strict: a.strict,
+                train: TrainConfig {
+                    head: match a.head {
+                        HeadArg::Linear => HeadKind::Linear,
+                        HeadArg::Dense => HeadKind::Dense {
+                            units: a.units,
+                            dropout: a.dropout,
+                        },
+                    },
+                    optimizer: a.optimizer,
+                    lr: a.lr,
+                    epochs: a.epochs,
+                    batch_size: a.batch_size,
+                    seed: a.seed,
+                    patience: a.patience,
+                },
+            };
+            let progress: &dyn kestrel_trainer::progress::Progress =
+                if cli.quiet { &Silent } else { &Bars };
+            let s = train_classify(&p, &opts, &cache, &a.out, progress)?;
+            for sk in &s.skipped {
+                eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
+            }
+            println!(
+                "val accuracy {:.3} (loss {:.4}, epoch {}); {} pictures used, {} skipped, {} embeddings from cache; run in {}",
+                s.val_accuracy,
+                s.val_loss,
+                s.best_epoch,
+                s.images_used,
+                s.skipped.len(),
+                s.cache_hits,
+                s.run.display()
+            );
         }
         Command::Synth {
             what:

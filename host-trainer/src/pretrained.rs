@@ -51,19 +51,27 @@ impl Pretrained {
         cache: &Path,
     ) -> anyhow::Result<PathBuf> {
         let dir = cached_trunk_dir(cache, &self.weights_sha256, cut, &spec);
-        let usable = kestrel_shared::TrunkInfo::read(&dir.join(kestrel_edge::trunk::TRUNK_JSON))
-            .ok()
-            .is_some_and(|info| {
-                sha256_file(&dir.join(&info.onnx_file)).is_ok_and(|h| h == info.onnx_sha256)
-            });
-        if !usable {
+        let usable = |dir: &Path| {
+            kestrel_shared::TrunkInfo::read(&dir.join(kestrel_edge::trunk::TRUNK_JSON))
+                .ok()
+                .is_some_and(|info| {
+                    sha256_file(&dir.join(&info.onnx_file)).is_ok_and(|h| h == info.onnx_sha256)
+                })
+        };
+        if !usable(&dir) {
             tracing::info!("exporting trunk {cut} to {}", dir.display());
             let name = dir.file_name().expect("cache entry").to_string_lossy();
             let tmp = dir.with_file_name(format!("{name}.tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             export_trunk(&self.model, cut, spec, &self.weights_sha256, &tmp)?;
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir)?;
+            if let Err(e) = std::fs::rename(&tmp, &dir) {
+                // Another process may have put the same export in place meanwhile.
+                let _ = std::fs::remove_dir_all(&tmp);
+                if !usable(&dir) {
+                    return Err(e.into());
+                }
+            }
         }
         Ok(dir)
     }

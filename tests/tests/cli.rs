@@ -155,4 +155,7 @@ fn demo_classifies_exports_and_agrees_with_the_edge_runtime() {
             < 1e-4
     );
     assert!(dir.path().join("trunk/trunk.onnx").exists());
+    let acc = metrics["classify"]["val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.7, "demo head validation accuracy {acc}");
+    assert!(dir.path().join("run-classify/head.bpk").exists());
 }

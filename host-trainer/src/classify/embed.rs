@@ -34,7 +34,13 @@ impl EmbeddingCache {
     }
 
     /// The cached embedding, if present and of the expected length.
-    pub fn get(&self, trunk_sha: &str, content_sha: &str, view: u32, len: usize) -> Option<Vec<f32>> {
+    pub fn get(
+        &self,
+        trunk_sha: &str,
+        content_sha: &str,
+        view: u32,
+        len: usize,
+    ) -> Option<Vec<f32>> {
         let bytes = std::fs::read(self.path(trunk_sha, content_sha, view)).ok()?;
         (bytes.len() == 4 * len).then(|| {
             bytes
@@ -45,11 +51,20 @@ impl EmbeddingCache {
     }
 
     /// Store an embedding (written to a temporary file, then renamed: never half a file).
-    pub fn put(&self, trunk_sha: &str, content_sha: &str, view: u32, v: &[f32]) -> std::io::Result<()> {
+    pub fn put(
+        &self,
+        trunk_sha: &str,
+        content_sha: &str,
+        view: u32,
+        v: &[f32],
+    ) -> std::io::Result<()> {
         let p = self.path(trunk_sha, content_sha, view);
         std::fs::create_dir_all(p.parent().expect("cache path has a parent"))?;
         let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+        std::fs::write(
+            &tmp,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        )?;
         std::fs::rename(tmp, p)
     }
 }
@@ -101,7 +116,10 @@ pub fn embed_samples(
                     anyhow::bail!("{}: {reason} (--strict)", s.path.display());
                 }
                 tracing::warn!("skipping {}: {reason}", s.path.display());
-                set.skipped.push(Skipped { path: s.path.clone(), reason });
+                set.skipped.push(Skipped {
+                    path: s.path.clone(),
+                    reason,
+                });
                 continue;
             }
         };
@@ -120,7 +138,10 @@ pub fn embed_samples(
                             anyhow::bail!("{}: {reason} (--strict)", s.path.display());
                         }
                         tracing::warn!("skipping {}: {reason}", s.path.display());
-                        set.skipped.push(Skipped { path: s.path.clone(), reason });
+                        set.skipped.push(Skipped {
+                            path: s.path.clone(),
+                            reason,
+                        });
                         continue;
                     }
                 };

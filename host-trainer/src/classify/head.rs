@@ -56,7 +56,10 @@ fn seeded_linear(din: usize, dout: usize, rng: &mut ChaCha8Rng, device: &Device)
     let b: Vec<f32> = (0..dout).map(|_| rng.random_range(-k..k)).collect();
     Linear {
         weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [din, dout]), device)),
-        bias: Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [dout]), device))),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [dout]),
+            device,
+        ))),
     }
 }
 
@@ -97,7 +100,13 @@ impl Head {
                 let keep = 1.0 - self.dropout;
                 let [n, d] = x.dims();
                 let mask: Vec<f32> = (0..n * d)
-                    .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+                    .map(|_| {
+                        if rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let device = x.device();
                 x = x * Tensor::from_data(TensorData::new(mask, [n, d]), &device);

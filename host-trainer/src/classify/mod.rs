@@ -4,8 +4,10 @@
 
 pub mod embed;
 pub mod head;
+pub mod run;
 pub mod train;
 
 pub use embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
 pub use head::{Head, HeadConfig, HeadKind};
+pub use run::{ClassifyOptions, RunSummary, train_classify};
 pub use train::{EpochStats, OptimizerKind, TrainConfig, TrainResult, train_head};

@@ -3,7 +3,10 @@
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig};
+use burn::optim::{
+    AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
+    momentum::MomentumConfig,
+};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -29,7 +32,9 @@ impl OptimizerKind {
         match self {
             OptimizerKind::Adam => AdamConfig::new().init(),
             OptimizerKind::Sgd => SgdConfig::new()
-                .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
+                .with_momentum(Some(
+                    MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+                ))
                 .init(),
             OptimizerKind::Rmsprop => RmsPropConfig::new().init(),
         }
@@ -136,7 +141,13 @@ pub fn head_logits(head: &Head, x: &[Vec<f32>], device: &Device) -> Vec<f32> {
 }
 
 /// Mean cross-entropy and accuracy of `head` on a set (inference mode).
-pub fn evaluate(head: &Head, x: &[Vec<f32>], y: &[usize], classes: usize, device: &Device) -> (f64, f64) {
+pub fn evaluate(
+    head: &Head,
+    x: &[Vec<f32>],
+    y: &[usize],
+    classes: usize,
+    device: &Device,
+) -> (f64, f64) {
     if x.is_empty() {
         return (f64::NAN, f64::NAN);
     }
@@ -144,7 +155,12 @@ pub fn evaluate(head: &Head, x: &[Vec<f32>], y: &[usize], classes: usize, device
     let mut loss = 0.0;
     for (row, &t) in logits.chunks(classes).zip(y) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        let lse = row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
         loss += lse - row[t] as f64;
     }
     let pred = argmax_rows(&logits, classes);
@@ -189,10 +205,18 @@ pub fn train_head(
             let targets = labels(train_y, idx, &ad);
             let loss = loss_fn.forward(logits.clone(), targets);
             let pred = argmax_rows(
-                &logits.inner().into_data().try_into_vec::<f32>().expect("float logits"),
+                &logits
+                    .inner()
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("float logits"),
                 classes,
             );
-            correct += pred.iter().zip(idx).filter(|(p, i)| **p == train_y[**i]).count();
+            correct += pred
+                .iter()
+                .zip(idx)
+                .filter(|(p, i)| **p == train_y[**i])
+                .count();
             loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -210,12 +234,19 @@ pub fn train_head(
         on_epoch(&stats);
         history.push(stats);
         // Without a validation set, the latest head is the best one.
-        let score = if val_x.is_empty() { -(epoch as f64) } else { val_loss };
+        let score = if val_x.is_empty() {
+            -(epoch as f64)
+        } else {
+            val_loss
+        };
         let improved = best.as_ref().is_none_or(|(b, _, _)| score < *b);
         if improved {
             best = Some((score, epoch, inference));
         } else if cfg.patience > 0 && epoch - best.as_ref().map_or(0, |b| b.1) >= cfg.patience {
-            tracing::info!("early stop at epoch {epoch}: no better validation loss for {} epochs", cfg.patience);
+            tracing::info!(
+                "early stop at epoch {epoch}: no better validation loss for {} epochs",
+                cfg.patience
+            );
             break;
         }
     }
@@ -255,8 +286,18 @@ mod tests {
 
     #[test]
     fn every_optimizer_and_head_learns_separable_classes() {
-        for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd, OptimizerKind::Rmsprop] {
-            for head in [HeadKind::Linear, HeadKind::Dense { units: 16, dropout: 0.1 }] {
+        for optimizer in [
+            OptimizerKind::Adam,
+            OptimizerKind::Sgd,
+            OptimizerKind::Rmsprop,
+        ] {
+            for head in [
+                HeadKind::Linear,
+                HeadKind::Dense {
+                    units: 16,
+                    dropout: 0.1,
+                },
+            ] {
                 let cfg = TrainConfig {
                     head,
                     optimizer,
@@ -268,8 +309,14 @@ mod tests {
                 };
                 let r = run(&cfg);
                 let last = r.history.last().unwrap();
-                assert!(last.val_accuracy >= 0.95, "{optimizer:?} {head:?}: {last:?}");
-                assert!(r.history[0].train_loss > last.train_loss, "{optimizer:?} {head:?} did not learn");
+                assert!(
+                    last.val_accuracy >= 0.95,
+                    "{optimizer:?} {head:?}: {last:?}"
+                );
+                assert!(
+                    r.history[0].train_loss > last.train_loss,
+                    "{optimizer:?} {head:?} did not learn"
+                );
             }
         }
     }
@@ -285,7 +332,10 @@ mod tests {
         let a = run(&cfg);
         let b = run(&cfg);
         assert_eq!(a.history, b.history);
-        let c = run(&TrainConfig { seed: 9, ..cfg.clone() });
+        let c = run(&TrainConfig {
+            seed: 9,
+            ..cfg.clone()
+        });
         assert_ne!(a.history, c.history);
         // The kept head is the one with the lowest validation loss, and evaluating it again gives
         // that epoch's numbers.

@@ -1,0 +1,237 @@
+//! `kestrel train classify`: from a folder of labelled pictures to a trained head in a run
+//! directory, with everything needed to reproduce and judge it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use kestrel_edge::{Threads, Trunk};
+use kestrel_shared::{CutPoint, PreprocessSpec};
+use serde::Serialize;
+use serde_json::json;
+
+use super::embed::{EmbeddingCache, Skipped, embed_samples};
+use super::train::{EpochStats, TrainConfig, argmax_rows, head_logits, train_head};
+use crate::data::Dataset;
+use crate::pretrained::Pretrained;
+use crate::progress::Progress;
+
+/// File name of the head checkpoint (burnpack) inside a run directory.
+pub const HEAD_FILE: &str = "head.bpk";
+
+/// Settings of one classification run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifyOptions {
+    /// Dataset root (ImageFolder layout).
+    pub data: PathBuf,
+    /// Where the trunk is cut.
+    pub cut: CutPoint,
+    /// Share of each class held out when there is no `val/` folder.
+    pub val_fraction: f64,
+    /// Fail on the first unreadable picture instead of skipping it.
+    pub strict: bool,
+    /// Head and optimiser settings.
+    pub train: TrainConfig,
+}
+
+/// Per-class and overall quality of a classifier on a labelled set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassMetrics {
+    /// Fraction classified correctly.
+    pub accuracy: f64,
+    /// Per class: precision.
+    pub precision: Vec<f64>,
+    /// Per class: recall.
+    pub recall: Vec<f64>,
+    /// Per class: F1.
+    pub f1: Vec<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Compute [`ClassMetrics`] from true and predicted labels.
+pub fn class_metrics(truth: &[usize], pred: &[usize], classes: usize) -> ClassMetrics {
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    for (&t, &p) in truth.iter().zip(pred) {
+        confusion[t][p] += 1;
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let (mut precision, mut recall, mut f1) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, row) in confusion.iter().enumerate() {
+        let tp = row[k];
+        let predicted: usize = confusion.iter().map(|r| r[k]).sum();
+        let actual: usize = row.iter().sum();
+        let (p, r) = (ratio(tp, predicted), ratio(tp, actual));
+        precision.push(p);
+        recall.push(r);
+        f1.push(if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        });
+    }
+    let correct: usize = confusion.iter().enumerate().map(|(k, r)| r[k]).sum();
+    ClassMetrics {
+        accuracy: ratio(correct, truth.len()),
+        precision,
+        recall,
+        f1,
+        confusion,
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run directory.
+    pub run: PathBuf,
+    /// Validation accuracy of the kept head.
+    pub val_accuracy: f64,
+    /// Validation loss of the kept head.
+    pub val_loss: f64,
+    /// Epoch of the kept head.
+    pub best_epoch: usize,
+    /// Pictures embedded (train + val).
+    pub images_used: usize,
+    /// Pictures skipped as unreadable.
+    pub skipped: Vec<Skipped>,
+    /// Embeddings read from the cache instead of running the trunk.
+    pub cache_hits: usize,
+}
+
+fn write_history(path: &Path, history: &[EpochStats]) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(f, "epoch,train_loss,train_accuracy,val_loss,val_accuracy")?;
+    for h in history {
+        writeln!(
+            f,
+            "{},{},{},{},{}",
+            h.epoch, h.train_loss, h.train_accuracy, h.val_loss, h.val_accuracy
+        )?;
+    }
+    f.flush()
+}
+
+/// Train a classification head on `opts.data` and write the run into `out`.
+pub fn train_classify(
+    pretrained: &Pretrained,
+    opts: &ClassifyOptions,
+    cache: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<RunSummary> {
+    let data = Dataset::scan(&opts.data, opts.val_fraction, opts.train.seed)?;
+    std::fs::create_dir_all(out)?;
+    let spec = PreprocessSpec::imagenet();
+    let trunk_dir = pretrained.cached_trunk(opts.cut, spec, cache)?;
+    let trunk = Trunk::open(&trunk_dir, 1, Threads::Single)?;
+    // The configuration goes down before training starts, so a crashed run still says what it was.
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&json!({
+            "task": "classify",
+            "options": opts,
+            "labels": data.labels,
+            "preprocess": spec,
+            "trunk_sha256": trunk.info.onnx_sha256,
+            "weights_sha256": pretrained.weights_sha256,
+            "backend": pretrained.backend.name(),
+            "kestrel_version": env!("CARGO_PKG_VERSION"),
+        }))? + "\n",
+    )?;
+    std::fs::write(out.join("labels.txt"), data.labels.join("\n") + "\n")?;
+
+    let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
+    let train = embed_samples(&trunk, &data.train, &emb_cache, opts.strict, progress)?;
+    let val = embed_samples(&trunk, &data.val, &emb_cache, opts.strict, progress)?;
+    anyhow::ensure!(
+        !train.x.is_empty(),
+        "no readable training pictures in {}",
+        opts.data.display()
+    );
+    let classes = data.labels.len();
+    let bar = progress.start("training head", Some(opts.train.epochs as u64));
+    let result = train_head(
+        &opts.train,
+        classes,
+        &train.x,
+        &train.y,
+        &val.x,
+        &val.y,
+        &pretrained.device,
+        &mut |e| {
+            bar.advance(1);
+            tracing::info!(
+                "epoch {}: loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
+                e.epoch,
+                e.train_loss,
+                e.train_accuracy,
+                e.val_loss,
+                e.val_accuracy
+            );
+        },
+    );
+    bar.finish();
+
+    result
+        .head
+        .clone()
+        .save_into(&mut BurnpackStore::from_file(out.join(HEAD_FILE)).overwrite(true))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(HEAD_FILE).display()))?;
+    write_history(&out.join("history.csv"), &result.history)?;
+    let best = &result.history[result.best_epoch - 1];
+    let val_pred = argmax_rows(
+        &head_logits(&result.head, &val.x, &pretrained.device),
+        classes,
+    );
+    let val_metrics = class_metrics(&val.y, &val_pred, classes);
+    let mut skipped = train.skipped.clone();
+    skipped.extend(val.skipped.iter().cloned());
+    let summary = RunSummary {
+        run: out.to_path_buf(),
+        val_accuracy: best.val_accuracy,
+        val_loss: best.val_loss,
+        best_epoch: result.best_epoch,
+        images_used: train.x.len() + val.x.len(),
+        skipped,
+        cache_hits: train.cache_hits + val.cache_hits,
+    };
+    std::fs::write(
+        out.join("metrics.json"),
+        serde_json::to_string_pretty(&json!({
+            "val_accuracy": summary.val_accuracy,
+            "val_loss": summary.val_loss,
+            "best_epoch": summary.best_epoch,
+            "epochs_run": result.history.len(),
+            "labels": data.labels,
+            "val": val_metrics,
+            "train_images": train.x.len(),
+            "val_images": val.x.len(),
+            "images_used": summary.images_used,
+            "images_skipped": summary.skipped.len(),
+            "skipped": summary.skipped,
+            "embedding_cache_hits": summary.cache_hits,
+        }))? + "\n",
+    )?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_by_hand() {
+        // truth: 0 0 1 1 2 ; pred: 0 1 1 1 0
+        let m = class_metrics(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 0], 3);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+        );
+        assert!((m.accuracy - 0.6).abs() < 1e-12);
+        assert_eq!(m.precision, vec![0.5, 2.0 / 3.0, 0.0]);
+        assert_eq!(m.recall, vec![0.5, 1.0, 0.0]);
+        assert!((m.f1[1] - 0.8).abs() < 1e-12);
+        assert_eq!(m.f1[2], 0.0);
+    }
+}

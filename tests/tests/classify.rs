@@ -1,0 +1,151 @@
+//! `kestrel train classify` end to end: synthetic pictures, embeddings through the ONNX trunk
+//! with tract (cached), a head trained in burn, and the run directory it leaves.
+
+use std::process::Command;
+
+use kestrel_e2e::{bin, weights};
+
+fn kestrel(cache: &std::path::Path) -> Command {
+    let mut c = Command::new(bin("kestrel"));
+    c.env("KESTREL_WEIGHTS", weights())
+        .env("KESTREL_CACHE_DIR", cache)
+        .arg("--quiet");
+    c
+}
+
+fn run_ok(c: &mut Command) -> (String, String) {
+    let out = c.output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
+    (so, se)
+}
+
+fn metrics(run: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, cache) = (tmp.path().join("data"), tmp.path().join("cache"));
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "synth",
+                "classify",
+                "--per-class",
+                "20",
+                "--size",
+                "64",
+                "--seed",
+                "5",
+                "--out",
+            ])
+            .arg(&data),
+    );
+    // A corrupt picture among the good ones is skipped and reported by name.
+    std::fs::write(
+        data.join("circle/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+
+    let run1 = tmp.path().join("run1");
+    let (_, stderr) = run_ok(
+        kestrel(&cache)
+            .args(["train", "classify", "--epochs", "25", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run1),
+    );
+    assert!(stderr.contains("broken.png"), "{stderr}");
+    let m = metrics(&run1);
+    assert_eq!(m["images_skipped"], 1);
+    assert_eq!(m["images_used"], 80);
+    assert_eq!(m["embedding_cache_hits"], 0);
+    let acc = m["val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.75, "validation accuracy {acc} on 4 easy shapes");
+    assert_eq!(m["val"]["confusion"].as_array().unwrap().len(), 4);
+    for f in ["head.bpk", "config.json", "labels.txt", "history.csv"] {
+        assert!(run1.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run1.join("labels.txt")).unwrap(),
+        "circle\ncross\nsquare\ntriangle\n"
+    );
+    let history = std::fs::read_to_string(run1.join("history.csv")).unwrap();
+    assert!(history.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy\n"));
+    assert!(history.lines().count() >= 2);
+
+    // Other head settings: every embedding comes from the cache, the trunk never runs.
+    let run2 = tmp.path().join("run2");
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "train", "classify", "--head", "linear", "--lr", "0.01", "--epochs", "5", "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run2),
+    );
+    assert_eq!(metrics(&run2)["embedding_cache_hits"], 80);
+
+    // Same seed and settings: the same result.
+    let run3 = tmp.path().join("run3");
+    run_ok(
+        kestrel(&cache)
+            .args(["train", "classify", "--epochs", "25", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run3),
+    );
+    assert_eq!(
+        std::fs::read_to_string(run1.join("history.csv")).unwrap(),
+        std::fs::read_to_string(run3.join("history.csv")).unwrap()
+    );
+
+    // --strict turns the corrupt picture into an error naming it.
+    let out = kestrel(&cache)
+        .args(["train", "classify", "--strict", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("run4"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.png"));
+}
+
+#[test]
+fn a_single_class_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_ok(
+        kestrel(tmp.path())
+            .args([
+                "synth",
+                "classify",
+                "--per-class",
+                "2",
+                "--size",
+                "32",
+                "--out",
+            ])
+            .arg(&data),
+    );
+    for extra in ["cross", "square", "triangle"] {
+        std::fs::remove_dir_all(data.join(extra)).unwrap();
+    }
+    let out = kestrel(tmp.path())
+        .args(["train", "classify", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("single class `circle`"));
+}
