@@ -199,29 +199,36 @@ pub fn train_head(
     let mut best: Option<(f64, usize, Head)> = None;
     for epoch in 1..=cfg.epochs {
         order.shuffle(&mut rng);
-        let (mut loss_sum, mut correct, mut batches) = (0.0, 0usize, 0usize);
+        // Loss and hits stay on the device during the epoch: one read at its end, not one per step.
+        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut hits: Option<Tensor<1, Int>> = None;
+        let mut batches = 0usize;
         for idx in order.chunks(cfg.batch_size.max(1)) {
             let logits = model.forward_train(batch(train_x, idx, &ad), &mut rng);
             let targets = labels(train_y, idx, &ad);
-            let loss = loss_fn.forward(logits.clone(), targets);
-            let pred = argmax_rows(
-                &logits
-                    .inner()
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("float logits"),
-                classes,
-            );
-            correct += pred
-                .iter()
-                .zip(idx)
-                .filter(|(p, i)| **p == train_y[**i])
-                .count();
-            loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
+            let loss = loss_fn.forward(logits.clone(), targets.clone());
+            let h = logits
+                .inner()
+                .argmax(1)
+                .reshape([idx.len()])
+                .equal(targets.inner())
+                .int()
+                .sum();
+            hits = Some(match hits {
+                Some(t) => t + h,
+                None => h,
+            });
+            let l = loss.clone().inner();
+            loss_sum = Some(match loss_sum {
+                Some(t) => t + l,
+                None => l,
+            });
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
         }
+        let loss_sum = loss_sum.map_or(0.0, |t| t.into_scalar::<f32>() as f64);
+        let correct = hits.map_or(0, |t| t.into_scalar::<i64>() as usize);
         let inference = model.valid();
         let (val_loss, val_accuracy) = evaluate(&inference, val_x, val_y, classes, device);
         let stats = EpochStats {
