@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use kestrel_trainer::backend::{Backend, set_threads};
+use kestrel_trainer::classify::run::TrainedClassifier;
 use kestrel_trainer::classify::{
     ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
 };
@@ -51,6 +52,20 @@ enum Command {
         /// One JSON object per picture and line.
         #[arg(long)]
         json: bool,
+        /// Use the head trained in this run directory instead of the ImageNet classifier.
+        #[arg(long)]
+        run: Option<PathBuf>,
+    },
+    /// Evaluate a trained run on another labelled folder; prints the metrics as JSON.
+    Eval {
+        /// Run directory written by `kestrel train classify`.
+        run: PathBuf,
+        /// Labelled folder (DATA/<label>/*), all of it is used.
+        #[arg(long)]
+        data: PathBuf,
+        /// Fail on an unreadable picture instead of skipping it.
+        #[arg(long)]
+        strict: bool,
     },
     /// Export the frozen trunk, cut at a layer, to ONNX (trunk.onnx + trunk.json).
     ExportTrunk {
@@ -219,17 +234,25 @@ fn main() -> anyhow::Result<()> {
             ref images,
             top,
             json,
+            ref run,
         } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
-            let classifier = predict::Classifier {
-                model: &p.model,
-                device: &p.device,
-                spec: PreprocessSpec::imagenet(),
-                labels: imagenet::class_names(),
-                batch: 8,
+            let results: Vec<anyhow::Result<predict::Prediction>> = match run {
+                Some(run) => TrainedClassifier::open(run, &p, &cache)?.classify_files(images, top),
+                None => predict::Classifier {
+                    model: &p.model,
+                    device: &p.device,
+                    spec: PreprocessSpec::imagenet(),
+                    labels: imagenet::class_names(),
+                    batch: 8,
+                }
+                .classify_files(images, top)
+                .into_iter()
+                .map(|r| r.map_err(anyhow::Error::from))
+                .collect(),
             };
             let mut failed = 0;
-            for res in classifier.classify_files(images, top) {
+            for res in results {
                 match res {
                     Ok(pred) if json => println!("{}", serde_json::to_string(&pred)?),
                     Ok(pred) => {
@@ -250,6 +273,18 @@ fn main() -> anyhow::Result<()> {
                     images.len()
                 );
             }
+        }
+        Command::Eval {
+            ref run,
+            ref data,
+            strict,
+        } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let progress: &dyn kestrel_trainer::progress::Progress =
+                if cli.quiet { &Silent } else { &Bars };
+            let report = TrainedClassifier::open(run, &p, &cache)?
+                .evaluate(data, &cache, strict, progress)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::ExportTrunk { cut, ref out } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;

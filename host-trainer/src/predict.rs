@@ -94,18 +94,28 @@ impl Classifier<'_> {
 
     /// Turn one row of logits into a [`Prediction`].
     pub fn prediction(&self, image: &Path, logits: &[f32], k: usize) -> Prediction {
-        let probs = softmax(logits);
-        Prediction {
-            image: image.to_path_buf(),
-            top: top_k(&probs, k)
-                .into_iter()
-                .map(|(class, score)| Scored {
-                    class,
-                    label: self.labels.get(class).copied().unwrap_or("?").to_string(),
-                    score,
-                })
-                .collect(),
-        }
+        prediction(image, logits, &self.labels, k)
+    }
+}
+
+/// The `k` most probable classes of one row of logits, named by `labels`.
+pub fn prediction<S: AsRef<str>>(
+    image: &Path,
+    logits: &[f32],
+    labels: &[S],
+    k: usize,
+) -> Prediction {
+    let probs = softmax(logits);
+    Prediction {
+        image: image.to_path_buf(),
+        top: top_k(&probs, k)
+            .into_iter()
+            .map(|(class, score)| Scored {
+                class,
+                label: labels.get(class).map_or("?", |l| l.as_ref()).to_string(),
+                score,
+            })
+            .collect(),
     }
 }
 

@@ -80,6 +80,52 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     assert!(history.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy\n"));
     assert!(history.lines().count() >= 2);
 
+    // The trained run classifies new pictures (`predict --run`) and evaluates another folder.
+    let fresh = tmp.path().join("fresh");
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "synth",
+                "classify",
+                "--per-class",
+                "6",
+                "--size",
+                "64",
+                "--seed",
+                "77",
+                "--out",
+            ])
+            .arg(&fresh),
+    );
+    let (stdout, _) = run_ok(
+        kestrel(&cache)
+            .args(["predict", "--json", "--top", "2", "--run"])
+            .arg(&run1)
+            .arg(fresh.join("square/square_0000.png"))
+            .arg(fresh.join("cross/cross_0001.png")),
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["top"].as_array().unwrap().len(), 2);
+    assert!(
+        ["circle", "cross", "square", "triangle"]
+            .contains(&lines[0]["top"][0]["label"].as_str().unwrap())
+    );
+    let (stdout, _) = run_ok(
+        kestrel(&cache)
+            .arg("eval")
+            .arg(&run1)
+            .arg("--data")
+            .arg(&fresh),
+    );
+    let eval: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(eval["images_used"], 24);
+    let eval_acc = eval["accuracy"].as_f64().unwrap();
+    assert!(eval_acc >= 0.6, "accuracy on fresh pictures {eval_acc}");
+
     // Other head settings: every embedding comes from the cache, the trunk never runs.
     let run2 = tmp.path().join("run2");
     run_ok(

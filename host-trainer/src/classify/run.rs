@@ -20,7 +20,7 @@ use crate::progress::Progress;
 pub const HEAD_FILE: &str = "head.bpk";
 
 /// Settings of one classification run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ClassifyOptions {
     /// Dataset root (ImageFolder layout).
     pub data: PathBuf,
@@ -214,6 +214,151 @@ pub fn train_classify(
         }))? + "\n",
     )?;
     Ok(summary)
+}
+
+/// A trained run loaded back: its trunk (tract), its head (burn) and its labels.
+pub struct TrainedClassifier {
+    /// Class names.
+    pub labels: Vec<String>,
+    /// The frozen trunk the head was trained on.
+    pub trunk: Trunk,
+    /// The trained head, on the inference device.
+    pub head: super::head::Head,
+    device: burn::tensor::Device,
+}
+
+impl TrainedClassifier {
+    /// Load `run` (written by [`train_classify`]); the trunk comes from the cache (exported again
+    /// if needed) and must be the very one the head was trained on.
+    pub fn open(run: &Path, pretrained: &Pretrained, cache: &Path) -> anyhow::Result<Self> {
+        let config_path = run.join("config.json");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read {}: {e} (is {} a run directory from `kestrel train classify`?)",
+                    config_path.display(),
+                    run.display()
+                )
+            })?)
+            .map_err(|e| anyhow::anyhow!("{} is malformed: {e}", config_path.display()))?;
+        let opts: ClassifyOptions = serde_json::from_value(config["options"].clone())
+            .map_err(|e| anyhow::anyhow!("{}: bad `options`: {e}", config_path.display()))?;
+        let labels: Vec<String> = serde_json::from_value(config["labels"].clone())
+            .map_err(|e| anyhow::anyhow!("{}: bad `labels`: {e}", config_path.display()))?;
+        let spec: PreprocessSpec = serde_json::from_value(config["preprocess"].clone())
+            .map_err(|e| anyhow::anyhow!("{}: bad `preprocess`: {e}", config_path.display()))?;
+        let trunk = Trunk::open(
+            &pretrained.cached_trunk(opts.cut, spec, cache)?,
+            1,
+            Threads::Single,
+        )?;
+        if config["trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
+            anyhow::bail!(
+                "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
+                run.display(),
+                config["trunk_sha256"],
+                trunk.info.onnx_sha256
+            );
+        }
+        let inputs: usize = trunk.info.output_shape.iter().skip(1).product();
+        let device = pretrained.device.clone();
+        let mut head = super::head::HeadConfig {
+            kind: opts.train.head,
+            inputs,
+            classes: labels.len(),
+        }
+        .init(
+            &device,
+            &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0),
+        );
+        let file = run.join(HEAD_FILE);
+        let result = head
+            .load_from(&mut BurnpackStore::from_file(&file))
+            .map_err(|e| anyhow::anyhow!("cannot load head {}: {e}", file.display()))?;
+        anyhow::ensure!(
+            result.missing.is_empty() && result.errors.is_empty(),
+            "head {} does not fit its config: missing {:?}, errors {:?}",
+            file.display(),
+            result.missing,
+            result.errors
+        );
+        Ok(TrainedClassifier {
+            labels,
+            trunk,
+            head,
+            device,
+        })
+    }
+
+    /// Logits for embeddings.
+    pub fn logits(&self, x: &[Vec<f32>]) -> Vec<f32> {
+        head_logits(&self.head, x, &self.device)
+    }
+
+    /// Classify picture files, results in input order; a bad file gets its own error.
+    pub fn classify_files(
+        &self,
+        paths: &[PathBuf],
+        k: usize,
+    ) -> Vec<anyhow::Result<crate::predict::Prediction>> {
+        paths
+            .iter()
+            .map(|p| {
+                let e = self.trunk.embed_file(p)?;
+                Ok(crate::predict::prediction(
+                    p,
+                    &self.logits(&[e]),
+                    &self.labels,
+                    k,
+                ))
+            })
+            .collect()
+    }
+
+    /// Metrics on another labelled folder (all of it; its labels must be among the run's).
+    pub fn evaluate(
+        &self,
+        data: &Path,
+        cache: &Path,
+        strict: bool,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<serde_json::Value> {
+        let set = Dataset::scan(data, 0.0, 0)?;
+        let mut samples = set.train.clone();
+        samples.extend(set.val.iter().cloned());
+        // Map the folder's label indices onto the run's.
+        for s in &mut samples {
+            let name = &set.labels[s.label];
+            s.label = self.labels.iter().position(|l| l == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "class `{name}` in {} is unknown to this run (labels: {})",
+                    data.display(),
+                    self.labels.join(", ")
+                )
+            })?;
+        }
+        let emb = embed_samples(
+            &self.trunk,
+            &samples,
+            &EmbeddingCache::new(&cache.join("embeddings")),
+            strict,
+            progress,
+        )?;
+        let classes = self.labels.len();
+        let (loss, _) = super::train::evaluate(&self.head, &emb.x, &emb.y, classes, &self.device);
+        let pred = argmax_rows(&self.logits(&emb.x), classes);
+        let m = class_metrics(&emb.y, &pred, classes);
+        Ok(json!({
+            "data": data,
+            "accuracy": m.accuracy,
+            "loss": loss,
+            "labels": self.labels,
+            "metrics": m,
+            "images_used": emb.x.len(),
+            "images_skipped": emb.skipped.len(),
+            "skipped": emb.skipped,
+        }))
+    }
 }
 
 #[cfg(test)]
