@@ -12,6 +12,7 @@ use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use serde_json::json;
 
+use crate::classify::finetune::FineTuneConfig;
 use crate::classify::{ClassifyOptions, TrainConfig, train_classify};
 use crate::data::synth::{SHAPES, SynthClassify, write_classify};
 use crate::imagenet::{SAMPLES, class_names};
@@ -151,6 +152,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         val_fraction: 0.2,
         strict: false,
         train: TrainConfig::default(),
+        fine_tune: None,
     };
     let t = Instant::now();
     let run = train_classify(
@@ -169,11 +171,38 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         t.elapsed().as_secs_f64(),
         run.run.display()
     );
+    println!("== 5. Fine-tuning (phase 2): unfreeze the top 4 blocks and train them with the head");
+    let ft_opts = ClassifyOptions {
+        fine_tune: Some(FineTuneConfig {
+            blocks: 4,
+            epochs: 3,
+            lr: opts.train.lr / 100.0,
+            batch_size: opts.train.batch_size,
+            seed: opts.train.seed,
+        }),
+        ..opts
+    };
+    let t = Instant::now();
+    let tuned = train_classify(
+        pretrained,
+        &ft_opts,
+        &default_cache_dir(),
+        &out.join("run-finetune"),
+        &crate::progress::Bars,
+    )?;
+    println!(
+        "   validation accuracy {:.1}% after fine-tuning (head only: {:.1}%), {:.1} s; run in {}",
+        100.0 * tuned.val_accuracy,
+        100.0 * tuned.phase1_val_accuracy.unwrap_or(f64::NAN),
+        t.elapsed().as_secs_f64(),
+        tuned.run.display()
+    );
     let metrics = out.join("metrics.json");
     std::fs::write(
         &metrics,
-        serde_json::to_string_pretty(&json!({"demo": report, "trunk": info, "classify": run}))?
-            + "\n",
+        serde_json::to_string_pretty(
+            &json!({"demo": report, "trunk": info, "classify": run, "fine_tuned": tuned}),
+        )? + "\n",
     )?;
     println!(
         "== metrics: top-1 {}/{} sample photos; written to {}",

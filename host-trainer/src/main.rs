@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use kestrel_trainer::backend::{Backend, set_threads};
+use kestrel_trainer::classify::finetune::FineTuneConfig;
 use kestrel_trainer::classify::run::TrainedClassifier;
 use kestrel_trainer::classify::{
     ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
@@ -177,6 +178,16 @@ struct ClassifyArgs {
     /// Fail on an unreadable picture instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Phase 2: after the head, fine-tune the top N inverted-residual blocks with it (0 = off).
+    #[arg(long, default_value_t = 0)]
+    fine_tune_blocks: usize,
+    /// Epochs of phase 2.
+    #[arg(long, default_value_t = 5)]
+    fine_tune_epochs: usize,
+    /// Learning rate of phase 2 (default: a hundredth of --lr; with BatchNorm on fixed statistics,
+    /// larger steps undo the pretrained features).
+    #[arg(long)]
+    fine_tune_lr: Option<f64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -369,12 +380,22 @@ fn main() -> anyhow::Result<()> {
                     seed: a.seed,
                     patience: a.patience,
                 },
+                fine_tune: (a.fine_tune_blocks > 0).then(|| FineTuneConfig {
+                    blocks: a.fine_tune_blocks,
+                    epochs: a.fine_tune_epochs,
+                    lr: a.fine_tune_lr.unwrap_or(a.lr / 100.0),
+                    batch_size: a.batch_size,
+                    seed: a.seed,
+                }),
             };
             let progress: &dyn kestrel_trainer::progress::Progress =
                 if cli.quiet { &Silent } else { &Bars };
             let s = train_classify(&p, &opts, &cache, &a.out, progress)?;
             for sk in &s.skipped {
                 eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
+            }
+            if let Some(p1) = s.phase1_val_accuracy {
+                println!("phase 1 (head only) val accuracy {p1:.3}; after fine-tuning:");
             }
             println!(
                 "val accuracy {:.3} (loss {:.4}, epoch {}); {} pictures used, {} skipped, {} embeddings from cache; run in {}",

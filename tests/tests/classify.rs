@@ -195,3 +195,89 @@ fn a_single_class_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("single class `circle`"));
 }
+
+#[test]
+fn fine_tuning_writes_phase_two_and_the_run_still_predicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, cache) = (tmp.path().join("data"), tmp.path().join("cache"));
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "synth",
+                "classify",
+                "--per-class",
+                "8",
+                "--size",
+                "64",
+                "--seed",
+                "9",
+                "--out",
+            ])
+            .arg(&data),
+    );
+    let run = tmp.path().join("run");
+    let (stdout, _) = run_ok(
+        kestrel(&cache)
+            .args([
+                "train",
+                "classify",
+                "--epochs",
+                "10",
+                "--fine-tune-blocks",
+                "2",
+                "--fine-tune-epochs",
+                "2",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
+    );
+    assert!(stdout.contains("phase 1 (head only)"), "{stdout}");
+    let m = metrics(&run);
+    assert_eq!(m["phase2"]["blocks"], 2);
+    assert_eq!(m["phase2"]["prefix_cut"], "features.15");
+    assert_eq!(m["phase2"]["epochs_run"], 2);
+    // The kept model is never worse on validation loss than the head it started from.
+    assert!(
+        m["phase2"]["val_loss"].as_f64().unwrap()
+            <= m["phase1"]["val_loss"].as_f64().unwrap() + 1e-9
+    );
+    assert!(run.join("top.bpk").exists() && run.join("finetune-history.csv").exists());
+    // predict --run goes through the prefix trunk and the fine-tuned top.
+    let (stdout, _) = run_ok(
+        kestrel(&cache)
+            .args(["predict", "--json", "--run"])
+            .arg(&run)
+            .arg(data.join("triangle/triangle_0000.png")),
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(line["top"].as_array().unwrap().len(), 4);
+    let (stdout, _) = run_ok(
+        kestrel(&cache)
+            .arg("eval")
+            .arg(&run)
+            .arg("--data")
+            .arg(&data),
+    );
+    let eval: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(eval["images_used"], 32);
+    // Fine-tuning needs the pooled head.
+    let out = kestrel(&cache)
+        .args([
+            "train",
+            "classify",
+            "--cut",
+            "stride16",
+            "--fine-tune-blocks",
+            "2",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cut pooled"));
+}

@@ -3,6 +3,7 @@
 //! on the cached embeddings.
 
 pub mod embed;
+pub mod finetune;
 pub mod head;
 pub mod run;
 pub mod train;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::embed::{EmbeddingCache, Skipped, embed_samples};
+use super::finetune::{FineTuneConfig, TopModel, fine_tune, top_logits};
 use super::train::{EpochStats, TrainConfig, argmax_rows, head_logits, train_head};
 use crate::data::Dataset;
 use crate::pretrained::Pretrained;
@@ -18,6 +19,8 @@ use crate::progress::Progress;
 
 /// File name of the head checkpoint (burnpack) inside a run directory.
 pub const HEAD_FILE: &str = "head.bpk";
+/// File name of the fine-tuned top (blocks + last conv + head) checkpoint.
+pub const TOP_FILE: &str = "top.bpk";
 
 /// Settings of one classification run.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -32,6 +35,9 @@ pub struct ClassifyOptions {
     pub strict: bool,
     /// Head and optimiser settings.
     pub train: TrainConfig,
+    /// Phase 2: fine-tune the top blocks after the head (None = head only).
+    #[serde(default)]
+    pub fine_tune: Option<FineTuneConfig>,
 }
 
 /// Per-class and overall quality of a classifier on a labelled set.
@@ -97,6 +103,8 @@ pub struct RunSummary {
     pub skipped: Vec<Skipped>,
     /// Embeddings read from the cache instead of running the trunk.
     pub cache_hits: usize,
+    /// Validation accuracy of the head alone (phase 1), when phase 2 ran.
+    pub phase1_val_accuracy: Option<f64>,
 }
 
 fn write_history(path: &Path, history: &[EpochStats]) -> std::io::Result<()> {
@@ -120,6 +128,10 @@ pub fn train_classify(
     out: &Path,
     progress: &dyn Progress,
 ) -> anyhow::Result<RunSummary> {
+    anyhow::ensure!(
+        opts.fine_tune.is_none() || opts.cut == CutPoint::Pooled,
+        "fine-tuning trains the top blocks under a head on the pooled vector: use --cut pooled with --fine-tune-blocks"
+    );
     let data = Dataset::scan(&opts.data, opts.val_fraction, opts.train.seed)?;
     std::fs::create_dir_all(out)?;
     let spec = PreprocessSpec::imagenet();
@@ -180,21 +192,84 @@ pub fn train_classify(
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(HEAD_FILE).display()))?;
     write_history(&out.join("history.csv"), &result.history)?;
     let best = &result.history[result.best_epoch - 1];
-    let val_pred = argmax_rows(
-        &head_logits(&result.head, &val.x, &pretrained.device),
-        classes,
-    );
-    let val_metrics = class_metrics(&val.y, &val_pred, classes);
+    let (mut val_accuracy, mut val_loss) = (best.val_accuracy, best.val_loss);
+    let mut val_logits = head_logits(&result.head, &val.x, &pretrained.device);
+    let mut phase2 = serde_json::Value::Null;
+    let mut val_y = val.y.clone();
+    if let Some(ft) = &opts.fine_tune {
+        // The frozen prefix's outputs, through the ONNX trunk cut there, cached like embeddings.
+        let prefix = Trunk::open(
+            &pretrained.cached_trunk(ft.prefix_cut(), spec, cache)?,
+            1,
+            Threads::Single,
+        )?;
+        let ptrain = embed_samples(&prefix, &data.train, &emb_cache, opts.strict, progress)?;
+        let pval = embed_samples(&prefix, &data.val, &emb_cache, opts.strict, progress)?;
+        let s = &prefix.info.output_shape;
+        let shape = [s[1], s[2], s[3]];
+        let start = TopModel::from_pretrained(
+            &pretrained.weights,
+            ft.blocks,
+            result.head.clone(),
+            &pretrained.device,
+        )?;
+        let bar = progress.start("fine-tuning top blocks", Some(ft.epochs as u64));
+        let r = fine_tune(
+            ft,
+            start,
+            classes,
+            shape,
+            &ptrain.x,
+            &ptrain.y,
+            &pval.x,
+            &pval.y,
+            &pretrained.device,
+            &mut |e| {
+                bar.advance(1);
+                tracing::info!(
+                    "fine-tune epoch {}: loss {:.4} | val loss {:.4} acc {:.3}",
+                    e.epoch,
+                    e.train_loss,
+                    e.val_loss,
+                    e.val_accuracy
+                );
+            },
+        );
+        bar.finish();
+        r.model
+            .clone()
+            .save_into(&mut BurnpackStore::from_file(out.join(TOP_FILE)).overwrite(true))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(TOP_FILE).display()))?;
+        write_history(&out.join("finetune-history.csv"), &r.history)?;
+        val_logits = top_logits(&r.model, &pval.x, shape, &pretrained.device);
+        val_y = pval.y.clone();
+        if r.best_epoch > 0 {
+            let b = &r.history[r.best_epoch - 1];
+            (val_accuracy, val_loss) = (b.val_accuracy, b.val_loss);
+        }
+        phase2 = json!({
+            "blocks": ft.blocks,
+            "prefix_cut": ft.prefix_cut().to_string(),
+            "best_epoch": r.best_epoch,
+            "epochs_run": r.history.len(),
+            "val_accuracy": val_accuracy,
+            "val_loss": val_loss,
+            "phase1_val_accuracy": best.val_accuracy,
+        });
+    }
+    let val_pred = argmax_rows(&val_logits, classes);
+    let val_metrics = class_metrics(&val_y, &val_pred, classes);
     let mut skipped = train.skipped.clone();
     skipped.extend(val.skipped.iter().cloned());
     let summary = RunSummary {
         run: out.to_path_buf(),
-        val_accuracy: best.val_accuracy,
-        val_loss: best.val_loss,
+        val_accuracy,
+        val_loss,
         best_epoch: result.best_epoch,
         images_used: train.x.len() + val.x.len(),
         skipped,
         cache_hits: train.cache_hits + val.cache_hits,
+        phase1_val_accuracy: opts.fine_tune.as_ref().map(|_| best.val_accuracy),
     };
     std::fs::write(
         out.join("metrics.json"),
@@ -211,19 +286,29 @@ pub fn train_classify(
             "images_skipped": summary.skipped.len(),
             "skipped": summary.skipped,
             "embedding_cache_hits": summary.cache_hits,
+            "phase1": {"val_accuracy": best.val_accuracy, "val_loss": best.val_loss, "best_epoch": result.best_epoch},
+            "phase2": phase2,
         }))? + "\n",
     )?;
     Ok(summary)
 }
 
-/// A trained run loaded back: its trunk (tract), its head (burn) and its labels.
+/// What turns a trunk output into logits: the head alone, or the fine-tuned top.
+pub enum TrainedModel {
+    /// Phase 1 only: the head on pooled embeddings.
+    Head(Box<super::head::Head>),
+    /// Phase 2: the fine-tuned blocks + last conv + head, on prefix feature maps of this shape.
+    Top(Box<TopModel>, [usize; 3]),
+}
+
+/// A trained run loaded back: its trunk (tract), its trained part (burn) and its labels.
 pub struct TrainedClassifier {
     /// Class names.
     pub labels: Vec<String>,
-    /// The frozen trunk the head was trained on.
+    /// The frozen trunk (or frozen prefix, for fine-tuned runs) the model was trained on.
     pub trunk: Trunk,
-    /// The trained head, on the inference device.
-    pub head: super::head::Head,
+    /// The trained part.
+    pub model: TrainedModel,
     device: burn::tensor::Device,
 }
 
@@ -247,52 +332,64 @@ impl TrainedClassifier {
             .map_err(|e| anyhow::anyhow!("{}: bad `labels`: {e}", config_path.display()))?;
         let spec: PreprocessSpec = serde_json::from_value(config["preprocess"].clone())
             .map_err(|e| anyhow::anyhow!("{}: bad `preprocess`: {e}", config_path.display()))?;
+        let cut = opts
+            .fine_tune
+            .as_ref()
+            .map_or(opts.cut, FineTuneConfig::prefix_cut);
         let trunk = Trunk::open(
-            &pretrained.cached_trunk(opts.cut, spec, cache)?,
+            &pretrained.cached_trunk(cut, spec, cache)?,
             1,
             Threads::Single,
         )?;
-        if config["trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
-            anyhow::bail!(
-                "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
-                run.display(),
-                config["trunk_sha256"],
-                trunk.info.onnx_sha256
-            );
-        }
-        let inputs: usize = trunk.info.output_shape.iter().skip(1).product();
         let device = pretrained.device.clone();
         let mut head = super::head::HeadConfig {
             kind: opts.train.head,
-            inputs,
+            // The head reads the pooled vector when the top was fine-tuned, else the trunk output.
+            inputs: match &opts.fine_tune {
+                Some(_) => CutPoint::Pooled.channels(),
+                None => trunk.info.output_shape.iter().skip(1).product(),
+            },
             classes: labels.len(),
         }
         .init(
             &device,
             &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0),
         );
-        let file = run.join(HEAD_FILE);
-        let result = head
-            .load_from(&mut BurnpackStore::from_file(&file))
-            .map_err(|e| anyhow::anyhow!("cannot load head {}: {e}", file.display()))?;
-        anyhow::ensure!(
-            result.missing.is_empty() && result.errors.is_empty(),
-            "head {} does not fit its config: missing {:?}, errors {:?}",
-            file.display(),
-            result.missing,
-            result.errors
-        );
+        let model = match &opts.fine_tune {
+            None => {
+                if config["trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
+                    anyhow::bail!(
+                        "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
+                        run.display(),
+                        config["trunk_sha256"],
+                        trunk.info.onnx_sha256
+                    );
+                }
+                load_checkpoint(&mut head, &run.join(HEAD_FILE))?;
+                TrainedModel::Head(Box::new(head))
+            }
+            Some(ft) => {
+                let mut top =
+                    TopModel::from_pretrained(&pretrained.weights, ft.blocks, head, &device)?;
+                load_checkpoint(&mut top, &run.join(TOP_FILE))?;
+                let s = &trunk.info.output_shape;
+                TrainedModel::Top(Box::new(top), [s[1], s[2], s[3]])
+            }
+        };
         Ok(TrainedClassifier {
             labels,
             trunk,
-            head,
+            model,
             device,
         })
     }
 
-    /// Logits for embeddings.
+    /// Logits for trunk outputs.
     pub fn logits(&self, x: &[Vec<f32>]) -> Vec<f32> {
-        head_logits(&self.head, x, &self.device)
+        match &self.model {
+            TrainedModel::Head(head) => head_logits(head, x, &self.device),
+            TrainedModel::Top(top, shape) => top_logits(top, x, *shape, &self.device),
+        }
     }
 
     /// Classify picture files, results in input order; a bad file gets its own error.
@@ -345,8 +442,9 @@ impl TrainedClassifier {
             progress,
         )?;
         let classes = self.labels.len();
-        let (loss, _) = super::train::evaluate(&self.head, &emb.x, &emb.y, classes, &self.device);
-        let pred = argmax_rows(&self.logits(&emb.x), classes);
+        let logits = self.logits(&emb.x);
+        let loss = super::train::cross_entropy(&logits, &emb.y, classes);
+        let pred = argmax_rows(&logits, classes);
         let m = class_metrics(&emb.y, &pred, classes);
         Ok(json!({
             "data": data,
@@ -359,6 +457,21 @@ impl TrainedClassifier {
             "skipped": emb.skipped,
         }))
     }
+}
+
+/// Load a burnpack checkpoint into `module`; every parameter must be found.
+fn load_checkpoint<M: ModuleSnapshot>(module: &mut M, file: &Path) -> anyhow::Result<()> {
+    let result = module
+        .load_from(&mut BurnpackStore::from_file(file))
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", file.display()))?;
+    anyhow::ensure!(
+        result.missing.is_empty() && result.errors.is_empty(),
+        "{} does not fit the run's config: missing {:?}, errors {:?}",
+        file.display(),
+        result.missing,
+        result.errors
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -140,18 +140,11 @@ pub fn head_logits(head: &Head, x: &[Vec<f32>], device: &Device) -> Vec<f32> {
     out
 }
 
-/// Mean cross-entropy and accuracy of `head` on a set (inference mode).
-pub fn evaluate(
-    head: &Head,
-    x: &[Vec<f32>],
-    y: &[usize],
-    classes: usize,
-    device: &Device,
-) -> (f64, f64) {
-    if x.is_empty() {
-        return (f64::NAN, f64::NAN);
+/// Mean cross-entropy of rows of logits against their labels (NaN for an empty set).
+pub fn cross_entropy(logits: &[f32], y: &[usize], classes: usize) -> f64 {
+    if y.is_empty() {
+        return f64::NAN;
     }
-    let logits = head_logits(head, x, device);
     let mut loss = 0.0;
     for (row, &t) in logits.chunks(classes).zip(y) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -163,9 +156,31 @@ pub fn evaluate(
             + max;
         loss += lse - row[t] as f64;
     }
-    let pred = argmax_rows(&logits, classes);
+    loss / y.len() as f64
+}
+
+/// Mean cross-entropy and accuracy from rows of logits (NaN for an empty set).
+pub fn loss_and_accuracy(logits: &[f32], y: &[usize], classes: usize) -> (f64, f64) {
+    if y.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let pred = argmax_rows(logits, classes);
     let correct = pred.iter().zip(y).filter(|(p, t)| p == t).count();
-    (loss / x.len() as f64, correct as f64 / x.len() as f64)
+    (
+        cross_entropy(logits, y, classes),
+        correct as f64 / y.len() as f64,
+    )
+}
+
+/// Mean cross-entropy and accuracy of `head` on a set (inference mode).
+pub fn evaluate(
+    head: &Head,
+    x: &[Vec<f32>],
+    y: &[usize],
+    classes: usize,
+    device: &Device,
+) -> (f64, f64) {
+    loss_and_accuracy(&head_logits(head, x, device), y, classes)
 }
 
 /// Train a head on embeddings `train_x` (labels `train_y`), validating on `val_x` each epoch.

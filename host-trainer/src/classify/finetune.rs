@@ -1,0 +1,258 @@
+//! Phase 2 of the book's transfer learning: unfreeze the top inverted-residual blocks and train
+//! them together with the head at a lower learning rate.
+//!
+//! The frozen prefix (everything below the unfrozen blocks) never changes, so its outputs are
+//! computed once through the ONNX trunk cut there (tract) and cached like embeddings; phase 2 only
+//! runs the top blocks, the last 1x1 convolution, the pooling and the head.
+
+use std::path::Path;
+
+use burn::module::{Flag, Module, ModuleMapper, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use kestrel_shared::CutPoint;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::head::Head;
+use super::train::{EpochStats, argmax_rows, loss_and_accuracy};
+use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
+
+/// The trainable top of the network: the unfrozen blocks, the last convolution, pooling, head.
+#[derive(Module, Debug)]
+pub struct TopModel {
+    /// Unfrozen inverted-residual blocks (pretrained weights to start).
+    pub blocks: Vec<InvertedResidual>,
+    /// `features.18`.
+    pub last: ConvBn,
+    /// The head (phase-1 weights to start).
+    pub head: Head,
+}
+
+/// Puts every BatchNorm on its running statistics (small fine-tuning batches would make batch
+/// statistics noisy), while its scale and shift stay trainable.
+struct RunningStats;
+
+impl ModuleMapper for RunningStats {
+    fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
+        flag.with_value(false)
+    }
+}
+
+/// Phase-2 settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuneConfig {
+    /// Number of top inverted-residual blocks to unfreeze (1..=17).
+    pub blocks: usize,
+    /// Epochs of phase 2.
+    pub epochs: usize,
+    /// Learning rate (lower than phase 1's).
+    pub lr: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Seed for shuffling and dropout.
+    pub seed: u64,
+}
+
+impl FineTuneConfig {
+    /// Where the frozen prefix ends: the trunk is cut there and its outputs cached.
+    pub fn prefix_cut(&self) -> CutPoint {
+        CutPoint::Features((NUM_BLOCKS - self.blocks) as u8)
+    }
+}
+
+/// Result of phase 2.
+#[derive(Debug)]
+pub struct FineTuneResult {
+    /// The best top model (lowest validation loss), inference device.
+    pub model: TopModel,
+    /// One row per epoch.
+    pub history: Vec<EpochStats>,
+    /// Epoch whose model was kept (0 = the starting point was never beaten).
+    pub best_epoch: usize,
+}
+
+impl TopModel {
+    /// Build from pretrained weights (top `n` blocks and `features.18`) and a trained head.
+    pub fn from_pretrained(
+        weights: &Path,
+        n: usize,
+        head: Head,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=NUM_BLOCKS).contains(&n),
+            "--fine-tune-blocks must be 1..={NUM_BLOCKS}, got {n}"
+        );
+        let full: MobileNetV2 = MobileNetV2Config::default().load(weights, device)?;
+        let blocks = full.blocks.into_iter().skip(NUM_BLOCKS - n).collect();
+        Ok(TopModel {
+            blocks,
+            last: full.last.expect("full model has features.18"),
+            head: head.fork(device),
+        })
+    }
+
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = x;
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        MobileNetV2::pool(self.last.forward(x))
+    }
+
+    /// Logits from prefix features `[N, C, H, W]` (inference).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.features(x))
+    }
+
+    fn forward_train(&self, x: Tensor<4>, rng: &mut ChaCha8Rng) -> Tensor<2> {
+        self.head.forward_train(self.features(x), rng)
+    }
+}
+
+/// Move `start` to the training device with every BatchNorm on its running statistics.
+fn prepare(start: TopModel, ad: &Device) -> TopModel {
+    start.fork(ad).train().map(&mut RunningStats)
+}
+
+fn batch4(x: &[Vec<f32>], idx: &[usize], shape: [usize; 3], device: &Device) -> Tensor<4> {
+    let data: Vec<f32> = idx.iter().flat_map(|&i| x[i].iter().copied()).collect();
+    Tensor::from_data(
+        TensorData::new(data, [idx.len(), shape[0], shape[1], shape[2]]),
+        device,
+    )
+}
+
+/// Logits of `model` for every prefix feature map in `x` (inference, batches of 16).
+pub fn top_logits(
+    model: &TopModel,
+    x: &[Vec<f32>],
+    shape: [usize; 3],
+    device: &Device,
+) -> Vec<f32> {
+    let idx: Vec<usize> = (0..x.len()).collect();
+    let mut out = Vec::new();
+    for chunk in idx.chunks(16) {
+        let l = model.forward(batch4(x, chunk, shape, device));
+        out.extend(l.into_data().try_into_vec::<f32>().expect("float logits"));
+    }
+    out
+}
+
+/// Train the top blocks and the head on cached prefix features. `start` is the model built by
+/// [`TopModel::from_pretrained`] on `device`'s autodiff version.
+#[allow(clippy::too_many_arguments)]
+pub fn fine_tune(
+    cfg: &FineTuneConfig,
+    start: TopModel,
+    classes: usize,
+    shape: [usize; 3],
+    train_x: &[Vec<f32>],
+    train_y: &[usize],
+    val_x: &[Vec<f32>],
+    val_y: &[usize],
+    device: &Device,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> FineTuneResult {
+    let ad = device.clone().autodiff();
+    let mut model = prepare(start, &ad);
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..train_x.len()).collect();
+    let eval =
+        |m: &TopModel| loss_and_accuracy(&top_logits(m, val_x, shape, device), val_y, classes);
+    let start_valid = model.valid();
+    let (start_loss, _) = eval(&start_valid);
+    let mut best = (
+        if val_x.is_empty() {
+            f64::INFINITY
+        } else {
+            start_loss
+        },
+        0usize,
+        start_valid,
+    );
+    let mut history = Vec::new();
+    for epoch in 1..=cfg.epochs {
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut hits, mut batches) = (0.0, 0usize, 0usize);
+        for idx in order.chunks(cfg.batch_size.max(1)) {
+            let logits = model.forward_train(batch4(train_x, idx, shape, &ad), &mut rng);
+            let y: Vec<i64> = idx.iter().map(|&i| train_y[i] as i64).collect();
+            let targets = Tensor::from_data(TensorData::new(y, [idx.len()]), &ad);
+            let loss = loss_fn.forward(logits.clone(), targets);
+            let pred = argmax_rows(
+                &logits
+                    .inner()
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("floats"),
+                classes,
+            );
+            hits += pred
+                .iter()
+                .zip(idx)
+                .filter(|(p, i)| **p == train_y[**i])
+                .count();
+            loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
+            batches += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.lr, model, grads);
+        }
+        let snapshot = model.valid();
+        let (val_loss, val_accuracy) = eval(&snapshot);
+        let stats = EpochStats {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            train_accuracy: hits as f64 / train_x.len().max(1) as f64,
+            val_loss,
+            val_accuracy,
+        };
+        on_epoch(&stats);
+        history.push(stats);
+        let score = if val_x.is_empty() {
+            -(epoch as f64)
+        } else {
+            val_loss
+        };
+        if score < best.0 {
+            best = (score, epoch, snapshot);
+        }
+    }
+    FineTuneResult {
+        model: best.2,
+        history,
+        best_epoch: best.1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::head::{HeadConfig, HeadKind};
+
+    #[test]
+    fn batchnorm_runs_on_running_statistics_while_training() {
+        let device = Device::flex();
+        let full = MobileNetV2Config::default().init(&device);
+        let head = HeadConfig {
+            kind: HeadKind::Linear,
+            inputs: 1280,
+            classes: 3,
+        }
+        .init(&device, &mut ChaCha8Rng::seed_from_u64(0));
+        let top = TopModel {
+            blocks: full.blocks.into_iter().skip(15).collect(),
+            last: full.last.unwrap(),
+            head,
+        };
+        let m = prepare(top, &device.autodiff());
+        assert!(!m.blocks[0].depthwise.bn.training.is_enabled());
+        assert!(!m.last.bn.training.is_enabled());
+    }
+}
