@@ -12,6 +12,7 @@ pub mod export;
 pub mod imagenet;
 pub mod mobilenet;
 pub mod onnx;
+pub mod plot;
 pub mod predict;
 pub mod pretrained;
 pub mod progress;

@@ -69,7 +69,14 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     let acc = m["val_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.75, "validation accuracy {acc} on 4 easy shapes");
     assert_eq!(m["val"]["confusion"].as_array().unwrap().len(), 4);
-    for f in ["head.bpk", "config.json", "labels.txt", "history.csv"] {
+    for f in [
+        "head.bpk",
+        "config.json",
+        "labels.txt",
+        "history.csv",
+        "curves.png",
+        "confusion.png",
+    ] {
         assert!(run1.join(f).exists(), "{f} missing");
     }
     assert_eq!(
@@ -243,7 +250,9 @@ fn fine_tuning_writes_phase_two_and_the_run_still_predicts() {
         m["phase2"]["val_loss"].as_f64().unwrap()
             <= m["phase1"]["val_loss"].as_f64().unwrap() + 1e-9
     );
-    assert!(run.join("top.bpk").exists() && run.join("finetune-history.csv").exists());
+    for f in ["top.bpk", "finetune-history.csv", "finetune-curves.png"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
     // predict --run goes through the prefix trunk and the fine-tuned top.
     let (stdout, _) = run_ok(
         kestrel(&cache)

@@ -191,6 +191,11 @@ pub fn train_classify(
         .save_into(&mut BurnpackStore::from_file(out.join(HEAD_FILE)).overwrite(true))
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(HEAD_FILE).display()))?;
     write_history(&out.join("history.csv"), &result.history)?;
+    crate::plot::learning_curves(
+        &result.history,
+        "head on cached embeddings",
+        &out.join("curves.png"),
+    )?;
     let best = &result.history[result.best_epoch - 1];
     let (mut val_accuracy, mut val_loss) = (best.val_accuracy, best.val_loss);
     let mut val_logits = head_logits(&result.head, &val.x, &pretrained.device);
@@ -241,6 +246,11 @@ pub fn train_classify(
             .save_into(&mut BurnpackStore::from_file(out.join(TOP_FILE)).overwrite(true))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(TOP_FILE).display()))?;
         write_history(&out.join("finetune-history.csv"), &r.history)?;
+        crate::plot::learning_curves(
+            &r.history,
+            &format!("fine-tuning the top {} blocks", ft.blocks),
+            &out.join("finetune-curves.png"),
+        )?;
         val_logits = top_logits(&r.model, &pval.x, shape, &pretrained.device);
         val_y = pval.y.clone();
         if r.best_epoch > 0 {
@@ -259,6 +269,11 @@ pub fn train_classify(
     }
     let val_pred = argmax_rows(&val_logits, classes);
     let val_metrics = class_metrics(&val_y, &val_pred, classes);
+    crate::plot::confusion_matrix(
+        &val_metrics.confusion,
+        &data.labels,
+        &out.join("confusion.png"),
+    )?;
     let mut skipped = train.skipped.clone();
     skipped.extend(val.skipped.iter().cloned());
     let summary = RunSummary {

@@ -1,0 +1,229 @@
+//! PNG plots of a run: learning curves and the confusion matrix.
+//!
+//! Drawn with plotters into a pixel buffer and saved with `image`; text uses DejaVu Sans, which
+//! ships inside the binary so plots look the same on every machine (no system fonts needed).
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::classify::EpochStats;
+
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        if plotters::style::register_font(FONT, FontStyle::Normal, bytes).is_err() {
+            tracing::warn!("the bundled font did not load; plots will have no text");
+        }
+    });
+}
+
+/// A plotting failure (names the file).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw {path}: {reason}")]
+pub struct PlotError {
+    /// The PNG file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn save(buf: Vec<u8>, (w, h): (u32, u32), path: &Path) -> Result<(), PlotError> {
+    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer of the drawn size");
+    img.save(path).map_err(|e| PlotError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
+    move |reason| PlotError {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Loss and accuracy per epoch, training and validation, side by side.
+pub fn learning_curves(history: &[EpochStats], title: &str, path: &Path) -> Result<(), PlotError> {
+    register_font();
+    let size = (1000u32, 420u32);
+    let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
+        let root = root
+            .titled(title, (FONT, 20))
+            .map_err(|e| err(path)(e.to_string()))?;
+        let panels = root.split_evenly((1, 2));
+        let last = history.len().max(1) as f64;
+        let finite = |v: f64| v.is_finite().then_some(v);
+        let max_loss = history
+            .iter()
+            .flat_map(|h| [finite(h.train_loss), finite(h.val_loss)])
+            .flatten()
+            .fold(0.1f64, f64::max);
+        for (panel, (name, top, pick)) in panels
+            .iter()
+            .zip([("loss", max_loss * 1.05, 0usize), ("accuracy", 1.0, 1usize)])
+        {
+            let mut chart = ChartBuilder::on(panel)
+                .caption(name, (FONT, 16))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(50)
+                .build_cartesian_2d(1f64..last.max(2.0), 0f64..top)
+                .map_err(|e| err(path)(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .label_style((FONT, 12))
+                .draw()
+                .map_err(|e| err(path)(e.to_string()))?;
+            for (series, color) in [("train", BLUE), ("validation", RED)] {
+                let points: Vec<(f64, f64)> = history
+                    .iter()
+                    .filter_map(|h| {
+                        let v = match (pick, series) {
+                            (0, "train") => h.train_loss,
+                            (0, _) => h.val_loss,
+                            (_, "train") => h.train_accuracy,
+                            _ => h.val_accuracy,
+                        };
+                        v.is_finite().then_some((h.epoch as f64, v))
+                    })
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                    .map_err(|e| err(path)(e.to_string()))?
+                    .label(series)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 12))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(path)(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(path)(e.to_string()))?;
+    }
+    save(buf, size, path)
+}
+
+/// The confusion matrix as a heat map with counts: rows are true classes, columns predictions.
+pub fn confusion_matrix(
+    confusion: &[Vec<usize>],
+    labels: &[String],
+    path: &Path,
+) -> Result<(), PlotError> {
+    register_font();
+    let n = confusion.len().max(1);
+    let cell = (480 / n as u32).clamp(24, 96);
+    let size = (160 + cell * n as u32, 120 + cell * n as u32);
+    let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
+        let (ox, oy) = (140i32, 60i32);
+        let style = |s: u32| TextStyle::from((FONT, s).into_font()).color(&BLACK);
+        root.draw_text(
+            "columns: predicted class, rows: true class",
+            &style(14),
+            (ox, 20),
+        )
+        .map_err(|e| err(path)(e.to_string()))?;
+        for (t, row) in confusion.iter().enumerate() {
+            let total = row.iter().sum::<usize>().max(1) as f64;
+            let y = oy + (t as u32 * cell) as i32;
+            let name = labels.get(t).map_or("?", String::as_str);
+            root.draw_text(name, &style(13), (8, y + cell as i32 / 2 - 7))
+                .map_err(|e| err(path)(e.to_string()))?;
+            for (p, &count) in row.iter().enumerate() {
+                let x = ox + (p as u32 * cell) as i32;
+                let share = count as f64 / total;
+                let shade = (255.0 * (1.0 - share)) as u8;
+                let fill = if t == p {
+                    RGBColor(shade, 255, shade)
+                } else {
+                    RGBColor(255, shade, shade)
+                };
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell as i32, y + cell as i32)],
+                    fill.filled(),
+                ))
+                .map_err(|e| err(path)(e.to_string()))?;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell as i32, y + cell as i32)],
+                    BLACK,
+                ))
+                .map_err(|e| err(path)(e.to_string()))?;
+                root.draw_text(
+                    &count.to_string(),
+                    &style(13),
+                    (x + cell as i32 / 2 - 6, y + cell as i32 / 2 - 7),
+                )
+                .map_err(|e| err(path)(e.to_string()))?;
+            }
+        }
+        for (p, name) in labels.iter().enumerate() {
+            let x = ox + (p as u32 * cell) as i32;
+            root.draw_text(name, &style(12), (x + 2, oy + (n as u32 * cell) as i32 + 6))
+                .map_err(|e| err(path)(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(path)(e.to_string()))?;
+    }
+    save(buf, size, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_are_pngs_with_ink_where_the_data_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let history: Vec<EpochStats> = (1..=5)
+            .map(|e| EpochStats {
+                epoch: e,
+                train_loss: 1.0 / e as f64,
+                train_accuracy: 0.5 + 0.1 * e as f64,
+                val_loss: 1.2 / e as f64,
+                val_accuracy: 0.4 + 0.1 * e as f64,
+            })
+            .collect();
+        let p = dir.path().join("curves.png");
+        learning_curves(&history, "test run", &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (1000, 420));
+        let red = img
+            .pixels()
+            .filter(|px| px.0[0] > 200 && px.0[1] < 80 && px.0[2] < 80)
+            .count();
+        let blue = img
+            .pixels()
+            .filter(|px| px.0[2] > 200 && px.0[0] < 80 && px.0[1] < 80)
+            .count();
+        assert!(
+            red > 200 && blue > 200,
+            "curves drawn: red {red}, blue {blue}"
+        );
+
+        let p = dir.path().join("confusion.png");
+        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        confusion_matrix(&[vec![5, 0], vec![1, 4]], &labels, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        // The top-left cell (all correct) is pure green.
+        let (x, y) = (140 + 5, 60 + 5);
+        assert_eq!(img.get_pixel(x, y).0, [0, 255, 0]);
+        // The off-diagonal zero cell is white.
+        assert_eq!(img.get_pixel(140 + 96 + 5, 60 + 5).0, [255, 255, 255]);
+    }
+}
