@@ -151,6 +151,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         cut: CutPoint::Pooled,
         val_fraction: 0.2,
         strict: false,
+        views: 0,
         train: TrainConfig::default(),
         fine_tune: None,
     };

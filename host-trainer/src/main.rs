@@ -178,6 +178,10 @@ struct ClassifyArgs {
     /// Fail on an unreadable picture instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Augmented views (random resized crop, flip, colour jitter) embedded per training picture,
+    /// besides the picture itself; cached like the pictures.
+    #[arg(long, default_value_t = 0)]
+    views: u32,
     /// Phase 2: after the head, fine-tune the top N inverted-residual blocks with it (0 = off).
     #[arg(long, default_value_t = 0)]
     fine_tune_blocks: usize,
@@ -365,6 +369,7 @@ fn main() -> anyhow::Result<()> {
                 cut: a.cut,
                 val_fraction: a.val_fraction,
                 strict: a.strict,
+                views: a.views,
                 train: TrainConfig {
                     head: match a.head {
                         HeadArg::Linear => HeadKind::Linear,

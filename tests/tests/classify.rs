@@ -146,6 +146,45 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     );
     assert_eq!(metrics(&run2)["embedding_cache_hits"], 80);
 
+    // Augmented views are embedded once and cached too: with --views 2 the training set triples,
+    // and a second run finds every view in the cache.
+    let run_views = tmp.path().join("run-views");
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "train", "classify", "--views", "2", "--epochs", "3", "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run_views),
+    );
+    let mv = metrics(&run_views);
+    assert_eq!(
+        mv["train_images"].as_u64().unwrap(),
+        3 * m["train_images"].as_u64().unwrap()
+    );
+    assert_eq!(
+        mv["val_images"], m["val_images"],
+        "validation is never augmented"
+    );
+    let run_views2 = tmp.path().join("run-views2");
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "train", "classify", "--views", "2", "--epochs", "3", "--lr", "0.002", "--data",
+            ])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run_views2),
+    );
+    let total = mv["train_images"].as_u64().unwrap() + mv["val_images"].as_u64().unwrap();
+    assert_eq!(
+        metrics(&run_views2)["embedding_cache_hits"]
+            .as_u64()
+            .unwrap(),
+        total
+    );
+
     // Same seed and settings: the same result.
     let run3 = tmp.path().join("run3");
     run_ok(

@@ -1,7 +1,7 @@
 //! Embedding a dataset through the frozen ONNX trunk (tract), with an on-disk cache.
 //!
 //! Cache key: the trunk file's sha256 (which pins weights, cut and graph), the picture's content
-//! sha256 and the view number (0 = the picture itself; augmented views come later). A second run
+//! sha256 and the view number (0 = the picture itself, 1.. = seeded augmented views). A second run
 //! with other head settings reads every embedding from the cache and never runs the trunk.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use kestrel_edge::Trunk;
 use kestrel_shared::hash::sha256_hex;
 
 use crate::data::Sample;
+use crate::data::augment::{RECIPE, augment};
 use crate::progress::Progress;
 
 /// Embeddings on disk, one little-endian f32 file per (trunk, picture, view).
@@ -27,10 +28,15 @@ impl EmbeddingCache {
     }
 
     fn path(&self, trunk_sha: &str, content_sha: &str, view: u32) -> PathBuf {
+        // Augmented views also name the recipe that made them.
+        let name = match view {
+            0 => format!("{content_sha}-v0.f32"),
+            v => format!("{content_sha}-v{v}-r{RECIPE}.f32"),
+        };
         self.dir
             .join(&trunk_sha[..16])
             .join(&content_sha[..2])
-            .join(format!("{content_sha}-v{view}.f32"))
+            .join(name)
     }
 
     /// The cached embedding, if present and of the expected length.
@@ -93,12 +99,14 @@ pub struct EmbeddedSet {
     pub cache_hits: usize,
 }
 
-/// Embed every sample through `trunk` (reading and filling `cache`). Unreadable pictures are
-/// reported by path (a warning each) and skipped, unless `strict`, where the first is an error.
+/// Embed every sample through `trunk` (reading and filling `cache`): the picture itself and
+/// `views` augmented views of it. Unreadable pictures are reported by path (a warning each) and
+/// skipped, unless `strict`, where the first is an error.
 pub fn embed_samples(
     trunk: &Trunk,
     samples: &[Sample],
     cache: &EmbeddingCache,
+    views: u32,
     strict: bool,
     progress: &dyn Progress,
 ) -> anyhow::Result<EmbeddedSet> {
@@ -106,54 +114,63 @@ pub fn embed_samples(
     let len: usize = trunk.info.output_shape.iter().skip(1).product();
     let mut set = EmbeddedSet::default();
     let bar = progress.start("embedding pictures", Some(samples.len() as u64));
+    let skip = |set: &mut EmbeddedSet, path: &Path, reason: String| -> anyhow::Result<()> {
+        if strict {
+            anyhow::bail!("{}: {reason} (--strict)", path.display());
+        }
+        tracing::warn!("skipping {}: {reason}", path.display());
+        set.skipped.push(Skipped {
+            path: path.to_path_buf(),
+            reason,
+        });
+        Ok(())
+    };
     for s in samples {
         bar.advance(1);
         let bytes = match std::fs::read(&s.path) {
             Ok(b) => b,
             Err(e) => {
-                let reason = format!("cannot read: {e}");
-                if strict {
-                    anyhow::bail!("{}: {reason} (--strict)", s.path.display());
-                }
-                tracing::warn!("skipping {}: {reason}", s.path.display());
-                set.skipped.push(Skipped {
-                    path: s.path.clone(),
-                    reason,
-                });
+                skip(&mut set, &s.path, format!("cannot read: {e}"))?;
                 continue;
             }
         };
         let content = sha256_hex(&bytes);
-        let v = match cache.get(trunk_sha, &content, 0, len) {
-            Some(v) => {
-                set.cache_hits += 1;
-                v
+        let cached: Vec<Option<Vec<f32>>> = (0..=views)
+            .map(|v| cache.get(trunk_sha, &content, v, len))
+            .collect();
+        let decoded = if cached.iter().any(Option::is_none) {
+            match image::load_from_memory(&bytes) {
+                Ok(img) => Some(img.to_rgb8()),
+                Err(e) => {
+                    skip(&mut set, &s.path, format!("cannot decode: {e}"))?;
+                    continue;
+                }
             }
-            None => {
-                let img = match image::load_from_memory(&bytes) {
-                    Ok(img) => img,
-                    Err(e) => {
-                        let reason = format!("cannot decode: {e}");
-                        if strict {
-                            anyhow::bail!("{}: {reason} (--strict)", s.path.display());
-                        }
-                        tracing::warn!("skipping {}: {reason}", s.path.display());
-                        set.skipped.push(Skipped {
-                            path: s.path.clone(),
-                            reason,
-                        });
-                        continue;
-                    }
-                };
-                let x = trunk.preprocess().apply_dynamic(&img);
-                let v = trunk.embed(std::slice::from_ref(&x))?.remove(0);
-                cache.put(trunk_sha, &content, 0, &v)?;
-                v
-            }
+        } else {
+            None
         };
-        set.x.push(v);
-        set.y.push(s.label);
-        set.paths.push(s.path.clone());
+        for (view, hit) in (0..=views).zip(cached) {
+            let v = match hit {
+                Some(v) => {
+                    set.cache_hits += 1;
+                    v
+                }
+                None => {
+                    let img = decoded.as_ref().expect("decoded when a view is missing");
+                    let x = if view == 0 {
+                        trunk.preprocess().apply(img)
+                    } else {
+                        trunk.preprocess().apply(&augment(img, &content, view))
+                    };
+                    let v = trunk.embed(std::slice::from_ref(&x))?.remove(0);
+                    cache.put(trunk_sha, &content, view, &v)?;
+                    v
+                }
+            };
+            set.x.push(v);
+            set.y.push(s.label);
+            set.paths.push(s.path.clone());
+        }
     }
     bar.finish();
     Ok(set)

@@ -33,6 +33,9 @@ pub struct ClassifyOptions {
     pub val_fraction: f64,
     /// Fail on the first unreadable picture instead of skipping it.
     pub strict: bool,
+    /// Augmented views embedded per training picture, besides the picture itself.
+    #[serde(default)]
+    pub views: u32,
     /// Head and optimiser settings.
     pub train: TrainConfig,
     /// Phase 2: fine-tune the top blocks after the head (None = head only).
@@ -154,8 +157,15 @@ pub fn train_classify(
     std::fs::write(out.join("labels.txt"), data.labels.join("\n") + "\n")?;
 
     let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
-    let train = embed_samples(&trunk, &data.train, &emb_cache, opts.strict, progress)?;
-    let val = embed_samples(&trunk, &data.val, &emb_cache, opts.strict, progress)?;
+    let train = embed_samples(
+        &trunk,
+        &data.train,
+        &emb_cache,
+        opts.views,
+        opts.strict,
+        progress,
+    )?;
+    let val = embed_samples(&trunk, &data.val, &emb_cache, 0, opts.strict, progress)?;
     anyhow::ensure!(
         !train.x.is_empty(),
         "no readable training pictures in {}",
@@ -208,8 +218,15 @@ pub fn train_classify(
             1,
             Threads::Single,
         )?;
-        let ptrain = embed_samples(&prefix, &data.train, &emb_cache, opts.strict, progress)?;
-        let pval = embed_samples(&prefix, &data.val, &emb_cache, opts.strict, progress)?;
+        let ptrain = embed_samples(
+            &prefix,
+            &data.train,
+            &emb_cache,
+            opts.views,
+            opts.strict,
+            progress,
+        )?;
+        let pval = embed_samples(&prefix, &data.val, &emb_cache, 0, opts.strict, progress)?;
         let s = &prefix.info.output_shape;
         let shape = [s[1], s[2], s[3]];
         let start = TopModel::from_pretrained(
@@ -453,6 +470,7 @@ impl TrainedClassifier {
             &self.trunk,
             &samples,
             &EmbeddingCache::new(&cache.join("embeddings")),
+            0,
             strict,
             progress,
         )?;

@@ -1,5 +1,6 @@
 //! Labelled pictures: the ImageFolder layout, its train/validation split, and synthetic sets.
 
+pub mod augment;
 pub mod folder;
 pub mod synth;
 
