@@ -8,17 +8,14 @@
 use std::path::Path;
 
 use burn::module::{Flag, Module, ModuleMapper, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use kestrel_shared::CutPoint;
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::head::Head;
-use super::train::{EpochStats, argmax_rows, loss_and_accuracy};
+use super::train::{EpochStats, FitSettings, OptimizerKind, fit, loss_and_accuracy};
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
 
 /// The trainable top of the network: the unfrozen blocks, the last convolution, pooling, head.
@@ -144,7 +141,7 @@ pub fn top_logits(
 }
 
 /// Train the top blocks and the head on cached prefix features. `start` is the model built by
-/// [`TopModel::from_pretrained`] on `device`'s autodiff version.
+/// [`TopModel::from_pretrained`]; it competes as epoch 0, so phase 2 never ends worse than it began.
 #[allow(clippy::too_many_arguments)]
 pub fn fine_tune(
     cfg: &FineTuneConfig,
@@ -159,75 +156,29 @@ pub fn fine_tune(
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> FineTuneResult {
     let ad = device.clone().autodiff();
-    let mut model = prepare(start, &ad);
-    let mut optim = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..train_x.len()).collect();
-    let eval =
-        |m: &TopModel| loss_and_accuracy(&top_logits(m, val_x, shape, device), val_y, classes);
-    let start_valid = model.valid();
-    let (start_loss, _) = eval(&start_valid);
-    let mut best = (
-        if val_x.is_empty() {
-            f64::INFINITY
-        } else {
-            start_loss
-        },
-        0usize,
-        start_valid,
+    let settings = FitSettings {
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        patience: 0,
+        optimizer: OptimizerKind::Adam,
+    };
+    let fitted = fit(
+        settings,
+        prepare(start, &ad),
+        train_y,
+        &ad,
+        &mut rng,
+        true,
+        &mut |m: &TopModel, idx, rng| m.forward_train(batch4(train_x, idx, shape, &ad), rng),
+        &mut |m: &TopModel| loss_and_accuracy(&top_logits(m, val_x, shape, device), val_y, classes),
+        on_epoch,
     );
-    let mut history = Vec::new();
-    for epoch in 1..=cfg.epochs {
-        order.shuffle(&mut rng);
-        let (mut loss_sum, mut hits, mut batches) = (0.0, 0usize, 0usize);
-        for idx in order.chunks(cfg.batch_size.max(1)) {
-            let logits = model.forward_train(batch4(train_x, idx, shape, &ad), &mut rng);
-            let y: Vec<i64> = idx.iter().map(|&i| train_y[i] as i64).collect();
-            let targets = Tensor::from_data(TensorData::new(y, [idx.len()]), &ad);
-            let loss = loss_fn.forward(logits.clone(), targets);
-            let pred = argmax_rows(
-                &logits
-                    .inner()
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("floats"),
-                classes,
-            );
-            hits += pred
-                .iter()
-                .zip(idx)
-                .filter(|(p, i)| **p == train_y[**i])
-                .count();
-            loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
-            batches += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
-        }
-        let snapshot = model.valid();
-        let (val_loss, val_accuracy) = eval(&snapshot);
-        let stats = EpochStats {
-            epoch,
-            train_loss: loss_sum / batches.max(1) as f64,
-            train_accuracy: hits as f64 / train_x.len().max(1) as f64,
-            val_loss,
-            val_accuracy,
-        };
-        on_epoch(&stats);
-        history.push(stats);
-        let score = if val_x.is_empty() {
-            -(epoch as f64)
-        } else {
-            val_loss
-        };
-        if score < best.0 {
-            best = (score, epoch, snapshot);
-        }
-    }
     FineTuneResult {
-        model: best.2,
-        history,
-        best_epoch: best.1,
+        model: fitted.model,
+        history: fitted.history,
+        best_epoch: fitted.best_epoch,
     }
 }
 

@@ -183,6 +183,144 @@ pub fn evaluate(
     loss_and_accuracy(&head_logits(head, x, device), y, classes)
 }
 
+/// Settings of the shared training loop.
+#[derive(Debug, Clone, Copy)]
+pub struct FitSettings {
+    /// Maximum epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Early-stopping patience in epochs (0 = never stop early).
+    pub patience: usize,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+}
+
+/// What [`fit`] returns: the best model (validation snapshot), the history and its epoch.
+pub struct Fitted<M> {
+    /// Best model by validation loss (inference snapshot).
+    pub model: M,
+    /// One row per epoch run.
+    pub history: Vec<EpochStats>,
+    /// Epoch of the kept model (0 = the starting model, when it was a candidate and never beaten).
+    pub best_epoch: usize,
+}
+
+/// The training loop every trainable part shares (head, fine-tuned top, one-model network):
+/// shuffled mini-batches, cross-entropy, an optimiser step, validation after each epoch, the model
+/// with the lowest validation loss kept, early stopping.
+///
+/// `forward` gives training logits for a batch of training indices (on the autodiff device);
+/// `validate` gives validation loss and accuracy of an inference snapshot. When `start_is_candidate`,
+/// the untrained model competes too (phase 2 must never end worse than it began).
+#[allow(clippy::too_many_arguments)]
+pub fn fit<M: Module>(
+    settings: FitSettings,
+    mut model: M,
+    train_y: &[usize],
+    ad: &Device,
+    rng: &mut ChaCha8Rng,
+    start_is_candidate: bool,
+    forward: &mut dyn FnMut(&M, &[usize], &mut ChaCha8Rng) -> Tensor<2>,
+    validate: &mut dyn FnMut(&M) -> (f64, f64),
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> Fitted<M> {
+    let mut optim = settings.optimizer.init();
+    let loss_fn = CrossEntropyLossConfig::new().init(ad);
+    let mut order: Vec<usize> = (0..train_y.len()).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize, M)> = None;
+    if start_is_candidate {
+        let snapshot = model.valid();
+        let (loss, _) = validate(&snapshot);
+        if loss.is_finite() {
+            best = Some((loss, 0, snapshot));
+        }
+    }
+    for epoch in 1..=settings.epochs {
+        order.shuffle(rng);
+        // Loss and hits stay on the device during the epoch: one read at its end, not one per step.
+        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut hits: Option<Tensor<1, Int>> = None;
+        let mut batches = 0usize;
+        for idx in order.chunks(settings.batch_size.max(1)) {
+            let logits = forward(&model, idx, rng);
+            let targets = labels(train_y, idx, ad);
+            let loss = loss_fn.forward(logits.clone(), targets.clone());
+            let h = logits
+                .inner()
+                .argmax(1)
+                .reshape([idx.len()])
+                .equal(targets.inner())
+                .int()
+                .sum();
+            hits = Some(match hits {
+                Some(t) => t + h,
+                None => h,
+            });
+            let l = loss.clone().inner();
+            loss_sum = Some(match loss_sum {
+                Some(t) => t + l,
+                None => l,
+            });
+            batches += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(settings.lr, model, grads);
+        }
+        let loss_sum = loss_sum.map_or(0.0, |t| t.into_scalar::<f32>() as f64);
+        let correct = hits.map_or(0, |t| t.into_scalar::<i64>() as usize);
+        let snapshot = model.valid();
+        let (val_loss, val_accuracy) = validate(&snapshot);
+        let stats = EpochStats {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            train_accuracy: correct as f64 / train_y.len().max(1) as f64,
+            val_loss,
+            val_accuracy,
+        };
+        on_epoch(&stats);
+        history.push(stats);
+        // Without a validation set, the latest model is the best one.
+        let score = if val_loss.is_nan() {
+            -(epoch as f64)
+        } else {
+            val_loss
+        };
+        if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+            best = Some((score, epoch, snapshot));
+        } else if settings.patience > 0
+            && epoch - best.as_ref().map_or(0, |b| b.1) >= settings.patience
+        {
+            tracing::info!(
+                "early stop at epoch {epoch}: no better validation loss for {} epochs",
+                settings.patience
+            );
+            break;
+        }
+    }
+    let (_, best_epoch, model) = best.unwrap_or_else(|| (0.0, 0, model.valid()));
+    Fitted {
+        model,
+        history,
+        best_epoch,
+    }
+}
+
+impl TrainConfig {
+    /// The loop settings of this configuration.
+    pub fn fit_settings(&self) -> FitSettings {
+        FitSettings {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            patience: self.patience,
+            optimizer: self.optimizer,
+        }
+    }
+}
+
 /// Train a head on embeddings `train_x` (labels `train_y`), validating on `val_x` each epoch.
 ///
 /// `device` is the inference device of a backend (e.g. `Device::flex()`); training runs on its
@@ -206,77 +344,22 @@ pub fn train_head(
         inputs: train_x[0].len(),
         classes,
     };
-    let mut model = head_cfg.init(&ad, &mut rng);
-    let mut optim = cfg.optimizer.init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
-    let mut order: Vec<usize> = (0..train_x.len()).collect();
-    let mut history = Vec::new();
-    let mut best: Option<(f64, usize, Head)> = None;
-    for epoch in 1..=cfg.epochs {
-        order.shuffle(&mut rng);
-        // Loss and hits stay on the device during the epoch: one read at its end, not one per step.
-        let mut loss_sum: Option<Tensor<1>> = None;
-        let mut hits: Option<Tensor<1, Int>> = None;
-        let mut batches = 0usize;
-        for idx in order.chunks(cfg.batch_size.max(1)) {
-            let logits = model.forward_train(batch(train_x, idx, &ad), &mut rng);
-            let targets = labels(train_y, idx, &ad);
-            let loss = loss_fn.forward(logits.clone(), targets.clone());
-            let h = logits
-                .inner()
-                .argmax(1)
-                .reshape([idx.len()])
-                .equal(targets.inner())
-                .int()
-                .sum();
-            hits = Some(match hits {
-                Some(t) => t + h,
-                None => h,
-            });
-            let l = loss.clone().inner();
-            loss_sum = Some(match loss_sum {
-                Some(t) => t + l,
-                None => l,
-            });
-            batches += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
-        }
-        let loss_sum = loss_sum.map_or(0.0, |t| t.into_scalar::<f32>() as f64);
-        let correct = hits.map_or(0, |t| t.into_scalar::<i64>() as usize);
-        let inference = model.valid();
-        let (val_loss, val_accuracy) = evaluate(&inference, val_x, val_y, classes, device);
-        let stats = EpochStats {
-            epoch,
-            train_loss: loss_sum / batches as f64,
-            train_accuracy: correct as f64 / train_x.len() as f64,
-            val_loss,
-            val_accuracy,
-        };
-        on_epoch(&stats);
-        history.push(stats);
-        // Without a validation set, the latest head is the best one.
-        let score = if val_x.is_empty() {
-            -(epoch as f64)
-        } else {
-            val_loss
-        };
-        let improved = best.as_ref().is_none_or(|(b, _, _)| score < *b);
-        if improved {
-            best = Some((score, epoch, inference));
-        } else if cfg.patience > 0 && epoch - best.as_ref().map_or(0, |b| b.1) >= cfg.patience {
-            tracing::info!(
-                "early stop at epoch {epoch}: no better validation loss for {} epochs",
-                cfg.patience
-            );
-            break;
-        }
-    }
-    let (_, best_epoch, head) = best.expect("at least one epoch");
+    let model = head_cfg.init(&ad, &mut rng);
+    let fitted = fit(
+        cfg.fit_settings(),
+        model,
+        train_y,
+        &ad,
+        &mut rng,
+        false,
+        &mut |m: &Head, idx, rng| m.forward_train(batch(train_x, idx, &ad), rng),
+        &mut |m: &Head| evaluate(m, val_x, val_y, classes, device),
+        on_epoch,
+    );
     TrainResult {
-        head,
-        history,
-        best_epoch,
+        head: fitted.model,
+        history: fitted.history,
+        best_epoch: fitted.best_epoch,
     }
 }
 
