@@ -5,6 +5,7 @@
 pub mod embed;
 pub mod finetune;
 pub mod head;
+pub mod onemodel;
 pub mod run;
 pub mod train;
 
