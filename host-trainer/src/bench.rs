@@ -233,3 +233,53 @@ pub fn head_training_seconds(n: usize, dim: usize, classes: usize, epochs: usize
     );
     t.elapsed().as_secs_f64()
 }
+
+/// Milliseconds per fine-tuning step (median of `iters`): `features.14`..`features.18`, pooling and
+/// a linear head on a batch of `batch` cached `features.13` outputs (96x14x14), Adam, on `backend`.
+/// The peer is PyTorch doing the same step.
+pub fn finetune_step_ms(
+    weights: &Path,
+    backend: Backend,
+    batch: usize,
+    iters: usize,
+) -> anyhow::Result<f64> {
+    use burn::optim::{AdamConfig, GradientsParams};
+    use burn::tensor::{Int, Tensor, TensorData};
+
+    use crate::classify::finetune::TopModel;
+    use crate::classify::{HeadConfig, HeadKind};
+    use rand::SeedableRng;
+
+    let device = backend.device();
+    let ad = device.clone().autodiff();
+    let head = HeadConfig {
+        kind: HeadKind::Linear,
+        inputs: 1280,
+        classes: 5,
+    }
+    .init(&device, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let model = TopModel::from_pretrained(weights, 4, head, &device)?;
+    let mut model = crate::classify::finetune::prepare(model, &ad);
+    let mut optim = AdamConfig::new().init();
+    let x: Vec<f32> = (0..batch * 96 * 14 * 14)
+        .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+        .collect();
+    let y: Vec<i64> = (0..batch).map(|i| (i % 5) as i64).collect();
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&ad);
+    let mut times = Vec::new();
+    for i in 0..iters + 1 {
+        let t = Instant::now();
+        let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [batch, 96, 14, 14]), &ad);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [batch]), &ad);
+        let loss = loss_fn.forward(model.forward(input), targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        // Wait for the step to finish before stopping the clock.
+        let _ = model.last.conv.weight.val().into_data();
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -106,6 +106,9 @@ enum Command {
         /// Also time head training on cached embeddings (10,000 x 1280, 20 epochs).
         #[arg(long)]
         head: bool,
+        /// Also time a fine-tuning step (features.14-18 + head, batch 32 of cached features.13).
+        #[arg(long)]
+        finetune: bool,
     },
     /// Train a new head on the frozen trunk.
     Train {
@@ -336,7 +339,20 @@ fn main() -> anyhow::Result<()> {
             cut,
             ref out,
             head,
+            finetune,
         } => {
+            if finetune {
+                let w = resolve()?;
+                for backend in Backend::ALL {
+                    // ndarray lacks a depthwise convolution backward: one step takes tens of seconds.
+                    let iters = if backend == Backend::Flex { 5 } else { 1 };
+                    let ms = bench::finetune_step_ms(&w, backend, 32, iters)?;
+                    println!(
+                        "fine-tune step (features.14-18 + head, batch 32, Adam) on burn-{}: {ms:.0} ms",
+                        backend.name()
+                    );
+                }
+            }
             if head {
                 let secs = bench::head_training_seconds(10_000, 1280, 4, 20);
                 println!(

@@ -112,7 +112,7 @@ impl TopModel {
 }
 
 /// Move `start` to the training device with every BatchNorm on its running statistics.
-fn prepare(start: TopModel, ad: &Device) -> TopModel {
+pub(crate) fn prepare(start: TopModel, ad: &Device) -> TopModel {
     start.fork(ad).train().map(&mut RunningStats)
 }
 
