@@ -8,14 +8,16 @@
 use std::path::Path;
 
 use burn::module::{Flag, Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use kestrel_shared::CutPoint;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::head::Head;
-use super::train::{EpochStats, FitSettings, OptimizerKind, fit, loss_and_accuracy};
+use super::train::{
+    EpochStats, FitSettings, OptimizerKind, fit, logits_in_batches, loss_and_accuracy, stack,
+};
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
 
 /// The trainable top of the network: the unfrozen blocks, the last convolution, pooling, head.
@@ -116,14 +118,6 @@ pub(crate) fn prepare(start: TopModel, ad: &Device) -> TopModel {
     start.fork(ad).train().map(&mut RunningStats)
 }
 
-fn batch4(x: &[Vec<f32>], idx: &[usize], shape: [usize; 3], device: &Device) -> Tensor<4> {
-    let data: Vec<f32> = idx.iter().flat_map(|&i| x[i].iter().copied()).collect();
-    Tensor::from_data(
-        TensorData::new(data, [idx.len(), shape[0], shape[1], shape[2]]),
-        device,
-    )
-}
-
 /// Logits of `model` for every prefix feature map in `x` (inference, batches of 16).
 pub fn top_logits(
     model: &TopModel,
@@ -131,13 +125,9 @@ pub fn top_logits(
     shape: [usize; 3],
     device: &Device,
 ) -> Vec<f32> {
-    let idx: Vec<usize> = (0..x.len()).collect();
-    let mut out = Vec::new();
-    for chunk in idx.chunks(16) {
-        let l = model.forward(batch4(x, chunk, shape, device));
-        out.extend(l.into_data().try_into_vec::<f32>().expect("float logits"));
-    }
-    out
+    logits_in_batches(x.len(), 16, |idx| {
+        model.forward(stack(x, idx, &shape, device))
+    })
 }
 
 /// Train the top blocks and the head on cached prefix features. `start` is the model built by
@@ -171,7 +161,7 @@ pub fn fine_tune(
         &ad,
         &mut rng,
         true,
-        &mut |m: &TopModel, idx, rng| m.forward_train(batch4(train_x, idx, shape, &ad), rng),
+        &mut |m: &TopModel, idx, rng| m.forward_train(stack(train_x, idx, &shape, &ad), rng),
         &mut |m: &TopModel| loss_and_accuracy(&top_logits(m, val_x, shape, device), val_y, classes),
         on_epoch,
     );

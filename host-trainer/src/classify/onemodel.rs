@@ -8,13 +8,15 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use kestrel_shared::CutPoint;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::head::{Head, HeadConfig};
-use super::train::{EpochStats, Fitted, TrainConfig, fit, loss_and_accuracy};
+use super::train::{
+    EpochStats, Fitted, TrainConfig, fit, logits_in_batches, loss_and_accuracy, stack,
+};
 use crate::mobilenet::{MobileNetV2, MobileNetV2Config};
 
 /// Frozen pretrained trunk (cut at the pooled vector) plus a trainable head.
@@ -33,11 +35,6 @@ impl OneModel {
     }
 }
 
-fn pixels(x: &[Vec<f32>], idx: &[usize], hw: (usize, usize), device: &Device) -> Tensor<4> {
-    let data: Vec<f32> = idx.iter().flat_map(|&i| x[i].iter().copied()).collect();
-    Tensor::from_data(TensorData::new(data, [idx.len(), 3, hw.0, hw.1]), device)
-}
-
 /// Logits of `model` for preprocessed pictures, in batches of 8.
 pub fn one_model_logits(
     model: &OneModel,
@@ -45,13 +42,9 @@ pub fn one_model_logits(
     hw: (usize, usize),
     device: &Device,
 ) -> Vec<f32> {
-    let idx: Vec<usize> = (0..x.len()).collect();
-    let mut out = Vec::new();
-    for chunk in idx.chunks(8) {
-        let l = model.forward(pixels(x, chunk, hw, device));
-        out.extend(l.into_data().try_into_vec::<f32>().expect("float logits"));
-    }
-    out
+    logits_in_batches(x.len(), 8, |idx| {
+        model.forward(stack(x, idx, &[3, hw.0, hw.1], device))
+    })
 }
 
 /// Train a head on top of the frozen pretrained trunk, end to end on preprocessed pictures.
@@ -88,7 +81,10 @@ pub fn train_one_model(
         &mut rng,
         false,
         &mut |m: &OneModel, idx, rng| {
-            let features = m.trunk.forward(pixels(train_x, idx, hw, &ad)).0;
+            let features = m
+                .trunk
+                .forward(stack(train_x, idx, &[3, hw.0, hw.1], &ad))
+                .0;
             m.head.forward_train(features, rng)
         },
         &mut |m: &OneModel| {

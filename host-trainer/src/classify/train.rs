@@ -103,11 +103,38 @@ pub struct TrainResult {
     pub best_epoch: usize,
 }
 
-/// Rows of `x` selected by `idx` as a `[n, d]` tensor.
-fn batch(x: &[Vec<f32>], idx: &[usize], device: &Device) -> Tensor<2> {
-    let d = x[idx[0]].len();
+/// Items of `x` selected by `idx`, stacked into a `[idx.len(), item...]` tensor (an item is an
+/// embedding, a feature map or a picture, flattened).
+pub fn stack<const D: usize>(
+    x: &[Vec<f32>],
+    idx: &[usize],
+    item: &[usize],
+    device: &Device,
+) -> Tensor<D> {
     let data: Vec<f32> = idx.iter().flat_map(|&i| x[i].iter().copied()).collect();
-    Tensor::from_data(TensorData::new(data, [idx.len(), d]), device)
+    let shape: Vec<usize> = std::iter::once(idx.len())
+        .chain(item.iter().copied())
+        .collect();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Logits for `n` items, computed `chunk` at a time by `forward` (inference), concatenated.
+pub fn logits_in_batches(
+    n: usize,
+    chunk: usize,
+    forward: impl Fn(&[usize]) -> Tensor<2>,
+) -> Vec<f32> {
+    let idx: Vec<usize> = (0..n).collect();
+    let mut out = Vec::new();
+    for c in idx.chunks(chunk) {
+        out.extend(
+            forward(c)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("float logits"),
+        );
+    }
+    out
 }
 
 fn labels(y: &[usize], idx: &[usize], device: &Device) -> Tensor<1, Int> {
@@ -131,13 +158,8 @@ pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
 
 /// Logits of a head for every row of `x`, in batches, on the inference device.
 pub fn head_logits(head: &Head, x: &[Vec<f32>], device: &Device) -> Vec<f32> {
-    let idx: Vec<usize> = (0..x.len()).collect();
-    let mut out = Vec::new();
-    for chunk in idx.chunks(256) {
-        let l = head.forward(batch(x, chunk, device));
-        out.extend(l.into_data().try_into_vec::<f32>().expect("float logits"));
-    }
-    out
+    let d = [x.first().map_or(0, Vec::len)];
+    logits_in_batches(x.len(), 256, |idx| head.forward(stack(x, idx, &d, device)))
 }
 
 /// Mean cross-entropy of rows of logits against their labels (NaN for an empty set).
@@ -352,7 +374,9 @@ pub fn train_head(
         &ad,
         &mut rng,
         false,
-        &mut |m: &Head, idx, rng| m.forward_train(batch(train_x, idx, &ad), rng),
+        &mut |m: &Head, idx, rng| {
+            m.forward_train(stack(train_x, idx, &[train_x[0].len()], &ad), rng)
+        },
         &mut |m: &Head| evaluate(m, val_x, val_y, classes, device),
         on_epoch,
     );
