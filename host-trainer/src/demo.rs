@@ -140,16 +140,18 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         "== 4. Transfer learning: a new head on the frozen trunk (synthetic shapes, two-model approach)"
     );
     let data = out.join("shapes");
+    // Small 40-pixel pictures: far from ImageNet, so the pooled features alone are not enough and
+    // fine-tuning the top blocks has something to add.
     let synth = SynthClassify {
         per_class: 60,
-        size: 96,
-        seed: 0,
+        size: 40,
+        seed: 8,
     };
     write_classify(&synth, &data)?;
     let opts = ClassifyOptions {
         data: data.clone(),
         cut: CutPoint::Pooled,
-        val_fraction: 0.2,
+        val_fraction: 0.25,
         strict: false,
         views: 0,
         train: TrainConfig::default(),
@@ -176,8 +178,8 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
     let ft_opts = ClassifyOptions {
         fine_tune: Some(FineTuneConfig {
             blocks: 4,
-            epochs: 3,
-            lr: opts.train.lr / 100.0,
+            epochs: 4,
+            lr: 3e-5,
             batch_size: opts.train.batch_size,
             seed: opts.train.seed,
         }),

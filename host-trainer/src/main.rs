@@ -419,7 +419,7 @@ fn main() -> anyhow::Result<()> {
                 println!("phase 1 (head only) val accuracy {p1:.3}; after fine-tuning:");
             }
             println!(
-                "val accuracy {:.3} (loss {:.4}, epoch {}); {} pictures used, {} skipped, {} embeddings from cache; run in {}",
+                "val accuracy {:.3} (loss {:.4}; head's best epoch {}); {} pictures used, {} skipped, {} embeddings from cache; run in {}",
                 s.val_accuracy,
                 s.val_loss,
                 s.best_epoch,
