@@ -14,6 +14,8 @@ pub trait Progress {
 pub trait Task {
     /// `n` more units are done.
     fn advance(&self, n: u64);
+    /// Show live details next to the task's name (loss, accuracy...).
+    fn message(&self, _details: &str) {}
     /// The task is over.
     fn finish(&self);
 }
@@ -37,11 +39,14 @@ impl Progress for Silent {
 /// Terminal progress bars on stderr (hidden automatically when stderr is not a terminal).
 pub struct Bars;
 
-struct BarTask(ProgressBar);
+struct BarTask(ProgressBar, String);
 
 impl Task for BarTask {
     fn advance(&self, n: u64) {
         self.0.inc(n);
+    }
+    fn message(&self, details: &str) {
+        self.0.set_message(format!("{} {details}", self.1));
     }
     fn finish(&self) {
         self.0.finish_and_clear();
@@ -65,6 +70,6 @@ impl Progress for Bars {
             }
         };
         bar.set_message(what.to_string());
-        Box::new(BarTask(bar))
+        Box::new(BarTask(bar, what.to_string()))
     }
 }

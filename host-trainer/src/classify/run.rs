@@ -110,6 +110,14 @@ pub struct RunSummary {
     pub phase1_val_accuracy: Option<f64>,
 }
 
+/// The live line of a training progress bar.
+fn live(e: &EpochStats) -> String {
+    format!(
+        "epoch {}: loss {:.3} acc {:.3} | val loss {:.3} acc {:.3}",
+        e.epoch, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy
+    )
+}
+
 fn write_history(path: &Path, history: &[EpochStats]) -> std::io::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(f, "epoch,train_loss,train_accuracy,val_loss,val_accuracy")?;
@@ -183,6 +191,7 @@ pub fn train_classify(
         &pretrained.device,
         &mut |e| {
             bar.advance(1);
+            bar.message(&live(e));
             tracing::info!(
                 "epoch {}: loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
                 e.epoch,
@@ -248,6 +257,7 @@ pub fn train_classify(
             &pretrained.device,
             &mut |e| {
                 bar.advance(1);
+                bar.message(&live(e));
                 tracing::info!(
                     "fine-tune epoch {}: loss {:.4} | val loss {:.4} acc {:.3}",
                     e.epoch,
