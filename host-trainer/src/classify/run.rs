@@ -148,6 +148,15 @@ pub fn train_classify(
     let spec = PreprocessSpec::imagenet();
     let trunk_dir = pretrained.cached_trunk(opts.cut, spec, cache)?;
     let trunk = Trunk::open(&trunk_dir, 1, Threads::Single)?;
+    // Phase 2 reads the frozen prefix through its own trunk, cut below the unfrozen blocks.
+    let prefix = match &opts.fine_tune {
+        Some(ft) => Some(Trunk::open(
+            &pretrained.cached_trunk(ft.prefix_cut(), spec, cache)?,
+            1,
+            Threads::Single,
+        )?),
+        None => None,
+    };
     // The configuration goes down before training starts, so a crashed run still says what it was.
     std::fs::write(
         out.join("config.json"),
@@ -157,6 +166,7 @@ pub fn train_classify(
             "labels": data.labels,
             "preprocess": spec,
             "trunk_sha256": trunk.info.onnx_sha256,
+            "prefix_trunk_sha256": prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
             "weights_sha256": pretrained.weights_sha256,
             "backend": pretrained.backend.name(),
             "kestrel_version": env!("CARGO_PKG_VERSION"),
@@ -222,20 +232,16 @@ pub fn train_classify(
     let mut val_y = val.y.clone();
     if let Some(ft) = &opts.fine_tune {
         // The frozen prefix's outputs, through the ONNX trunk cut there, cached like embeddings.
-        let prefix = Trunk::open(
-            &pretrained.cached_trunk(ft.prefix_cut(), spec, cache)?,
-            1,
-            Threads::Single,
-        )?;
+        let prefix = prefix.as_ref().expect("opened above when fine-tuning");
         let ptrain = embed_samples(
-            &prefix,
+            prefix,
             &data.train,
             &emb_cache,
             opts.views,
             opts.strict,
             progress,
         )?;
-        let pval = embed_samples(&prefix, &data.val, &emb_cache, 0, opts.strict, progress)?;
+        let pval = embed_samples(prefix, &data.val, &emb_cache, 0, opts.strict, progress)?;
         let s = &prefix.info.output_shape;
         let shape = [s[1], s[2], s[3]];
         let start = TopModel::from_pretrained(
@@ -411,6 +417,14 @@ impl TrainedClassifier {
                 TrainedModel::Head(Box::new(head))
             }
             Some(ft) => {
+                if config["prefix_trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
+                    anyhow::bail!(
+                        "{} was fine-tuned on prefix trunk {} but this Kestrel exports {}: retrain with this version",
+                        run.display(),
+                        config["prefix_trunk_sha256"],
+                        trunk.info.onnx_sha256
+                    );
+                }
                 let mut top =
                     TopModel::from_pretrained(&pretrained.weights, ft.blocks, head, &device)?;
                 load_checkpoint(&mut top, &run.join(TOP_FILE))?;
