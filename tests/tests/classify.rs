@@ -172,6 +172,8 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
         mv["val_images"], m["val_images"],
         "validation is never augmented"
     );
+    assert_eq!(mv["train_pictures"], m["train_pictures"]);
+    assert_eq!(mv["train_pictures"], m["train_images"]);
     let run_views2 = tmp.path().join("run-views2");
     run_ok(
         kestrel(&cache)

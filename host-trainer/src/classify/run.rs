@@ -328,7 +328,10 @@ pub fn train_classify(
             "epochs_run": result.history.len(),
             "labels": data.labels,
             "val": val_metrics,
+            // Embeddings trained on (pictures x (1 + views)) and distinct pictures behind them.
             "train_images": train.x.len(),
+            "train_pictures": train.paths.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            "views": opts.views,
             "val_images": val.x.len(),
             "images_used": summary.images_used,
             "images_skipped": summary.skipped.len(),
