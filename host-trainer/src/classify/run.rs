@@ -10,7 +10,7 @@ use kestrel_shared::{CutPoint, PreprocessSpec};
 use serde::Serialize;
 use serde_json::json;
 
-use super::embed::{EmbeddingCache, Skipped, embed_samples};
+use super::embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
 use super::finetune::{FineTuneConfig, TopModel, fine_tune, top_logits};
 use super::train::{EpochStats, TrainConfig, argmax_rows, head_logits, train_head};
 use crate::data::Dataset;
@@ -175,15 +175,21 @@ pub fn train_classify(
     std::fs::write(out.join("labels.txt"), data.labels.join("\n") + "\n")?;
 
     let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
-    let train = embed_samples(
-        &trunk,
-        &data.train,
-        &emb_cache,
-        opts.views,
-        opts.strict,
-        progress,
-    )?;
-    let val = embed_samples(&trunk, &data.val, &emb_cache, 0, opts.strict, progress)?;
+    // Training pictures with their augmented views; validation pictures as they are.
+    let embed_split = |t: &Trunk| -> anyhow::Result<(EmbeddedSet, EmbeddedSet)> {
+        Ok((
+            embed_samples(
+                t,
+                &data.train,
+                &emb_cache,
+                opts.views,
+                opts.strict,
+                progress,
+            )?,
+            embed_samples(t, &data.val, &emb_cache, 0, opts.strict, progress)?,
+        ))
+    };
+    let (train, val) = embed_split(&trunk)?;
     anyhow::ensure!(
         !train.x.is_empty(),
         "no readable training pictures in {}",
@@ -233,15 +239,7 @@ pub fn train_classify(
     if let Some(ft) = &opts.fine_tune {
         // The frozen prefix's outputs, through the ONNX trunk cut there, cached like embeddings.
         let prefix = prefix.as_ref().expect("opened above when fine-tuning");
-        let ptrain = embed_samples(
-            prefix,
-            &data.train,
-            &emb_cache,
-            opts.views,
-            opts.strict,
-            progress,
-        )?;
-        let pval = embed_samples(prefix, &data.val, &emb_cache, 0, opts.strict, progress)?;
+        let (ptrain, pval) = embed_split(prefix)?;
         let s = &prefix.info.output_shape;
         let shape = [s[1], s[2], s[3]];
         let start = TopModel::from_pretrained(
