@@ -283,3 +283,43 @@ pub fn finetune_step_ms(
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }
+
+/// The PyTorch peer of [`finetune_step_ms`]: the same step in PyTorch, run by `python` (an
+/// interpreter with `torch` installed) from a script shipped inside the binary. Returns the
+/// engine name (with torch's version) and milliseconds per step.
+pub fn torch_finetune_step_ms(
+    python: &str,
+    weights: &Path,
+    batch: usize,
+    iters: usize,
+    threads: usize,
+) -> anyhow::Result<(String, f64)> {
+    use anyhow::Context;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("finetune_step.py");
+    std::fs::write(&script, include_str!("../../benches/finetune_step.py"))?;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg("--weights")
+        .arg(weights)
+        .args(["--batch", &batch.to_string()])
+        .args(["--iters", &iters.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("could not run {python}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "the PyTorch peer failed under {python} (is torch installed there? `{python} -m pip install torch`): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("unexpected output from the PyTorch peer under {python}"))?;
+    let ms = v["median_ms"]
+        .as_f64()
+        .context("the PyTorch peer printed no median_ms")?;
+    Ok((v["engine"].as_str().unwrap_or("pytorch").to_string(), ms))
+}

@@ -15,6 +15,11 @@ use kestrel_trainer::progress::{Bars, Silent};
 use kestrel_trainer::weights::{Fetcher, default_cache_dir};
 use kestrel_trainer::{Pretrained, bench, demo, imagenet, predict};
 
+/// Tensor buffers come and go every training step; glibc would hand each large one back to the
+/// kernel and fault it in again (measured: head training 10.0 s -> 4.4 s on one core).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kestrel",
@@ -109,6 +114,10 @@ enum Command {
         /// Also time a fine-tuning step (features.14-18 + head, batch 32 of cached features.13).
         #[arg(long)]
         finetune: bool,
+        /// Python interpreter with `torch` installed: the fine-tuning bench then runs the same
+        /// step in PyTorch in the same run and prints the ratio.
+        #[arg(long, env = "KESTREL_TORCH_PYTHON")]
+        torch_python: Option<String>,
     },
     /// Train a new head on the frozen trunk.
     Train {
@@ -340,17 +349,34 @@ fn main() -> anyhow::Result<()> {
             ref out,
             head,
             finetune,
+            ref torch_python,
         } => {
             if finetune {
                 let w = resolve()?;
+                let threads = threads.unwrap_or(1);
+                let peer = match torch_python {
+                    Some(py) => Some(bench::torch_finetune_step_ms(py, &w, 32, 5, threads)?),
+                    None => {
+                        println!(
+                            "(PyTorch peer skipped: pass --torch-python PYTHON, an interpreter with torch)"
+                        );
+                        None
+                    }
+                };
                 for backend in Backend::ALL {
                     // ndarray lacks a depthwise convolution backward: one step takes tens of seconds.
                     let iters = if backend == Backend::Flex { 5 } else { 1 };
                     let ms = bench::finetune_step_ms(&w, backend, 32, iters)?;
+                    let ratio = peer.as_ref().map_or(String::new(), |(name, p)| {
+                        format!(" ({:.2}x the time of {name})", ms / p)
+                    });
                     println!(
-                        "fine-tune step (features.14-18 + head, batch 32, Adam) on burn-{}: {ms:.0} ms",
+                        "fine-tune step (features.14-18 + head, batch 32, Adam, {threads} thread(s)) on burn-{}: {ms:.0} ms{ratio}",
                         backend.name()
                     );
+                }
+                if let Some((name, ms)) = peer {
+                    println!("fine-tune step, same model and batch, on {name}: {ms:.0} ms");
                 }
             }
             if head {
