@@ -6,10 +6,12 @@
 //! model. This crate depends on neither burn nor tract.
 
 pub mod cut;
+pub mod detect;
 pub mod hash;
 pub mod preprocess;
 pub mod trunk;
 
 pub use cut::CutPoint;
+pub use detect::{AnnotatedImage, BBox, Detection, Object};
 pub use preprocess::{Normalization, PreprocessError, PreprocessSpec, ResizeMode};
 pub use trunk::{TRUNK_SCHEMA_VERSION, TrunkInfo, TrunkInfoError};
