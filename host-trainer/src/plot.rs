@@ -50,6 +50,17 @@ fn err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
 
 /// Loss and accuracy per epoch, training and validation, side by side.
 pub fn learning_curves(history: &[EpochStats], title: &str, path: &Path) -> Result<(), PlotError> {
+    learning_curves_of(history, title, "accuracy", path)
+}
+
+/// [`learning_curves`] with another name for the right panel's score (e.g. `mAP@0.5`, `mean IoU`:
+/// detection runs keep their validation score in `val_accuracy`).
+pub fn learning_curves_of(
+    history: &[EpochStats],
+    title: &str,
+    score: &str,
+    path: &Path,
+) -> Result<(), PlotError> {
     register_font();
     let size = (1000u32, 420u32);
     let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
@@ -69,7 +80,7 @@ pub fn learning_curves(history: &[EpochStats], title: &str, path: &Path) -> Resu
             .fold(0.1f64, f64::max);
         for (panel, (name, top, pick)) in panels
             .iter()
-            .zip([("loss", max_loss * 1.05, 0usize), ("accuracy", 1.0, 1usize)])
+            .zip([("loss", max_loss * 1.05, 0usize), (score, 1.0, 1usize)])
         {
             let mut chart = ChartBuilder::on(panel)
                 .caption(name, (FONT, 16))
@@ -226,4 +237,97 @@ mod tests {
         // The off-diagonal zero cell is white.
         assert_eq!(img.get_pixel(140 + 96 + 5, 60 + 5).0, [255, 255, 255]);
     }
+}
+
+/// Precision-recall curves at IoU 0.5, one line per class (`curves[k]` = `(recall, precision)`
+/// points of class k; empty curves are left out), with each class's AP in the legend.
+pub fn pr_curves(
+    curves: &[Vec<(f64, f64)>],
+    labels: &[String],
+    ap: &[Option<f64>],
+    path: &Path,
+) -> Result<(), PlotError> {
+    register_font();
+    let size = (640u32, 520u32);
+    let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("precision-recall at IoU 0.5", (FONT, 18))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+            .map_err(|e| err(path)(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("recall")
+            .y_desc("precision")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(|e| err(path)(e.to_string()))?;
+        for (k, points) in curves.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+            let color = Palette99::pick(k).to_rgba();
+            let name = labels.get(k).map_or(format!("class {k}"), Clone::clone);
+            let ap = ap.get(k).copied().flatten().unwrap_or(f64::NAN);
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| err(path)(e.to_string()))?
+                .label(format!("{name} (AP50 {ap:.3})"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .label_font((FONT, 12))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(path)(e.to_string()))?;
+        root.present().map_err(|e| err(path)(e.to_string()))?;
+    }
+    save(buf, size, path)
+}
+
+/// Draw detections onto a picture: a coloured frame per box (colour by class) and a
+/// `label score` tag above it. Used by `predict --draw`.
+pub fn draw_detections(
+    img: &mut image::RgbImage,
+    dets: &[kestrel_shared::Detection],
+    labels: &[String],
+) -> Result<(), PlotError> {
+    register_font();
+    let (w, h) = img.dimensions();
+    let e = |e: String| PlotError {
+        path: "(picture)".into(),
+        reason: e,
+    };
+    let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+    let thick = (w.min(h) / 160).max(1);
+    let font = (w.min(h) / 20).clamp(10, 24);
+    for d in dets {
+        let color = Palette99::pick(d.class).to_rgba();
+        let b = d.bbox;
+        let (x0, y0, x1, y1) = (b.x0 as i32, b.y0 as i32, b.x1 as i32, b.y1 as i32);
+        root.draw(&Rectangle::new(
+            [(x0, y0), (x1, y1)],
+            color.stroke_width(thick),
+        ))
+        .map_err(|x| e(x.to_string()))?;
+        let name = labels
+            .get(d.class)
+            .map_or(format!("{}", d.class), Clone::clone);
+        let ty = (y0 - font as i32 - 2).max(0);
+        root.draw(&Text::new(
+            format!("{name} {:.2}", d.score),
+            (x0 + 2, ty),
+            (FONT, font).into_font().color(&color),
+        ))
+        .map_err(|x| e(x.to_string()))?;
+    }
+    root.present().map_err(|x| e(x.to_string()))?;
+    Ok(())
 }

@@ -6,12 +6,17 @@
 //! model. This crate depends on neither burn nor tract.
 
 pub mod cut;
+pub mod decode;
 pub mod detect;
+pub mod eval;
 pub mod hash;
+pub mod nms;
 pub mod preprocess;
 pub mod trunk;
 
 pub use cut::CutPoint;
 pub use detect::{AnnotatedImage, BBox, Detection, Object};
+pub use eval::{ClassAp, DetectionMetrics, EvalError, EvalInput, evaluate};
+pub use nms::{filter_and_nms, nms};
 pub use preprocess::{Normalization, PreprocessError, PreprocessSpec, ResizeMode};
 pub use trunk::{TRUNK_SCHEMA_VERSION, TrunkInfo, TrunkInfoError};

@@ -50,7 +50,12 @@ pub struct Head {
 /// A linear layer initialised like PyTorch's (uniform in +-1/sqrt(fan_in)) from our own seeded
 /// generator: burn's device generator is process-wide, so it is not reproducible when other work
 /// draws from it concurrently.
-fn seeded_linear(din: usize, dout: usize, rng: &mut ChaCha8Rng, device: &Device) -> Linear {
+pub(crate) fn seeded_linear(
+    din: usize,
+    dout: usize,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Linear {
     let k = (1.0 / din as f64).sqrt() as f32;
     let w: Vec<f32> = (0..din * dout).map(|_| rng.random_range(-k..k)).collect();
     let b: Vec<f32> = (0..dout).map(|_| rng.random_range(-k..k)).collect();

@@ -28,7 +28,8 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
-    fn init(self) -> ModuleOptimizer {
+    /// A fresh optimiser of this kind.
+    pub fn init(self) -> ModuleOptimizer {
         match self {
             OptimizerKind::Adam => AdamConfig::new().init(),
             OptimizerKind::Sgd => SgdConfig::new()
@@ -230,6 +231,15 @@ pub struct Fitted<M> {
     pub best_epoch: usize,
 }
 
+/// What one training batch gives back: its loss (on the autodiff device, a scalar) and, for
+/// classifiers, how many of its items were classified right.
+pub struct BatchLoss {
+    /// Mean loss of the batch.
+    pub loss: Tensor<1>,
+    /// Correct items, when the task has a notion of accuracy.
+    pub hits: Option<Tensor<1, Int>>,
+}
+
 /// The training loop every trainable part shares (head, fine-tuned top, one-model network):
 /// shuffled mini-batches, cross-entropy, an optimiser step, validation after each epoch, the model
 /// with the lowest validation loss kept, early stopping.
@@ -240,7 +250,7 @@ pub struct Fitted<M> {
 #[allow(clippy::too_many_arguments)]
 pub fn fit<M: Module>(
     settings: FitSettings,
-    mut model: M,
+    model: M,
     train_y: &[usize],
     ad: &Device,
     rng: &mut ChaCha8Rng,
@@ -249,9 +259,49 @@ pub fn fit<M: Module>(
     validate: &mut dyn FnMut(&M) -> (f64, f64),
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Fitted<M> {
-    let mut optim = settings.optimizer.init();
     let loss_fn = CrossEntropyLossConfig::new().init(ad);
-    let mut order: Vec<usize> = (0..train_y.len()).collect();
+    fit_batches(
+        settings,
+        model,
+        train_y.len(),
+        rng,
+        start_is_candidate,
+        &mut |m, idx, rng| {
+            let logits = forward(m, idx, rng);
+            let targets = labels(train_y, idx, ad);
+            let hits = logits
+                .clone()
+                .inner()
+                .argmax(1)
+                .reshape([idx.len()])
+                .equal(targets.clone().inner())
+                .int()
+                .sum();
+            BatchLoss {
+                loss: loss_fn.forward(logits, targets),
+                hits: Some(hits),
+            }
+        },
+        validate,
+        on_epoch,
+    )
+}
+
+/// [`fit`] for any loss: `batch` computes the loss of a batch of training indices (classification,
+/// the detectors' custom losses). `validate` returns (validation loss, validation score).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_batches<M: Module>(
+    settings: FitSettings,
+    mut model: M,
+    n_train: usize,
+    rng: &mut ChaCha8Rng,
+    start_is_candidate: bool,
+    batch: &mut dyn FnMut(&M, &[usize], &mut ChaCha8Rng) -> BatchLoss,
+    validate: &mut dyn FnMut(&M) -> (f64, f64),
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> Fitted<M> {
+    let mut optim = settings.optimizer.init();
+    let mut order: Vec<usize> = (0..n_train).collect();
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, M)> = None;
     if start_is_candidate {
@@ -268,37 +318,32 @@ pub fn fit<M: Module>(
         let mut hits: Option<Tensor<1, Int>> = None;
         let mut batches = 0usize;
         for idx in order.chunks(settings.batch_size.max(1)) {
-            let logits = forward(&model, idx, rng);
-            let targets = labels(train_y, idx, ad);
-            let loss = loss_fn.forward(logits.clone(), targets.clone());
-            let h = logits
-                .inner()
-                .argmax(1)
-                .reshape([idx.len()])
-                .equal(targets.inner())
-                .int()
-                .sum();
-            hits = Some(match hits {
-                Some(t) => t + h,
-                None => h,
-            });
-            let l = loss.clone().inner();
+            let out = batch(&model, idx, rng);
+            if let Some(h) = out.hits {
+                hits = Some(match hits {
+                    Some(t) => t + h,
+                    None => h,
+                });
+            }
+            let l = out.loss.clone().inner();
             loss_sum = Some(match loss_sum {
                 Some(t) => t + l,
                 None => l,
             });
             batches += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
             model = optim.step(settings.lr, model, grads);
         }
         let loss_sum = loss_sum.map_or(0.0, |t| t.into_scalar::<f32>() as f64);
-        let correct = hits.map_or(0, |t| t.into_scalar::<i64>() as usize);
+        let train_accuracy = hits.map_or(f64::NAN, |t| {
+            t.into_scalar::<i64>() as f64 / n_train.max(1) as f64
+        });
         let snapshot = model.valid();
         let (val_loss, val_accuracy) = validate(&snapshot);
         let stats = EpochStats {
             epoch,
             train_loss: loss_sum / batches.max(1) as f64,
-            train_accuracy: correct as f64 / train_y.len().max(1) as f64,
+            train_accuracy,
             val_loss,
             val_accuracy,
         };

@@ -1,0 +1,673 @@
+//! `kestrel train detect`: from an annotated dataset (YOLO or COCO) to a run folder, and the
+//! trained detector read back for `eval` and `predict`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use kestrel_edge::{Threads, Trunk};
+use kestrel_shared::detect::{AnnotatedImage, Detection, Object};
+use kestrel_shared::eval::{
+    DetectionMetrics, EvalInput, coco_ground_truth_json, coco_results_json, evaluate,
+};
+use kestrel_shared::{CutPoint, Normalization, PreprocessSpec, ResizeMode};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::heads::{GridConfig, SingleHead};
+use super::train::{
+    DecodeSettings, DetectHead, DetectHeadKind, DetectTrainConfig, FeatureSet, decode,
+    feature_maps, raw_outputs, to_input, train_detect_head,
+};
+use crate::Pretrained;
+use crate::classify::embed::{EmbeddingCache, Skipped};
+use crate::classify::train::EpochStats;
+use crate::data::annotations;
+use crate::progress::Progress;
+
+/// File name of the head checkpoint inside a run.
+pub const HEAD_FILE: &str = "head.bpk";
+/// Score threshold used to rank detections for AP (low, so the whole PR curve is seen).
+pub const AP_SCORE_THRESHOLD: f32 = 0.05;
+
+/// Everything a detection run needs (written to `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectOptions {
+    /// Dataset (YOLO folder or COCO JSON).
+    pub data: PathBuf,
+    /// Model input width in pixels (pictures are stretched to it).
+    pub width: u32,
+    /// Model input height in pixels.
+    pub height: u32,
+    /// Where the trunk is cut (stride 16 by default; stride 8 for small objects).
+    pub cut: CutPoint,
+    /// Share of the pictures held out when the dataset has no validation split.
+    pub val_fraction: f64,
+    /// Fail on the first unreadable picture or bad annotation instead of skipping it.
+    pub strict: bool,
+    /// Head and optimiser settings.
+    pub train: DetectTrainConfig,
+    /// Post-processing of `predict` (and of precision / recall in the metrics).
+    pub decode: DecodeSettings,
+}
+
+impl DetectOptions {
+    /// The preprocessing of this run: stretch to the input size, ImageNet statistics.
+    pub fn preprocess(&self) -> PreprocessSpec {
+        PreprocessSpec {
+            height: self.height,
+            width: self.width,
+            resize: ResizeMode::Stretch,
+            normalization: Normalization::IMAGENET,
+        }
+    }
+}
+
+/// Quality of a detector on a set of pictures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectScores {
+    /// COCO-style metrics (every head; the single head gives one detection per picture).
+    pub coco: DetectionMetrics,
+    /// Single head: mean IoU of the predicted box with the picture's one object.
+    pub mean_iou: Option<f64>,
+    /// Single head: share of pictures whose class is right.
+    pub class_accuracy: Option<f64>,
+}
+
+/// What a training run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectSummary {
+    /// Class names.
+    pub labels: Vec<String>,
+    /// Validation scores of the kept head.
+    pub val: DetectScores,
+    /// Epoch of the kept head.
+    pub best_epoch: usize,
+    /// Training pictures used.
+    pub train_images: usize,
+    /// Validation pictures used.
+    pub val_images: usize,
+    /// Pictures skipped as unreadable.
+    pub skipped: Vec<Skipped>,
+    /// Annotation problems skipped (file:line: what).
+    pub annotation_issues: Vec<String>,
+    /// Feature maps read from the cache.
+    pub cache_hits: usize,
+    /// Seconds spent computing or reading feature maps.
+    pub feature_seconds: f64,
+    /// Seconds spent training the head.
+    pub train_seconds: f64,
+}
+
+/// Score of a head on a feature set: the number that picks the best epoch's head is the loss;
+/// this is what is shown (mean IoU for single, mAP@0.5 for grid).
+pub fn scores(
+    head: &DetectHead,
+    set: &FeatureSet,
+    chw: [usize; 3],
+    opts: &DetectOptions,
+    classes: usize,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<DetectScores> {
+    let raw = raw_outputs(head, &set.x, chw, device);
+    let settings = DecodeSettings {
+        score_threshold: AP_SCORE_THRESHOLD.min(opts.decode.score_threshold),
+        ..opts.decode
+    };
+    let dets: Vec<Vec<Detection>> = raw
+        .iter()
+        .map(|r| decode(head, r, chw, (opts.width, opts.height), &settings))
+        .collect();
+    let coco = evaluate(
+        &EvalInput {
+            ground_truth: &set.objects,
+            detections: &dets,
+            classes,
+        },
+        opts.decode.score_threshold,
+    )?;
+    let (mean_iou, class_accuracy) = match head {
+        DetectHead::Single(_) => {
+            let pairs: Vec<(&Object, &Detection)> = set
+                .objects
+                .iter()
+                .zip(&dets)
+                .filter_map(|(o, d)| Some((o.first()?, d.first()?)))
+                .collect();
+            let n = pairs.len().max(1) as f64;
+            (
+                Some(
+                    pairs
+                        .iter()
+                        .map(|(o, d)| o.bbox.iou(&d.bbox) as f64)
+                        .sum::<f64>()
+                        / n,
+                ),
+                Some(pairs.iter().filter(|(o, d)| o.class == d.class).count() as f64 / n),
+            )
+        }
+        DetectHead::Grid(..) => (None, None),
+    };
+    Ok(DetectScores {
+        coco,
+        mean_iou,
+        class_accuracy,
+    })
+}
+
+fn live(e: &EpochStats, score: &str) -> String {
+    format!(
+        "epoch {}: loss {:.3} | val loss {:.3} {score} {:.3}",
+        e.epoch, e.train_loss, e.val_loss, e.val_accuracy
+    )
+}
+
+fn score_name(kind: DetectHeadKind) -> &'static str {
+    match kind {
+        DetectHeadKind::Single => "mean IoU",
+        _ => "mAP@0.5",
+    }
+}
+
+fn write_history(path: &Path, history: &[EpochStats], score: &str) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let col = if score == "mean IoU" {
+        "val_mean_iou"
+    } else {
+        "val_map50"
+    };
+    writeln!(f, "epoch,train_loss,val_loss,{col}")?;
+    for h in history {
+        writeln!(
+            f,
+            "{},{},{},{}",
+            h.epoch, h.train_loss, h.val_loss, h.val_accuracy
+        )?;
+    }
+    f.flush()
+}
+
+/// Seeded split of `images` into (train, val) when the dataset has no validation split.
+fn split(
+    mut images: Vec<AnnotatedImage>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<AnnotatedImage>, Vec<AnnotatedImage>) {
+    images.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let n_val =
+        ((images.len() as f64 * fraction).round() as usize).min(images.len().saturating_sub(1));
+    let train = images.split_off(n_val);
+    (train, images)
+}
+
+/// Shape `[C, H, W]` of the trunk's output for `opts`.
+fn map_shape(trunk: &Trunk) -> [usize; 3] {
+    let s = &trunk.info.output_shape;
+    [s[1], s[2], s[3]]
+}
+
+/// Train a detection head on `opts.data` and write the run into `out`.
+pub fn train_detect(
+    pretrained: &Pretrained,
+    opts: &DetectOptions,
+    cache: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<DetectSummary> {
+    anyhow::ensure!(
+        opts.cut != CutPoint::Pooled,
+        "a detector needs a feature map: use --cut stride16 (default) or stride8, not pooled"
+    );
+    let data = annotations::load(&opts.data, opts.strict)?;
+    let labels = data.labels.clone();
+    anyhow::ensure!(
+        opts.train.head != DetectHeadKind::Single || labels.len() == 2,
+        "the single head is the book's two-class detector ({} has {} classes): use --head grid",
+        opts.data.display(),
+        labels.len()
+    );
+    let (train_images, val_images) = if data.val.is_empty() {
+        split(data.train, opts.val_fraction, opts.train.seed)
+    } else {
+        (data.train, data.val)
+    };
+    std::fs::create_dir_all(out)?;
+    let spec = opts.preprocess();
+    let trunk = Trunk::open(
+        &pretrained.cached_trunk(opts.cut, spec, cache)?,
+        1,
+        Threads::Single,
+    )?;
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&json!({
+            "task": "detect",
+            "options": opts,
+            "labels": labels,
+            "preprocess": spec,
+            "trunk_sha256": trunk.info.onnx_sha256,
+            "weights_sha256": pretrained.weights_sha256,
+            "backend": pretrained.backend.name(),
+            "kestrel_version": env!("CARGO_PKG_VERSION"),
+        }))? + "\n",
+    )?;
+    std::fs::write(out.join("labels.txt"), labels.join("\n") + "\n")?;
+
+    let t0 = Instant::now();
+    let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
+    let train = feature_maps(&trunk, &train_images, &emb_cache, opts.strict, progress)?;
+    let val = feature_maps(&trunk, &val_images, &emb_cache, opts.strict, progress)?;
+    let feature_seconds = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        !train.x.is_empty(),
+        "no readable training pictures in {}",
+        opts.data.display()
+    );
+    let chw = map_shape(&trunk);
+    let stride = opts.cut.stride();
+    let device = pretrained.device.clone();
+    let name = score_name(opts.train.head);
+    let bar = progress.start("training detector", Some(opts.train.epochs as u64));
+    let t1 = Instant::now();
+    let (head, history, best_epoch) = train_detect_head(
+        &opts.train,
+        labels.len(),
+        stride,
+        chw,
+        (opts.width, opts.height),
+        &train,
+        &val,
+        &device,
+        &mut |h, set| {
+            if set.x.is_empty() {
+                return f64::NAN;
+            }
+            match scores(h, set, chw, opts, labels.len(), &device) {
+                Ok(s) => s.mean_iou.unwrap_or(s.coco.map50),
+                Err(_) => f64::NAN,
+            }
+        },
+        &mut |e| {
+            bar.advance(1);
+            bar.message(&live(e, name));
+            tracing::info!("{}", live(e, name));
+        },
+    );
+    bar.finish();
+    let train_seconds = t1.elapsed().as_secs_f64();
+
+    save_head(&head, &out.join(HEAD_FILE))?;
+    write_history(&out.join("history.csv"), &history, name)?;
+    crate::plot::learning_curves_of(
+        &history,
+        "detection head on cached feature maps",
+        name,
+        &out.join("curves.png"),
+    )?;
+    let eval_set = if val.x.is_empty() { &train } else { &val };
+    let val_scores = scores(&head, eval_set, chw, opts, labels.len(), &device)?;
+    let ap: Vec<Option<f64>> = val_scores.coco.per_class.iter().map(|c| c.ap50).collect();
+    crate::plot::pr_curves(
+        &val_scores.coco.pr_curves,
+        &labels,
+        &ap,
+        &out.join("pr_curve.png"),
+    )?;
+    // Predictions on the validation pictures as COCO results, with the matching ground truth,
+    // in the pictures' own pixels: pycocotools and other tools read them as they are.
+    let dets = detections_in_pictures(&head, eval_set, chw, opts);
+    std::fs::write(
+        out.join("val_predictions.json"),
+        serde_json::to_string(&coco_results_json(&dets))?,
+    )?;
+    std::fs::write(
+        out.join("val_ground_truth.json"),
+        serde_json::to_string(&coco_ground_truth_json(&eval_set.images, &labels))?,
+    )?;
+    let summary = DetectSummary {
+        labels,
+        val: val_scores,
+        best_epoch,
+        train_images: train.x.len(),
+        val_images: val.x.len(),
+        skipped: train.skipped.iter().chain(&val.skipped).cloned().collect(),
+        annotation_issues: data.issues.iter().map(ToString::to_string).collect(),
+        cache_hits: train.cache_hits + val.cache_hits,
+        feature_seconds,
+        train_seconds,
+    };
+    let mut metrics = serde_json::to_value(&summary)?;
+    // The headline numbers at the top level, as `eval` and scripts expect them.
+    metrics["map50"] = json!(summary.val.coco.map50);
+    metrics["map50_95"] = json!(summary.val.coco.map50_95);
+    if let Some(v) = summary.val.mean_iou {
+        metrics["mean_iou"] = json!(v);
+    }
+    if let Some(v) = summary.val.class_accuracy {
+        metrics["class_accuracy"] = json!(v);
+    }
+    std::fs::write(
+        out.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)? + "\n",
+    )?;
+    Ok(summary)
+}
+
+/// Post-processed detections of every picture of `set`, boxes in the picture's own pixels.
+fn detections_in_pictures(
+    head: &DetectHead,
+    set: &FeatureSet,
+    chw: [usize; 3],
+    opts: &DetectOptions,
+) -> Vec<Vec<Detection>> {
+    let settings = DecodeSettings {
+        score_threshold: AP_SCORE_THRESHOLD.min(opts.decode.score_threshold),
+        ..opts.decode
+    };
+    raw_outputs(head, &set.x, chw, &burn::tensor::Device::flex())
+        .iter()
+        .zip(&set.images)
+        .map(|(r, im)| {
+            to_picture(
+                decode(head, r, chw, (opts.width, opts.height), &settings),
+                im,
+                opts,
+            )
+        })
+        .collect()
+}
+
+/// Detections from model-input pixels to the picture's pixels (clipped to the picture).
+pub fn to_picture(
+    dets: Vec<Detection>,
+    im: &AnnotatedImage,
+    opts: &DetectOptions,
+) -> Vec<Detection> {
+    let sx = im.width as f32 / opts.width as f32;
+    let sy = im.height as f32 / opts.height as f32;
+    dets.into_iter()
+        .map(|d| Detection {
+            bbox: d
+                .bbox
+                .scale(sx, sy)
+                .clamp(im.width as f32, im.height as f32),
+            ..d
+        })
+        .filter(|d| d.bbox.is_valid())
+        .collect()
+}
+
+fn save_head(head: &DetectHead, path: &Path) -> anyhow::Result<()> {
+    let mut store = BurnpackStore::from_file(path).overwrite(true);
+    let r = match head {
+        DetectHead::Single(h) => h.clone().save_into(&mut store),
+        DetectHead::Grid(h, _) => h.clone().save_into(&mut store),
+    };
+    r.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// A trained detector read back from its run folder.
+pub struct TrainedDetector {
+    /// Class names.
+    pub labels: Vec<String>,
+    /// The run's options.
+    pub options: DetectOptions,
+    /// The head.
+    pub head: DetectHead,
+    /// The frozen trunk (tract).
+    pub trunk: Trunk,
+    device: burn::tensor::Device,
+}
+
+impl TrainedDetector {
+    /// Read `run/config.json` and `run/head.bpk`; the trunk comes from the cache (exported if needed).
+    pub fn open(run: &Path, pretrained: &Pretrained, cache: &Path) -> anyhow::Result<Self> {
+        let config_path = run.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read {}: {e} (is {} a run directory from `kestrel train detect`?)",
+                config_path.display(),
+                run.display()
+            )
+        })?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is malformed: {e}", config_path.display()))?;
+        anyhow::ensure!(
+            config["task"] == "detect",
+            "{} is not a detection run (task {})",
+            run.display(),
+            config["task"]
+        );
+        let options: DetectOptions = serde_json::from_value(config["options"].clone())
+            .map_err(|e| anyhow::anyhow!("{}: bad `options`: {e}", config_path.display()))?;
+        let labels: Vec<String> = serde_json::from_value(config["labels"].clone())
+            .map_err(|e| anyhow::anyhow!("{}: bad `labels`: {e}", config_path.display()))?;
+        let trunk = Trunk::open(
+            &pretrained.cached_trunk(options.cut, options.preprocess(), cache)?,
+            1,
+            Threads::Single,
+        )?;
+        if config["trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
+            anyhow::bail!(
+                "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
+                run.display(),
+                config["trunk_sha256"],
+                trunk.info.onnx_sha256
+            );
+        }
+        let device = pretrained.device.clone();
+        let chw = map_shape(&trunk);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let path = run.join(HEAD_FILE);
+        let mut store = BurnpackStore::from_file(&path);
+        let bad = |e: String| {
+            anyhow::anyhow!(
+                "cannot load {}: {e} (retrain, or check the run folder)",
+                path.display()
+            )
+        };
+        let head = match options.train.head {
+            DetectHeadKind::Single => {
+                let mut h = SingleHead::new(
+                    chw.iter().product(),
+                    options.train.units,
+                    options.width as f64,
+                    &mut rng,
+                    &device,
+                );
+                h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
+                DetectHead::Single(h)
+            }
+            kind => {
+                let spec = kestrel_shared::decode::GridSpec {
+                    classes: labels.len(),
+                    stride: options.cut.stride(),
+                    boxes: kind == DetectHeadKind::Grid,
+                };
+                let mut h = GridConfig {
+                    in_channels: chw[0],
+                    width: options.train.units,
+                    spec,
+                }
+                .init(&device, &mut rng);
+                h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
+                DetectHead::Grid(h, spec)
+            }
+        };
+        Ok(TrainedDetector {
+            labels,
+            options,
+            head,
+            trunk,
+            device,
+        })
+    }
+
+    /// Detections on one picture file, boxes in its pixels.
+    pub fn detect_file(&self, path: &Path) -> anyhow::Result<(AnnotatedImage, Vec<Detection>)> {
+        let img = PreprocessSpec::load(path)?;
+        let x = self.trunk.preprocess().apply(&img);
+        let map = self.trunk.embed(std::slice::from_ref(&x))?.remove(0);
+        let chw = map_shape(&self.trunk);
+        let raw = raw_outputs(&self.head, std::slice::from_ref(&map), chw, &self.device).remove(0);
+        let im = AnnotatedImage {
+            path: path.to_path_buf(),
+            width: img.width(),
+            height: img.height(),
+            objects: Vec::new(),
+        };
+        let dets = decode(
+            &self.head,
+            &raw,
+            chw,
+            (self.options.width, self.options.height),
+            &self.options.decode,
+        );
+        Ok((im.clone(), to_picture(dets, &im, &self.options)))
+    }
+
+    /// Scores on another annotated dataset (every split of it), as `kestrel eval` prints them.
+    pub fn evaluate(
+        &self,
+        data: &Path,
+        cache: &Path,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<DetectScores> {
+        let d = annotations::load(data, self.options.strict)?;
+        anyhow::ensure!(
+            d.labels == self.labels,
+            "{} has classes {:?} but the run was trained on {:?}",
+            data.display(),
+            d.labels,
+            self.labels
+        );
+        let images: Vec<AnnotatedImage> = d.train.into_iter().chain(d.val).collect();
+        let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
+        let set = feature_maps(
+            &self.trunk,
+            &images,
+            &emb_cache,
+            self.options.strict,
+            progress,
+        )?;
+        anyhow::ensure!(
+            !set.x.is_empty(),
+            "no readable pictures in {}",
+            data.display()
+        );
+        scores(
+            &self.head,
+            &set,
+            map_shape(&self.trunk),
+            &self.options,
+            self.labels.len(),
+            &self.device,
+        )
+    }
+}
+
+/// Objects of a picture in model-input pixels (re-exported for tests and the demo).
+pub fn objects_in_input(im: &AnnotatedImage, opts: &DetectOptions) -> Vec<Object> {
+    to_input(im, opts.width, opts.height)
+}
+
+/// The `task` of a run folder's `config.json` (`classify`, `detect`), if it can be read.
+pub fn run_task(run: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(run.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["task"].as_str().map(str::to_string)
+}
+
+/// One picture's detections as `predict --json` prints them.
+#[derive(Debug, Serialize)]
+pub struct PredictLine<'a> {
+    /// The picture.
+    pub image: &'a Path,
+    /// Its detections, boxes in its pixels.
+    pub detections: Vec<LabelledDetection<'a>>,
+}
+
+/// A detection with its class name.
+#[derive(Debug, Serialize)]
+pub struct LabelledDetection<'a> {
+    /// Class name.
+    pub label: &'a str,
+    /// Class index.
+    pub class: usize,
+    /// Score in [0, 1].
+    pub score: f32,
+    /// `[x0, y0, x1, y1]` in picture pixels.
+    #[serde(rename = "box")]
+    pub bbox: kestrel_shared::BBox,
+}
+
+/// `kestrel predict --run RUN` for a detector: one line (JSON or text) per picture on `out`,
+/// pictures with boxes drawn into `draw` if given. Unreadable pictures are reported on stderr
+/// and counted; the count is returned.
+pub fn predict_files(
+    det: &TrainedDetector,
+    images: &[PathBuf],
+    draw: Option<&Path>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    if let Some(d) = draw {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut failed = 0;
+    for path in images {
+        let (_, dets) = match det.detect_file(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        let line = PredictLine {
+            image: path,
+            detections: dets
+                .iter()
+                .map(|d| LabelledDetection {
+                    label: det.labels.get(d.class).map_or("?", String::as_str),
+                    class: d.class,
+                    score: d.score,
+                    bbox: d.bbox,
+                })
+                .collect(),
+        };
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            writeln!(out, "{}: {} detection(s)", path.display(), dets.len())?;
+            for d in &line.detections {
+                let b = d.bbox;
+                writeln!(
+                    out,
+                    "  {:>6.2}%  {:<12} [{:.0}, {:.0}, {:.0}, {:.0}]",
+                    100.0 * d.score,
+                    d.label,
+                    b.x0,
+                    b.y0,
+                    b.x1,
+                    b.y1
+                )?;
+            }
+        }
+        if let Some(d) = draw {
+            let mut img = PreprocessSpec::load(path)?;
+            crate::plot::draw_detections(&mut img, &dets, &det.labels)?;
+            let name = path
+                .file_stem()
+                .map_or("picture".into(), |s| s.to_string_lossy().to_string());
+            let dest = d.join(format!("{name}.png"));
+            img.save(&dest)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dest.display()))?;
+        }
+    }
+    Ok(failed)
+}

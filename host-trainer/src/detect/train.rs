@@ -1,0 +1,355 @@
+//! Training the detection heads on cached trunk feature maps.
+//!
+//! The trunk (ONNX, run by tract) turns every picture into its stride-16 feature map once; maps
+//! are cached on disk like classification embeddings (keyed by trunk hash and picture content).
+//! The head then trains in burn on the cached maps with the book's loss (`single`) or the grid
+//! loss (`grid`, `centroids`).
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kestrel_edge::Trunk;
+use kestrel_shared::decode::{GridSpec, decode_grid, decode_single};
+use kestrel_shared::detect::{AnnotatedImage, Detection, Object};
+use kestrel_shared::nms::filter_and_nms;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::heads::{GridConfig, GridHead, SingleHead};
+use super::loss::{GridTargets, book_loss, book_target, grid_loss};
+use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
+use crate::classify::train::{
+    BatchLoss, EpochStats, FitSettings, Fitted, OptimizerKind, fit_batches,
+};
+use crate::data::Sample;
+use crate::progress::Progress;
+
+/// Which detection head to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectHeadKind {
+    /// The book's detector: one object per picture, `[class, left, right, top, bottom]`.
+    Single,
+    /// Several objects: objectness, classes and a box per cell.
+    Grid,
+    /// Several objects, centres only (FOMO-style), for the cheapest boards.
+    Centroids,
+}
+
+/// Settings of a detection head's training (written to the run's `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectTrainConfig {
+    /// Head.
+    pub head: DetectHeadKind,
+    /// Hidden units (single: dense layer) or convolution width (grid).
+    pub units: usize,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// Maximum epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Seed for initialisation and shuffling.
+    pub seed: u64,
+    /// Early-stopping patience (0 = never).
+    pub patience: usize,
+}
+
+/// Feature maps of a set of annotated pictures, with their objects in model-input pixels.
+#[derive(Debug, Default)]
+pub struct FeatureSet {
+    /// One flattened `[C, H, W]` map per usable picture.
+    pub x: Vec<Vec<f32>>,
+    /// Objects of each picture, boxes scaled to the model input.
+    pub objects: Vec<Vec<Object>>,
+    /// The pictures, in the same order (boxes in their own pixels).
+    pub images: Vec<AnnotatedImage>,
+    /// Pictures that could not be read.
+    pub skipped: Vec<Skipped>,
+    /// Maps read from the cache.
+    pub cache_hits: usize,
+}
+
+/// Run `trunk` over `images` (through `cache`), stretching each to the trunk's input size.
+pub fn feature_maps(
+    trunk: &Trunk,
+    images: &[AnnotatedImage],
+    cache: &EmbeddingCache,
+    strict: bool,
+    progress: &dyn Progress,
+) -> anyhow::Result<FeatureSet> {
+    let samples: Vec<Sample> = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| Sample {
+            path: im.path.clone(),
+            label: i,
+        })
+        .collect();
+    let set = embed_samples(trunk, &samples, cache, 0, strict, progress)?;
+    let spec = trunk.preprocess();
+    let mut out = FeatureSet {
+        skipped: set.skipped,
+        cache_hits: set.cache_hits,
+        ..Default::default()
+    };
+    for (x, i) in set.x.into_iter().zip(set.y) {
+        let im = &images[i];
+        out.objects.push(to_input(im, spec.width, spec.height));
+        out.x.push(x);
+        out.images.push(im.clone());
+    }
+    Ok(out)
+}
+
+/// The picture's objects with boxes scaled to a `width x height` model input (stretch resize).
+pub fn to_input(im: &AnnotatedImage, width: u32, height: u32) -> Vec<Object> {
+    let sx = width as f32 / im.width.max(1) as f32;
+    let sy = height as f32 / im.height.max(1) as f32;
+    im.objects
+        .iter()
+        .map(|o| Object {
+            class: o.class,
+            bbox: o.bbox.scale(sx, sy),
+        })
+        .collect()
+}
+
+/// Stack maps `x[idx]` into a `[B, C, H, W]` tensor.
+fn stack_maps(x: &[Vec<f32>], idx: &[usize], chw: [usize; 3], device: &Device) -> Tensor<4> {
+    let mut data = Vec::with_capacity(idx.len() * x[0].len());
+    for &i in idx {
+        data.extend_from_slice(&x[i]);
+    }
+    Tensor::from_data(
+        TensorData::new(data, [idx.len(), chw[0], chw[1], chw[2]]),
+        device,
+    )
+}
+
+/// A trained detection head of either kind.
+#[derive(Debug)]
+pub enum DetectHead {
+    /// The book's head.
+    Single(SingleHead),
+    /// A grid head (boxes or centroids).
+    Grid(GridHead, GridSpec),
+}
+
+/// Raw outputs of `head` for every map, in batches: 5 numbers (single) or `[K, H, W]` (grid).
+pub fn raw_outputs(
+    head: &DetectHead,
+    x: &[Vec<f32>],
+    chw: [usize; 3],
+    device: &Device,
+) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(x.len());
+    let idx: Vec<usize> = (0..x.len()).collect();
+    for chunk in idx.chunks(64) {
+        let input = stack_maps(x, chunk, chw, device);
+        let flat: Vec<f32> = match head {
+            DetectHead::Single(h) => h
+                .forward(input)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32"),
+            DetectHead::Grid(h, _) => h
+                .forward(input)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32"),
+        };
+        let per = flat.len() / chunk.len();
+        out.extend(flat.chunks(per).map(<[f32]>::to_vec));
+    }
+    out
+}
+
+/// Post-processing settings: score threshold, NMS IoU, detection cap.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecodeSettings {
+    /// Lowest score kept.
+    pub score_threshold: f32,
+    /// NMS IoU threshold (per class).
+    pub nms_iou: f32,
+    /// Most detections per picture.
+    pub max_detections: usize,
+}
+
+/// Detections (input pixels) from one picture's raw output.
+pub fn decode(
+    head: &DetectHead,
+    raw: &[f32],
+    chw: [usize; 3],
+    input_size: (u32, u32),
+    settings: &DecodeSettings,
+) -> Vec<Detection> {
+    match head {
+        DetectHead::Single(_) => {
+            let r: [f32; 5] = raw.try_into().expect("five outputs");
+            vec![decode_single(&r, input_size.0 as f32)]
+        }
+        DetectHead::Grid(_, spec) => filter_and_nms(
+            decode_grid(raw, spec, chw[1], chw[2], settings.score_threshold),
+            settings.score_threshold,
+            settings.nms_iou,
+            settings.max_detections,
+        ),
+    }
+}
+
+/// Mean loss of `head` on a feature set (inference device).
+pub fn mean_loss(
+    head: &DetectHead,
+    set: &FeatureSet,
+    chw: [usize; 3],
+    size: f32,
+    device: &Device,
+) -> f64 {
+    if set.x.is_empty() {
+        return f64::NAN;
+    }
+    let idx: Vec<usize> = (0..set.x.len()).collect();
+    let mut total = 0.0;
+    for chunk in idx.chunks(64) {
+        let input = stack_maps(&set.x, chunk, chw, device);
+        let l = match head {
+            DetectHead::Single(h) => book_loss(
+                h.forward(input),
+                single_targets(&set.objects, chunk, size, device),
+            ),
+            DetectHead::Grid(h, spec) => {
+                let objs: Vec<&[Object]> =
+                    chunk.iter().map(|&i| set.objects[i].as_slice()).collect();
+                let t = GridTargets::build(&objs, spec, chw[1], chw[2]);
+                grid_loss(h.forward(input), &t, spec, device).total
+            }
+        };
+        total += l.into_scalar::<f32>() as f64 * chunk.len() as f64;
+    }
+    total / set.x.len() as f64
+}
+
+fn single_targets(objects: &[Vec<Object>], idx: &[usize], size: f32, device: &Device) -> Tensor<2> {
+    let mut t = Vec::with_capacity(idx.len() * 5);
+    for &i in idx {
+        // The book's scenes hold exactly one target; a picture without one is trained as class 0
+        // with an empty box at the origin.
+        let o = objects[i].first().copied().unwrap_or(Object {
+            class: 0,
+            bbox: kestrel_shared::BBox::new(0.0, 0.0, 0.0, 0.0),
+        });
+        t.extend_from_slice(&book_target(&o, size));
+    }
+    Tensor::from_data(TensorData::new(t, [idx.len(), 5]), device)
+}
+
+/// Train a detection head on `train` feature maps (shape `chw`), validating on `val` each epoch
+/// with `score` (higher is better: mean IoU or mAP@0.5), which `on_epoch` sees as `val_accuracy`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_detect_head(
+    cfg: &DetectTrainConfig,
+    classes: usize,
+    stride: usize,
+    chw: [usize; 3],
+    input_size: (u32, u32),
+    train: &FeatureSet,
+    val: &FeatureSet,
+    device: &Device,
+    score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> (DetectHead, Vec<EpochStats>, usize) {
+    let ad = device.clone().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let settings = FitSettings {
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        patience: cfg.patience,
+        optimizer: cfg.optimizer,
+    };
+    let size = input_size.0 as f32;
+    match cfg.head {
+        DetectHeadKind::Single => {
+            let head = SingleHead::new(chw.iter().product(), cfg.units, size as f64, &mut rng, &ad);
+            let Fitted {
+                model,
+                history,
+                best_epoch,
+            } = fit_batches(
+                settings,
+                head,
+                train.x.len(),
+                &mut rng,
+                false,
+                &mut |m: &SingleHead, idx, _| BatchLoss {
+                    loss: book_loss(
+                        m.forward(stack_maps(&train.x, idx, chw, &ad)),
+                        single_targets(&train.objects, idx, size, &ad),
+                    ),
+                    hits: None,
+                },
+                &mut |m: &SingleHead| {
+                    let h = DetectHead::Single(m.clone());
+                    (mean_loss(&h, val, chw, size, device), score(&h, val))
+                },
+                on_epoch,
+            );
+            (DetectHead::Single(model), history, best_epoch)
+        }
+        DetectHeadKind::Grid | DetectHeadKind::Centroids => {
+            let spec = GridSpec {
+                classes,
+                stride,
+                boxes: cfg.head == DetectHeadKind::Grid,
+            };
+            let head = GridConfig {
+                in_channels: chw[0],
+                width: cfg.units,
+                spec,
+            }
+            .init(&ad, &mut rng);
+            let Fitted {
+                model,
+                history,
+                best_epoch,
+            } = fit_batches(
+                settings,
+                head,
+                train.x.len(),
+                &mut rng,
+                false,
+                &mut |m: &GridHead, idx, _| {
+                    let objs: Vec<&[Object]> =
+                        idx.iter().map(|&i| train.objects[i].as_slice()).collect();
+                    let t = GridTargets::build(&objs, &spec, chw[1], chw[2]);
+                    BatchLoss {
+                        loss: grid_loss(
+                            m.forward(stack_maps(&train.x, idx, chw, &ad)),
+                            &t,
+                            &spec,
+                            &ad,
+                        )
+                        .total,
+                        hits: None,
+                    }
+                },
+                &mut |m: &GridHead| {
+                    let h = DetectHead::Grid(m.clone(), spec);
+                    (mean_loss(&h, val, chw, size, device), score(&h, val))
+                },
+                on_epoch,
+            );
+            (DetectHead::Grid(model, spec), history, best_epoch)
+        }
+    }
+}
+
+/// Check that a run directory's dataset path exists (helps the error of `eval`).
+pub fn ensure_exists(p: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(p.exists(), "{} does not exist", p.display());
+    Ok(())
+}
