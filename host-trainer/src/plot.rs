@@ -194,51 +194,6 @@ pub fn confusion_matrix(
     save(buf, size, path)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plots_are_pngs_with_ink_where_the_data_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let history: Vec<EpochStats> = (1..=5)
-            .map(|e| EpochStats {
-                epoch: e,
-                train_loss: 1.0 / e as f64,
-                train_accuracy: 0.5 + 0.1 * e as f64,
-                val_loss: 1.2 / e as f64,
-                val_accuracy: 0.4 + 0.1 * e as f64,
-            })
-            .collect();
-        let p = dir.path().join("curves.png");
-        learning_curves(&history, "test run", &p).unwrap();
-        let img = image::open(&p).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (1000, 420));
-        let red = img
-            .pixels()
-            .filter(|px| px.0[0] > 200 && px.0[1] < 80 && px.0[2] < 80)
-            .count();
-        let blue = img
-            .pixels()
-            .filter(|px| px.0[2] > 200 && px.0[0] < 80 && px.0[1] < 80)
-            .count();
-        assert!(
-            red > 200 && blue > 200,
-            "curves drawn: red {red}, blue {blue}"
-        );
-
-        let p = dir.path().join("confusion.png");
-        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
-        confusion_matrix(&[vec![5, 0], vec![1, 4]], &labels, &p).unwrap();
-        let img = image::open(&p).unwrap().to_rgb8();
-        // The top-left cell (all correct) is pure green.
-        let (x, y) = (140 + 5, 60 + 5);
-        assert_eq!(img.get_pixel(x, y).0, [0, 255, 0]);
-        // The off-diagonal zero cell is white.
-        assert_eq!(img.get_pixel(140 + 96 + 5, 60 + 5).0, [255, 255, 255]);
-    }
-}
-
 /// Precision-recall curves at IoU 0.5, one line per class (`curves[k]` = `(recall, precision)`
 /// points of class k; empty curves are left out), with each class's AP in the legend.
 pub fn pr_curves(
@@ -330,4 +285,49 @@ pub fn draw_detections(
     }
     root.present().map_err(|x| e(x.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_are_pngs_with_ink_where_the_data_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let history: Vec<EpochStats> = (1..=5)
+            .map(|e| EpochStats {
+                epoch: e,
+                train_loss: 1.0 / e as f64,
+                train_accuracy: 0.5 + 0.1 * e as f64,
+                val_loss: 1.2 / e as f64,
+                val_accuracy: 0.4 + 0.1 * e as f64,
+            })
+            .collect();
+        let p = dir.path().join("curves.png");
+        learning_curves(&history, "test run", &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (1000, 420));
+        let red = img
+            .pixels()
+            .filter(|px| px.0[0] > 200 && px.0[1] < 80 && px.0[2] < 80)
+            .count();
+        let blue = img
+            .pixels()
+            .filter(|px| px.0[2] > 200 && px.0[0] < 80 && px.0[1] < 80)
+            .count();
+        assert!(
+            red > 200 && blue > 200,
+            "curves drawn: red {red}, blue {blue}"
+        );
+
+        let p = dir.path().join("confusion.png");
+        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        confusion_matrix(&[vec![5, 0], vec![1, 4]], &labels, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        // The top-left cell (all correct) is pure green.
+        let (x, y) = (140 + 5, 60 + 5);
+        assert_eq!(img.get_pixel(x, y).0, [0, 255, 0]);
+        // The off-diagonal zero cell is white.
+        assert_eq!(img.get_pixel(140 + 96 + 5, 60 + 5).0, [255, 255, 255]);
+    }
 }

@@ -257,7 +257,7 @@ mod tests {
     }
 
     fn v1(t: Tensor<1>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
+        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     #[test]
@@ -390,8 +390,8 @@ mod tests {
         // A perfect output: objectness +20 on the centre cell, -20 elsewhere, class 1, exact box.
         let k = spec.channels();
         let mut raw = vec![0.0f32; k * h * w];
-        for cell in 0..h * w {
-            raw[cell] = if cell == 4 { 20.0 } else { -20.0 };
+        for (cell, v) in raw.iter_mut().take(h * w).enumerate() {
+            *v = if cell == 4 { 20.0 } else { -20.0 };
         }
         raw[2 * h * w + 4] = 20.0;
         raw[5 * h * w + 4] = 0.0;
@@ -400,7 +400,7 @@ mod tests {
         let g = grid_loss(good, &t, &spec, &d).values();
         assert!(g.total < 1e-4, "{g:?}");
         // Wrong class and a box twice too wide: class and box terms grow, objectness does not.
-        raw[1 * h * w + 4] = 20.0;
+        raw[h * w + 4] = 20.0;
         raw[2 * h * w + 4] = -20.0;
         raw[5 * h * w + 4] = 2f32.ln();
         let bad = Tensor::<4>::from_data(TensorData::new(raw, [1, k, h, w]), &d);

@@ -118,9 +118,21 @@ pub fn scores(
         score_threshold: AP_SCORE_THRESHOLD.min(opts.decode.score_threshold),
         ..opts.decode
     };
+    // Boxes are clipped to the input as they are to the picture in `predict` and in the COCO
+    // files (the stretch resize maps one onto the other), so every report agrees.
+    let (w, h) = (opts.width as f32, opts.height as f32);
     let dets: Vec<Vec<Detection>> = raw
         .iter()
-        .map(|r| decode(head, r, chw, (opts.width, opts.height), &settings))
+        .map(|r| {
+            decode(head, r, chw, (opts.width, opts.height), &settings)
+                .into_iter()
+                .map(|d| Detection {
+                    bbox: d.bbox.clamp(w, h),
+                    ..d
+                })
+                .filter(|d| d.bbox.is_valid())
+                .collect()
+        })
         .collect();
     let coco = evaluate(
         &EvalInput {
@@ -480,7 +492,7 @@ impl TrainedDetector {
                     &device,
                 );
                 h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
-                DetectHead::Single(h)
+                DetectHead::Single(Box::new(h))
             }
             kind => {
                 let spec = kestrel_shared::decode::GridSpec {
@@ -495,7 +507,7 @@ impl TrainedDetector {
                 }
                 .init(&device, &mut rng);
                 h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
-                DetectHead::Grid(h, spec)
+                DetectHead::Grid(Box::new(h), spec)
             }
         };
         Ok(TrainedDetector {

@@ -134,9 +134,9 @@ fn stack_maps(x: &[Vec<f32>], idx: &[usize], chw: [usize; 3], device: &Device) -
 #[derive(Debug)]
 pub enum DetectHead {
     /// The book's head.
-    Single(SingleHead),
+    Single(Box<SingleHead>),
     /// A grid head (boxes or centroids).
-    Grid(GridHead, GridSpec),
+    Grid(Box<GridHead>, GridSpec),
 }
 
 /// Raw outputs of `head` for every map, in batches: 5 numbers (single) or `[K, H, W]` (grid).
@@ -293,12 +293,12 @@ pub fn train_detect_head(
                     hits: None,
                 },
                 &mut |m: &SingleHead| {
-                    let h = DetectHead::Single(m.clone());
+                    let h = DetectHead::Single(Box::new(m.clone()));
                     (mean_loss(&h, val, chw, size, device), score(&h, val))
                 },
                 on_epoch,
             );
-            (DetectHead::Single(model), history, best_epoch)
+            (DetectHead::Single(Box::new(model)), history, best_epoch)
         }
         DetectHeadKind::Grid | DetectHeadKind::Centroids => {
             let spec = GridSpec {
@@ -338,12 +338,12 @@ pub fn train_detect_head(
                     }
                 },
                 &mut |m: &GridHead| {
-                    let h = DetectHead::Grid(m.clone(), spec);
+                    let h = DetectHead::Grid(Box::new(m.clone()), spec);
                     (mean_loss(&h, val, chw, size, device), score(&h, val))
                 },
                 on_epoch,
             );
-            (DetectHead::Grid(model, spec), history, best_epoch)
+            (DetectHead::Grid(Box::new(model), spec), history, best_epoch)
         }
     }
 }
