@@ -12,7 +12,9 @@ use kestrel_trainer::classify::{
     ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
 };
 use kestrel_trainer::detect::run::{DetectOptions, TrainedDetector, run_task, train_detect};
-use kestrel_trainer::detect::train::{DecodeSettings, DetectHeadKind, DetectTrainConfig};
+use kestrel_trainer::detect::train::{
+    DecodeSettings, DetectFineTune, DetectHeadKind, DetectTrainConfig,
+};
 use kestrel_trainer::progress::{Bars, Silent};
 use kestrel_trainer::weights::{Fetcher, default_cache_dir};
 use kestrel_trainer::{Pretrained, bench, demo, imagenet, predict};
@@ -211,6 +213,15 @@ struct DetectArgs {
     /// Most detections per picture.
     #[arg(long, default_value_t = 100)]
     max_detections: usize,
+    /// Phase 2: after the head, fine-tune the top N blocks below the cut with it (0 = off).
+    #[arg(long, default_value_t = 0)]
+    fine_tune_blocks: usize,
+    /// Epochs of phase 2.
+    #[arg(long, default_value_t = 10)]
+    fine_tune_epochs: usize,
+    /// Learning rate of phase 2 (default: a tenth of --lr).
+    #[arg(long)]
+    fine_tune_lr: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -616,6 +627,11 @@ fn main() -> anyhow::Result<()> {
                     nms_iou: a.nms_iou,
                     max_detections: a.max_detections,
                 },
+                fine_tune: (a.fine_tune_blocks > 0).then(|| DetectFineTune {
+                    blocks: a.fine_tune_blocks,
+                    epochs: a.fine_tune_epochs,
+                    lr: a.fine_tune_lr.unwrap_or(a.lr / 10.0),
+                }),
             };
             let progress: &dyn kestrel_trainer::progress::Progress =
                 if cli.quiet { &Silent } else { &Bars };
@@ -627,6 +643,18 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("skipped annotation {issue}");
             }
             let c = &s.val.coco;
+            if let Some(p1) = &s.phase1 {
+                match p1.mean_iou {
+                    Some(iou) => println!(
+                        "phase 1 (head only): val mean IoU {iou:.3}, class accuracy {:.3}; after fine-tuning:",
+                        p1.class_accuracy.unwrap_or(f64::NAN)
+                    ),
+                    None => println!(
+                        "phase 1 (head only): val mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3}; after fine-tuning:",
+                        p1.coco.map50, p1.coco.map50_95
+                    ),
+                }
+            }
             match (s.val.mean_iou, s.val.class_accuracy) {
                 (Some(iou), Some(acc)) => println!(
                     "val mean IoU {iou:.3}, class accuracy {acc:.3} (mAP@0.5 {:.3})",

@@ -33,7 +33,7 @@ pub struct TopModel {
 
 /// Puts every BatchNorm on its running statistics (small fine-tuning batches would make batch
 /// statistics noisy), while its scale and shift stay trainable.
-struct RunningStats;
+pub(crate) struct RunningStats;
 
 impl ModuleMapper for RunningStats {
     fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {

@@ -19,10 +19,18 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::head::seeded_linear;
+use crate::mobilenet::InvertedResidual;
+
+/// Run the unfrozen blocks (phase 2) in front of a head; none in phase 1.
+fn through(blocks: &[InvertedResidual], x: Tensor<4>) -> Tensor<4> {
+    blocks.iter().fold(x, |x, b| b.forward(x))
+}
 
 /// The book's single-object head: `[N, C, H, W]` features -> `[N, 5]` in input pixels.
 #[derive(Module, Debug)]
 pub struct SingleHead {
+    /// Fine-tuned top blocks of the trunk, run first (empty unless phase 2 ran).
+    pub blocks: Vec<InvertedResidual>,
     /// Dense 200 on the flattened map.
     pub hidden: Linear,
     /// Dense 5.
@@ -41,6 +49,7 @@ impl SingleHead {
         device: &Device,
     ) -> Self {
         SingleHead {
+            blocks: Vec::new(),
             hidden: seeded_linear(inputs, units, rng, device),
             out: seeded_linear(units, 5, rng, device),
             scale,
@@ -49,7 +58,7 @@ impl SingleHead {
 
     /// `[N, C, H, W]` -> `[N, 5]`: class number and left, right, top, bottom, in pixels.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x: Tensor<2> = x.flatten(1, 3);
+        let x: Tensor<2> = through(&self.blocks, x).flatten(1, 3);
         self.out.forward(relu(self.hidden.forward(x))) * self.scale
     }
 }
@@ -68,6 +77,8 @@ pub struct GridConfig {
 /// Conv 3x3 + ReLU, conv 3x3 + ReLU, conv 1x1 to `1 + C (+ 4)` channels per cell.
 #[derive(Module, Debug)]
 pub struct GridHead {
+    /// Fine-tuned top blocks of the trunk, run first (empty unless phase 2 ran).
+    pub blocks: Vec<InvertedResidual>,
     /// First 3x3 convolution.
     pub conv1: Conv2d,
     /// Second 3x3 convolution.
@@ -113,14 +124,19 @@ impl GridConfig {
             TensorData::new(bias, [self.spec.channels()]),
             device,
         )));
-        GridHead { conv1, conv2, out }
+        GridHead {
+            blocks: Vec::new(),
+            conv1,
+            conv2,
+            out,
+        }
     }
 }
 
 impl GridHead {
     /// `[N, C, H, W]` features -> `[N, channels, H, W]` raw outputs.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.conv1.forward(x));
+        let x = relu(self.conv1.forward(through(&self.blocks, x)));
         let x = relu(self.conv2.forward(x));
         self.out.forward(x)
     }

@@ -20,8 +20,8 @@ use serde_json::json;
 
 use super::heads::{GridConfig, SingleHead};
 use super::train::{
-    DecodeSettings, DetectHead, DetectHeadKind, DetectTrainConfig, FeatureSet, decode,
-    feature_maps, raw_outputs, to_input, train_detect_head,
+    DecodeSettings, DetectFineTune, DetectHead, DetectHeadKind, DetectTrainConfig, FeatureSet,
+    decode, feature_maps, fine_tune_detect_head, raw_outputs, to_input, train_detect_head,
 };
 use crate::Pretrained;
 use crate::classify::embed::{EmbeddingCache, Skipped};
@@ -53,6 +53,9 @@ pub struct DetectOptions {
     pub train: DetectTrainConfig,
     /// Post-processing of `predict` (and of precision / recall in the metrics).
     pub decode: DecodeSettings,
+    /// Phase 2: fine-tune the top blocks below the cut with the head (None = head only).
+    #[serde(default)]
+    pub fine_tune: Option<DetectFineTune>,
 }
 
 impl DetectOptions {
@@ -99,8 +102,10 @@ pub struct DetectSummary {
     pub cache_hits: usize,
     /// Seconds spent computing or reading feature maps.
     pub feature_seconds: f64,
-    /// Seconds spent training the head.
+    /// Seconds spent training the head (both phases).
     pub train_seconds: f64,
+    /// Validation scores after phase 1 (the head alone), when phase 2 ran.
+    pub phase1: Option<DetectScores>,
 }
 
 /// Score of a head on a feature set: the number that picks the best epoch's head is the loss;
@@ -254,6 +259,14 @@ pub fn train_detect(
         1,
         Threads::Single,
     )?;
+    let prefix = match &opts.fine_tune {
+        Some(ft) => Some(Trunk::open(
+            &pretrained.cached_trunk(ft.prefix_cut(opts.cut)?, spec, cache)?,
+            1,
+            Threads::Single,
+        )?),
+        None => None,
+    };
     std::fs::write(
         out.join("config.json"),
         serde_json::to_string_pretty(&json!({
@@ -262,6 +275,7 @@ pub fn train_detect(
             "labels": labels,
             "preprocess": spec,
             "trunk_sha256": trunk.info.onnx_sha256,
+            "prefix_trunk_sha256": prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
             "weights_sha256": pretrained.weights_sha256,
             "backend": pretrained.backend.name(),
             "kestrel_version": env!("CARGO_PKG_VERSION"),
@@ -310,9 +324,7 @@ pub fn train_detect(
         },
     );
     bar.finish();
-    let train_seconds = t1.elapsed().as_secs_f64();
 
-    save_head(&head, &out.join(HEAD_FILE))?;
     write_history(&out.join("history.csv"), &history, name)?;
     crate::plot::learning_curves_of(
         &history,
@@ -320,6 +332,60 @@ pub fn train_detect(
         name,
         &out.join("curves.png"),
     )?;
+    // Phase 2: the top blocks below the cut train with the head on the cached prefix outputs.
+    let (mut head, mut best_epoch, mut chw) = (head, best_epoch, chw);
+    let (mut train, mut val) = (train, val);
+    let mut phase1 = None;
+    if let (Some(ft), Some(prefix)) = (&opts.fine_tune, &prefix) {
+        let eval_set = if val.x.is_empty() { &train } else { &val };
+        phase1 = Some(scores(&head, eval_set, chw, opts, labels.len(), &device)?);
+        let ptrain = feature_maps(prefix, &train_images, &emb_cache, opts.strict, progress)?;
+        let pval = feature_maps(prefix, &val_images, &emb_cache, opts.strict, progress)?;
+        let pchw = map_shape(prefix);
+        let CutPoint::Features(k) = opts.cut else {
+            unreachable!("checked above: the cut is a feature map")
+        };
+        let k = k as usize;
+        // features.j is block j - 1 of the burn model.
+        let blocks = pretrained.model.blocks[k - ft.blocks..k].to_vec();
+        let bar = progress.start("fine-tuning top blocks", Some(ft.epochs as u64));
+        let (h2, history2, best2) = fine_tune_detect_head(
+            &opts.train,
+            ft,
+            head,
+            blocks,
+            pchw,
+            (opts.width, opts.height),
+            &ptrain,
+            &pval,
+            &device,
+            &mut |h, set| {
+                if set.x.is_empty() {
+                    return f64::NAN;
+                }
+                match scores(h, set, pchw, opts, labels.len(), &device) {
+                    Ok(s) => s.mean_iou.unwrap_or(s.coco.map50),
+                    Err(_) => f64::NAN,
+                }
+            },
+            &mut |e| {
+                bar.advance(1);
+                bar.message(&live(e, name));
+                tracing::info!("phase 2 {}", live(e, name));
+            },
+        );
+        bar.finish();
+        write_history(&out.join("finetune-history.csv"), &history2, name)?;
+        crate::plot::learning_curves_of(
+            &history2,
+            "fine-tuning the top blocks with the head",
+            name,
+            &out.join("finetune-curves.png"),
+        )?;
+        (head, best_epoch, chw, train, val) = (h2, best2, pchw, ptrain, pval);
+    }
+    let train_seconds = t1.elapsed().as_secs_f64();
+    save_head(&head, &out.join(HEAD_FILE))?;
     let eval_set = if val.x.is_empty() { &train } else { &val };
     let val_scores = scores(&head, eval_set, chw, opts, labels.len(), &device)?;
     let ap: Vec<Option<f64>> = val_scores.coco.per_class.iter().map(|c| c.ap50).collect();
@@ -351,6 +417,7 @@ pub fn train_detect(
         cache_hits: train.cache_hits + val.cache_hits,
         feature_seconds,
         train_seconds,
+        phase1,
     };
     let mut metrics = serde_json::to_value(&summary)?;
     // The headline numbers at the top level, as `eval` and scripts expect them.
@@ -458,21 +525,35 @@ impl TrainedDetector {
             .map_err(|e| anyhow::anyhow!("{}: bad `options`: {e}", config_path.display()))?;
         let labels: Vec<String> = serde_json::from_value(config["labels"].clone())
             .map_err(|e| anyhow::anyhow!("{}: bad `labels`: {e}", config_path.display()))?;
+        // A fine-tuned run reads the frozen prefix; its head carries the tuned blocks.
+        let (trunk_cut, sha_key) = match &options.fine_tune {
+            Some(ft) => (ft.prefix_cut(options.cut)?, "prefix_trunk_sha256"),
+            None => (options.cut, "trunk_sha256"),
+        };
         let trunk = Trunk::open(
-            &pretrained.cached_trunk(options.cut, options.preprocess(), cache)?,
+            &pretrained.cached_trunk(trunk_cut, options.preprocess(), cache)?,
             1,
             Threads::Single,
         )?;
-        if config["trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
+        if config[sha_key].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
             anyhow::bail!(
                 "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
                 run.display(),
-                config["trunk_sha256"],
+                config[sha_key],
                 trunk.info.onnx_sha256
             );
         }
         let device = pretrained.device.clone();
-        let chw = map_shape(&trunk);
+        let out = options
+            .cut
+            .output_shape(options.height as usize, options.width as usize);
+        let cut_chw = [out[1], out[2], out[3]];
+        let blocks = match (&options.fine_tune, options.cut) {
+            (Some(ft), CutPoint::Features(k)) => {
+                pretrained.model.blocks[k as usize - ft.blocks..k as usize].to_vec()
+            }
+            _ => Vec::new(),
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let path = run.join(HEAD_FILE);
         let mut store = BurnpackStore::from_file(&path);
@@ -485,12 +566,13 @@ impl TrainedDetector {
         let head = match options.train.head {
             DetectHeadKind::Single => {
                 let mut h = SingleHead::new(
-                    chw.iter().product(),
+                    cut_chw.iter().product(),
                     options.train.units,
                     options.width as f64,
                     &mut rng,
                     &device,
                 );
+                h.blocks = blocks;
                 h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
                 DetectHead::Single(Box::new(h))
             }
@@ -501,11 +583,12 @@ impl TrainedDetector {
                     boxes: kind == DetectHeadKind::Grid,
                 };
                 let mut h = GridConfig {
-                    in_channels: chw[0],
+                    in_channels: cut_chw[0],
                     width: options.train.units,
                     spec,
                 }
                 .init(&device, &mut rng);
+                h.blocks = blocks;
                 h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
                 DetectHead::Grid(Box::new(h), spec)
             }

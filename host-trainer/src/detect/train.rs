@@ -19,11 +19,15 @@ use serde::{Deserialize, Serialize};
 use super::heads::{GridConfig, GridHead, SingleHead};
 use super::loss::{GridTargets, book_loss, book_target, grid_loss};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
+use crate::classify::finetune::RunningStats;
 use crate::classify::train::{
     BatchLoss, EpochStats, FitSettings, Fitted, OptimizerKind, fit_batches,
 };
 use crate::data::Sample;
+use crate::mobilenet::InvertedResidual;
 use crate::progress::Progress;
+use burn::module::Module;
+use kestrel_shared::CutPoint;
 
 /// Which detection head to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -264,42 +268,14 @@ pub fn train_detect_head(
 ) -> (DetectHead, Vec<EpochStats>, usize) {
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let settings = FitSettings {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        patience: cfg.patience,
-        optimizer: cfg.optimizer,
-    };
-    let size = input_size.0 as f32;
-    match cfg.head {
-        DetectHeadKind::Single => {
-            let head = SingleHead::new(chw.iter().product(), cfg.units, size as f64, &mut rng, &ad);
-            let Fitted {
-                model,
-                history,
-                best_epoch,
-            } = fit_batches(
-                settings,
-                head,
-                train.x.len(),
-                &mut rng,
-                false,
-                &mut |m: &SingleHead, idx, _| BatchLoss {
-                    loss: book_loss(
-                        m.forward(stack_maps(&train.x, idx, chw, &ad)),
-                        single_targets(&train.objects, idx, size, &ad),
-                    ),
-                    hits: None,
-                },
-                &mut |m: &SingleHead| {
-                    let h = DetectHead::Single(Box::new(m.clone()));
-                    (mean_loss(&h, val, chw, size, device), score(&h, val))
-                },
-                on_epoch,
-            );
-            (DetectHead::Single(Box::new(model)), history, best_epoch)
-        }
+    let head = match cfg.head {
+        DetectHeadKind::Single => DetectHead::Single(Box::new(SingleHead::new(
+            chw.iter().product(),
+            cfg.units,
+            input_size.0 as f64,
+            &mut rng,
+            &ad,
+        ))),
         DetectHeadKind::Grid | DetectHeadKind::Centroids => {
             let spec = GridSpec {
                 classes,
@@ -312,26 +288,171 @@ pub fn train_detect_head(
                 spec,
             }
             .init(&ad, &mut rng);
+            DetectHead::Grid(Box::new(head), spec)
+        }
+    };
+    let settings = FitSettings {
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        patience: cfg.patience,
+        optimizer: cfg.optimizer,
+    };
+    fit_head(
+        head, settings, false, chw, input_size, train, val, &ad, device, &mut rng, score, on_epoch,
+    )
+}
+
+/// Phase 2 of a detector (as in the book): the top blocks of the trunk are unfrozen and trained
+/// with the head at a lower learning rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectFineTune {
+    /// Inverted-residual blocks below the cut to unfreeze.
+    pub blocks: usize,
+    /// Epochs of phase 2.
+    pub epochs: usize,
+    /// Learning rate of phase 2.
+    pub lr: f64,
+}
+
+impl DetectFineTune {
+    /// Where the still-frozen prefix ends for a head cut at `cut`: its outputs are cached.
+    pub fn prefix_cut(&self, cut: CutPoint) -> anyhow::Result<CutPoint> {
+        // The prefix keeps the cut's stride, so the head's grid and the cached maps line up.
+        match cut {
+            CutPoint::Features(k)
+                if (1..k as usize).contains(&self.blocks)
+                    && CutPoint::Features(k - self.blocks as u8).stride() == cut.stride() =>
+            {
+                Ok(CutPoint::Features(k - self.blocks as u8))
+            }
+            _ => anyhow::bail!(
+                "--fine-tune-blocks {} does not fit below the cut {cut}: the unfrozen blocks must \
+                 all work at the cut's stride ({}), e.g. 1 to 6 blocks for stride16, 1 to 3 for stride8",
+                self.blocks,
+                cut.stride()
+            ),
+        }
+    }
+}
+
+/// Train `head` (from phase 1) with `blocks` (the pretrained blocks between the prefix cut and
+/// the head's cut) in front of it, on cached prefix feature maps of shape `chw`. BatchNorm stays
+/// on its running statistics; the phase-1 head competes as epoch 0, so phase 2 never ends worse.
+#[allow(clippy::too_many_arguments)]
+pub fn fine_tune_detect_head(
+    cfg: &DetectTrainConfig,
+    ft: &DetectFineTune,
+    head: DetectHead,
+    blocks: Vec<InvertedResidual>,
+    chw: [usize; 3],
+    input_size: (u32, u32),
+    train: &FeatureSet,
+    val: &FeatureSet,
+    device: &Device,
+    score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> (DetectHead, Vec<EpochStats>, usize) {
+    let ad = device.clone().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1));
+    let prepare = |m: DetectHead| match m {
+        DetectHead::Single(mut h) => {
+            h.blocks = blocks.clone();
+            DetectHead::Single(Box::new(h.fork(&ad).train().map(&mut RunningStats)))
+        }
+        DetectHead::Grid(mut h, spec) => {
+            h.blocks = blocks.clone();
+            DetectHead::Grid(Box::new(h.fork(&ad).train().map(&mut RunningStats)), spec)
+        }
+    };
+    let settings = FitSettings {
+        epochs: ft.epochs,
+        batch_size: cfg.batch_size,
+        lr: ft.lr,
+        patience: cfg.patience,
+        optimizer: cfg.optimizer,
+    };
+    fit_head(
+        prepare(head),
+        settings,
+        true,
+        chw,
+        input_size,
+        train,
+        val,
+        &ad,
+        device,
+        &mut rng,
+        score,
+        on_epoch,
+    )
+}
+
+/// The shared loop of both phases and both heads: the book's loss or the grid loss per batch.
+#[allow(clippy::too_many_arguments)]
+fn fit_head(
+    head: DetectHead,
+    settings: FitSettings,
+    start_is_candidate: bool,
+    chw: [usize; 3],
+    input_size: (u32, u32),
+    train: &FeatureSet,
+    val: &FeatureSet,
+    ad: &Device,
+    device: &Device,
+    rng: &mut ChaCha8Rng,
+    score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
+    on_epoch: &mut dyn FnMut(&EpochStats),
+) -> (DetectHead, Vec<EpochStats>, usize) {
+    let size = input_size.0 as f32;
+    match head {
+        DetectHead::Single(head) => {
             let Fitted {
                 model,
                 history,
                 best_epoch,
             } = fit_batches(
                 settings,
-                head,
+                *head,
                 train.x.len(),
-                &mut rng,
-                false,
+                rng,
+                start_is_candidate,
+                &mut |m: &SingleHead, idx, _| BatchLoss {
+                    loss: book_loss(
+                        m.forward(stack_maps(&train.x, idx, chw, ad)),
+                        single_targets(&train.objects, idx, size, ad),
+                    ),
+                    hits: None,
+                },
+                &mut |m: &SingleHead| {
+                    let h = DetectHead::Single(Box::new(m.clone()));
+                    (mean_loss(&h, val, chw, size, device), score(&h, val))
+                },
+                on_epoch,
+            );
+            (DetectHead::Single(Box::new(model)), history, best_epoch)
+        }
+        DetectHead::Grid(head, spec) => {
+            let Fitted {
+                model,
+                history,
+                best_epoch,
+            } = fit_batches(
+                settings,
+                *head,
+                train.x.len(),
+                rng,
+                start_is_candidate,
                 &mut |m: &GridHead, idx, _| {
                     let objs: Vec<&[Object]> =
                         idx.iter().map(|&i| train.objects[i].as_slice()).collect();
                     let t = GridTargets::build(&objs, &spec, chw[1], chw[2]);
                     BatchLoss {
                         loss: grid_loss(
-                            m.forward(stack_maps(&train.x, idx, chw, &ad)),
+                            m.forward(stack_maps(&train.x, idx, chw, ad)),
                             &t,
                             &spec,
-                            &ad,
+                            ad,
                         )
                         .total,
                         hits: None,
