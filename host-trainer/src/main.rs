@@ -137,6 +137,25 @@ enum Command {
         #[command(subcommand)]
         what: SynthCommand,
     },
+    /// Export a trained run as a model bundle for the board: trunk.onnx, head.onnx (int8 by
+    /// default), model.onnx (both in one graph) and manifest.json; prints sizes and the fp32 vs
+    /// bundle validation metrics measured in tract.
+    Export {
+        /// Run directory written by `kestrel train classify` or `kestrel train detect`.
+        run: PathBuf,
+        /// Bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// What to quantize to int8: none, head (default) or all (trunk too).
+        #[arg(long, default_value = "head")]
+        quantize: kestrel_shared::manifest::QuantizeMode,
+        /// Training pictures whose activations calibrate the int8 ranges.
+        #[arg(long, default_value_t = 100)]
+        calibration: usize,
+        /// Clip activation ranges at this percentile (e.g. 99.99) instead of min/max.
+        #[arg(long)]
+        percentile: Option<f32>,
+    },
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo {
         /// Output directory.
@@ -655,6 +674,12 @@ fn main() -> anyhow::Result<()> {
                     ),
                 }
             }
+            if let Some(c) = s.val.centroids {
+                println!(
+                    "val centre hits at score {}: precision {:.3}, recall {:.3}, F1 {:.3}",
+                    a.score_threshold, c.precision, c.recall, c.f1
+                );
+            }
             match (s.val.mean_iou, s.val.class_accuracy) {
                 (Some(iou), Some(acc)) => println!(
                     "val mean IoU {iou:.3}, class accuracy {acc:.3} (mAP@0.5 {:.3})",
@@ -751,6 +776,42 @@ fn main() -> anyhow::Result<()> {
                 kestrel_trainer::data::synth::SHAPES.len(),
                 out.display()
             );
+        }
+        Command::Export {
+            ref run,
+            ref out,
+            quantize,
+            calibration,
+            percentile,
+        } => {
+            use kestrel_shared::manifest::CalibrationMethod;
+            let method = match percentile {
+                None => CalibrationMethod::MinMax,
+                Some(p) if p > 50.0 && p <= 100.0 => {
+                    CalibrationMethod::Percentile { percentile: p }
+                }
+                Some(p) => {
+                    bail!("--percentile must be above 50 and at most 100 (e.g. 99.99), got {p}")
+                }
+            };
+            let p = Pretrained::load(&resolve()?, cli.backend)?;
+            let progress: &dyn kestrel_trainer::progress::Progress =
+                if cli.quiet { &Silent } else { &Bars };
+            let opts = kestrel_trainer::bundle::ExportOptions {
+                quantize,
+                calibration,
+                method,
+            };
+            let report =
+                kestrel_trainer::bundle::export_bundle(&p, run, out, &opts, &cache, progress)
+                    .with_context(|| {
+                        format!(
+                            "exporting {} as a bundle to {}",
+                            run.display(),
+                            out.display()
+                        )
+                    })?;
+            kestrel_trainer::bundle::print_report(&report, &mut std::io::stdout())?;
         }
         Command::Demo { ref out, cut } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;

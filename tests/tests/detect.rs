@@ -205,6 +205,33 @@ fn grid_detector_trains_evaluates_like_pycocotools_and_predicts() {
         let img = image::open(drawn.join(name)).unwrap();
         assert_eq!((img.width(), img.height()), (160, 120));
     }
+
+    // The centroids variant (FOMO-style): centres only, scored by centre hits; its boxes are
+    // one 16-pixel cell around each centre.
+    let cent = tmp.path().join("centroids");
+    let mut args = vec!["--head", "centroids", "--epochs", "15", "--patience", "0"];
+    args.extend_from_slice(&size);
+    let (stdout, _) = train(&cache, &data, &cent, &args);
+    assert!(stdout.contains("centre hits"), "{stdout}");
+    let m = json(&cent.join("metrics.json"));
+    let f1 = m["centre_f1"].as_f64().unwrap();
+    assert!(f1 > 0.2 && f1 <= 1.0, "centre F1 {f1}");
+    let (stdout, _) = run_ok(
+        kestrel(&cache)
+            .arg("predict")
+            .arg("--run")
+            .arg(&cent)
+            .arg("--json")
+            .arg(pics.join("000002.png")),
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for d in line["detections"].as_array().unwrap() {
+        let b: Vec<f64> = serde_json::from_value(d["box"].clone()).unwrap();
+        assert!(
+            b[2] - b[0] <= 16.0 + 1e-3 && b[3] - b[1] <= 16.0 + 1e-3,
+            "{d}"
+        );
+    }
 }
 
 #[test]

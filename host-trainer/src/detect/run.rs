@@ -9,7 +9,8 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::detect::{AnnotatedImage, Detection, Object};
 use kestrel_shared::eval::{
-    DetectionMetrics, EvalInput, coco_ground_truth_json, coco_results_json, evaluate,
+    CentroidScores, DetectionMetrics, EvalInput, centroid_scores, coco_ground_truth_json,
+    coco_results_json, evaluate,
 };
 use kestrel_shared::{CutPoint, Normalization, PreprocessSpec, ResizeMode};
 use rand::SeedableRng;
@@ -79,6 +80,19 @@ pub struct DetectScores {
     pub mean_iou: Option<f64>,
     /// Single head: share of pictures whose class is right.
     pub class_accuracy: Option<f64>,
+    /// Centroids head: centre hits (a detection's centre inside an object of its class), at the
+    /// run's score threshold. Its boxes are one cell, so IoU-based AP says little about it.
+    #[serde(default)]
+    pub centroids: Option<CentroidScores>,
+}
+
+impl DetectScores {
+    /// The number shown per epoch: mean IoU (single), centre F1 (centroids) or mAP@0.5 (grid).
+    pub fn headline(&self) -> f64 {
+        self.mean_iou
+            .or(self.centroids.map(|c| c.f1))
+            .unwrap_or(self.coco.map50)
+    }
 }
 
 /// What a training run reports.
@@ -169,10 +183,22 @@ pub fn scores(
         }
         DetectHead::Grid(..) => (None, None),
     };
+    let centroids = match head {
+        DetectHead::Grid(_, spec) if !spec.boxes => Some(centroid_scores(
+            &EvalInput {
+                ground_truth: &set.objects,
+                detections: &dets,
+                classes,
+            },
+            opts.decode.score_threshold,
+        )),
+        _ => None,
+    };
     Ok(DetectScores {
         coco,
         mean_iou,
         class_accuracy,
+        centroids,
     })
 }
 
@@ -186,16 +212,17 @@ fn live(e: &EpochStats, score: &str) -> String {
 fn score_name(kind: DetectHeadKind) -> &'static str {
     match kind {
         DetectHeadKind::Single => "mean IoU",
-        _ => "mAP@0.5",
+        DetectHeadKind::Centroids => "centre F1",
+        DetectHeadKind::Grid => "mAP@0.5",
     }
 }
 
 fn write_history(path: &Path, history: &[EpochStats], score: &str) -> std::io::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let col = if score == "mean IoU" {
-        "val_mean_iou"
-    } else {
-        "val_map50"
+    let col = match score {
+        "mean IoU" => "val_mean_iou",
+        "centre F1" => "val_centre_f1",
+        _ => "val_map50",
     };
     writeln!(f, "epoch,train_loss,val_loss,{col}")?;
     for h in history {
@@ -313,7 +340,7 @@ pub fn train_detect(
                 return f64::NAN;
             }
             match scores(h, set, chw, opts, labels.len(), &device) {
-                Ok(s) => s.mean_iou.unwrap_or(s.coco.map50),
+                Ok(s) => s.headline(),
                 Err(_) => f64::NAN,
             }
         },
@@ -364,7 +391,7 @@ pub fn train_detect(
                     return f64::NAN;
                 }
                 match scores(h, set, pchw, opts, labels.len(), &device) {
-                    Ok(s) => s.mean_iou.unwrap_or(s.coco.map50),
+                    Ok(s) => s.headline(),
                     Err(_) => f64::NAN,
                 }
             },
@@ -428,6 +455,9 @@ pub fn train_detect(
     }
     if let Some(v) = summary.val.class_accuracy {
         metrics["class_accuracy"] = json!(v);
+    }
+    if let Some(c) = summary.val.centroids {
+        metrics["centre_f1"] = json!(c.f1);
     }
     std::fs::write(
         out.join("metrics.json"),
