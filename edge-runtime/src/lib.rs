@@ -4,9 +4,12 @@
 //! host itself computes its training embeddings through [`OnnxModel`] so both sides compute the same
 //! numbers with the same code.
 
+pub mod bundle;
 pub mod cli;
 pub mod model;
+pub mod store;
 pub mod trunk;
 
+pub use bundle::{Bundle, BundleError, BundleOptions};
 pub use model::{EdgeError, ModelOutput, OnnxModel, Threads};
 pub use trunk::Trunk;

@@ -34,11 +34,15 @@ enum Command {
         #[arg(long)]
         values: bool,
     },
-    /// Load a trunk, optimise it, and print what tract will run.
+    /// Load a trunk or a bundle, optimise it, and print what tract will run.
     Info {
         /// Trunk directory (or its trunk.json).
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        trunk: Option<PathBuf>,
+        /// Bundle directory written by `kestrel export`: checks every file, prints the manifest,
+        /// the operators of each model and the operand types of its matrix products.
         #[arg(long)]
-        trunk: PathBuf,
+        bundle: Option<PathBuf>,
     },
 }
 
@@ -70,11 +74,21 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Info { trunk } => {
+        Command::Info {
+            bundle: Some(dir), ..
+        } => {
+            let b = kestrel_edge::Bundle::open(&dir)
+                .with_context(|| format!("loading bundle {}", dir.display()))?;
+            println!("{}", serde_json::to_string_pretty(&b.info_json())?);
+        }
+        Command::Info {
+            trunk: Some(trunk), ..
+        } => {
             let t = Trunk::open(&trunk, 1, Threads::Single)
                 .with_context(|| format!("loading trunk {}", trunk.display()))?;
             println!("{}", kestrel_edge::cli::info_json(&t));
         }
+        Command::Info { .. } => anyhow::bail!("info needs --trunk DIR or --bundle DIR"),
     }
     Ok(())
 }

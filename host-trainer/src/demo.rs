@@ -257,6 +257,14 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         t.elapsed().as_secs_f64(),
         out.join("run-detect").display()
     );
+    println!("   the detector as a bundle for the board (int8 head), measured in tract:");
+    let bundle = crate::bundle::export_demo_detector(
+        pretrained,
+        &out.join("run-detect"),
+        &out.join("bundle-detect"),
+        &default_cache_dir(),
+        &crate::progress::Bars,
+    )?;
     let metrics = out.join("metrics.json");
     std::fs::write(
         &metrics,
@@ -266,6 +274,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
             "classify": run,
             "fine_tuned": tuned,
             "detect": det,
+            "bundle": bundle,
         }))? + "\n",
     )?;
     println!(

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bundle;
 pub mod classify;
 pub mod data;
 pub mod demo;

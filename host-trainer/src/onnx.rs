@@ -63,12 +63,24 @@ impl GraphBuilder {
     /// Add a float32 constant.
     pub fn constant(&mut self, prefix: &str, dims: &[usize], data: &[f32]) -> String {
         assert_eq!(dims.iter().product::<usize>(), data.len());
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(prefix, dims, DataType::Float, raw)
+    }
+
+    /// Add a constant of any element type from its little-endian bytes (`raw`).
+    pub fn initializer(
+        &mut self,
+        prefix: &str,
+        dims: &[usize],
+        data_type: DataType,
+        raw: Vec<u8>,
+    ) -> String {
         let name = self.fresh(prefix);
         self.initializers.push(TensorProto {
             name: name.clone(),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data_type: data_type as i32,
+            raw_data: raw,
             ..Default::default()
         });
         name
@@ -178,8 +190,9 @@ fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("float parameters")
 }
 
-/// Append a convolution with its BatchNorm folded in, and the ReLU6 as a Clip.
-fn conv_bn(g: &mut GraphBuilder, x: &str, layer: &ConvBn, clip: (&str, &str)) -> String {
+/// A convolution's weights `[out, in / groups, kh, kw]` and bias `[out]` with its BatchNorm (on
+/// running statistics) folded in, computed in f64.
+pub fn fold_batchnorm(layer: &ConvBn) -> (Vec<f32>, Vec<f32>) {
     let conv = &layer.conv;
     let bn = &layer.bn;
     let w = floats(conv.weight.val());
@@ -200,6 +213,14 @@ fn conv_bn(g: &mut GraphBuilder, x: &str, layer: &ConvBn, clip: (&str, &str)) ->
         let b0 = bias.as_ref().map_or(0.0, |b| b[o] as f64);
         bf[o] = ((b0 - mean[o] as f64) * scale + beta[o] as f64) as f32;
     }
+    (wf, bf)
+}
+
+/// Append a convolution with its BatchNorm folded in, and the ReLU6 as a Clip.
+fn conv_bn(g: &mut GraphBuilder, x: &str, layer: &ConvBn, clip: (&str, &str)) -> String {
+    let conv = &layer.conv;
+    let [cout, cin_g, kh, kw] = conv.weight.dims();
+    let (wf, bf) = fold_batchnorm(layer);
     let wn = g.constant("w", &[cout, cin_g, kh, kw], &wf);
     let bn_name = g.constant("b", &[cout], &bf);
     let [ph, pw] = [(kh - 1) / 2, (kw - 1) / 2];

@@ -5,18 +5,23 @@
 //! trunk is cut, how a picture becomes a tensor, and the description that travels with an exported
 //! model. This crate depends on neither burn nor tract.
 
+pub mod board;
 pub mod cut;
 pub mod decode;
 pub mod detect;
 pub mod eval;
 pub mod hash;
+pub mod manifest;
 pub mod nms;
 pub mod preprocess;
 pub mod trunk;
+pub mod wire;
 
+pub use board::{Board, BoardError};
 pub use cut::CutPoint;
 pub use detect::{AnnotatedImage, BBox, Detection, Object};
 pub use eval::{ClassAp, DetectionMetrics, EvalError, EvalInput, evaluate};
+pub use manifest::{MANIFEST_SCHEMA_VERSION, Manifest, ManifestError};
 pub use nms::{filter_and_nms, nms};
 pub use preprocess::{Normalization, PreprocessError, PreprocessSpec, ResizeMode};
 pub use trunk::{TRUNK_SCHEMA_VERSION, TrunkInfo, TrunkInfoError};

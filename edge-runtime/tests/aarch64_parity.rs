@@ -1,0 +1,188 @@
+//! Cross-architecture parity: the board's build must compute what the workstation computes.
+//!
+//! The edge crate cannot export a trunk (that needs burn, on the host), so the reference is made
+//! outside this test, on x86_64, by `scripts/test.sh`:
+//!
+//! ```text
+//! kestrel export-trunk --cut features.2 --out $DIR/trunk
+//! kestrel-edge embed --trunk $DIR/trunk --values /abs/path/photo.png ... > $DIR/reference.jsonl
+//! ```
+//!
+//! and this test, built for aarch64 and run under `qemu-aarch64`, embeds the same photos through
+//! the same trunk and compares every value with the x86 ones (max abs difference at most 1e-4).
+//!
+//! `KESTREL_PARITY_DIR=$DIR` points the test at the reference. Without it the test fails and says
+//! how to make one, unless `KESTREL_PARITY_SKIP=1` is set (an explicit, printed opt-out). On
+//! x86_64 the test is ignored (it would compare x86 with itself); `scripts/test.sh` still runs it
+//! there with `--include-ignored` to check the reference before the slow emulated run.
+
+use std::path::{Path, PathBuf};
+
+use kestrel_edge::{Threads, Trunk};
+
+/// Largest difference allowed between an aarch64 value and its x86 reference.
+const TOLERANCE: f32 = 1e-4;
+
+/// One line of `kestrel-edge embed --values` output.
+struct Reference {
+    image: PathBuf,
+    cut: String,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn read_reference(dir: &Path) -> Vec<Reference> {
+    let path = dir.join("reference.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e}; make it with `kestrel-edge embed --values`",
+            path.display()
+        )
+    });
+    let refs: Vec<Reference> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: bad line {line:?}: {e}", path.display()));
+            assert!(
+                v.get("error").is_none(),
+                "{}: the reference run failed: {line}",
+                path.display()
+            );
+            let values: Vec<f32> = v["values"]
+                .as_array()
+                .unwrap_or_else(|| {
+                    panic!("{}: no values (run embed with --values)", path.display())
+                })
+                .iter()
+                .map(|x| x.as_f64().expect("numeric value") as f32)
+                .collect();
+            Reference {
+                image: PathBuf::from(v["image"].as_str().expect("image path")),
+                cut: v["cut"].as_str().expect("cut").to_string(),
+                shape: v["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_u64().expect("dimension") as usize)
+                    .collect(),
+                values,
+            }
+        })
+        .collect();
+    assert!(!refs.is_empty(), "{} has no pictures", path.display());
+    refs
+}
+
+/// Largest absolute difference, and where.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .map(|(i, (x, y))| ((x - y).abs(), i))
+        .fold((0.0, 0), |m, d| if d.0 > m.0 { d } else { m })
+}
+
+fn check(label: &str, got: &[f32], want: &Reference) {
+    assert_eq!(
+        got.len(),
+        want.values.len(),
+        "{label}: {} values, the reference has {}",
+        got.len(),
+        want.values.len()
+    );
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{label}: non-finite output"
+    );
+    let (diff, at) = max_abs_diff(got, &want.values);
+    eprintln!(
+        "parity {label} on {}: {} values, max abs difference {diff:e} (at {at})",
+        std::env::consts::ARCH,
+        got.len()
+    );
+    assert!(
+        diff <= TOLERANCE,
+        "{label}: value {at} is {} here ({}) but {} in the reference (difference {diff:e} > {TOLERANCE:e})",
+        got[at],
+        std::env::consts::ARCH,
+        want.values[at]
+    );
+}
+
+#[test]
+#[cfg_attr(
+    target_arch = "x86_64",
+    ignore = "compares an aarch64 build with x86 references: scripts/test.sh runs it under qemu-aarch64 (KESTREL_PARITY_DIR, see the file's header)"
+)]
+fn embeddings_match_the_x86_reference() {
+    let Some(dir) = std::env::var_os("KESTREL_PARITY_DIR") else {
+        if std::env::var("KESTREL_PARITY_SKIP").as_deref() == Ok("1") {
+            eprintln!(
+                "SKIPPED: aarch64 parity check opted out with KESTREL_PARITY_SKIP=1 (nothing was compared)"
+            );
+            return;
+        }
+        panic!(
+            "KESTREL_PARITY_DIR is not set. This test compares this build's embeddings with \
+             x86_64 references; make them on an x86_64 machine with\n  \
+             kestrel export-trunk --cut features.2 --out DIR/trunk\n  \
+             kestrel-edge embed --values --trunk DIR/trunk /abs/path/chelsea.png > DIR/reference.jsonl\n\
+             then run with KESTREL_PARITY_DIR=DIR (scripts/test.sh does all of this), or set \
+             KESTREL_PARITY_SKIP=1 to skip the check on purpose."
+        );
+    };
+    let dir = PathBuf::from(dir);
+    let refs = read_reference(&dir);
+    for r in &refs {
+        let n: usize = r.shape.iter().product();
+        assert_eq!(
+            n,
+            r.values.len(),
+            "{}: shape and values disagree",
+            r.image.display()
+        );
+        let norm = r.values.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            norm > 1.0,
+            "{}: reference is (nearly) all zeros",
+            r.image.display()
+        );
+    }
+
+    // One picture at a time on one thread: what `kestrel-edge embed` does on the board.
+    let trunk = Trunk::open(&dir.join("trunk"), 1, Threads::Single).unwrap();
+    for r in &refs {
+        assert_eq!(
+            trunk.info.cut.to_string(),
+            r.cut,
+            "reference made with another cut"
+        );
+        let got = trunk.embed_file(&r.image).unwrap();
+        check(&format!("{} (1 thread)", r.image.display()), &got, r);
+    }
+
+    // All pictures in one batch on two threads: tract's multithreaded kernels and batching.
+    let batch = refs.len();
+    let trunk = Trunk::open(&dir.join("trunk"), batch, Threads::Multi(2)).unwrap();
+    let inputs: Vec<Vec<f32>> = refs
+        .iter()
+        .map(|r| trunk.preprocess().load_and_apply(&r.image).unwrap())
+        .collect();
+    let got = trunk.embed(&inputs).unwrap();
+    assert_eq!(got.len(), refs.len());
+    for (g, r) in got.iter().zip(&refs) {
+        check(
+            &format!("{} (batch {batch}, 2 threads)", r.image.display()),
+            g,
+            r,
+        );
+    }
+}
+
+#[test]
+fn max_abs_diff_finds_the_largest_difference() {
+    assert_eq!(max_abs_diff(&[1.0, 2.0, 3.0], &[1.0, 2.5, 2.9]), (0.5, 1));
+    assert_eq!(max_abs_diff(&[0.0], &[0.0]), (0.0, 0));
+}
