@@ -140,9 +140,33 @@ pub struct Detection {
     pub bbox: BBox,
 }
 
+/// Clip every detection's box to a `width` x `height` picture and drop the boxes left empty, as
+/// the trainer, the bundle evaluation and `predict` all report them.
+pub fn clip_detections(dets: Vec<Detection>, width: f32, height: f32) -> Vec<Detection> {
+    dets.into_iter()
+        .map(|d| Detection {
+            bbox: d.bbox.clamp(width, height),
+            ..d
+        })
+        .filter(|d| d.bbox.is_valid())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_what_is_inside() {
+        let d = |x0, x1| Detection {
+            class: 0,
+            score: 0.5,
+            bbox: BBox::new(x0, 0.0, x1, 5.0),
+        };
+        let got = clip_detections(vec![d(-5.0, 5.0), d(12.0, 20.0)], 10.0, 10.0);
+        assert_eq!(got.len(), 1, "the box wholly outside is dropped");
+        assert_eq!(got[0].bbox, BBox::new(0.0, 0.0, 5.0, 5.0));
+    }
 
     #[test]
     fn iou_by_hand() {

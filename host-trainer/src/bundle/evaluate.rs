@@ -2,6 +2,7 @@
 //! manifest's decoding, on the run's validation pictures.
 
 use kestrel_edge::Bundle;
+use kestrel_shared::detect::clip_detections;
 use kestrel_shared::manifest::{DetectHeadKind, MetricSet, Task};
 use kestrel_shared::{Detection, EvalInput, Object, evaluate};
 
@@ -63,15 +64,11 @@ pub fn evaluate_bundle(
             let dets: Vec<Vec<Detection>> = raw
                 .iter()
                 .map(|r| {
-                    bundle
-                        .decode(r, AP_SCORE_THRESHOLD.min(decode.score_threshold))
-                        .into_iter()
-                        .map(|d| Detection {
-                            bbox: d.bbox.clamp(w, h),
-                            ..d
-                        })
-                        .filter(|d| d.bbox.is_valid())
-                        .collect()
+                    clip_detections(
+                        bundle.decode(r, AP_SCORE_THRESHOLD.min(decode.score_threshold)),
+                        w,
+                        h,
+                    )
                 })
                 .collect();
             let coco = evaluate(

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use kestrel_edge::{Threads, Trunk};
-use kestrel_shared::detect::{AnnotatedImage, Detection, Object};
+use kestrel_shared::detect::{AnnotatedImage, Detection, Object, clip_detections};
 use kestrel_shared::eval::{
     CentroidScores, DetectionMetrics, EvalInput, centroid_scores, coco_ground_truth_json,
     coco_results_json, evaluate,
@@ -143,14 +143,11 @@ pub fn scores(
     let dets: Vec<Vec<Detection>> = raw
         .iter()
         .map(|r| {
-            decode(head, r, chw, (opts.width, opts.height), &settings)
-                .into_iter()
-                .map(|d| Detection {
-                    bbox: d.bbox.clamp(w, h),
-                    ..d
-                })
-                .filter(|d| d.bbox.is_valid())
-                .collect()
+            clip_detections(
+                decode(head, r, chw, (opts.width, opts.height), &settings),
+                w,
+                h,
+            )
         })
         .collect();
     let coco = evaluate(
@@ -498,16 +495,14 @@ pub fn to_picture(
 ) -> Vec<Detection> {
     let sx = im.width as f32 / opts.width as f32;
     let sy = im.height as f32 / opts.height as f32;
-    dets.into_iter()
+    let scaled = dets
+        .into_iter()
         .map(|d| Detection {
-            bbox: d
-                .bbox
-                .scale(sx, sy)
-                .clamp(im.width as f32, im.height as f32),
+            bbox: d.bbox.scale(sx, sy),
             ..d
         })
-        .filter(|d| d.bbox.is_valid())
-        .collect()
+        .collect();
+    clip_detections(scaled, im.width as f32, im.height as f32)
 }
 
 fn save_head(head: &DetectHead, path: &Path) -> anyhow::Result<()> {
