@@ -112,3 +112,29 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn python() -> String {
     std::env::var("KESTREL_PYTHON").unwrap_or_else(|_| "python3".into())
 }
+
+/// `kestrel --quiet` with the test weights and its own cache folder.
+pub fn kestrel(cache: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(bin("kestrel"));
+    c.env("KESTREL_WEIGHTS", weights())
+        .env("KESTREL_CACHE_DIR", cache)
+        .arg("--quiet");
+    c
+}
+
+/// Run a command: (succeeded, stdout, stderr).
+pub fn run(c: &mut std::process::Command) -> (bool, String, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run a command that must succeed (both outputs shown if not): (stdout, stderr).
+pub fn run_ok(c: &mut std::process::Command) -> (String, String) {
+    let (ok, so, se) = run(c);
+    assert!(ok, "stdout: {so}\nstderr: {se}");
+    (so, se)
+}

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kestrel_e2e::{bin, python, weights};
+use kestrel_e2e::{bin, kestrel, python, run_ok, weights};
 use kestrel_edge::bundle::inspect;
 use kestrel_edge::{Bundle, BundleError, BundleOptions, Threads};
 use kestrel_shared::manifest::{
@@ -29,29 +29,16 @@ use kestrel_trainer::{Backend, Pretrained};
 /// fp32 paths must agree to this (max abs difference on raw outputs).
 const FP32_TOL: f32 = 1e-4;
 
-fn kestrel(cache: &Path) -> Command {
-    let mut c = Command::new(bin("kestrel"));
-    c.env("KESTREL_WEIGHTS", weights())
-        .env("KESTREL_CACHE_DIR", cache)
-        .arg("--quiet");
-    c
-}
-
-fn run_ok(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
-    so
+/// stdout of a command that must succeed.
+fn run_ok_stdout(c: &mut Command) -> String {
+    run_ok(c).0
 }
 
 /// A tiny classification run: 4 shapes x 10 pictures of 64 px.
 fn classify_run(tmp: &Path, cache: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let data = tmp.join("shapes");
     if !data.exists() {
-        run_ok(
+        run_ok_stdout(
             kestrel(cache)
                 .args(["synth", "classify", "--per-class", "10", "--size", "64"])
                 .args(["--seed", "4", "--out"])
@@ -59,7 +46,7 @@ fn classify_run(tmp: &Path, cache: &Path, name: &str, extra: &[&str]) -> PathBuf
         );
     }
     let run = tmp.join(name);
-    run_ok(
+    run_ok_stdout(
         kestrel(cache)
             .args(["train", "classify", "--data"])
             .arg(&data)
@@ -79,7 +66,7 @@ fn detect_run(tmp: &Path, cache: &Path, name: &str, head: &str) -> PathBuf {
     };
     let data = tmp.join(format!("scenes-{preset}"));
     if !data.exists() {
-        run_ok(
+        run_ok_stdout(
             kestrel(cache)
                 .args(["synth", "detect", "--preset", preset, "--seed", "3"])
                 .args(["--count", "80", "--val-count", "16"])
@@ -89,7 +76,7 @@ fn detect_run(tmp: &Path, cache: &Path, name: &str, head: &str) -> PathBuf {
         );
     }
     let run = tmp.join(name);
-    run_ok(
+    run_ok_stdout(
         kestrel(cache)
             .args(["train", "detect", "--data"])
             .arg(&data)
@@ -122,7 +109,7 @@ fn int8_head_multiplies_in_8_bits_is_small_and_keeps_its_accuracy() {
     let cache = tmp.path().join("cache");
     let run = classify_run(tmp.path(), &cache, "run", &[]);
     let bundle = tmp.path().join("bundle");
-    let stdout = run_ok(
+    let stdout = run_ok_stdout(
         kestrel(&cache)
             .arg("export")
             .arg(&run)
@@ -161,7 +148,7 @@ fn int8_head_multiplies_in_8_bits_is_small_and_keeps_its_accuracy() {
 
     // Size: the int8 head is at most 30% of the float one.
     let fp32 = tmp.path().join("fp32");
-    run_ok(
+    run_ok_stdout(
         kestrel(&cache)
             .arg("export")
             .arg(&run)
@@ -223,7 +210,7 @@ fn int8_head_multiplies_in_8_bits_is_small_and_keeps_its_accuracy() {
 
     // The percentile option is recorded and gives a working bundle.
     let pct = tmp.path().join("pct");
-    run_ok(
+    run_ok_stdout(
         kestrel(&cache)
             .arg("export")
             .arg(&run)
@@ -606,7 +593,7 @@ fn bad_bundles_are_refused_with_clear_errors_and_no_panic() {
     let cache = tmp.path().join("cache");
     let run = classify_run(tmp.path(), &cache, "run", &["--head", "linear"]);
     let good = tmp.path().join("good");
-    run_ok(
+    run_ok_stdout(
         kestrel(&cache)
             .arg("export")
             .arg(&run)
@@ -616,7 +603,7 @@ fn bad_bundles_are_refused_with_clear_errors_and_no_panic() {
     );
     Bundle::open(&good).unwrap();
     let other_trunk = tmp.path().join("other-trunk");
-    run_ok(
+    run_ok_stdout(
         kestrel(&cache)
             .args(["export-trunk", "--cut", "stride16", "--out"])
             .arg(&other_trunk),

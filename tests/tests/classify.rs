@@ -1,27 +1,7 @@
 //! `kestrel train classify` end to end: synthetic pictures, embeddings through the ONNX trunk
 //! with tract (cached), a head trained in burn, and the run directory it leaves.
 
-use std::process::Command;
-
-use kestrel_e2e::{bin, weights};
-
-fn kestrel(cache: &std::path::Path) -> Command {
-    let mut c = Command::new(bin("kestrel"));
-    c.env("KESTREL_WEIGHTS", weights())
-        .env("KESTREL_CACHE_DIR", cache)
-        .arg("--quiet");
-    c
-}
-
-fn run_ok(c: &mut Command) -> (String, String) {
-    let out = c.output().unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
-    (so, se)
-}
+use kestrel_e2e::{kestrel, run_ok};
 
 fn metrics(run: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()

@@ -5,30 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use kestrel_e2e::{bin, python, weights, workspace};
-
-fn kestrel(cache: &Path) -> Command {
-    let mut c = Command::new(bin("kestrel"));
-    c.env("KESTREL_WEIGHTS", weights())
-        .env("KESTREL_CACHE_DIR", cache)
-        .arg("--quiet");
-    c
-}
-
-fn run(c: &mut Command) -> (bool, String, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn run_ok(c: &mut Command) -> (String, String) {
-    let (ok, so, se) = run(c);
-    assert!(ok, "stdout: {so}\nstderr: {se}");
-    (so, se)
-}
+use kestrel_e2e::{kestrel, python, run, run_ok, workspace};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
