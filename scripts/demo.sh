@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+cargo build -q --workspace --bins
 cargo run -q -p kestrel-trainer --bin kestrel -- demo "$@"

@@ -4,10 +4,20 @@
 //! host itself computes its training embeddings through [`OnnxModel`] so both sides compute the same
 //! numbers with the same code.
 
+pub mod agent;
+pub mod bench;
 pub mod bundle;
 pub mod cli;
 pub mod model;
+pub mod run_cmd;
+pub mod runtime;
+pub mod sink;
+pub mod sinks;
+pub mod source;
+pub mod stats;
 pub mod store;
+pub mod store_cli;
+pub mod transport;
 pub mod trunk;
 
 pub use bundle::{Bundle, BundleError, BundleOptions};

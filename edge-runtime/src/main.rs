@@ -19,6 +19,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Detect on camera or replayed frames: JSON lines, GPIO indicator, live view, snapshots.
+    Run(kestrel_edge::run_cmd::RunArgs),
+    /// Save frames from the source into OUT/LABEL/ to collect training pictures on the board.
+    Capture(kestrel_edge::run_cmd::CaptureArgs),
+    /// Measure load time, latency p50/p95 and peak memory of a bundle (optionally against
+    /// onnxruntime on the same model.onnx).
+    Bench(kestrel_edge::bench::BenchArgs),
+    /// Serve deploys: keep bundles in a store, install them atomically, forward telemetry.
+    Agent(kestrel_edge::agent::AgentArgs),
+    /// The bundle store from the command line (what `kestrel deploy --ssh` runs on the board).
+    Store(kestrel_edge::store_cli::StoreArgs),
     /// Run an exported trunk on pictures and print one JSON line per picture.
     Embed {
         /// Trunk directory (or its trunk.json) written by `kestrel export-trunk`.
@@ -51,7 +62,17 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    let started = std::time::Instant::now();
     match Cli::parse().command {
+        Command::Run(args) => {
+            kestrel_edge::run_cmd::run(&args, started)?;
+        }
+        Command::Capture(args) => {
+            kestrel_edge::run_cmd::capture(&args)?;
+        }
+        Command::Bench(args) => kestrel_edge::bench::run(&args)?,
+        Command::Agent(args) => kestrel_edge::agent::run_cli(args)?,
+        Command::Store(args) => kestrel_edge::store_cli::run_cli(args)?,
         Command::Embed {
             trunk,
             images,

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod classify;
 pub mod data;
 pub mod demo;
+pub mod deploy;
 pub mod detect;
 pub mod export;
 pub mod imagenet;
@@ -18,6 +19,7 @@ pub mod plot;
 pub mod predict;
 pub mod pretrained;
 pub mod progress;
+pub mod video;
 pub mod weights;
 
 pub use backend::Backend;

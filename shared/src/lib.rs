@@ -14,6 +14,7 @@ pub mod hash;
 pub mod manifest;
 pub mod nms;
 pub mod preprocess;
+pub mod sign;
 pub mod trunk;
 pub mod wire;
 
@@ -23,5 +24,5 @@ pub use detect::{AnnotatedImage, BBox, Detection, Object};
 pub use eval::{ClassAp, DetectionMetrics, EvalError, EvalInput, evaluate};
 pub use manifest::{MANIFEST_SCHEMA_VERSION, Manifest, ManifestError};
 pub use nms::{filter_and_nms, nms};
-pub use preprocess::{Normalization, PreprocessError, PreprocessSpec, ResizeMode};
+pub use preprocess::{FrameMapping, Normalization, PreprocessError, PreprocessSpec, ResizeMode};
 pub use trunk::{TRUNK_SCHEMA_VERSION, TrunkInfo, TrunkInfoError};

@@ -217,6 +217,84 @@ impl PreprocessSpec {
     }
 }
 
+/// Where the model's input pixels lie in the original frame: `frame = input * scale + offset`
+/// per axis, the inverse of [`PreprocessSpec::resize`] (so boxes found on the input go back to
+/// frame pixels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameMapping {
+    /// Frame pixels per input pixel, x and y.
+    pub scale: [f32; 2],
+    /// Frame position of input pixel 0, x and y.
+    pub offset: [f32; 2],
+}
+
+impl FrameMapping {
+    /// Map a box in input pixels to frame pixels.
+    pub fn to_frame(&self, b: crate::BBox) -> crate::BBox {
+        let [sx, sy] = self.scale;
+        let [ox, oy] = self.offset;
+        crate::BBox::new(
+            b.x0 * sx + ox,
+            b.y0 * sy + oy,
+            b.x1 * sx + ox,
+            b.y1 * sy + oy,
+        )
+    }
+}
+
+impl PreprocessSpec {
+    /// The mapping from input pixels back to a `frame_w` x `frame_h` frame for this spec's resize.
+    pub fn frame_mapping(&self, frame_w: u32, frame_h: u32) -> FrameMapping {
+        let (w, h) = (self.width as f64, self.height as f64);
+        let (iw, ih) = (frame_w as f64, frame_h as f64);
+        let m = |sx: f64, sy: f64, ox: f64, oy: f64| FrameMapping {
+            scale: [sx as f32, sy as f32],
+            offset: [ox as f32, oy as f32],
+        };
+        match self.resize {
+            ResizeMode::Stretch => m(iw / w, ih / h, 0.0, 0.0),
+            ResizeMode::Letterbox { .. } => {
+                let scale = (w / iw).min(h / ih);
+                let nw = ((iw * scale).round()).clamp(1.0, w);
+                let nh = ((ih * scale).round()).clamp(1.0, h);
+                let (px, py) = (((w - nw) / 2.0).floor(), ((h - nh) / 2.0).floor());
+                let (sx, sy) = (iw / nw, ih / nh);
+                m(sx, sy, -px * sx, -py * sy)
+            }
+            ResizeMode::CenterCrop => {
+                let (cw, ch) = if frame_w as u64 * self.height as u64
+                    > frame_h as u64 * self.width as u64
+                {
+                    (
+                        ((frame_h as u64 * self.width as u64) / self.height as u64).max(1) as f64,
+                        ih,
+                    )
+                } else {
+                    (
+                        iw,
+                        ((frame_w as u64 * self.height as u64) / self.width as u64).max(1) as f64,
+                    )
+                };
+                let left = ((iw - cw) / 2.0).round_ties_even();
+                let top = ((ih - ch) / 2.0).round_ties_even();
+                m(cw / w, ch / h, left, top)
+            }
+            ResizeMode::ShorterSideCrop { shorter } => {
+                let s = shorter as f64;
+                let (rw, rh) = if frame_w <= frame_h {
+                    (s, (s * ih / iw).round())
+                } else {
+                    ((s * iw / ih).round(), s)
+                };
+                let left = ((rw - w).max(0.0) / 2.0).round_ties_even();
+                let top = ((rh - h).max(0.0) / 2.0).round_ties_even();
+                let (sx, sy) = (iw / rw, ih / rh);
+                m(sx, sy, left * sx, top * sy)
+            }
+        }
+    }
+}
+
 fn resize_exact(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     if img.dimensions() == (w, h) {
         return img.clone();
@@ -245,6 +323,53 @@ fn center_crop(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A white square drawn on a frame must come back, through resize and the inverse mapping,
+    /// where it was: the centre of the bright region in the model input, mapped to the frame.
+    #[test]
+    fn frame_mapping_inverts_every_resize_mode() {
+        let (fw, fh) = (320u32, 240u32);
+        let (x0, y0, x1, y1) = (200u32, 60u32, 260u32, 120u32);
+        let frame = RgbImage::from_fn(fw, fh, |x, y| {
+            if (x0..x1).contains(&x) && (y0..y1).contains(&y) {
+                image::Rgb([255, 255, 255])
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        for resize in [
+            ResizeMode::Stretch,
+            ResizeMode::Letterbox { pad: [0, 0, 0] },
+            ResizeMode::CenterCrop,
+            ResizeMode::ShorterSideCrop { shorter: 256 },
+        ] {
+            let spec = PreprocessSpec {
+                height: 224,
+                width: 224,
+                resize,
+                normalization: Normalization::IMAGENET,
+            };
+            let input = spec.resize(&frame);
+            let (mut bx0, mut by0, mut bx1, mut by1) = (u32::MAX, u32::MAX, 0, 0);
+            for (x, y, p) in input.enumerate_pixels() {
+                if p.0[0] > 127 {
+                    bx0 = bx0.min(x);
+                    by0 = by0.min(y);
+                    bx1 = bx1.max(x + 1);
+                    by1 = by1.max(y + 1);
+                }
+            }
+            let b = spec.frame_mapping(fw, fh).to_frame(crate::BBox::new(
+                bx0 as f32, by0 as f32, bx1 as f32, by1 as f32,
+            ));
+            for (got, want) in [(b.x0, x0), (b.y0, y0), (b.x1, x1), (b.y1, y1)] {
+                assert!(
+                    (got - want as f32).abs() <= 2.0,
+                    "{resize:?}: {b:?} vs [{x0}, {y0}, {x1}, {y1}]"
+                );
+            }
+        }
+    }
 
     fn gradient(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| {

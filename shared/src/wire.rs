@@ -409,6 +409,12 @@ pub enum Message {
     },
     /// Board -> host: what the model sees.
     Telemetry(Telemetry),
+    /// Host -> board: send a [`Hello`] now (the board's first Hello is lost when nobody listened
+    /// yet, e.g. the host opened the line after the agent started).
+    HelloRequest,
+    /// Host -> board: switch back to the bundle installed before the current one; answered by
+    /// [`Message::InstallResult`] naming the bundle that now runs.
+    Rollback,
 }
 
 impl Message {
@@ -426,6 +432,8 @@ impl Message {
             Message::InstallResult { .. } => "InstallResult",
             Message::Error { .. } => "Error",
             Message::Telemetry(_) => "Telemetry",
+            Message::HelloRequest => "HelloRequest",
+            Message::Rollback => "Rollback",
         }
     }
 
@@ -454,7 +462,10 @@ impl Message {
                 limit("OfferReply.max_chunk", r.max_chunk as usize, MAX_CHUNK)
             }
             Message::Chunk(c) => limit("Chunk.data", c.data.len(), MAX_CHUNK),
-            Message::Ack(_) | Message::Complete { .. } => Ok(()),
+            Message::Ack(_)
+            | Message::Complete { .. }
+            | Message::HelloRequest
+            | Message::Rollback => Ok(()),
             Message::Install { bundle, .. } => limit("Install.bundle", bundle.len(), MAX_NAME),
             Message::InstallResult {
                 bundle, message, ..
@@ -1185,7 +1196,71 @@ mod tests {
                 temperature_c: None,
                 detections: vec![],
             }),
+            Message::HelloRequest,
+            Message::Rollback,
         ]
+    }
+
+    #[test]
+    fn appended_variants_keep_the_old_tags() {
+        // Tags are the variant order: the variants added after Telemetry (10) come after it.
+        let tag = |m: &Message| postcard::to_stdvec(m).unwrap()[0];
+        assert_eq!(tag(&Message::HelloRequest), 11);
+        assert_eq!(tag(&Message::Rollback), 12);
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Arbitrary bytes never panic the decoder, never make it buffer past its bound, and
+            /// whatever it accepts is a message within its limits that encodes again.
+            #[test]
+            fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..3000), 0..8)) {
+                let mut dec = FrameDecoder::new();
+                for c in &chunks {
+                    for m in dec.feed(c).into_iter().flatten() {
+                        prop_assert!(m.check_limits().is_ok());
+                        prop_assert!(encode(&m).is_ok());
+                    }
+                    prop_assert!(dec.buf.len() <= MAX_ENCODED_FRAME);
+                    prop_assert!(dec.buf.capacity() <= MAX_ENCODED_FRAME);
+                }
+            }
+
+            /// Bytes with a valid CRC (so postcard really parses them) never panic the parser and
+            /// never allocate past the frame: what passes is within its limits.
+            #[test]
+            fn arbitrary_bodies_with_a_valid_crc_parse_or_fail_cleanly(
+                body in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let mut raw = body.clone();
+                raw.extend_from_slice(&CRC.checksum(&body).to_le_bytes());
+                let mut enc = Vec::new();
+                cobs_encode(&raw, &mut enc);
+                if let Ok(m) = decode_frame(&enc) {
+                    prop_assert!(m.check_limits().is_ok());
+                }
+            }
+
+            /// A valid frame with random bytes flipped or dropped is never mistaken for another
+            /// message.
+            #[test]
+            fn damaged_frames_are_refused(index in 0..14usize, at in any::<usize>(), bit in 0..8u8,
+                                          drop in any::<bool>()) {
+                let msgs = every_message();
+                let m = &msgs[index % msgs.len()];
+                let frame = encode(m).unwrap();
+                let mut inner = between_zeros(&frame).to_vec();
+                let at = at % inner.len();
+                if drop { inner.remove(at); } else { inner[at] ^= 1 << bit; }
+                if inner.contains(&0) { return Ok(()); } // a new delimiter: two frames, both bad
+                prop_assert!(decode_frame(&inner).is_err(), "damaged {} accepted", m.kind());
+            }
+        }
     }
 
     #[test]

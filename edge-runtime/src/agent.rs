@@ -1,0 +1,990 @@
+//! `kestrel-edge agent`: the board's side of deploys.
+//!
+//! The agent keeps bundles in the content-addressed [`Store`], speaks the wire protocol of
+//! [`kestrel_shared::wire`] on a serial line (when there is one), and tells whatever runs the model
+//! (a [`BundleHost`], the detection loop) to switch bundles. On the line it speaks first with a
+//! [`Hello`] listing the blobs it has (and again on [`Message::HelloRequest`]), receives offered
+//! blobs into `partial/` (an interrupted upload resumes where the store stands), installs a bundle
+//! atomically when asked ([`install_from_store`]: manifest parsed strictly, signature checked
+//! against the trust list, every file re-hashed, the bundle loaded by [`Bundle::open`] and handed to
+//! the host before `current` moves), rolls back on request, and forwards telemetry.
+//!
+//! Bundles installed by other means (`kestrel-edge store install`, run over SSH by
+//! `kestrel deploy --ssh`) are noticed by polling the store's `current` link about once a second;
+//! the agent then checks the bundle's signature and switches the host to it, or moves `current`
+//! back if the bundle is refused.
+//!
+//! The store is opened (and its lock taken) only while a deploy talks to the agent, and released
+//! after a short idle time, so `kestrel-edge store ...` commands can run beside a running agent.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kestrel_shared::manifest::{MANIFEST_FILE, Manifest};
+use kestrel_shared::sign::{TrustError, TrustList};
+use kestrel_shared::wire::{
+    self, ErrorCode, FileOffer, FrameDecoder, FrameError, Hello, Message, PROTOCOL_VERSION,
+    Receiver, Sha256, Telemetry,
+};
+
+use crate::bundle::Bundle;
+use crate::store::{Store, StoreError};
+use crate::transport::Transport;
+
+/// Largest blob the agent accepts (a bundle file): 4 GiB.
+pub const MAX_BLOB: u64 = 4 << 30;
+/// Largest manifest read from the store (they are a few KiB).
+pub const MAX_MANIFEST: u64 = 1 << 20;
+/// Telemetry messages the loop may queue before new ones are dropped.
+pub const TELEMETRY_QUEUE: usize = 64;
+
+/// What runs the model: told to switch to a newly installed (or rolled back) bundle.
+pub trait BundleHost {
+    /// Load and start running the bundle in `bundle_dir` (already validated by
+    /// [`Bundle::open`]). On `Err` the agent keeps the previous bundle current and reports the
+    /// reason; the host must then keep running what it ran before.
+    fn switch(&mut self, bundle_dir: &Path) -> Result<(), String>;
+}
+
+/// A host that runs nothing (the agent alone: deploys, store, telemetry forwarding).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLoop;
+
+impl BundleHost for NoLoop {
+    fn switch(&mut self, bundle_dir: &Path) -> Result<(), String> {
+        tracing::info!(
+            "bundle {} is current (no detection loop attached)",
+            bundle_dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// Settings of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The store directory.
+    pub store: PathBuf,
+    /// Bundles kept for rollback.
+    pub keep: usize,
+    /// Accept only bundles signed by these keys (`None`: accept any, with a warning).
+    pub trust: Option<TrustList>,
+    /// Device name sent in Hello.
+    pub device: String,
+    /// Board name sent in Hello.
+    pub board: String,
+    /// Most bytes the store's blobs and uploads may take (`None`: the disk's free space).
+    pub quota: Option<u64>,
+    /// How often the store's `current` is checked for bundles installed over SSH.
+    pub poll: Duration,
+    /// Telemetry is sent at least this often (the agent's own heartbeat when the loop is silent).
+    pub heartbeat: Duration,
+    /// The store is released after this long without a message from the host.
+    pub idle_release: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for a store directory: keep 3, no trust list, host name as device.
+    pub fn new(store: PathBuf) -> Self {
+        AgentConfig {
+            store,
+            keep: crate::store::DEFAULT_KEEP,
+            trust: None,
+            device: hostname(),
+            board: "generic-aarch64".into(),
+            quota: None,
+            poll: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(5),
+            idle_release: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `kestrel-edge agent` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Store directory (blobs/, bundles/, current).
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Serial device to serve deploys on (e.g. /dev/serial0); without it, only SSH deploys.
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Baud rate of the serial device.
+    #[arg(long, default_value_t = 115_200)]
+    pub baud: u32,
+    /// Trust list: accept only bundles signed by one of its keys.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// Bundles kept for rollback.
+    #[arg(long, default_value_t = crate::store::DEFAULT_KEEP)]
+    pub keep: usize,
+    /// Board name reported to the host (as in boards/).
+    #[arg(long, default_value = "generic-aarch64")]
+    pub board: String,
+    /// Device name reported to the host (default: the host name).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Most bytes the store's blobs and uploads may take (a quota below the disk's free space).
+    #[arg(long)]
+    pub max_store_bytes: Option<u64>,
+    /// Seconds between heartbeat telemetry messages.
+    #[arg(long, default_value_t = 5.0)]
+    pub telemetry_interval: f64,
+}
+
+/// Failures that stop the agent (everything else is answered on the line and logged).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The store cannot be opened or repaired.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another agent serves this store.
+    #[error("another kestrel-edge agent already serves the store {0}: stop it first")]
+    Busy(PathBuf),
+    /// The serial link failed.
+    #[error("serial link {link}: {source}")]
+    Link {
+        /// The link.
+        link: String,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Why an install or rollback was refused. The message is what the deploying user reads.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The manifest is not in the store.
+    #[error("the manifest blob {0} is not in the store: send it first")]
+    NoManifest(String),
+    /// The manifest blob is too large to be one.
+    #[error("the manifest blob {sha} has {size} bytes, more than a manifest can ({MAX_MANIFEST})")]
+    ManifestTooLarge {
+        /// Its hash.
+        sha: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The manifest does not parse (unknown schema version, missing field, unsafe file name...).
+    #[error("{0}")]
+    Manifest(#[from] kestrel_shared::ManifestError),
+    /// The signature is refused.
+    #[error("{0}")]
+    Trust(#[from] TrustError),
+    /// The store refused (missing blobs, bad hash, validation failed, name escaping the store...).
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl InstallError {
+    /// The wire's error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            InstallError::NoManifest(_) => ErrorCode::MissingBlobs,
+            InstallError::Store(e) => store_code(e),
+            _ => ErrorCode::InstallFailed,
+        }
+    }
+}
+
+fn store_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::NoSpace { .. } => ErrorCode::NoSpace,
+        StoreError::Name(_) | StoreError::Hash(_) | StoreError::NotRegular { .. } => {
+            ErrorCode::UnsafeName
+        }
+        StoreError::HashMismatch { .. } => ErrorCode::HashMismatch,
+        StoreError::MissingBlobs { .. } => ErrorCode::MissingBlobs,
+        StoreError::Validation { .. } | StoreError::BadManifest { .. } => ErrorCode::InstallFailed,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// Reads and parses the manifest blob `sha` of the store (bounded size, strict parsing).
+pub fn read_manifest_blob(store: &Store, sha: &str) -> Result<Manifest, InstallError> {
+    let path = store.blob_path(sha)?;
+    if !store.has_blob(sha)? {
+        return Err(InstallError::NoManifest(sha.to_string()));
+    }
+    let size = std::fs::symlink_metadata(&path)
+        .map_err(|source| StoreError::Io {
+            action: "inspect",
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    if size > MAX_MANIFEST {
+        return Err(InstallError::ManifestTooLarge {
+            sha: sha.to_string(),
+            size,
+        });
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| StoreError::Io {
+        action: "read",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Manifest::from_json(
+        &text,
+        &format!("manifest {}", &sha[..sha.len().min(16)]),
+    )?)
+}
+
+/// The bundle's files as the store wants them: `manifest.json` and the three models.
+pub fn bundle_files(
+    manifest: &Manifest,
+    manifest_sha: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut files = std::collections::BTreeMap::new();
+    files.insert(MANIFEST_FILE.to_string(), manifest_sha.to_string());
+    for (_, f) in manifest.files.all() {
+        files.insert(f.path.clone(), f.sha256.clone());
+    }
+    files
+}
+
+/// The id a bundle gets in stores: the first 16 hex digits of its manifest's sha256 (the same
+/// over serial and SSH, and the same bundle is never installed twice under two names).
+pub fn bundle_id(manifest_sha: &Sha256) -> String {
+    manifest_sha.to_hex()[..16].to_string()
+}
+
+/// Installs bundle `id` from blobs already in the store: reads its manifest (strict schema), checks
+/// the signature against `trust`, then [`Store::install_bundle`] re-verifies every blob, assembles
+/// the bundle, and validates it with [`Bundle::open`] and then `switch` (the running loop loads it);
+/// only then does `current` move. On any error `current` stays where it was. Returns the manifest.
+pub fn install_from_store(
+    store: &mut Store,
+    id: &str,
+    manifest_sha: &str,
+    trust: Option<&TrustList>,
+    switch: &mut dyn FnMut(&Path) -> Result<(), String>,
+) -> Result<Manifest, InstallError> {
+    wire::check_name(id).map_err(StoreError::from)?;
+    Sha256::from_hex(manifest_sha).map_err(StoreError::from)?;
+    let manifest = read_manifest_blob(store, manifest_sha)?;
+    if let Some(list) = trust {
+        let key = list.verify(&manifest)?;
+        tracing::info!(
+            "bundle {id} is signed by trusted key {} {}",
+            key.id,
+            key.comment
+        );
+    }
+    let files = bundle_files(&manifest, manifest_sha);
+    store.install_bundle(id, &files, |dir: &Path| -> Result<(), String> {
+        Bundle::open(dir).map_err(|e| e.to_string())?;
+        switch(dir).map_err(|e| format!("the running loop could not switch to it: {e}"))
+    })?;
+    Ok(manifest)
+}
+
+/// Checks the signature of the bundle in `dir` against `trust` (for bundles installed by others).
+pub fn check_bundle_trust(dir: &Path, trust: &TrustList) -> Result<(), String> {
+    let manifest = Manifest::read(dir).map_err(|e| e.to_string())?;
+    trust
+        .verify(&manifest)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Free bytes of the file system holding `dir` (for the Hello and the space check).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Bytes under `dir` (regular files only, links not followed).
+fn used_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for sub in ["blobs", "partial"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for e in entries.flatten() {
+                if let Ok(m) = e.metadata()
+                    && m.is_file()
+                {
+                    total += m.len();
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The board's name for itself.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kestrel-board".into())
+}
+
+/// SoC temperature from the kernel's first thermal zone, when there is one.
+pub fn temperature_c() -> Option<f32> {
+    let text = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").ok()?;
+    text.trim().parse::<f32>().ok().map(|m| m / 1000.0)
+}
+
+/// The id `current` names, read without the store's lock (a link read is atomic).
+fn read_current(store: &Path) -> Option<String> {
+    let target = std::fs::read_link(store.join("current")).ok()?;
+    let id = target.file_name()?.to_str()?.to_string();
+    wire::check_name(&id).ok().map(|()| id)
+}
+
+/// Handle the detection loop uses to talk to a running agent.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    telemetry: mpsc::SyncSender<Telemetry>,
+    stop: Arc<AtomicBool>,
+}
+
+impl AgentHandle {
+    /// Queues telemetry for the serial line; dropped (and `false`) when the queue is full, so the
+    /// loop never waits for a slow line.
+    pub fn send_telemetry(&self, t: Telemetry) -> bool {
+        self.telemetry.try_send(t).is_ok()
+    }
+
+    /// Asks the agent to stop after its current step.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A blob upload in progress.
+struct Upload {
+    offer: FileOffer,
+    receiver: Receiver,
+}
+
+/// What the agent has done (for tests and logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Blobs completed.
+    pub blobs: u64,
+    /// Bytes written to uploads.
+    pub bytes: u64,
+    /// Frames refused (CRC, COBS, oversize, unknown message).
+    pub bad_frames: u64,
+    /// Bundles installed.
+    pub installs: u64,
+    /// Installs or rollbacks refused.
+    pub refused: u64,
+}
+
+/// The agent: see the module documentation.
+pub struct Agent {
+    cfg: AgentConfig,
+    store: Option<Store>,
+    last_host_message: Instant,
+    upload: Option<Upload>,
+    current: Option<String>,
+    telemetry: mpsc::Receiver<Telemetry>,
+    last_telemetry: Instant,
+    last_poll: Instant,
+    stop: Arc<AtomicBool>,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+    /// What the agent has done so far.
+    pub stats: AgentStats,
+    _agent_lock: std::fs::File,
+}
+
+impl Agent {
+    /// Opens (and repairs) the store, takes the one-agent-per-store lock, and returns the agent
+    /// with the handle the detection loop keeps.
+    pub fn new(cfg: AgentConfig) -> Result<(Agent, AgentHandle), AgentError> {
+        let store = Store::open_keeping(&cfg.store, cfg.keep)?;
+        let lock_path = store.root().join("agent.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Io {
+                action: "open",
+                path: lock_path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(AgentError::Busy(cfg.store.clone()));
+        }
+        let current = store.current()?;
+        drop(store);
+        if cfg.trust.is_none() {
+            tracing::warn!(
+                "no trust list (--trust FILE): this agent accepts bundles signed by anyone, or unsigned"
+            );
+        }
+        let (tx, rx) = mpsc::sync_channel(TELEMETRY_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let now = Instant::now();
+        let agent = Agent {
+            cfg,
+            store: None,
+            last_host_message: now,
+            upload: None,
+            current,
+            telemetry: rx,
+            last_telemetry: now,
+            last_poll: now,
+            stop: stop.clone(),
+            decoder: FrameDecoder::new(),
+            out: Vec::new(),
+            stats: AgentStats::default(),
+            _agent_lock: lock,
+        };
+        Ok((
+            agent,
+            AgentHandle {
+                telemetry: tx,
+                stop,
+            },
+        ))
+    }
+
+    /// The current bundle's id.
+    pub fn current(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
+    /// The current bundle's directory.
+    pub fn current_dir(&self) -> Option<PathBuf> {
+        self.current
+            .as_ref()
+            .map(|id| self.cfg.store.join("bundles").join(id))
+    }
+
+    fn store(&mut self) -> Result<&mut Store, StoreError> {
+        if self.store.is_none() {
+            // Another process (an SSH install) may hold the lock for a moment: wait a little.
+            let mut tries = 0;
+            loop {
+                match Store::open_keeping(&self.cfg.store, self.cfg.keep) {
+                    Ok(s) => {
+                        self.store = Some(s);
+                        break;
+                    }
+                    Err(StoreError::Locked { .. }) if tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(self.store.as_mut().expect("opened above"))
+    }
+
+    /// Runs until stopped: serves `link` (if any), forwards telemetry, follows `current`.
+    pub fn run(
+        &mut self,
+        mut link: Option<&mut dyn Transport>,
+        host: &mut dyn BundleHost,
+    ) -> Result<(), AgentError> {
+        if let Some(dir) = self.current_dir()
+            && let Err(e) = host.switch(&dir)
+        {
+            tracing::error!("the current bundle {} does not start: {e}", dir.display());
+        }
+        if let Some(l) = link.as_deref_mut() {
+            self.send_hello(l)?;
+        }
+        let mut buf = vec![0u8; 4096];
+        while !self.stop.load(Ordering::SeqCst) {
+            match link.as_deref_mut() {
+                Some(l) => {
+                    let n = l
+                        .recv(&mut buf, Duration::from_millis(50))
+                        .map_err(|source| AgentError::Link {
+                            link: l.describe(),
+                            source,
+                        })?;
+                    if n > 0 {
+                        for msg in self.decoder.feed(&buf[..n]) {
+                            self.on_frame(msg, host);
+                        }
+                    }
+                    self.flush(l)?;
+                    self.forward_telemetry(l)?;
+                }
+                None => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    while self.telemetry.try_recv().is_ok() {}
+                }
+            }
+            self.follow_current(host);
+            if self.store.is_some() && self.last_host_message.elapsed() > self.cfg.idle_release {
+                tracing::debug!("releasing the store after {:?} idle", self.cfg.idle_release);
+                self.store = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, msg: &Message) {
+        if let Err(e) = wire::encode_into(msg, &mut self.out) {
+            tracing::error!("cannot encode {}: {e}", msg.kind());
+        }
+    }
+
+    fn flush(&mut self, link: &mut dyn Transport) -> Result<(), AgentError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        link.send(&out).map_err(|source| AgentError::Link {
+            link: link.describe(),
+            source,
+        })
+    }
+
+    fn error(&mut self, code: ErrorCode, message: String) {
+        tracing::warn!("refused ({code:?}): {message}");
+        let message = truncate(message, wire::MAX_TEXT);
+        self.push(&Message::Error { code, message });
+    }
+
+    fn hello(&mut self) -> Result<Hello, StoreError> {
+        let quota = self.cfg.quota;
+        let root = self.cfg.store.clone();
+        let store = self.store()?;
+        // The current bundle's blobs first: they matter most when the list is cut at MAX_HASHES.
+        let mut hex: Vec<String> = store
+            .bundles()?
+            .into_iter()
+            .filter(|b| b.current)
+            .flat_map(|b| b.files.into_values())
+            .collect();
+        for sha in store.blobs()? {
+            if !hex.contains(&sha) {
+                hex.push(sha);
+            }
+        }
+        let mut blobs: Vec<Sha256> = hex
+            .iter()
+            .filter_map(|h| Sha256::from_hex(h).ok())
+            .collect();
+        blobs.dedup();
+        blobs.truncate(wire::MAX_HASHES);
+        let free = space_left(&root, quota);
+        Ok(Hello::new(
+            truncate(self.cfg.device.clone(), wire::MAX_TEXT),
+            truncate(self.cfg.board.clone(), wire::MAX_TEXT),
+            free,
+            blobs,
+        ))
+    }
+
+    fn send_hello(&mut self, link: &mut dyn Transport) -> Result<(), AgentError> {
+        match self.hello() {
+            Ok(h) => self.push(&Message::Hello(h)),
+            Err(e) => self.error(ErrorCode::Internal, format!("cannot list the store: {e}")),
+        }
+        self.flush(link)
+    }
+
+    fn on_frame(&mut self, frame: Result<Message, FrameError>, host: &mut dyn BundleHost) {
+        let msg = match frame {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.bad_frames += 1;
+                match e {
+                    // Line noise: the sender repeats what was lost.
+                    FrameError::BadCrc { .. }
+                    | FrameError::BadCobs { .. }
+                    | FrameError::TooShort { .. } => {
+                        tracing::debug!("{e}")
+                    }
+                    FrameError::ProtocolMismatch { .. } => {
+                        self.error(ErrorCode::VersionMismatch, e.to_string())
+                    }
+                    _ => self.error(ErrorCode::BadRequest, e.to_string()),
+                }
+                return;
+            }
+        };
+        self.last_host_message = Instant::now();
+        match msg {
+            Message::HelloRequest => match self.hello() {
+                Ok(h) => self.push(&Message::Hello(h)),
+                Err(e) => self.error(ErrorCode::Internal, format!("cannot list the store: {e}")),
+            },
+            Message::HelloAck { protocol, .. } => {
+                if protocol != PROTOCOL_VERSION {
+                    let e = FrameError::ProtocolMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: protocol,
+                    };
+                    self.error(ErrorCode::VersionMismatch, e.to_string());
+                }
+            }
+            Message::FileOffer(offer) => self.on_offer(offer),
+            Message::Chunk(chunk) => self.on_chunk(&chunk),
+            Message::Install { bundle, manifest } => self.on_install(&bundle, &manifest, host),
+            Message::Rollback => self.on_rollback(host),
+            other => self.error(
+                ErrorCode::BadRequest,
+                format!("{} is not a message the board takes", other.kind()),
+            ),
+        }
+    }
+
+    fn on_offer(&mut self, offer: FileOffer) {
+        self.upload = None;
+        if let Err(e) = wire::check_name(&offer.name) {
+            return self.error(ErrorCode::UnsafeName, e.to_string());
+        }
+        if offer.size > MAX_BLOB {
+            return self.error(
+                ErrorCode::NoSpace,
+                format!(
+                    "{} has {} bytes, more than a bundle file may ({MAX_BLOB})",
+                    offer.name, offer.size
+                ),
+            );
+        }
+        let sha = offer.sha256.to_hex();
+        let quota = self.cfg.quota;
+        let root = self.cfg.store.clone();
+        let have = match self.store().and_then(|s| s.have_bytes(&sha, offer.size)) {
+            Ok(h) => h,
+            Err(e) => return self.error(store_code(&e), e.to_string()),
+        };
+        let needed = offer.size - have;
+        let left = space_left(&root, quota);
+        if needed > left {
+            return self.error(
+                ErrorCode::NoSpace,
+                format!(
+                    "no space left on the board for {} ({needed} more bytes, {left} free): keep fewer bundles (--keep) or free space, then deploy again",
+                    offer.name
+                ),
+            );
+        }
+        let receiver = match Receiver::new(&offer, have) {
+            Ok(r) => r,
+            Err(e) => return self.error(ErrorCode::BadRequest, e.to_string()),
+        };
+        tracing::info!(
+            "receiving {} ({} bytes{})",
+            offer.name,
+            offer.size,
+            if have > 0 {
+                format!(", resuming at {have}")
+            } else {
+                String::new()
+            }
+        );
+        self.push(&Message::OfferReply(receiver.reply()));
+        if receiver.is_complete() {
+            self.complete(&offer);
+        } else {
+            self.upload = Some(Upload { offer, receiver });
+        }
+    }
+
+    fn complete(&mut self, offer: &FileOffer) {
+        let sha = offer.sha256.to_hex();
+        let done = self
+            .store()
+            .and_then(|s| s.finish_partial(&sha, offer.size));
+        self.upload = None;
+        match done {
+            Ok(_) => {
+                self.stats.blobs += 1;
+                tracing::info!("{} stored and verified", offer.name);
+                self.push(&Message::Complete {
+                    sha256: offer.sha256,
+                });
+            }
+            Err(e) => self.error(store_code(&e), e.to_string()),
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: &wire::Chunk) {
+        let Some(up) = self.upload.as_mut() else {
+            tracing::debug!(
+                "chunk at {} with no upload in progress: ignored",
+                chunk.offset
+            );
+            return;
+        };
+        if up.offer.sha256 != chunk.sha256 {
+            tracing::debug!("chunk of another blob: ignored");
+            return;
+        }
+        let accepted = match up.receiver.accept(chunk) {
+            Ok(a) => a,
+            Err(e) => {
+                self.upload = None;
+                return self.error(ErrorCode::BadRequest, e.to_string());
+            }
+        };
+        let (ack, complete) = (accepted.ack, accepted.complete);
+        let write = accepted.write.map(|(at, data)| (at, data.len()));
+        let offer = up.offer.clone();
+        if let Some((at, len)) = write {
+            let data = &chunk.data[chunk.data.len() - len..];
+            let sha = offer.sha256.to_hex();
+            let quota = self.cfg.quota;
+            let root = self.cfg.store.clone();
+            if quota.is_some() && (len as u64) > space_left(&root, quota) {
+                self.upload = None;
+                return self.error(
+                    ErrorCode::NoSpace,
+                    format!("no space left on the board while receiving {}: the upload stops at {at} bytes and resumes there", offer.name),
+                );
+            }
+            if let Err(e) = self
+                .store()
+                .and_then(|s| s.write_partial(&sha, offer.size, at, data))
+            {
+                self.upload = None;
+                return self.error(store_code(&e), e.to_string());
+            }
+            self.stats.bytes += len as u64;
+        }
+        self.push(&Message::Ack(ack));
+        if complete {
+            self.complete(&offer);
+        }
+    }
+
+    fn on_install(&mut self, id: &str, manifest: &Sha256, host: &mut dyn BundleHost) {
+        let trust = self.cfg.trust.clone();
+        let sha = manifest.to_hex();
+        let result = match self.store() {
+            Ok(store) => {
+                install_from_store(store, id, &sha, trust.as_ref(), &mut |d| host.switch(d))
+            }
+            Err(e) => Err(e.into()),
+        };
+        let bundle = truncate(id.to_string(), wire::MAX_NAME);
+        match result {
+            Ok(m) => {
+                self.stats.installs += 1;
+                self.current = Some(id.to_string());
+                let message = format!(
+                    "bundle {id} installed and current ({:?}, {} labels{})",
+                    m.task,
+                    m.labels.len(),
+                    if trust.is_some() {
+                        ", signature verified"
+                    } else {
+                        ", signature not checked: no trust list"
+                    }
+                );
+                tracing::info!("{message}");
+                self.push(&Message::InstallResult {
+                    bundle,
+                    ok: true,
+                    message: truncate(message, wire::MAX_TEXT),
+                });
+            }
+            Err(e) => {
+                self.stats.refused += 1;
+                let kept = match &self.current {
+                    Some(c) => format!("; the board keeps running bundle {c}"),
+                    None => "; the board has no bundle yet".into(),
+                };
+                let message = format!("bundle {id} refused: {e}{kept}");
+                tracing::warn!("{message}");
+                self.push(&Message::InstallResult {
+                    bundle,
+                    ok: false,
+                    message: truncate(message, wire::MAX_TEXT),
+                });
+            }
+        }
+    }
+
+    fn on_rollback(&mut self, host: &mut dyn BundleHost) {
+        let result = self.store().and_then(|s| {
+            s.rollback(|dir: &Path| -> Result<(), String> {
+                Bundle::open(dir).map_err(|e| e.to_string())?;
+                host.switch(dir)
+            })
+        });
+        match result {
+            Ok((id, ())) => {
+                self.current = Some(id.clone());
+                let message = format!("rolled back: bundle {id} is current");
+                tracing::info!("{message}");
+                self.push(&Message::InstallResult {
+                    bundle: id,
+                    ok: true,
+                    message,
+                });
+            }
+            Err(e) => {
+                self.stats.refused += 1;
+                let bundle = self.current.clone().unwrap_or_default();
+                self.push(&Message::InstallResult {
+                    bundle,
+                    ok: false,
+                    message: truncate(format!("rollback refused: {e}"), wire::MAX_TEXT),
+                });
+            }
+        }
+    }
+
+    fn forward_telemetry(&mut self, link: &mut dyn Transport) -> Result<(), AgentError> {
+        let mut sent = false;
+        for _ in 0..8 {
+            match self.telemetry.try_recv() {
+                Ok(t) => {
+                    self.push(&Message::Telemetry(t));
+                    sent = true;
+                }
+                Err(_) => break,
+            }
+        }
+        if !sent && self.last_telemetry.elapsed() >= self.cfg.heartbeat {
+            let t = Telemetry {
+                bundle: self.current.clone(),
+                frame: 0,
+                fps: 0.0,
+                temperature_c: temperature_c(),
+                detections: Vec::new(),
+            };
+            self.push(&Message::Telemetry(t));
+            sent = true;
+        }
+        if sent {
+            self.last_telemetry = Instant::now();
+        }
+        self.flush(link)
+    }
+
+    /// Notices a `current` moved by someone else (an SSH install or rollback) and switches the
+    /// host; a bundle the trust list refuses, or the host cannot run, is rolled back.
+    fn follow_current(&mut self, host: &mut dyn BundleHost) {
+        if self.last_poll.elapsed() < self.cfg.poll {
+            return;
+        }
+        self.last_poll = Instant::now();
+        let seen = read_current(&self.cfg.store);
+        if seen == self.current || seen.is_none() {
+            return;
+        }
+        let id = seen.expect("checked above");
+        let dir = self.cfg.store.join("bundles").join(&id);
+        tracing::info!("bundle {id} was installed by another process: switching to it");
+        let verdict = match &self.cfg.trust {
+            Some(t) => check_bundle_trust(&dir, t),
+            None => Ok(()),
+        }
+        .and_then(|()| host.switch(&dir));
+        match verdict {
+            Ok(()) => self.current = Some(id),
+            Err(e) => {
+                tracing::error!("bundle {id} refused: {e}; moving `current` back");
+                let back = self
+                    .store()
+                    .and_then(|s| s.rollback(|_: &Path| Ok::<(), String>(())));
+                match back {
+                    Ok((prev, ())) => self.current = Some(prev),
+                    Err(e) => tracing::error!("cannot move `current` back: {e}"),
+                }
+                self.store = None;
+            }
+        }
+    }
+}
+
+/// Bytes the store may still take: the disk's free space, and under the quota if one is set.
+fn space_left(root: &Path, quota: Option<u64>) -> u64 {
+    let disk = free_bytes(root).unwrap_or(u64::MAX);
+    match quota {
+        Some(q) => disk.min(q.saturating_sub(used_bytes(root))),
+        None => disk,
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// `kestrel-edge agent`: runs the agent on the serial device (if given) until killed.
+pub fn run_cli(args: AgentArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let trust = match &args.trust {
+        Some(p) => Some(
+            TrustList::read(p)
+                .with_context(|| format!("reading the trust list {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(t) = &trust {
+        tracing::info!(
+            "accepting bundles signed by {} key(s) from {}",
+            t.keys.len(),
+            t.path
+        );
+    }
+    let mut cfg = AgentConfig::new(args.store.clone());
+    cfg.trust = trust;
+    cfg.keep = args.keep.max(1);
+    cfg.board = args.board.clone();
+    if let Some(d) = &args.device {
+        cfg.device = d.clone();
+    }
+    cfg.quota = args.max_store_bytes;
+    cfg.heartbeat = Duration::from_secs_f64(args.telemetry_interval.max(0.1));
+    let (mut agent, _handle) = Agent::new(cfg)?;
+    let mut host = NoLoop;
+    match &args.serial {
+        Some(dev) => {
+            let mut port = crate::transport::open_serial(dev, args.baud)?;
+            tracing::info!("serving deploys on {dev} at {} baud", args.baud);
+            agent.run(Some(&mut port), &mut host)?;
+        }
+        None => agent.run(None, &mut host)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("héllo".into(), 2), "h");
+        assert_eq!(truncate("abc".into(), 5), "abc");
+    }
+
+    #[test]
+    fn one_agent_per_store_and_the_store_is_free_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (agent, _h) = Agent::new(AgentConfig::new(dir.path().to_path_buf())).unwrap();
+        assert!(matches!(
+            Agent::new(AgentConfig::new(dir.path().to_path_buf())),
+            Err(AgentError::Busy(_))
+        ));
+        // The agent does not hold the store itself while idle: store commands can run.
+        drop(Store::open(dir.path()).unwrap());
+        drop(agent);
+        Agent::new(AgentConfig::new(dir.path().to_path_buf())).unwrap();
+    }
+}

@@ -1,0 +1,395 @@
+//! `kestrel-edge run` and `kestrel-edge capture`: the options, and building the loop from them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kestrel_shared::Board;
+use kestrel_shared::board::PixelFormat;
+use tracing::{info, warn};
+
+use crate::model::Threads;
+use crate::runtime::{Capture, Detector, LoopOptions, LoopSummary, SlotMode, run_loop};
+use crate::sink::{JsonLines, Sink};
+use crate::sinks::{IndicatorConfig, LabelIndicator, LiveView, Snapshots};
+use crate::source::{CameraSettings, Replay, SourceSpec, decode};
+
+/// Where frames come from and how they are played.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// camera[:INDEX] (V4L2), dir:PATH (pictures in name order), mjpeg:FILE (concatenated JPEG
+    /// frames) or yuyv:FILE:WxH (raw YUYV frames).
+    #[arg(long, default_value = "camera:0")]
+    pub source: SourceSpec,
+    /// Pace a replay at this many frames per second (default: as fast as inference goes, every
+    /// frame processed).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Start a replay again at its end.
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Board name or board file: camera, GPIO and thread defaults (see `kestrel boards`).
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Camera frame width to ask for (default: the board's, else 640).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Camera frame height to ask for (default: the board's, else 480).
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Camera frame rate to ask for (default: the board's, else 30).
+    #[arg(long)]
+    pub camera_fps: Option<u32>,
+    /// Camera pixel format to ask for: mjpeg or yuyv (default: the board's, else mjpeg).
+    #[arg(long)]
+    pub pixel_format: Option<String>,
+}
+
+impl SourceArgs {
+    /// The board file, if one was named.
+    pub fn board(&self) -> anyhow::Result<Option<Board>> {
+        self.board
+            .as_deref()
+            .map(Board::resolve)
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Camera settings: command line over board file over defaults.
+    pub fn camera(&self, board: Option<&Board>) -> anyhow::Result<CameraSettings> {
+        let mut c = CameraSettings::default();
+        if let Some(cam) = board.map(|b| &b.camera) {
+            c = CameraSettings {
+                width: cam.width,
+                height: cam.height,
+                fps: cam.fps,
+                format: cam.format,
+            };
+        }
+        c.width = self.width.unwrap_or(c.width);
+        c.height = self.height.unwrap_or(c.height);
+        c.fps = self.camera_fps.unwrap_or(c.fps);
+        if let Some(f) = &self.pixel_format {
+            c.format = match f.to_ascii_lowercase().as_str() {
+                "mjpeg" | "mjpg" => PixelFormat::Mjpeg,
+                "yuyv" | "yuy2" => PixelFormat::Yuyv,
+                other => anyhow::bail!("--pixel-format {other}: use mjpeg or yuyv"),
+            };
+        }
+        Ok(c)
+    }
+
+    fn replay(&self) -> Replay {
+        Replay {
+            fps: self.fps,
+            looping: self.looping,
+        }
+    }
+}
+
+/// `kestrel-edge run`: detect on frames and report.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Bundle directory written by `kestrel export`.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Threads for tract (default: the board's, else 1).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Keep detections scoring at least this (default: the bundle's).
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    /// Stop after this many results.
+    #[arg(long)]
+    pub max_frames: Option<u64>,
+    /// Hand frames over newest-only (drop when busy) or in lockstep (every frame). Default:
+    /// newest for cameras and paced replays, lockstep for unpaced replays.
+    #[arg(long, value_parser = ["newest", "lockstep"])]
+    pub mode: Option<String>,
+    /// Print a statistics line (fps, latency p50/p95 per stage, drops) to stderr every few seconds.
+    #[arg(long)]
+    pub stats: bool,
+    /// Seconds between statistics lines.
+    #[arg(long, default_value_t = 5.0)]
+    pub stats_every: f64,
+    /// Do not print a JSON line per frame on stdout.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Drive a GPIO line high while this label is seen (chip and line from the board file or
+    /// --gpio-chip/--gpio-line).
+    #[arg(long)]
+    pub gpio_label: Option<String>,
+    /// GPIO chip device, e.g. /dev/gpiochip0.
+    #[arg(long)]
+    pub gpio_chip: Option<PathBuf>,
+    /// GPIO line offset on the chip.
+    #[arg(long)]
+    pub gpio_line: Option<u32>,
+    /// Lowest score that counts as seeing the label.
+    #[arg(long, default_value_t = 0.5)]
+    pub gpio_min_score: f32,
+    /// Keep the line high this long (ms of frame time) after the label was last seen.
+    #[arg(long, default_value_t = 500.0)]
+    pub hold_ms: f64,
+    /// Serve the live view (annotated MJPEG, stats, /stats JSON) on this address, e.g.
+    /// 127.0.0.1:8080 (use 0.0.0.0:8080 to reach it from another machine, with --http-token).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Require this token (`?token=` or `Authorization: Bearer`) on every HTTP request.
+    #[arg(long, env = "KESTREL_HTTP_TOKEN")]
+    pub http_token: Option<String>,
+    /// Save annotated JPEG snapshots into this directory.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Save every Nth result.
+    #[arg(long, default_value_t = 30)]
+    pub every: u64,
+    /// Write the final summary (stats, time to first result, peak RSS) as JSON to this file.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+}
+
+/// Threads for tract: the option, else the board's, else one.
+pub fn threads(opt: Option<usize>, board: Option<&Board>) -> Threads {
+    match opt.or(board.map(|b| b.threads as usize)).unwrap_or(1) {
+        0 | 1 => Threads::Single,
+        n => Threads::Multi(n),
+    }
+}
+
+/// SIGINT and SIGTERM set the returned flag (the loop then stops cleanly: pin low, server
+/// closed, summary written).
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// Build the sinks `args` ask for.
+pub fn sinks(
+    args: &RunArgs,
+    board: Option<&Board>,
+    model: &str,
+) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if !args.quiet {
+        sinks.push(Box::new(JsonLines::new(std::io::stdout())));
+    }
+    if let Some(label) = &args.gpio_label {
+        let config = IndicatorConfig {
+            label: label.clone(),
+            min_score: args.gpio_min_score,
+            hold_ms: args.hold_ms,
+        };
+        sinks.push(gpio_sink(args, board, config)?);
+    }
+    if let Some(addr) = args.http {
+        let view = LiveView::start(addr, args.http_token.clone(), model)?;
+        if !addr.ip().is_loopback() && args.http_token.is_none() {
+            warn!("the live view on {addr} is reachable from the network without a token");
+        }
+        eprintln!("live view: {}", view.url());
+        sinks.push(Box::new(view));
+    }
+    if let Some(dir) = &args.save {
+        sinks.push(Box::new(Snapshots::new(dir, args.every.max(1))?));
+    }
+    Ok(sinks)
+}
+
+#[cfg(target_os = "linux")]
+fn gpio_sink(
+    args: &RunArgs,
+    board: Option<&Board>,
+    config: IndicatorConfig,
+) -> anyhow::Result<Box<dyn Sink>> {
+    let consumer = "kestrel-edge";
+    let pin = match (
+        &args.gpio_chip,
+        args.gpio_line,
+        board.and_then(|b| b.gpio.as_ref()),
+    ) {
+        (Some(chip), Some(line), _) => crate::sinks::open_cdev(chip, line, consumer)?,
+        (None, None, Some(g)) => crate::sinks::open_board(g, consumer)?,
+        _ => anyhow::bail!(
+            "--gpio-label needs a GPIO line: give --gpio-chip and --gpio-line, or a --board whose file has [gpio]"
+        ),
+    };
+    Ok(Box::new(LabelIndicator::new(pin, config)?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn gpio_sink(
+    _args: &RunArgs,
+    _board: Option<&Board>,
+    _config: IndicatorConfig,
+) -> anyhow::Result<Box<dyn Sink>> {
+    anyhow::bail!("GPIO lines can only be driven on Linux")
+}
+
+/// `kestrel-edge run`.
+pub fn run(args: &RunArgs, started: Instant) -> anyhow::Result<LoopSummary> {
+    let board = args.source.board()?;
+    let stop = stop_on_signals()?;
+    let mut detector = Detector::open(&args.bundle, threads(args.threads, board.as_ref()))
+        .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))?;
+    if let Some(t) = args.score_threshold {
+        detector = detector.with_score_threshold(t);
+    }
+    info!(
+        "bundle {} loaded in {:.0} ms",
+        args.bundle.display(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let mut sinks = sinks(args, board.as_ref(), detector.name())?;
+    let mode = args.mode.as_deref().map(|m| match m {
+        "lockstep" => SlotMode::Lockstep,
+        _ => SlotMode::Newest,
+    });
+    let capture = Capture::start(
+        args.source.source.clone(),
+        args.source.replay(),
+        args.source.camera(board.as_ref())?,
+        mode,
+        stop.clone(),
+    )?;
+    let opts = LoopOptions {
+        max_frames: args.max_frames,
+        stats_every: args
+            .stats
+            .then(|| Duration::from_secs_f64(args.stats_every.max(0.1))),
+        started: Some(started),
+    };
+    let summary = run_loop(detector, &capture, &mut sinks, &stop, None, &opts);
+    drop(capture);
+    if args.stats {
+        eprintln!("{}", summary.stats.line());
+    }
+    if let Some(p) = &args.summary {
+        std::fs::write(p, serde_json::to_string_pretty(&summary)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    }
+    if !matches!(
+        summary.ended.as_str(),
+        "end of source" | "stopped" | "max frames"
+    ) {
+        anyhow::bail!("{}", summary.ended);
+    }
+    Ok(summary)
+}
+
+/// `kestrel-edge capture`: save frames into an ImageFolder class directory for training.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureArgs {
+    /// Class name: frames go to OUT/LABEL/.
+    #[arg(long)]
+    pub label: String,
+    /// How many frames to save.
+    #[arg(long)]
+    pub count: usize,
+    /// Dataset directory (ImageFolder layout, what `kestrel train classify --data` reads).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// At least this many milliseconds between two saved frames.
+    #[arg(long, default_value_t = 0)]
+    pub interval: u64,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `kestrel-edge capture`. Returns the files written. Names continue after the highest existing
+/// number, so a second session adds to the class instead of overwriting it.
+pub fn capture(args: &CaptureArgs) -> anyhow::Result<Vec<PathBuf>> {
+    kestrel_shared::wire::check_name(&args.label)
+        .map_err(|e| anyhow::anyhow!("--label {:?}: {e}", args.label))?;
+    let dir = args.out.join(&args.label);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let mut next = next_number(&dir)?;
+    let board = args.source.board()?;
+    let stop = stop_on_signals()?;
+    let capture = Capture::start(
+        args.source.source.clone(),
+        args.source.replay(),
+        args.source.camera(board.as_ref())?,
+        None,
+        stop.clone(),
+    )?;
+    let interval = Duration::from_millis(args.interval);
+    let mut last: Option<Instant> = None;
+    let mut written = Vec::new();
+    let mut bad = 0u64;
+    while written.len() < args.count && !stop.load(Ordering::Relaxed) {
+        let raw = match capture.next() {
+            None => break,
+            Some(Err(e)) => anyhow::bail!("{e}"),
+            Some(Ok(f)) => f,
+        };
+        if last.is_some_and(|t| t.elapsed() < interval) {
+            continue;
+        }
+        let image = match decode(&raw) {
+            Ok(i) => i,
+            Err(e) => {
+                bad += 1;
+                warn!("{e}; skipped");
+                continue;
+            }
+        };
+        last = Some(Instant::now());
+        let path = dir.join(format!("{}-{next:05}.jpg", args.label));
+        next += 1;
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92).encode_image(&image)?;
+        write_atomic(&path, &out)?;
+        eprintln!(
+            "{}: saved {} ({}/{})",
+            args.label,
+            path.display(),
+            written.len() + 1,
+            args.count
+        );
+        written.push(path);
+    }
+    if written.len() < args.count {
+        warn!(
+            "saved {} of {} frames ({} did not decode): the source ended or was stopped",
+            written.len(),
+            args.count,
+            bad
+        );
+    }
+    Ok(written)
+}
+
+/// One past the highest `NAME-NNNNN.jpg` number in `dir`.
+fn next_number(dir: &Path) -> anyhow::Result<u64> {
+    let mut next = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_suffix(".jpg")
+            .and_then(|s| s.rsplit_once('-'))
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+        {
+            next = next.max(n + 1);
+        }
+    }
+    Ok(next)
+}
+
+/// Write through a temporary file and rename, so an interrupted capture never leaves half a JPEG
+/// for the trainer to choke on.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("jpg.part");
+    std::fs::write(&tmp, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}

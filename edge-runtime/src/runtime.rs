@@ -1,0 +1,570 @@
+//! The detection loop: a capture thread keeps the newest frame in a single slot, the inference
+//! side takes it, decodes, preprocesses, runs trunk + head, decodes the output to boxes in frame
+//! pixels and hands the result to every sink.
+//!
+//! When inference is slower than the camera, frames are dropped (and counted), never queued: the
+//! result always describes a recent frame and memory stays flat. A replay without `--fps` runs
+//! in lockstep instead (the capture side waits until its frame was taken), so every recorded
+//! frame is processed, which is what an evaluation on a video wants.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use image::RgbImage;
+use kestrel_shared::Detection;
+use kestrel_shared::detect::clip_detections;
+use kestrel_shared::manifest::Task;
+use tracing::{info, warn};
+
+use crate::bundle::{Bundle, BundleError, BundleOptions};
+use crate::model::Threads;
+use crate::sink::{Classification, FrameResult, LabeledDetection, Sink};
+use crate::source::{CameraSettings, RawFrame, Replay, SourceError, SourceSpec, decode};
+use crate::stats::{Stage, Stats, StatsSnapshot};
+
+/// How the capture side hands frames over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotMode {
+    /// Overwrite the slot with each new frame; frames inference never took are dropped.
+    Newest,
+    /// Wait until the slot was taken before putting the next frame (replays: every frame).
+    Lockstep,
+}
+
+#[derive(Default)]
+struct SlotState {
+    frame: Option<RawFrame>,
+    dropped: u64,
+    ended: Option<Option<String>>,
+}
+
+/// The single slot between the capture thread and inference.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A panicking capture thread cannot leave the slot inconsistent: take it anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The capture thread and its slot.
+pub struct Capture {
+    slot: Arc<Slot>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    describe: String,
+    mode: SlotMode,
+}
+
+impl Capture {
+    /// Open `spec` on a new capture thread and start filling the slot. Fails if the source cannot
+    /// be opened (a camera is retried inside the source instead). `mode` defaults to
+    /// [`SlotMode::Newest`] for live sources and paced replays, [`SlotMode::Lockstep`] otherwise.
+    pub fn start(
+        spec: SourceSpec,
+        replay: Replay,
+        camera: CameraSettings,
+        mode: Option<SlotMode>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Capture, SourceError> {
+        let slot = Arc::new(Slot::default());
+        let (opened_tx, opened_rx) = mpsc::channel();
+        let thread = {
+            let slot = slot.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("capture".into())
+                .spawn(move || {
+                    // The source lives on this thread (a camera handle need not be Send).
+                    let mut src = match spec.open(replay, camera, stop.clone()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let mode = mode.unwrap_or(if src.is_live() || replay.fps.is_some() {
+                        SlotMode::Newest
+                    } else {
+                        SlotMode::Lockstep
+                    });
+                    let _ = opened_tx.send(Ok((src.describe(), mode)));
+                    let end = loop {
+                        if stop.load(Ordering::Relaxed) {
+                            break None;
+                        }
+                        match src.next_frame() {
+                            Ok(Some(frame)) => {
+                                let mut s = slot.lock();
+                                if mode == SlotMode::Lockstep {
+                                    while s.frame.is_some() && !stop.load(Ordering::Relaxed) {
+                                        s = slot
+                                            .changed
+                                            .wait_timeout(s, Duration::from_millis(100))
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .0;
+                                    }
+                                }
+                                if s.frame.replace(frame).is_some() {
+                                    s.dropped += 1;
+                                }
+                                drop(s);
+                                slot.changed.notify_all();
+                            }
+                            Ok(None) => break None,
+                            Err(e) => break Some(e.to_string()),
+                        }
+                    };
+                    slot.lock().ended = Some(end);
+                    slot.changed.notify_all();
+                })
+                .map_err(|e| SourceError::Camera {
+                    index: 0,
+                    reason: format!("cannot start the capture thread: {e}"),
+                })?
+        };
+        let (describe, mode) = opened_rx.recv().unwrap_or_else(|_| {
+            Err(SourceError::Camera {
+                index: 0,
+                reason: "the capture thread ended before opening the source".into(),
+            })
+        })?;
+        info!("source: {describe} ({mode:?})");
+        Ok(Capture {
+            slot,
+            stop,
+            thread: Some(thread),
+            describe,
+            mode,
+        })
+    }
+
+    /// Take the newest frame, waiting for one. `None` when the source has ended (or stop was
+    /// requested and nothing is left); `Some(Err)` when it failed.
+    pub fn next(&self) -> Option<Result<RawFrame, String>> {
+        let mut s = self.slot.lock();
+        loop {
+            if let Some(f) = s.frame.take() {
+                drop(s);
+                self.slot.changed.notify_all();
+                return Some(Ok(f));
+            }
+            if let Some(end) = &s.ended {
+                return end.clone().map(Err);
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            s = self
+                .slot
+                .changed
+                .wait_timeout(s, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Frames overwritten before inference took them.
+    pub fn dropped(&self) -> u64 {
+        self.slot.lock().dropped
+    }
+
+    /// The source's description.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// How frames are handed over.
+    pub fn mode(&self) -> SlotMode {
+        self.mode
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.slot.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A bundle ready to run on frames: models optimised once, labels, decoding settings.
+#[derive(Debug)]
+pub struct Detector {
+    bundle: Bundle,
+    score_threshold: f32,
+    name: String,
+}
+
+impl Detector {
+    /// Open and check a bundle (see [`Bundle::open`]) for frame-by-frame inference.
+    pub fn open(path: &Path, threads: Threads) -> Result<Self, BundleError> {
+        let bundle = Bundle::open_with(
+            path,
+            &BundleOptions {
+                batch: 1,
+                threads,
+                merged: false,
+            },
+        )?;
+        let score_threshold = bundle
+            .manifest
+            .decode
+            .as_ref()
+            .map_or(0.0, |d| d.score_threshold);
+        let name = bundle
+            .dir
+            .canonicalize()
+            .unwrap_or(bundle.dir.clone())
+            .file_name()
+            .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
+        Ok(Detector {
+            bundle,
+            score_threshold,
+            name,
+        })
+    }
+
+    /// Keep detections scoring at least `t` instead of the manifest's threshold.
+    pub fn with_score_threshold(mut self, t: f32) -> Self {
+        self.score_threshold = t;
+        self
+    }
+
+    /// The bundle.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Model name for stats (the bundle directory's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bundle directory.
+    pub fn dir(&self) -> PathBuf {
+        self.bundle.dir.clone()
+    }
+
+    /// Run one decoded frame: preprocess, trunk + head, decode, boxes to frame pixels.
+    /// Timings go into `stats`. Returns detections (or a classification) and inference ms.
+    pub fn infer(
+        &self,
+        image: &RgbImage,
+        stats: &mut Stats,
+    ) -> Result<(Vec<LabeledDetection>, Option<Classification>, f64), BundleError> {
+        let spec = &self.bundle.manifest.input.preprocess;
+        let t = Instant::now();
+        let x = spec.apply(image);
+        stats.record(Stage::Preprocess, t.elapsed());
+        let t = Instant::now();
+        let raw = self.bundle.run(std::slice::from_ref(&x))?.remove(0);
+        let inference = t.elapsed();
+        stats.record(Stage::Inference, inference);
+        let t = Instant::now();
+        let labels = &self.bundle.manifest.labels;
+        let label = |c: usize| labels.get(c).cloned().unwrap_or_else(|| format!("#{c}"));
+        let (dets, class) = match self.bundle.manifest.task {
+            Task::Classify { .. } => (Vec::new(), Some(classify(&raw, &label))),
+            Task::Detect { .. } => {
+                let (w, h) = image.dimensions();
+                let map = spec.frame_mapping(w, h);
+                let dets: Vec<Detection> = self
+                    .bundle
+                    .decode(&raw, self.score_threshold)
+                    .into_iter()
+                    .filter(|d| d.score >= self.score_threshold)
+                    .map(|d| Detection {
+                        bbox: map.to_frame(d.bbox),
+                        ..d
+                    })
+                    .collect();
+                let dets = clip_detections(dets, w as f32, h as f32)
+                    .into_iter()
+                    .map(|d| LabeledDetection {
+                        label: label(d.class),
+                        class: d.class,
+                        score: d.score,
+                        bbox: d.bbox,
+                    })
+                    .collect();
+                (dets, None)
+            }
+        };
+        stats.record(Stage::Postprocess, t.elapsed());
+        Ok((dets, class, inference.as_secs_f64() * 1e3))
+    }
+}
+
+fn classify(logits: &[f32], label: &dyn Fn(usize) -> String) -> Classification {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    let (class, p) = exp
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or((0, 0.0), |(i, &e)| (i, e / sum));
+    Classification {
+        label: label(class),
+        class,
+        score: p,
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone, Default)]
+pub struct LoopOptions {
+    /// Stop after this many results.
+    pub max_frames: Option<u64>,
+    /// Log a stats line this often (`--stats`).
+    pub stats_every: Option<Duration>,
+    /// When the process started (for the time to the first result).
+    pub started: Option<Instant>,
+}
+
+/// What a finished loop reports.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoopSummary {
+    /// Final statistics.
+    pub stats: StatsSnapshot,
+    /// Milliseconds from process start (or loop start) to the first result.
+    pub first_result_ms: Option<f64>,
+    /// Peak resident memory of the process, MB (Linux).
+    pub peak_rss_mb: Option<f64>,
+    /// Why the loop ended: `end of source`, `stopped`, `max frames`, or the source's error.
+    pub ended: String,
+    /// Resident memory (MB) after every [`RSS_SAMPLE_EVERY`] results: flat in a healthy run.
+    #[serde(default)]
+    pub rss_mb: Vec<(u64, f64)>,
+}
+
+/// Results between two resident-memory samples in [`LoopSummary::rss_mb`].
+pub const RSS_SAMPLE_EVERY: u64 = 1000;
+
+/// Peak resident set size of this process in MB (`VmHWM`), where Linux tells it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Current resident set size of this process in MB (`VmRSS`).
+pub fn rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Run the loop until the source ends, `stop` is set or `max_frames` results were produced.
+/// A frame that fails to decode is counted and skipped; a sink that fails is logged. A new
+/// [`Detector`] arriving on `swap` replaces the running one between two frames (the agent
+/// installs bundles this way without restarting). Sinks are closed at the end.
+pub fn run_loop(
+    mut detector: Detector,
+    capture: &Capture,
+    sinks: &mut [Box<dyn Sink>],
+    stop: &AtomicBool,
+    swap: Option<&mpsc::Receiver<Detector>>,
+    opts: &LoopOptions,
+) -> LoopSummary {
+    let started = opts.started.unwrap_or_else(Instant::now);
+    let mut stats = Stats::new(detector.name());
+    let mut first_result_ms = None;
+    let mut last_stats = Instant::now();
+    let mut rss = Vec::new();
+    let ended = loop {
+        if stop.load(Ordering::Relaxed) {
+            break "stopped".to_string();
+        }
+        if opts.max_frames.is_some_and(|m| stats.frames() >= m) {
+            break "max frames".to_string();
+        }
+        if let Some(rx) = swap
+            && let Ok(d) = rx.try_recv()
+        {
+            info!("switching to bundle {}", d.dir().display());
+            stats.set_model(d.name());
+            detector = d;
+        }
+        let t = Instant::now();
+        let raw = match capture.next() {
+            None => break "end of source".to_string(),
+            Some(Err(e)) => break e,
+            Some(Ok(f)) => f,
+        };
+        stats.record(Stage::CaptureWait, t.elapsed());
+        stats.set_dropped(capture.dropped());
+        let t = Instant::now();
+        let image = match decode(&raw) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("{e}; skipped");
+                stats.decode_error();
+                continue;
+            }
+        };
+        stats.record(Stage::Decode, t.elapsed());
+        let (detections, classification, inference_ms) = match detector.infer(&image, &mut stats) {
+            Ok(r) => r,
+            Err(e) => break format!("inference failed: {e}"),
+        };
+        stats.frame_done();
+        if stats.frames() % RSS_SAMPLE_EVERY == 0
+            && let Some(m) = rss_mb()
+        {
+            rss.push((stats.frames(), m));
+        }
+        let result = FrameResult {
+            timestamp_ms: raw
+                .captured
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            source_ms: raw.source_ms,
+            frame: raw.index,
+            width: image.width(),
+            height: image.height(),
+            detections,
+            classification,
+            inference_ms,
+        };
+        first_result_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+        let snapshot = stats.snapshot();
+        for sink in sinks.iter_mut() {
+            if let Err(e) = sink.handle(&result, &image, &snapshot) {
+                warn!("sink {}: {e}", sink.name());
+            }
+        }
+        if let Some(every) = opts.stats_every
+            && last_stats.elapsed() >= every
+        {
+            last_stats = Instant::now();
+            eprintln!("{}", snapshot.line());
+        }
+    };
+    for sink in sinks.iter_mut() {
+        if let Err(e) = sink.close() {
+            warn!("closing sink {}: {e}", sink.name());
+        }
+    }
+    stats.set_dropped(capture.dropped());
+    LoopSummary {
+        stats: stats.snapshot(),
+        first_result_ms,
+        peak_rss_mb: peak_rss_mb(),
+        ended,
+        rss_mb: rss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RawFormat;
+
+    fn mjpeg_file(dir: &Path, n: u8) -> PathBuf {
+        let mut stream = Vec::new();
+        for i in 0..n {
+            let img = RgbImage::from_pixel(32, 24, image::Rgb([i.wrapping_mul(20), 0, 0]));
+            image::codecs::jpeg::JpegEncoder::new(&mut stream)
+                .encode_image(&img)
+                .unwrap();
+        }
+        let p = dir.join("v.mjpeg");
+        std::fs::write(&p, stream).unwrap();
+        p
+    }
+
+    #[test]
+    fn lockstep_replay_delivers_every_frame_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = mjpeg_file(dir.path(), 20);
+        let stop = Arc::new(AtomicBool::new(false));
+        let cap = Capture::start(
+            SourceSpec::Mjpeg(p),
+            Replay::default(),
+            CameraSettings::default(),
+            None,
+            stop,
+        )
+        .unwrap();
+        assert_eq!(cap.mode(), SlotMode::Lockstep);
+        let mut seen = Vec::new();
+        while let Some(f) = cap.next() {
+            let f = f.unwrap();
+            assert_eq!(f.format, RawFormat::Mjpeg);
+            seen.push(f.index);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(seen, (0..20).collect::<Vec<_>>());
+        assert_eq!(cap.dropped(), 0);
+    }
+
+    /// A consumer slower than the source sees recent frames and the rest are counted as dropped:
+    /// seen + dropped = produced, and nothing queues up.
+    #[test]
+    fn newest_slot_drops_what_a_slow_consumer_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = mjpeg_file(dir.path(), 60);
+        let stop = Arc::new(AtomicBool::new(false));
+        let cap = Capture::start(
+            SourceSpec::Mjpeg(p),
+            Replay {
+                fps: Some(500.0),
+                looping: false,
+            },
+            CameraSettings::default(),
+            None,
+            stop,
+        )
+        .unwrap();
+        assert_eq!(cap.mode(), SlotMode::Newest);
+        let mut seen = Vec::new();
+        while let Some(f) = cap.next() {
+            seen.push(f.unwrap().index);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert!(cap.dropped() > 20, "dropped {}", cap.dropped());
+        assert_eq!(seen.len() as u64 + cap.dropped(), 60);
+        assert_eq!(*seen.last().unwrap(), 59, "the last frame is never lost");
+    }
+
+    #[test]
+    fn a_source_that_cannot_open_is_an_error() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let e = Capture::start(
+            SourceSpec::Mjpeg("/nonexistent/v.mjpeg".into()),
+            Replay::default(),
+            CameraSettings::default(),
+            None,
+            stop,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("/nonexistent/v.mjpeg"), "{e}");
+    }
+
+    #[test]
+    fn softmax_top_class() {
+        let c = classify(&[0.0, 2.0, 1.0], &|i| format!("c{i}"));
+        assert_eq!(c.class, 1);
+        assert_eq!(c.label, "c1");
+        let e: f32 = [0.0f32, 2.0, 1.0].iter().map(|x| x.exp()).sum();
+        assert!((c.score - 2f32.exp() / e).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,191 @@
+//! `kestrel-edge store ...`: the store from the command line, what `kestrel deploy --ssh` runs on
+//! the board over SSH.
+//!
+//! - `list --json`: blobs, bundles, `current` and free space, so only missing blobs travel;
+//! - `put-blob SHA`: stores a blob read from standard input (temporary file, fsync, sha256 checked
+//!   on the board, rename): a bad upload never becomes a blob;
+//! - `install --id ID --manifest SHA [--trust FILE]`: the same atomic, validated install as the
+//!   serial agent ([`install_from_store`]); a running agent notices the new `current` and switches;
+//! - `rollback`, `verify` (re-hash every blob).
+//!
+//! A running agent holds the store only while a serial deploy talks to it; these commands wait up
+//! to 30 s for the store's lock.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kestrel_shared::sign::TrustList;
+use serde_json::json;
+
+use crate::agent::{MAX_BLOB, free_bytes, install_from_store};
+use crate::bundle::Bundle;
+use crate::store::{DEFAULT_KEEP, Store, StoreError};
+
+/// `kestrel-edge store` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Store directory (the agent's --store).
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Bundles kept for rollback.
+    #[arg(long, default_value_t = DEFAULT_KEEP)]
+    pub keep: usize,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+/// `kestrel-edge store` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Blobs, bundles and the current bundle.
+    List {
+        /// As one JSON object (what `kestrel deploy --ssh` reads).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a blob read from standard input; its sha256 is checked before it is kept.
+    PutBlob {
+        /// The blob's sha256 (64 lowercase hex digits).
+        sha256: String,
+    },
+    /// Install a bundle whose blobs are stored, validate it, and make it current.
+    Install {
+        /// Bundle id (a plain name).
+        #[arg(long)]
+        id: String,
+        /// sha256 of its manifest blob.
+        #[arg(long)]
+        manifest: String,
+        /// Accept it only if signed by a key of this trust list.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+    },
+    /// Make the bundle installed before the current one current again.
+    Rollback,
+    /// Re-hash every blob; fails if any does not match its name.
+    Verify,
+}
+
+/// Opens the store, waiting up to `wait` for another process's lock.
+pub fn open_waiting(dir: &Path, keep: usize, wait: Duration) -> Result<Store, StoreError> {
+    let start = Instant::now();
+    loop {
+        match Store::open_keeping(dir, keep) {
+            Err(StoreError::Locked { .. }) if start.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The store's content as JSON (`list --json`).
+pub fn list_json(store: &Store) -> Result<serde_json::Value, StoreError> {
+    let bundles: Vec<_> = store
+        .bundles()?
+        .into_iter()
+        .map(|b| json!({"id": b.id, "current": b.current, "files": b.files}))
+        .collect();
+    Ok(json!({
+        "kestrel_version": env!("CARGO_PKG_VERSION"),
+        "current": store.current()?,
+        "blobs": store.blobs()?,
+        "bundles": bundles,
+        "free_bytes": free_bytes(store.root()),
+    }))
+}
+
+/// Runs `kestrel-edge store ...`.
+pub fn run_cli(args: StoreArgs) -> anyhow::Result<()> {
+    let mut store = open_waiting(&args.store, args.keep.max(1), Duration::from_secs(30))
+        .with_context(|| format!("opening the store {}", args.store.display()))?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        StoreCommand::List { json } => {
+            let v = list_json(&store)?;
+            if json {
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "current: {}",
+                    v["current"].as_str().unwrap_or("(none)")
+                )?;
+                for b in store.bundles()? {
+                    writeln!(out, "{} {}", if b.current { "*" } else { " " }, b.id)?;
+                    for (name, sha) in &b.files {
+                        writeln!(out, "      {name} {sha}")?;
+                    }
+                }
+                writeln!(out, "{} blobs", v["blobs"].as_array().map_or(0, Vec::len))?;
+            }
+        }
+        StoreCommand::PutBlob { sha256 } => {
+            let stdin = std::io::stdin().lock();
+            let path = store
+                .install_blob(&sha256, stdin.take(MAX_BLOB))
+                .with_context(|| format!("storing blob {sha256}"))?;
+            writeln!(out, "{}", path.display())?;
+        }
+        StoreCommand::Install {
+            id,
+            manifest,
+            trust,
+        } => {
+            let trust = match trust {
+                Some(p) => Some(
+                    TrustList::read(&p)
+                        .with_context(|| format!("reading the trust list {}", p.display()))?,
+                ),
+                None => {
+                    tracing::warn!("no --trust FILE: the bundle's signature is not checked");
+                    None
+                }
+            };
+            let m = install_from_store(&mut store, &id, &manifest, trust.as_ref(), &mut |_| Ok(()))
+                .map_err(|e| {
+                    let kept = match store.current() {
+                        Ok(Some(c)) => format!("; bundle {c} stays current"),
+                        _ => String::new(),
+                    };
+                    anyhow::anyhow!("bundle {id} refused: {e}{kept}")
+                })?;
+            writeln!(
+                out,
+                "{}",
+                json!({"installed": id, "current": store.current()?, "labels": m.labels,
+                       "signed_by": m.signature.map(|s| s.key_id)})
+            )?;
+        }
+        StoreCommand::Rollback => {
+            let (id, ()) = store.rollback(|dir: &Path| -> Result<(), String> {
+                Bundle::open(dir).map(|_| ()).map_err(|e| e.to_string())
+            })?;
+            writeln!(out, "{}", json!({"current": id}))?;
+        }
+        StoreCommand::Verify => {
+            let mut bad = Vec::new();
+            let blobs = store.blobs()?;
+            for sha in &blobs {
+                let path = store.blob_path(sha)?;
+                let found = kestrel_shared::hash::sha256_file(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if &found != sha {
+                    bad.push(sha.clone());
+                }
+            }
+            writeln!(out, "{}", json!({"blobs": blobs.len(), "bad": bad}))?;
+            if !bad.is_empty() {
+                bail!(
+                    "{} blob(s) do not match their hash: {}",
+                    bad.len(),
+                    bad.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}

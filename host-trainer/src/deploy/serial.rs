@@ -1,0 +1,434 @@
+//! `kestrel deploy BUNDLE --serial DEV`, `kestrel monitor` and `kestrel rollback --serial`: the
+//! host's side of the wire protocol ([`kestrel_shared::wire`]) over any [`Transport`].
+//!
+//! A deploy asks the board for its [`Hello`] (blobs it stores), offers only the blobs it lacks,
+//! sends each in chunks within the window the board grants (go-back-N: a lost or corrupt frame is
+//! repaired by a duplicate acknowledgement or a timeout), starts where the board's partial upload
+//! stands when a transfer was interrupted, then asks the board to install the bundle and reports
+//! its answer. Retransmission timeouts follow the baud rate: a window must have time to drain.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use kestrel_edge::transport::Transport;
+use kestrel_shared::wire::{
+    self, FileOffer, FrameDecoder, Hello, Message, PROTOCOL_VERSION, Sender, Telemetry,
+};
+
+use super::{BlobReport, DeployError, DeployReport, LocalBundle, LocalFile};
+use crate::progress::Progress;
+
+/// Settings of a serial deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialOptions {
+    /// Baud rate of the line (sets the retransmission timeout).
+    pub baud: u32,
+    /// Chunk payload in bytes (at most what the board accepts).
+    pub chunk: usize,
+    /// Check every file against the manifest before sending (the board checks again anyway).
+    pub verify_locally: bool,
+    /// How long to wait for each Hello (the request is repeated a few times).
+    pub hello_timeout: Duration,
+    /// How long to wait for the install result (the board loads the models first).
+    pub install_timeout: Duration,
+}
+
+impl Default for SerialOptions {
+    fn default() -> Self {
+        SerialOptions {
+            baud: 115_200,
+            chunk: wire::DEFAULT_CHUNK,
+            verify_locally: true,
+            hello_timeout: Duration::from_secs(1),
+            install_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SerialOptions {
+    /// Time to wait for an acknowledgement before resending: twice the time a full window takes
+    /// on the line, at least 300 ms.
+    pub fn rto(&self) -> Duration {
+        let window_secs = f64::from(wire::DEFAULT_WINDOW) * 10.0 / f64::from(self.baud.max(1));
+        Duration::from_secs_f64((2.0 * window_secs).max(0.3))
+    }
+}
+
+/// Hello attempts before giving up on the board.
+const HELLO_TRIES: u32 = 5;
+/// Offers repeated when the board does not answer.
+const OFFER_TRIES: u32 = 5;
+/// Install requests repeated when the answer is lost (installing twice is harmless).
+const INSTALL_TRIES: u32 = 3;
+
+/// The line, framed: counts bytes both ways and keeps decoded messages until asked for.
+pub struct Conn<'a> {
+    link: &'a mut dyn Transport,
+    decoder: FrameDecoder,
+    inbox: VecDeque<Message>,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Frames that did not decode (noise, corruption).
+    pub bad_frames: u64,
+}
+
+impl<'a> Conn<'a> {
+    /// Frames `link`.
+    pub fn new(link: &'a mut dyn Transport) -> Self {
+        Conn {
+            link,
+            decoder: FrameDecoder::new(),
+            inbox: VecDeque::new(),
+            bytes_out: 0,
+            bytes_in: 0,
+            bad_frames: 0,
+        }
+    }
+
+    fn link_err(&self, what: &str, source: std::io::Error) -> DeployError {
+        DeployError::Link {
+            what: format!("{what} on {}", self.link.describe()),
+            source,
+        }
+    }
+
+    /// Sends messages in one write.
+    pub fn send(&mut self, msgs: &[Message]) -> Result<(), DeployError> {
+        let mut bytes = Vec::new();
+        for m in msgs {
+            wire::encode_into(m, &mut bytes)?;
+        }
+        self.bytes_out += bytes.len() as u64;
+        self.link
+            .send(&bytes)
+            .map_err(|e| self.link_err("writing", e))
+    }
+
+    /// The next message (telemetry included) that arrives before `deadline`.
+    pub fn next_any(&mut self, deadline: Instant) -> Result<Option<Message>, DeployError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.inbox.pop_front() {
+                return Ok(Some(m));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let n = self
+                .link
+                .recv(&mut buf, (deadline - now).min(Duration::from_millis(100)))
+                .map_err(|e| self.link_err("reading", e))?;
+            self.bytes_in += n as u64;
+            for r in self.decoder.feed(&buf[..n]) {
+                match r {
+                    Ok(m) => self.inbox.push_back(m),
+                    Err(e) => {
+                        self.bad_frames += 1;
+                        tracing::debug!("frame from the board dropped: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message other than telemetry before `deadline`.
+    pub fn next(&mut self, deadline: Instant) -> Result<Option<Message>, DeployError> {
+        loop {
+            match self.next_any(deadline)? {
+                Some(Message::Telemetry(_)) => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Discards what is in flight for `quiet` (stale answers of an earlier session).
+    pub fn drain(&mut self, quiet: Duration) -> Result<(), DeployError> {
+        let deadline = Instant::now() + quiet;
+        while self.next_any(deadline)?.is_some() {}
+        self.decoder.reset();
+        Ok(())
+    }
+
+    /// Asks for the board's Hello (repeated a few times), checks its protocol, answers HelloAck.
+    pub fn handshake(&mut self, timeout: Duration) -> Result<Hello, DeployError> {
+        self.drain(Duration::from_millis(50))?;
+        for attempt in 0..HELLO_TRIES {
+            if attempt > 0 {
+                tracing::debug!("no Hello yet, asking again ({attempt})");
+            }
+            self.send(&[Message::HelloRequest])?;
+            let deadline = Instant::now() + timeout;
+            while let Some(m) = self.next(deadline)? {
+                match m {
+                    Message::Hello(h) => {
+                        h.check_protocol()?;
+                        self.send(&[Message::HelloAck {
+                            protocol: PROTOCOL_VERSION,
+                            kestrel_version: env!("CARGO_PKG_VERSION").into(),
+                        }])?;
+                        return Ok(h);
+                    }
+                    Message::Error { message, .. } => return Err(DeployError::Refused(message)),
+                    _ => {}
+                }
+            }
+        }
+        Err(DeployError::Timeout {
+            what: "Hello".into(),
+            timeout: timeout * HELLO_TRIES,
+        })
+    }
+}
+
+/// Sends one blob; returns where it started and what it sent.
+fn send_blob(
+    conn: &mut Conn,
+    file: &LocalFile,
+    opts: &SerialOptions,
+    progress: &dyn Progress,
+) -> Result<BlobReport, DeployError> {
+    let offer = FileOffer {
+        sha256: file.sha256,
+        size: file.size,
+        name: file.name.clone(),
+    };
+    let rto = opts.rto();
+    let mut report = BlobReport {
+        name: file.name.clone(),
+        size: file.size,
+        start_offset: 0,
+        bytes_sent: 0,
+    };
+    let mut data: Option<Vec<u8>> = None;
+    for _ in 0..OFFER_TRIES {
+        // The offer and its reply.
+        conn.send(&[Message::FileOffer(offer.clone())])?;
+        let deadline = Instant::now() + rto.max(Duration::from_secs(1));
+        let mut reply = None;
+        while let Some(m) = conn.next(deadline)? {
+            match m {
+                Message::OfferReply(r) if r.sha256 == offer.sha256 => {
+                    reply = Some(r);
+                    break;
+                }
+                Message::Error { message, .. } => return Err(DeployError::Refused(message)),
+                _ => {}
+            }
+        }
+        let Some(reply) = reply else { continue };
+        report.start_offset = reply.have_bytes;
+        if reply.have_bytes < file.size {
+            let bytes = match data.take() {
+                Some(d) => d,
+                None => read_file(file)?,
+            };
+            let mut sender = Sender::new(&offer, &reply, opts.chunk)?;
+            let task = progress.start(&file.name, Some(file.size));
+            task.advance(reply.have_bytes);
+            while !sender.is_done() {
+                let ranges = sender.next_chunks();
+                if !ranges.is_empty() {
+                    let msgs: Vec<Message> = ranges
+                        .iter()
+                        .map(|r| Message::Chunk(r.chunk(file.sha256, &bytes)))
+                        .collect();
+                    report.bytes_sent += ranges.iter().map(|r| r.len as u64).sum::<u64>();
+                    conn.send(&msgs)?;
+                }
+                match conn.next(Instant::now() + rto)? {
+                    Some(Message::Ack(a)) if a.sha256 == offer.sha256 => {
+                        let before = sender.acked();
+                        sender.on_ack(&a)?;
+                        task.advance(sender.acked() - before);
+                    }
+                    Some(Message::Error { message, .. }) => {
+                        task.finish();
+                        return Err(DeployError::Refused(message));
+                    }
+                    Some(_) => {}
+                    None => sender.on_timeout()?,
+                }
+            }
+            task.finish();
+            data = Some(bytes);
+        }
+        // The board answers Complete once the blob is whole and its sha256 checked.
+        let deadline = Instant::now() + rto.max(Duration::from_secs(2));
+        while let Some(m) = conn.next(deadline)? {
+            match m {
+                Message::Complete { sha256 } if sha256 == offer.sha256 => return Ok(report),
+                Message::Error { message, .. } => return Err(DeployError::Refused(message)),
+                _ => {}
+            }
+        }
+        tracing::debug!("no Complete for {}: offering it again", file.name);
+    }
+    Err(DeployError::Timeout {
+        what: format!("the offer of {}", file.name),
+        timeout: rto.max(Duration::from_secs(1)) * OFFER_TRIES,
+    })
+}
+
+fn read_file(file: &LocalFile) -> Result<Vec<u8>, DeployError> {
+    let bad = |reason: String| DeployError::Bundle {
+        path: file.path.clone(),
+        reason,
+    };
+    let f = std::fs::File::open(&file.path).map_err(|e| bad(e.to_string()))?;
+    let mut bytes = Vec::new();
+    f.take(file.size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 != file.size {
+        return Err(bad(format!(
+            "{} bytes but the manifest says {}: export the bundle again",
+            bytes.len(),
+            file.size
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Deploys `bundle` over `link`: only missing blobs travel, then the board installs it.
+pub fn deploy(
+    link: &mut dyn Transport,
+    bundle: &LocalBundle,
+    opts: &SerialOptions,
+    progress: &dyn Progress,
+) -> Result<DeployReport, DeployError> {
+    let start = Instant::now();
+    let mut conn = Conn::new(link);
+    let hello = conn.handshake(opts.hello_timeout)?;
+    tracing::info!(
+        "board {} ({}), kestrel {}, {} blobs, {} bytes free",
+        hello.device,
+        hello.board,
+        hello.kestrel_version,
+        hello.blobs.len(),
+        hello.free_bytes
+    );
+    let listed_all = hello.blobs.len() < wire::MAX_HASHES;
+    let mut report = DeployReport {
+        bundle: bundle.id.clone(),
+        ..Default::default()
+    };
+    for file in bundle.files() {
+        if listed_all && hello.blobs.contains(&file.sha256) {
+            report.blobs.push(BlobReport {
+                name: file.name.clone(),
+                size: file.size,
+                start_offset: file.size,
+                bytes_sent: 0,
+            });
+            continue;
+        }
+        let b = send_blob(&mut conn, file, opts, progress)?;
+        report.payload_bytes += b.size - b.start_offset.min(b.size);
+        report.blobs.push(b);
+    }
+    report.message = request(
+        &mut conn,
+        Message::Install {
+            bundle: bundle.id.clone(),
+            manifest: bundle.manifest_file.sha256,
+        },
+        INSTALL_TRIES,
+        opts.install_timeout,
+    )?;
+    report.line_bytes_out = conn.bytes_out;
+    report.line_bytes_in = conn.bytes_in;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Sends `msg` (up to `tries` times) and waits for the board's InstallResult.
+fn request(
+    conn: &mut Conn,
+    msg: Message,
+    tries: u32,
+    timeout: Duration,
+) -> Result<String, DeployError> {
+    let what = msg.kind();
+    for _ in 0..tries {
+        conn.send(std::slice::from_ref(&msg))?;
+        let deadline = Instant::now() + timeout / tries;
+        while let Some(m) = conn.next(deadline)? {
+            match m {
+                Message::InstallResult {
+                    ok: true, message, ..
+                } => return Ok(message),
+                Message::InstallResult { message, .. } => {
+                    return Err(DeployError::Refused(message));
+                }
+                Message::Error { message, .. } => return Err(DeployError::Refused(message)),
+                _ => {}
+            }
+        }
+    }
+    Err(DeployError::Timeout {
+        what: format!("the {what} request"),
+        timeout,
+    })
+}
+
+/// `kestrel rollback --serial`: the board goes back to the bundle installed before the current
+/// one. Returns the board's message.
+pub fn rollback(link: &mut dyn Transport, opts: &SerialOptions) -> Result<String, DeployError> {
+    let mut conn = Conn::new(link);
+    conn.handshake(opts.hello_timeout)?;
+    // Not repeated: a second rollback would go back one bundle more.
+    request(&mut conn, Message::Rollback, 1, opts.install_timeout)
+}
+
+/// `kestrel monitor`: writes each telemetry message as a JSON line to `out`, until `count`
+/// messages (if given) or `duration` (if given) have passed. Returns the number printed.
+pub fn monitor(
+    link: &mut dyn Transport,
+    out: &mut dyn std::io::Write,
+    count: Option<usize>,
+    duration: Option<Duration>,
+) -> Result<usize, DeployError> {
+    let mut conn = Conn::new(link);
+    let end = duration.map(|d| Instant::now() + d);
+    let mut printed = 0;
+    while count.is_none_or(|c| printed < c) {
+        let step = Instant::now() + Duration::from_millis(500);
+        let deadline = end.map_or(step, |e| e.min(step));
+        match conn.next_any(deadline)? {
+            Some(Message::Telemetry(t)) => {
+                let line = telemetry_json(&t);
+                writeln!(out, "{line}").map_err(|e| DeployError::Link {
+                    what: "writing telemetry".into(),
+                    source: e,
+                })?;
+                printed += 1;
+            }
+            Some(Message::Error { code, message }) => {
+                tracing::warn!("board error ({code:?}): {message}")
+            }
+            Some(_) => {}
+            None => {}
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+    Ok(printed)
+}
+
+/// One telemetry message as JSON (what `kestrel monitor` prints per line).
+pub fn telemetry_json(t: &Telemetry) -> serde_json::Value {
+    serde_json::json!({
+        "bundle": t.bundle,
+        "frame": t.frame,
+        "fps": t.fps,
+        "temperature_c": t.temperature_c,
+        "detections": t.detections.iter().map(|d| serde_json::json!({
+            "class": d.class, "score": d.score, "box": d.bbox,
+        })).collect::<Vec<_>>(),
+    })
+}

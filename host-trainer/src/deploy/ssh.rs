@@ -1,0 +1,292 @@
+//! `kestrel deploy BUNDLE --ssh USER@HOST[:PORT]`: the same deploy over the system OpenSSH client,
+//! so `~/.ssh/config`, keys, the agent and `known_hosts` behave as the user expects.
+//!
+//! Every step is one `ssh` command running `kestrel-edge store ...` on the board:
+//! `list --json` (which blobs it has), `put-blob SHA` per missing blob with the file on standard
+//! input (the board writes it to a temporary file, checks its sha256 and only then renames it into
+//! the store), and `install` (the same validated, atomic install as over serial). A running agent
+//! notices the new `current` within a second and switches its loop to it.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::{BlobReport, DeployError, DeployReport, LocalBundle, LocalFile};
+use crate::progress::Progress;
+
+/// Where and how to reach the board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshOptions {
+    /// `USER@HOST[:PORT]` (or a `Host` alias of `~/.ssh/config`).
+    pub target: String,
+    /// Extra options: `Key=Value` is passed as `-o Key=Value`; anything starting with `-` is
+    /// passed as it is (split at spaces, e.g. `-i /path/key`).
+    pub options: Vec<String>,
+    /// `kestrel-edge` on the board (a path, or a name on the remote PATH).
+    pub remote_bin: String,
+    /// The agent's store on the board.
+    pub store: String,
+    /// A trust list on the board the install must satisfy (the agent checks its own as well).
+    pub trust: Option<String>,
+    /// The ssh program (`ssh` unless `KESTREL_SSH` says otherwise).
+    pub program: String,
+}
+
+impl SshOptions {
+    /// Options for `target` with the defaults: `kestrel-edge` on the remote PATH, the store in
+    /// `/var/lib/kestrel` (the board files' default).
+    pub fn new(target: &str) -> Self {
+        SshOptions {
+            target: target.to_string(),
+            options: Vec::new(),
+            remote_bin: "kestrel-edge".into(),
+            store: "/var/lib/kestrel".into(),
+            trust: None,
+            program: std::env::var("KESTREL_SSH").unwrap_or_else(|_| "ssh".into()),
+        }
+    }
+}
+
+/// Splits `USER@HOST[:PORT]` into the ssh destination and the port (`[v6]:port` works too).
+pub fn parse_target(target: &str) -> Result<(String, Option<u16>), DeployError> {
+    let bad = |reason: &str| DeployError::Ssh {
+        what: "target".into(),
+        detail: format!("{target:?}: {reason}; expected USER@HOST[:PORT]"),
+    };
+    if target.is_empty() || target.starts_with('-') || target.contains(char::is_whitespace) {
+        return Err(bad("not a host"));
+    }
+    let (user, host) = match target.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, target),
+    };
+    let (host, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().map_err(|_| bad("bad port"))?),
+            None if after.is_empty() => None,
+            None => return Err(bad("junk after ]")),
+        };
+        (h.to_string(), port)
+    } else if host.matches(':').count() == 1 {
+        let (h, p) = host.split_once(':').expect("one colon");
+        (h.to_string(), Some(p.parse().map_err(|_| bad("bad port"))?))
+    } else {
+        (host.to_string(), None)
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((
+        match user {
+            Some(u) => format!("{u}@{host}"),
+            None => host,
+        },
+        port,
+    ))
+}
+
+/// A word for the remote shell, single-quoted.
+fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fn ssh_err(what: &str, detail: String) -> DeployError {
+    DeployError::Ssh {
+        what: what.into(),
+        detail,
+    }
+}
+
+impl SshOptions {
+    /// The ssh command running `kestrel-edge store --store DIR ARGS...` on the board.
+    pub fn store_command(&self, args: &[&str]) -> Result<Command, DeployError> {
+        let (dest, port) = parse_target(&self.target)?;
+        let mut c = Command::new(&self.program);
+        if let Some(p) = port {
+            c.arg("-p").arg(p.to_string());
+        }
+        for o in &self.options {
+            if o.starts_with('-') {
+                c.args(o.split_whitespace());
+            } else {
+                c.arg("-o").arg(o);
+            }
+        }
+        let mut remote = vec![quote(&self.remote_bin), "store".into(), "--store".into()];
+        remote.push(quote(&self.store));
+        remote.extend(args.iter().map(|a| quote(a)));
+        c.arg("--").arg(dest).arg(remote.join(" "));
+        Ok(c)
+    }
+
+    /// Runs a store command; its stdout on success, else an error with its stderr.
+    fn run(&self, what: &str, args: &[&str]) -> Result<String, DeployError> {
+        let out = self
+            .store_command(args)?
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| ssh_err(what, format!("cannot run {}: {e}", self.program)))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !out.status.success() {
+            return Err(ssh_err(what, format!("{}: {stderr}", out.status)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Streams `file` into `put-blob` on the board.
+    fn put_blob(&self, file: &LocalFile, progress: &dyn Progress) -> Result<(), DeployError> {
+        let sha = file.sha256.to_hex();
+        let what = format!("upload of {}", file.name);
+        let mut child = self
+            .store_command(&["put-blob", &sha])?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ssh_err(&what, format!("cannot run {}: {e}", self.program)))?;
+        let task = progress.start(&file.name, Some(file.size));
+        let mut input = std::fs::File::open(&file.path).map_err(|e| DeployError::Bundle {
+            path: file.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut buf = vec![0u8; 1 << 16];
+        let copied: std::io::Result<()> = (|| {
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stdin.write_all(&buf[..n])?;
+                task.advance(n as u64);
+            }
+        })();
+        drop(stdin);
+        task.finish();
+        let out = child
+            .wait_with_output()
+            .map_err(|e| ssh_err(&what, e.to_string()))?;
+        if !out.status.success() {
+            return Err(ssh_err(
+                &what,
+                format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        copied.map_err(|e| ssh_err(&what, e.to_string()))
+    }
+
+    /// Blob hashes the board's store holds.
+    pub fn remote_blobs(&self) -> Result<Vec<String>, DeployError> {
+        let text = self.run("store list", &["list", "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
+            ssh_err("store list", format!("the board answered something else than JSON ({e}): is --remote-bin a kestrel-edge of this version?"))
+        })?;
+        Ok(v["blobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// Deploys `bundle` over SSH: see the module documentation.
+pub fn deploy(
+    bundle: &LocalBundle,
+    opts: &SshOptions,
+    progress: &dyn Progress,
+) -> Result<DeployReport, DeployError> {
+    let start = Instant::now();
+    let have = opts.remote_blobs()?;
+    let mut report = DeployReport {
+        bundle: bundle.id.clone(),
+        ..Default::default()
+    };
+    for file in bundle.files() {
+        let present = have.contains(&file.sha256.to_hex());
+        if !present {
+            opts.put_blob(file, progress)?;
+            report.payload_bytes += file.size;
+        }
+        report.blobs.push(BlobReport {
+            name: file.name.clone(),
+            size: file.size,
+            start_offset: if present { file.size } else { 0 },
+            bytes_sent: if present { 0 } else { file.size },
+        });
+    }
+    report.line_bytes_out = report.payload_bytes;
+    let sha = bundle.manifest_file.sha256.to_hex();
+    let mut args = vec!["install", "--id", &bundle.id, "--manifest", &sha];
+    if let Some(t) = &opts.trust {
+        args.extend(["--trust", t.as_str()]);
+    }
+    report.message = opts
+        .run("install", &args)
+        .map_err(|e| match e {
+            DeployError::Ssh { detail, .. } => DeployError::Refused(detail),
+            other => other,
+        })?
+        .trim()
+        .to_string();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// `kestrel rollback --ssh`: moves the board's `current` back one bundle.
+pub fn rollback(opts: &SshOptions) -> Result<String, DeployError> {
+    Ok(opts.run("rollback", &["rollback"])?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let p = |s| parse_target(s).unwrap();
+        assert_eq!(p("pi@board"), ("pi@board".into(), None));
+        assert_eq!(p("pi@board:2222"), ("pi@board".into(), Some(2222)));
+        assert_eq!(p("board"), ("board".into(), None));
+        assert_eq!(p("root@[::1]:22"), ("root@::1".into(), Some(22)));
+        assert_eq!(p("root@fe80::1"), ("root@fe80::1".into(), None));
+        for bad in ["", "-oProxyCommand=x", "a b", "pi@board:x", "pi@"] {
+            assert!(parse_target(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn remote_words_are_quoted() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        let mut o = SshOptions::new("pi@board:2200");
+        o.options = vec!["StrictHostKeyChecking=no".into(), "-i /k".into()];
+        o.store = "/var/lib/kestrel store".into();
+        let c = o.store_command(&["list", "--json"]).unwrap();
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-p",
+                "2200",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-i",
+                "/k",
+                "--",
+                "pi@board",
+                "'kestrel-edge' store --store '/var/lib/kestrel store' 'list' '--json'"
+            ]
+        );
+    }
+}
