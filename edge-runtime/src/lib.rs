@@ -5,6 +5,7 @@
 //! numbers with the same code.
 
 pub mod agent;
+pub mod agent_loop;
 pub mod bench;
 pub mod bundle;
 pub mod cli;

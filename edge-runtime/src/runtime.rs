@@ -423,7 +423,7 @@ pub fn run_loop(
             Err(e) => break format!("inference failed: {e}"),
         };
         stats.frame_done();
-        if stats.frames() % RSS_SAMPLE_EVERY == 0
+        if stats.frames().is_multiple_of(RSS_SAMPLE_EVERY)
             && let Some(m) = rss_mb()
         {
             rss.push((stats.frames(), m));

@@ -186,3 +186,98 @@ fn max_abs_diff_finds_the_largest_difference() {
     assert_eq!(max_abs_diff(&[1.0, 2.0, 3.0], &[1.0, 2.5, 2.9]), (0.5, 1));
     assert_eq!(max_abs_diff(&[0.0], &[0.0]), (0.0, 0));
 }
+
+/// Parity of a whole bundle (trunk + head + decoding, the board's real work): `scripts/test.sh`
+/// exports a small fp32 detector bundle into `$KESTREL_PARITY_DIR/bundle`, saves JPEG frames in
+/// `$KESTREL_PARITY_DIR/frames/` and the x86 `kestrel-edge run --source dir:... --score-threshold
+/// 0.05` JSON lines in `bundle-reference.jsonl`. Here, the same frames through the same code: the
+/// same detections, scores within 1e-3, boxes within 0.05 px. A detection may only be missing on
+/// one side when its score is within 1e-3 of the threshold.
+#[test]
+#[cfg_attr(
+    target_arch = "x86_64",
+    ignore = "compares an aarch64 build with x86 references: scripts/test.sh runs it under qemu-aarch64 (KESTREL_PARITY_DIR, see the file's header)"
+)]
+fn bundle_detections_match_the_x86_reference() {
+    use kestrel_edge::runtime::Detector;
+    use kestrel_edge::sink::FrameResult;
+    use kestrel_edge::source::{DirFrames, Recording, RawFrame, decode};
+    use kestrel_edge::stats::Stats;
+
+    const THRESHOLD: f32 = 0.05;
+    let Some(dir) = std::env::var_os("KESTREL_PARITY_DIR") else {
+        if std::env::var("KESTREL_PARITY_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: aarch64 bundle parity opted out with KESTREL_PARITY_SKIP=1");
+            return;
+        }
+        panic!("KESTREL_PARITY_DIR is not set: scripts/test.sh makes the bundle reference");
+    };
+    let dir = PathBuf::from(dir);
+    let text = std::fs::read_to_string(dir.join("bundle-reference.jsonl"))
+        .expect("bundle-reference.jsonl: made by scripts/test.sh");
+    let reference: Vec<FrameResult> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a FrameResult line"))
+        .collect();
+    assert!(reference.len() >= 4, "too few reference frames");
+    let detector = Detector::open(&dir.join("bundle"), Threads::Single)
+        .unwrap()
+        .with_score_threshold(THRESHOLD);
+    let mut frames = DirFrames::open(&dir.join("frames")).unwrap();
+    assert_eq!(frames.len(), reference.len());
+    let mut stats = Stats::new("parity");
+    let (mut compared, mut worst_score, mut worst_box) = (0, 0f32, 0f32);
+    for r in &reference {
+        let (format, width, height, data) = frames.read(r.frame as usize).unwrap();
+        let raw = RawFrame {
+            index: r.frame,
+            source_ms: 0.0,
+            captured: std::time::SystemTime::now(),
+            width,
+            height,
+            format,
+            data,
+        };
+        let img = decode(&raw).unwrap();
+        let (got, _, _) = detector.infer(&img, &mut stats).unwrap();
+        let near = |s: f32| (s - THRESHOLD).abs() <= 1e-3;
+        for want in &r.detections {
+            let matched = got.iter().find(|g| {
+                g.class == want.class && (g.score - want.score).abs() <= 1e-3 && {
+                    let (a, b): ([f32; 4], [f32; 4]) = (g.bbox.into(), want.bbox.into());
+                    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 0.05)
+                }
+            });
+            match matched {
+                Some(g) => {
+                    compared += 1;
+                    worst_score = worst_score.max((g.score - want.score).abs());
+                    let (a, b): ([f32; 4], [f32; 4]) = (g.bbox.into(), want.bbox.into());
+                    for (x, y) in a.iter().zip(b) {
+                        worst_box = worst_box.max((x - y).abs());
+                    }
+                }
+                None => assert!(
+                    near(want.score),
+                    "frame {}: x86 detection {want:?} has no match here: {got:?}",
+                    r.frame
+                ),
+            }
+        }
+        let extra = got.len().saturating_sub(r.detections.len());
+        assert!(
+            extra == 0 || got.iter().filter(|g| near(g.score)).count() >= extra,
+            "frame {}: {} detections here, {} on x86",
+            r.frame,
+            got.len(),
+            r.detections.len()
+        );
+    }
+    eprintln!(
+        "bundle parity on {}: {compared} detections in {} frames, max score difference {worst_score:e}, max box difference {worst_box:e} px",
+        std::env::consts::ARCH,
+        reference.len()
+    );
+    assert!(compared > 0, "no detection to compare");
+}

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod boards;
 pub mod bundle;
 pub mod classify;
 pub mod data;

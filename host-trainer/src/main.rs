@@ -155,7 +155,25 @@ enum Command {
         /// Clip activation ranges at this percentile (e.g. 99.99) instead of min/max.
         #[arg(long)]
         percentile: Option<f32>,
+        /// Sign the manifest with this private key (default: the key of `kestrel keygen`, if
+        /// there is one).
+        #[arg(long, conflicts_with = "no_sign")]
+        sign: Option<PathBuf>,
+        /// Do not sign the bundle.
+        #[arg(long)]
+        no_sign: bool,
     },
+    /// Send a bundle to a board (serial or SSH): only the files it lacks travel, then the board
+    /// installs it atomically, validated, and switches to it.
+    Deploy(kestrel_trainer::deploy::cli::DeployArgs),
+    /// Print the board's telemetry (serial) as JSON lines.
+    Monitor(kestrel_trainer::deploy::cli::MonitorArgs),
+    /// Make the bundle installed before the current one current again on the board.
+    Rollback(kestrel_trainer::deploy::cli::RollbackArgs),
+    /// Make an Ed25519 key pair to sign bundles with (`kestrel export` then signs by default).
+    Keygen(kestrel_trainer::deploy::cli::KeygenArgs),
+    /// List the supported boards (or check board files): target, CPU, threads, camera, GPIO, serial.
+    Boards(kestrel_trainer::boards::BoardsArgs),
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo {
         /// Output directory.
@@ -783,6 +801,8 @@ fn main() -> anyhow::Result<()> {
             quantize,
             calibration,
             percentile,
+            ref sign,
+            no_sign,
         } => {
             use kestrel_shared::manifest::CalibrationMethod;
             let method = match percentile {
@@ -812,7 +832,29 @@ fn main() -> anyhow::Result<()> {
                         )
                     })?;
             kestrel_trainer::bundle::print_report(&report, &mut std::io::stdout())?;
+            let key = match sign {
+                Some(k) => Some(k.clone()),
+                None if no_sign => None,
+                None => kestrel_trainer::deploy::default_signing_key(),
+            };
+            match key {
+                Some(k) => {
+                    let id = kestrel_trainer::deploy::sign_bundle(out, &k)
+                        .with_context(|| format!("signing {} with {}", out.display(), k.display()))?;
+                    println!("  signed with key {id} ({})", k.display());
+                }
+                None => println!("  not signed (`kestrel keygen` makes a key; boards with a trust list refuse unsigned bundles)"),
+            }
         }
+        Command::Deploy(ref args) => {
+            let progress: &dyn kestrel_trainer::progress::Progress =
+                if cli.quiet { &Silent } else { &ByteBars };
+            kestrel_trainer::deploy::cli::deploy(args, progress)?;
+        }
+        Command::Monitor(ref args) => kestrel_trainer::deploy::cli::monitor(args)?,
+        Command::Rollback(ref args) => kestrel_trainer::deploy::cli::rollback(args)?,
+        Command::Keygen(ref args) => kestrel_trainer::deploy::cli::keygen(args)?,
+        Command::Boards(ref args) => kestrel_trainer::boards::run(args)?,
         Command::Demo { ref out, cut } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let report = demo::run(&p, cut, out)?;
@@ -824,4 +866,32 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Progress bars in bytes with the transfer rate (deploys).
+struct ByteBars;
+
+struct ByteTask(indicatif::ProgressBar);
+
+impl kestrel_trainer::progress::Task for ByteTask {
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl kestrel_trainer::progress::Progress for ByteBars {
+    fn start(&self, what: &str, total: Option<u64>) -> Box<dyn kestrel_trainer::progress::Task> {
+        let bar = indicatif::ProgressBar::new(total.unwrap_or(0)).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        Box::new(ByteTask(bar))
+    }
 }

@@ -138,3 +138,138 @@ pub fn run_ok(c: &mut std::process::Command) -> (String, String) {
     assert!(ok, "stdout: {so}\nstderr: {se}");
     (so, se)
 }
+
+/// splitmix64 values in [-0.5, 0.5): seeded weights for tiny test models.
+fn seeded(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// Channels of the tiny trunk's output (and of its hidden convolution).
+pub const TINY_CHANNELS: usize = 64;
+
+/// Writes a tiny but valid classification bundle into `dir` (in milliseconds, no weights or
+/// training needed) and returns its manifest: a 16x16 RGB input, a trunk of two 3x3 convolutions
+/// (about 150 KB, its weights from `trunk_seed`), global pooling to 64 features, a linear head to
+/// three labels (its weights from `head_seed`), and the merged model. It passes `Bundle::open`.
+/// Two bundles with the same `trunk_seed` share `trunk.onnx` byte for byte, as a retrained head
+/// does.
+pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_shared::Manifest {
+    use kestrel_shared::manifest::*;
+    use kestrel_trainer::onnx::{Attr, GraphBuilder, write_model};
+    let c = TINY_CHANNELS;
+    let labels = ["left", "right", "none"];
+    let conv = |g: &mut GraphBuilder, x: &str, cin: usize, seed: u64| {
+        let w = g.constant("w", &[c, cin, 3, 3], &seeded(seed, c * cin * 9));
+        let b = g.constant("b", &[c], &seeded(seed + 1, c));
+        let y = g.node(
+            "Conv",
+            &[x, &w, &b],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![3, 3])),
+                ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ],
+        );
+        g.node("Relu", &[&y], vec![])
+    };
+    let mut g = GraphBuilder::default();
+    let x = conv(&mut g, "input", 3, trunk_seed * 10);
+    let x = conv(&mut g, &x, c, trunk_seed * 10 + 2);
+    let x = g.node("GlobalAveragePool", &[&x], vec![]);
+    g.node_into("Flatten", &[&x], "features", vec![("axis", Attr::Int(1))]);
+    let trunk = g.finish(
+        ("input", vec![None, Some(3), Some(16), Some(16)]),
+        ("features", vec![None, Some(c)]),
+        vec![],
+    );
+    let mut g = GraphBuilder::default();
+    let w = g.constant("w", &[c, labels.len()], &seeded(head_seed * 7 + 1, c * labels.len()));
+    let b = g.constant("b", &[labels.len()], &seeded(head_seed * 7 + 2, labels.len()));
+    g.node_into("Gemm", &["features", &w, &b], "logits", vec![]);
+    let head = g.finish(
+        ("features", vec![None, Some(c)]),
+        ("logits", vec![None, Some(labels.len())]),
+        vec![],
+    );
+    let model = kestrel_trainer::bundle::emit::merge(&trunk, &head);
+    std::fs::create_dir_all(dir).unwrap();
+    let file = |name: &str, proto, input: TensorInfo, output: TensorInfo| {
+        let path = dir.join(name);
+        write_model(proto, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        ModelFile {
+            path: name.into(),
+            sha256: kestrel_shared::hash::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            precision: Precision::Float32,
+            input,
+            output,
+        }
+    };
+    let picture = TensorInfo::float("input", vec![1, 3, 16, 16]);
+    let features = TensorInfo::float("features", vec![1, c]);
+    let logits = TensorInfo::float("logits", vec![1, labels.len()]);
+    let manifest = Manifest {
+        schema_version: MANIFEST_SCHEMA_VERSION,
+        kestrel_version: "test".into(),
+        task: Task::Classify {
+            head: ClassifyHeadKind::Linear,
+        },
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        input: InputSpec {
+            layout: Layout::Nchw,
+            color: ColorOrder::Rgb,
+            preprocess: kestrel_shared::PreprocessSpec {
+                height: 16,
+                width: 16,
+                resize: kestrel_shared::ResizeMode::Stretch,
+                ..kestrel_shared::PreprocessSpec::imagenet()
+            },
+        },
+        cut: kestrel_shared::CutPoint::Pooled,
+        fine_tuned_blocks: 0,
+        architecture: "tiny-test".into(),
+        weights_sha256: "00".repeat(32),
+        files: BundleFiles {
+            trunk: file(TRUNK_FILE, &trunk, picture.clone(), features.clone()),
+            head: file(HEAD_FILE, &head, features, logits.clone()),
+            model: file(MODEL_FILE, &model, picture, logits),
+        },
+        quantization: Quantization {
+            mode: QuantizeMode::None,
+            calibration: None,
+            layers: vec![],
+        },
+        decode: None,
+        metrics: ValidationMetrics {
+            images: 0,
+            headline: "accuracy".into(),
+            fp32: MetricSet::default(),
+            bundle: MetricSet::default(),
+            max_abs_diff: 0.0,
+            agreement: 1.0,
+        },
+        signature: None,
+    };
+    manifest.write(&dir.join(MANIFEST_FILE)).unwrap();
+    manifest
+}
+
+/// Every blob of the store at `root` has the content its name says (sha256).
+pub fn assert_store_blobs_intact(root: &Path) {
+    for e in std::fs::read_dir(root.join("blobs")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let found = kestrel_shared::hash::sha256_file(&e.path()).unwrap();
+        assert_eq!(found, name, "blob {} is corrupt", e.path().display());
+    }
+}

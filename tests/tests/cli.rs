@@ -159,3 +159,45 @@ fn demo_classifies_exports_and_agrees_with_the_edge_runtime() {
     assert!(acc >= 0.7, "demo head validation accuracy {acc}");
     assert!(dir.path().join("run-classify/head.bpk").exists());
 }
+
+/// `kestrel boards` lists the built-in boards, reads the repository's board files the same way,
+/// and names the file and field of a bad one.
+#[test]
+fn boards_lists_the_builtin_boards_and_names_a_bad_field() {
+    let out = kestrel().arg("boards").output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "raspberry-pi-4",
+        "raspberry-pi-5",
+        "raspberry-pi-zero-2w",
+        "generic-aarch64",
+    ] {
+        assert!(table.contains(name), "{table}");
+    }
+    let out = kestrel()
+        .args(["boards", "--json"])
+        .arg(kestrel_e2e::workspace().join("boards"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pi4 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "raspberry-pi-4")
+        .expect("the repository's boards/ has the Pi 4");
+    assert_eq!(pi4["target"], "aarch64-unknown-linux-gnu");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("my-board.toml");
+    let text = std::fs::read_to_string(kestrel_e2e::workspace().join("boards/raspberry-pi-4.toml"))
+        .unwrap()
+        .replace("fps = 30", "fps = \"fast\"");
+    std::fs::write(&bad, text).unwrap();
+    let out = kestrel().arg("boards").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("my-board.toml") && err.contains("fps"), "{err}");
+}

@@ -338,3 +338,135 @@ fn captured_frames_train_a_classifier() {
             .unwrap();
     assert_eq!(metrics["labels"], serde_json::json!(["left", "right"]));
 }
+
+/// Put every file of a bundle directory into the store as blobs and install it (what a deploy
+/// does); returns its id.
+fn install_into_store(store_dir: &std::path::Path, bundle: &std::path::Path) -> String {
+    use kestrel_edge::agent::{bundle_id, install_from_store};
+    use kestrel_shared::wire::Sha256;
+    let mut store = kestrel_edge::store::Store::open(store_dir).unwrap();
+    let mut manifest_sha = String::new();
+    for name in ["manifest.json", "trunk.onnx", "head.onnx", "model.onnx"] {
+        let bytes = std::fs::read(bundle.join(name)).unwrap();
+        let sha = Sha256::of(&bytes).to_hex();
+        store.install_blob(&sha, &bytes[..]).unwrap();
+        if name == "manifest.json" {
+            manifest_sha = sha;
+        }
+    }
+    let id = bundle_id(&Sha256::from_hex(&manifest_sha).unwrap());
+    install_from_store(&mut store, &id, &manifest_sha, None, &mut |_| Ok(())).unwrap();
+    id
+}
+
+/// Results the loop produced: (frame, model running).
+#[derive(Clone, Default)]
+struct Seen(std::sync::Arc<std::sync::Mutex<Vec<(u64, String)>>>);
+
+impl kestrel_edge::sink::Sink for Seen {
+    fn name(&self) -> &str {
+        "seen"
+    }
+    fn handle(
+        &mut self,
+        result: &kestrel_edge::sink::FrameResult,
+        _image: &image::RgbImage,
+        stats: &kestrel_edge::stats::StatsSnapshot,
+    ) -> Result<(), kestrel_edge::sink::SinkError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((result.frame, stats.model.clone()));
+        Ok(())
+    }
+}
+
+/// The agent runs the detection loop on its current bundle and, when another bundle is installed
+/// into its store (as `kestrel deploy --ssh` does), swaps it into the running loop between two
+/// frames: same process, frame numbers carry on, nothing restarts.
+#[test]
+fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
+    use kestrel_edge::agent::{Agent, AgentConfig};
+    use kestrel_edge::agent_loop::{LoopHost, TelemetrySink, spawn};
+    use kestrel_edge::runtime::{Capture, LoopOptions};
+    use kestrel_edge::source::{CameraSettings, Replay, SourceSpec};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let f = fixture();
+    let (pictures, _) = val_pictures(f);
+    let video = f.root.join("agent.mjpeg");
+    write_mjpeg(&pictures[..6], &video, 1, 90).unwrap();
+    let fp32 = f.root.join("bundle-fp32");
+    if !fp32.exists() {
+        run_ok(
+            kestrel(&f.root.join("cache"))
+                .arg("export")
+                .arg(f.root.join("run"))
+                .arg("--out")
+                .arg(&fp32)
+                .args(["--quantize", "none"]),
+        );
+    }
+    let store = tempfile::tempdir().unwrap();
+    let first = install_into_store(store.path(), &f.bundle);
+
+    let mut cfg = AgentConfig::new(store.path().to_path_buf());
+    cfg.poll = Duration::from_millis(200);
+    let (mut agent, handle) = Agent::new(cfg).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let capture = Capture::start(
+        SourceSpec::Mjpeg(video),
+        Replay {
+            fps: Some(25.0),
+            looping: true,
+        },
+        CameraSettings::default(),
+        None,
+        stop.clone(),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen = Seen::default();
+    let telemetry = TelemetrySink::new(handle.clone());
+    let detect = spawn(
+        capture,
+        rx,
+        vec![Box::new(seen.clone()), Box::new(telemetry)],
+        stop.clone(),
+        LoopOptions::default(),
+    )
+    .unwrap();
+    let second = {
+        let (store_dir, fp32, handle, stop) =
+            (store.path().to_path_buf(), fp32.clone(), handle.clone(), stop.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let id = install_into_store(&store_dir, &fp32);
+            std::thread::sleep(Duration::from_millis(2500));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            handle.stop();
+            id
+        })
+    };
+    let mut host = LoopHost::new(tx, Threads::Single);
+    agent.run(None, &mut host).unwrap();
+    let second = second.join().unwrap();
+    let summary = detect.join().unwrap().expect("the loop ran");
+    assert_ne!(first, second);
+    let seen = seen.0.lock().unwrap().clone();
+    let models: Vec<&str> = seen.iter().map(|(_, m)| m.as_str()).collect();
+    let switch = models
+        .iter()
+        .position(|m| *m == second)
+        .unwrap_or_else(|| panic!("never switched to {second}: {models:?}"));
+    assert!(switch > 5, "ran {first} first: {models:?}");
+    assert!(models[..switch].iter().all(|m| *m == first), "{models:?}");
+    assert!(models[switch..].iter().all(|m| *m == second), "{models:?}");
+    assert!(seen.len() - switch > 5, "ran {second} for a while: {models:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "frame numbers carry on across the switch"
+    );
+    assert_eq!(summary.ended, "stopped");
+}

@@ -33,8 +33,11 @@ impl EmbeddingCache {
             0 => format!("{content_sha}-v0.f32"),
             v => format!("{content_sha}-v{v}-r{RECIPE}.f32"),
         };
+        // The preprocessing version too: the same picture and trunk give other numbers if the
+        // pixel code changed.
         self.dir
             .join(&trunk_sha[..16])
+            .join(format!("p{}", kestrel_shared::preprocess::PREPROCESS_VERSION))
             .join(&content_sha[..2])
             .join(name)
     }

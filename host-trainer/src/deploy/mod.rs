@@ -7,6 +7,7 @@
 //! validated it (and, with a trust list, its signature); a refused bundle leaves the board on the
 //! model it ran.
 
+pub mod cli;
 pub mod serial;
 pub mod ssh;
 

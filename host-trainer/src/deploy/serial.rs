@@ -48,10 +48,10 @@ impl Default for SerialOptions {
 
 impl SerialOptions {
     /// Time to wait for an acknowledgement before resending: twice the time a full window takes
-    /// on the line, at least 300 ms.
+    /// on the line, at least 100 ms.
     pub fn rto(&self) -> Duration {
         let window_secs = f64::from(wire::DEFAULT_WINDOW) * 10.0 / f64::from(self.baud.max(1));
-        Duration::from_secs_f64((2.0 * window_secs).max(0.3))
+        Duration::from_secs_f64((2.0 * window_secs).max(0.1))
     }
 }
 
@@ -184,8 +184,9 @@ impl<'a> Conn<'a> {
     }
 }
 
-/// Sends one blob; returns where it started and what it sent.
-fn send_blob(
+/// Sends one blob (offer, chunks, completion) on an open connection after the handshake;
+/// returns where it started and what it sent.
+pub fn send_blob(
     conn: &mut Conn,
     file: &LocalFile,
     opts: &SerialOptions,
@@ -330,19 +331,25 @@ pub fn deploy(
         report.payload_bytes += b.size - b.start_offset.min(b.size);
         report.blobs.push(b);
     }
-    report.message = request(
-        &mut conn,
-        Message::Install {
-            bundle: bundle.id.clone(),
-            manifest: bundle.manifest_file.sha256,
-        },
-        INSTALL_TRIES,
-        opts.install_timeout,
-    )?;
+    report.message = install(&mut conn, &bundle.id, bundle.manifest_file.sha256, opts)?;
     report.line_bytes_out = conn.bytes_out;
     report.line_bytes_in = conn.bytes_in;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Asks the board to install bundle `id` whose manifest blob it has; returns its message.
+pub fn install(
+    conn: &mut Conn,
+    id: &str,
+    manifest: wire::Sha256,
+    opts: &SerialOptions,
+) -> Result<String, DeployError> {
+    let msg = Message::Install {
+        bundle: id.to_string(),
+        manifest,
+    };
+    request(conn, msg, INSTALL_TRIES, opts.install_timeout)
 }
 
 /// Sends `msg` (up to `tries` times) and waits for the board's InstallResult.
