@@ -21,7 +21,7 @@ done
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-want_apt=(build-essential pkg-config clang libclang-dev nasm python3 python3-pip ca-certificates openssh-server openssh-client)
+want_apt=(build-essential pkg-config clang libclang-dev nasm python3 python3-pip ca-certificates openssh-server openssh-client chromium)
 if [ "$AARCH64" -eq 1 ]; then want_apt+=(gcc-aarch64-linux-gnu libc6-arm64-cross qemu-user); fi
 need_apt=()
 for pkg in "${want_apt[@]}"; do

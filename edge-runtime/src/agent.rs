@@ -134,6 +134,9 @@ pub struct AgentArgs {
     /// Seconds between heartbeat telemetry messages.
     #[arg(long, default_value_t = 5.0)]
     pub telemetry_interval: f64,
+    /// The detection loop (`--source ...`): runs the current bundle, swaps in new ones.
+    #[command(flatten)]
+    pub detect: crate::agent_loop::AgentLoopArgs,
 }
 
 /// Failures that stop the agent (everything else is answered on the line and logged).
@@ -234,14 +237,15 @@ pub fn read_manifest_blob(store: &Store, sha: &str) -> Result<Manifest, InstallE
     )?)
 }
 
-/// The bundle's files as the store wants them: `manifest.json` and the three models.
+/// The bundle's files as the store wants them: `manifest.json`, trunk and head (`model.onnx` is
+/// not needed on a board, see [`kestrel_shared::manifest::BundleFiles::on_board`]).
 pub fn bundle_files(
     manifest: &Manifest,
     manifest_sha: &str,
 ) -> std::collections::BTreeMap<String, String> {
     let mut files = std::collections::BTreeMap::new();
     files.insert(MANIFEST_FILE.to_string(), manifest_sha.to_string());
-    for (_, f) in manifest.files.all() {
+    for (_, f) in manifest.files.on_board() {
         files.insert(f.path.clone(), f.sha256.clone());
     }
     files
@@ -951,16 +955,46 @@ pub fn run_cli(args: AgentArgs) -> anyhow::Result<()> {
     }
     cfg.quota = args.max_store_bytes;
     cfg.heartbeat = Duration::from_secs_f64(args.telemetry_interval.max(0.1));
-    let (mut agent, _handle) = Agent::new(cfg)?;
-    let mut host = NoLoop;
-    match &args.serial {
+    let (mut agent, handle) = Agent::new(cfg)?;
+    let board = kestrel_shared::Board::resolve(&args.board).ok();
+    let attached = crate::agent_loop::attach(&args.detect, board.as_ref(), handle.clone())?;
+    // SIGINT / SIGTERM: stop the agent and the loop cleanly (pin low, server closed).
+    let signalled = crate::run_cmd::stop_on_signals()?;
+    {
+        let (handle, loop_stop) = (handle.clone(), attached.as_ref().map(|a| a.stop.clone()));
+        std::thread::spawn(move || {
+            while !signalled.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(s) = loop_stop {
+                s.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            handle.stop();
+        });
+    }
+    let (mut looped, mut idle) = (None, NoLoop);
+    let host: &mut dyn BundleHost = match attached {
+        Some(a) => {
+            let l = looped.insert((a.host, a.thread, a.stop));
+            &mut l.0
+        }
+        None => &mut idle,
+    };
+    let result = match &args.serial {
         Some(dev) => {
             let mut port = crate::transport::open_serial(dev, args.baud)?;
             tracing::info!("serving deploys on {dev} at {} baud", args.baud);
-            agent.run(Some(&mut port), &mut host)?;
+            agent.run(Some(&mut port), host)
         }
-        None => agent.run(None, &mut host)?,
+        None => agent.run(None, host),
+    };
+    if let Some((_, thread, stop)) = looped {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(Some(summary)) = thread.join() {
+            tracing::info!("detection loop: {}", summary.stats.line());
+        }
     }
+    result?;
     Ok(())
 }
 

@@ -144,11 +144,16 @@ pub fn spawn(
                     Err(mpsc::RecvTimeoutError::Disconnected) => return None,
                 }
             };
-            let mut boxed: Vec<Box<dyn Sink>> = sinks
-                .drain(..)
-                .map(|s| -> Box<dyn Sink> { s })
-                .collect();
-            Some(run_loop(first, &capture, &mut boxed, &stop, Some(&rx), &opts))
+            let mut boxed: Vec<Box<dyn Sink>> =
+                sinks.drain(..).map(|s| -> Box<dyn Sink> { s }).collect();
+            Some(run_loop(
+                first,
+                &capture,
+                &mut boxed,
+                &stop,
+                Some(&rx),
+                &opts,
+            ))
         })
 }
 

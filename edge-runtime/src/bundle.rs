@@ -316,7 +316,12 @@ impl Bundle {
         // Integrity first: every file, before spending time in tract.
         let (trunk_path, trunk_bytes) = verified_bytes(&dir, "trunk", &files.trunk)?;
         let (head_path, head_bytes) = verified_bytes(&dir, "head", &files.head)?;
-        let (model_path, model_bytes) = verified_bytes(&dir, "model", &files.model)?;
+        // model.onnx only when asked for: boards run trunk + head and deploys do not send it.
+        let merged = if opts.merged {
+            Some(verified_bytes(&dir, "model", &files.model)?)
+        } else {
+            None
+        };
 
         let batch = opts.batch.max(1);
         let trunk = load(&trunk_path, &trunk_bytes, batch, opts.threads)?;
@@ -383,7 +388,7 @@ impl Bundle {
                 });
             }
         }
-        let model = if opts.merged {
+        let model = if let Some((model_path, model_bytes)) = merged {
             let m = load(&model_path, &model_bytes, batch, opts.threads)?;
             let out = one(&output_shape(&m)?);
             for (what, found, expected) in [

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Detect on camera or replayed frames: JSON lines, GPIO indicator, live view, snapshots.
-    Run(kestrel_edge::run_cmd::RunArgs),
+    Run(Box<kestrel_edge::run_cmd::RunArgs>),
     /// Save frames from the source into OUT/LABEL/ to collect training pictures on the board.
     Capture(kestrel_edge::run_cmd::CaptureArgs),
     /// Measure load time, latency p50/p95 and peak memory of a bundle (optionally against

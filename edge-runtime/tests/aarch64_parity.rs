@@ -201,7 +201,7 @@ fn max_abs_diff_finds_the_largest_difference() {
 fn bundle_detections_match_the_x86_reference() {
     use kestrel_edge::runtime::Detector;
     use kestrel_edge::sink::FrameResult;
-    use kestrel_edge::source::{DirFrames, Recording, RawFrame, decode};
+    use kestrel_edge::source::{DirFrames, RawFrame, Recording, decode};
     use kestrel_edge::stats::Stats;
 
     const THRESHOLD: f32 = 0.05;

@@ -374,7 +374,7 @@ fn a_client_that_stops_reading_does_not_slow_the_sink() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(100),
         "handle took {slowest:?}"
     );
     assert_eq!(view.clients(), 1);

@@ -839,11 +839,14 @@ fn main() -> anyhow::Result<()> {
             };
             match key {
                 Some(k) => {
-                    let id = kestrel_trainer::deploy::sign_bundle(out, &k)
-                        .with_context(|| format!("signing {} with {}", out.display(), k.display()))?;
+                    let id = kestrel_trainer::deploy::sign_bundle(out, &k).with_context(|| {
+                        format!("signing {} with {}", out.display(), k.display())
+                    })?;
                     println!("  signed with key {id} ({})", k.display());
                 }
-                None => println!("  not signed (`kestrel keygen` makes a key; boards with a trust list refuse unsigned bundles)"),
+                None => println!(
+                    "  not signed (`kestrel keygen` makes a key; boards with a trust list refuse unsigned bundles)"
+                ),
             }
         }
         Command::Deploy(ref args) => {

@@ -218,6 +218,13 @@ impl BundleFiles {
             ("model", &self.model),
         ]
     }
+
+    /// The files a board needs: trunk and head. `model.onnx` (the same network in one graph, for
+    /// other runtimes) holds a copy of the trunk, so deploys never send it: a retrained head then
+    /// costs only `head.onnx` and the manifest on the line. The manifest still pins its hash.
+    pub fn on_board(&self) -> [(&'static str, &ModelFile); 2] {
+        [("trunk", &self.trunk), ("head", &self.head)]
+    }
 }
 
 /// Which parts of a bundle are quantized to int8.

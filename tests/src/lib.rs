@@ -192,8 +192,16 @@ pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_share
         vec![],
     );
     let mut g = GraphBuilder::default();
-    let w = g.constant("w", &[c, labels.len()], &seeded(head_seed * 7 + 1, c * labels.len()));
-    let b = g.constant("b", &[labels.len()], &seeded(head_seed * 7 + 2, labels.len()));
+    let w = g.constant(
+        "w",
+        &[c, labels.len()],
+        &seeded(head_seed * 7 + 1, c * labels.len()),
+    );
+    let b = g.constant(
+        "b",
+        &[labels.len()],
+        &seeded(head_seed * 7 + 2, labels.len()),
+    );
     g.node_into("Gemm", &["features", &w, &b], "logits", vec![]);
     let head = g.finish(
         ("features", vec![None, Some(c)]),

@@ -199,5 +199,8 @@ fn boards_lists_the_builtin_boards_and_names_a_bad_field() {
     let out = kestrel().arg("boards").arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("my-board.toml") && err.contains("fps"), "{err}");
+    assert!(
+        err.contains("my-board.toml") && err.contains("fps"),
+        "{err}"
+    );
 }

@@ -438,8 +438,12 @@ fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
     )
     .unwrap();
     let second = {
-        let (store_dir, fp32, handle, stop) =
-            (store.path().to_path_buf(), fp32.clone(), handle.clone(), stop.clone());
+        let (store_dir, fp32, handle, stop) = (
+            store.path().to_path_buf(),
+            fp32.clone(),
+            handle.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1500));
             let id = install_into_store(&store_dir, &fp32);
@@ -463,7 +467,10 @@ fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
     assert!(switch > 5, "ran {first} first: {models:?}");
     assert!(models[..switch].iter().all(|m| *m == first), "{models:?}");
     assert!(models[switch..].iter().all(|m| *m == second), "{models:?}");
-    assert!(seen.len() - switch > 5, "ran {second} for a while: {models:?}");
+    assert!(
+        seen.len() - switch > 5,
+        "ran {second} for a while: {models:?}"
+    );
     assert!(
         seen.windows(2).all(|w| w[0].0 < w[1].0),
         "frame numbers carry on across the switch"

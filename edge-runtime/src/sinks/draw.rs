@@ -371,23 +371,3 @@ mod tests {
         assert_eq!((back.width(), back.height()), (33, 17));
     }
 }
-#[cfg(test)]
-mod scratch_font {
-    #[test]
-    fn dump_font() {
-        let mut img = image::RgbImage::new(620, 80);
-        let mut c = super::Canvas(&mut img);
-        let all: String = (0x20u8..=0x7E).map(char::from).collect();
-        for (i, chunk) in all.as_bytes().chunks(50).enumerate() {
-            c.text(2, 2 + i as i64 * 18, std::str::from_utf8(chunk).unwrap(), image::Rgb([255, 255, 255]));
-        }
-        img.save("/tmp/font.png").unwrap();
-        let bg = image::RgbImage::from_pixel(320, 200, image::Rgb([60, 90, 60]));
-        let det = |l: &str, c: usize, sc: f32, b: [f32; 4]| crate::sink::LabeledDetection { label: l.into(), class: c, score: sc, bbox: kestrel_shared::BBox::from(b) };
-        let r = crate::sink::FrameResult { timestamp_ms: 0, source_ms: 0.0, frame: 0, width: 320, height: 200,
-            detections: vec![det("circle", 0, 0.87, [30.0, 60.0, 130.0, 150.0]), det("cross", 1, 0.55, [150.0, 5.0, 300.0, 120.0])],
-            classification: Some(crate::sink::Classification { label: "triangle".into(), class: 3, score: 0.91 }), inference_ms: 1.0 };
-        let out = super::annotate(&bg, &r);
-        std::fs::write("/tmp/annot.jpg", super::encode_jpeg(&out, 75).unwrap()).unwrap();
-    }
-}

@@ -81,7 +81,7 @@ impl Sink for Snapshots {
         image: &RgbImage,
         _stats: &StatsSnapshot,
     ) -> Result<(), SinkError> {
-        let due = self.seen % self.every == 0;
+        let due = self.seen.is_multiple_of(self.every);
         self.seen += 1;
         if !due {
             return Ok(());

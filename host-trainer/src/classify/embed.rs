@@ -37,7 +37,10 @@ impl EmbeddingCache {
         // pixel code changed.
         self.dir
             .join(&trunk_sha[..16])
-            .join(format!("p{}", kestrel_shared::preprocess::PREPROCESS_VERSION))
+            .join(format!(
+                "p{}",
+                kestrel_shared::preprocess::PREPROCESS_VERSION
+            ))
             .join(&content_sha[..2])
             .join(name)
     }

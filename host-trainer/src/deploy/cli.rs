@@ -107,14 +107,21 @@ fn print_report(r: &DeployReport, baud: Option<u32>, json: bool) -> anyhow::Resu
     println!(
         "bundle {}: sent {} ({} payload bytes, {} bytes on the line, efficiency {:.3}) in {:.2} s",
         r.bundle,
-        if sent.is_empty() { "nothing, the board had every file".to_string() } else { sent.join(", ") },
+        if sent.is_empty() {
+            "nothing, the board had every file".to_string()
+        } else {
+            sent.join(", ")
+        },
         r.payload_bytes,
         r.line_bytes_out,
         r.efficiency(),
         r.seconds
     );
     if let Some(b) = baud {
-        println!("  at {b} baud the line needs {:.1} s for these bytes", r.seconds_at(b));
+        println!(
+            "  at {b} baud the line needs {:.1} s for these bytes",
+            r.seconds_at(b)
+        );
     }
     println!("  board: {}", r.message);
     Ok(())
@@ -170,7 +177,12 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
 pub fn monitor(args: &MonitorArgs) -> anyhow::Result<()> {
     let mut port = kestrel_edge::transport::open_serial(&args.serial, args.baud)?;
     let duration = args.seconds.map(Duration::from_secs_f64);
-    super::serial::monitor(&mut port, &mut std::io::stdout().lock(), args.count, duration)?;
+    super::serial::monitor(
+        &mut port,
+        &mut std::io::stdout().lock(),
+        args.count,
+        duration,
+    )?;
     Ok(())
 }
 

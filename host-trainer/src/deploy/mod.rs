@@ -113,7 +113,7 @@ impl LocalBundle {
             .map_err(|e| bad(e.to_string()))?;
         let manifest_sha = Sha256::of(&bytes);
         let mut models = Vec::new();
-        for (role, f) in manifest.files.all() {
+        for (role, f) in manifest.files.on_board() {
             let sha256 = Sha256::from_hex(&f.sha256).map_err(|e| bad(e.to_string()))?;
             let path = dir.join(&f.path);
             if verify {

@@ -26,8 +26,6 @@ pub struct SerialOptions {
     pub baud: u32,
     /// Chunk payload in bytes (at most what the board accepts).
     pub chunk: usize,
-    /// Check every file against the manifest before sending (the board checks again anyway).
-    pub verify_locally: bool,
     /// How long to wait for each Hello (the request is repeated a few times).
     pub hello_timeout: Duration,
     /// How long to wait for the install result (the board loads the models first).
@@ -39,7 +37,6 @@ impl Default for SerialOptions {
         SerialOptions {
             baud: 115_200,
             chunk: wire::DEFAULT_CHUNK,
-            verify_locally: true,
             hello_timeout: Duration::from_secs(1),
             install_timeout: Duration::from_secs(60),
         }

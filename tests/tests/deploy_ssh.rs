@@ -1,0 +1,242 @@
+//! `kestrel deploy --ssh` against a real OpenSSH server on 127.0.0.1 (a throwaway host key and
+//! user key in a temporary directory), with a running agent that follows the store's `current`.
+//! Skipped with a message when `sshd` is not installed, unless CI is set (then it fails).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kestrel_e2e::{assert_store_blobs_intact, bin, run, run_ok, tiny_bundle};
+use kestrel_edge::agent::{Agent, AgentConfig, BundleHost};
+use kestrel_trainer::deploy::ssh::{self, SshOptions};
+use kestrel_trainer::deploy::{DeployError, LocalBundle};
+use kestrel_trainer::progress::Silent;
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A throwaway sshd; killed when dropped.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path),
+    );
+}
+
+fn start_sshd(dir: &Path) -> Option<Sshd> {
+    if !Path::new(SSHD).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{SSHD} is missing: install openssh-server (scripts/setup.sh does)"
+        );
+        println!("skipped: {SSHD} is missing (apt-get install openssh-server)");
+        return None;
+    }
+    let (host_key, user_key) = (dir.join("host_key"), dir.join("user_key"));
+    keygen(&host_key);
+    keygen(&user_key);
+    let auth = dir.join("authorized_keys");
+    std::fs::copy(user_key.with_extension("pub"), &auth).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PermitRootLogin yes\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPidFile {}\n",
+            host_key.display(),
+            auth.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    // sshd's privilege separation directory (root only; a user's sshd does without).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new(SSHD)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sshd does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Sshd {
+        child,
+        port,
+        key: user_key,
+    })
+}
+
+fn user() -> String {
+    let (ok, out, _) = run(Command::new("id").arg("-un"));
+    assert!(ok);
+    out.trim().to_string()
+}
+
+/// Remembers what the agent switched to (stands in for the detection loop).
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<PathBuf>>>);
+
+impl BundleHost for Recorder {
+    fn switch(&mut self, dir: &Path) -> Result<(), String> {
+        self.0.lock().unwrap().push(dir.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    /// Waits until the agent switched to bundle `id`.
+    fn wait_for(&self, id: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self
+                .0
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|p| p.ends_with(id))
+            {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the agent did not switch to {id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = start_sshd(tmp.path()) else {
+        return;
+    };
+    let store = tmp.path().join("store");
+    let target = format!("{}@127.0.0.1:{}", user(), sshd.port);
+    let options = vec![
+        format!("IdentityFile={}", sshd.key.display()),
+        "UserKnownHostsFile=/dev/null".to_string(),
+        "StrictHostKeyChecking=no".to_string(),
+        "BatchMode=yes".to_string(),
+        "LogLevel=ERROR".to_string(),
+    ];
+    let mut opts = SshOptions::new(&target);
+    opts.options = options.clone();
+    opts.remote_bin = bin("kestrel-edge").display().to_string();
+    opts.store = store.display().to_string();
+
+    // The agent runs beside (no serial line): it follows `current`.
+    let mut cfg = AgentConfig::new(store.clone());
+    cfg.poll = Duration::from_millis(200);
+    let (mut agent, handle) = Agent::new(cfg).unwrap();
+    let recorder = Recorder::default();
+    let mut host = recorder.clone();
+    let agent_thread = std::thread::spawn(move || agent.run(None, &mut host).unwrap());
+
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    tiny_bundle(&a, 30, 30);
+    tiny_bundle(&b, 30, 31);
+    let bundle_a = LocalBundle::open(&a, true).unwrap();
+    let full = ssh::deploy(&bundle_a, &opts, &Silent).unwrap();
+    // trunk, head, manifest (never model.onnx: boards run trunk + head).
+    assert_eq!(full.sent().len(), 3, "{:?}", full.sent());
+    let seen = recorder.wait_for(&bundle_a.id);
+    println!(
+        "ssh full deploy: {} bytes in {:.2} s (agent switched {:?} later); board: {}",
+        full.payload_bytes, full.seconds, seen, full.message
+    );
+
+    // The command line, head-only: the trunk stays on the board.
+    let start = Instant::now();
+    let (out, _) = run_ok(
+        Command::new(bin("kestrel"))
+            .args(["--quiet", "deploy"])
+            .arg(&b)
+            .args(["--json", "--ssh", &target, "--remote-bin"])
+            .arg(bin("kestrel-edge"))
+            .arg("--store")
+            .arg(&store)
+            .args(options.iter().flat_map(|o| ["--ssh-option", o.as_str()])),
+    );
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let sent: Vec<&str> = report["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["bytes_sent"].as_u64() > Some(0))
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(!sent.contains(&"trunk.onnx"), "{sent:?}");
+    assert_eq!(sent.len(), 2, "head and manifest only: {sent:?}");
+    let bundle_b = LocalBundle::open(&b, true).unwrap();
+    recorder.wait_for(&bundle_b.id);
+    println!(
+        "ssh head-only deploy (kestrel deploy): {} bytes, {:.2} s with the CLI",
+        report["payload_bytes"],
+        start.elapsed().as_secs_f64()
+    );
+
+    // A board trust list the bundle does not satisfy: refused, the board stays on B.
+    let trust = tmp.path().join("trust");
+    let key = kestrel_shared::sign::SecretKey::from_seed([3; 32]);
+    std::fs::write(&trust, key.public().to_line("ci") + "\n").unwrap();
+    let c = tmp.path().join("c");
+    tiny_bundle(&c, 30, 32);
+    let mut strict = opts.clone();
+    strict.trust = Some(trust.display().to_string());
+    let err = ssh::deploy(&LocalBundle::open(&c, true).unwrap(), &strict, &Silent).unwrap_err();
+    println!("unsigned over ssh: {err}");
+    assert!(
+        matches!(&err, DeployError::Refused(m) if m.contains("unsigned")),
+        "{err}"
+    );
+    // Signed, it goes through.
+    key.sign_bundle(&c).unwrap();
+    let bundle_c = LocalBundle::open(&c, true).unwrap();
+    ssh::deploy(&bundle_c, &strict, &Silent).unwrap();
+    recorder.wait_for(&bundle_c.id);
+
+    // Rollback over ssh, with the command line.
+    let (out, _) = run_ok(
+        Command::new(bin("kestrel"))
+            .args(["--quiet", "rollback", "--ssh", &target, "--remote-bin"])
+            .arg(bin("kestrel-edge"))
+            .arg("--store")
+            .arg(&store)
+            .args(options.iter().flat_map(|o| ["--ssh-option", o.as_str()])),
+    );
+    assert!(out.contains(&bundle_b.id), "{out}");
+    recorder.wait_for(&bundle_b.id);
+
+    handle.stop();
+    agent_thread.join().unwrap();
+    assert_store_blobs_intact(&store);
+}
