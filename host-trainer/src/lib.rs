@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod detect;
 pub mod export;
 pub mod imagenet;
+pub mod install;
 pub mod mobilenet;
 pub mod onnx;
 pub mod plot;

@@ -174,6 +174,9 @@ enum Command {
     Keygen(kestrel_trainer::deploy::cli::KeygenArgs),
     /// List the supported boards (or check board files): target, CPU, threads, camera, GPIO, serial.
     Boards(kestrel_trainer::boards::BoardsArgs),
+    /// Install the agent on a board over SSH: the board's kestrel-edge, a systemd unit with the
+    /// board's settings, this host's key in its trust list; rerun to upgrade in place.
+    Install(kestrel_trainer::install::InstallArgs),
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo {
         /// Output directory.
@@ -858,6 +861,9 @@ fn main() -> anyhow::Result<()> {
         Command::Rollback(ref args) => kestrel_trainer::deploy::cli::rollback(args)?,
         Command::Keygen(ref args) => kestrel_trainer::deploy::cli::keygen(args)?,
         Command::Boards(ref args) => kestrel_trainer::boards::run(args)?,
+        Command::Install(ref args) => {
+            kestrel_trainer::install::run(args)?;
+        }
         Command::Demo { ref out, cut } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let report = demo::run(&p, cut, out)?;

@@ -281,3 +281,106 @@ pub fn assert_store_blobs_intact(root: &Path) {
         assert_eq!(found, name, "blob {} is corrupt", e.path().display());
     }
 }
+
+/// sshd's path (Debian's openssh-server).
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// A throwaway OpenSSH server on 127.0.0.1 (see [`start_sshd`]); killed when dropped.
+pub struct Sshd {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// The user key it accepts (private key file).
+    pub key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ssh_keygen(path: &Path) {
+    run_ok(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path),
+    );
+}
+
+/// Starts an sshd on 127.0.0.1 with a throwaway host key and user key in `dir`; None (with a
+/// message) when sshd is not installed, unless CI is set (then it panics).
+pub fn start_sshd(dir: &Path) -> Option<Sshd> {
+    use std::time::{Duration, Instant};
+    if !Path::new(SSHD).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{SSHD} is missing: install openssh-server (scripts/setup.sh does)"
+        );
+        println!("skipped: {SSHD} is missing (apt-get install openssh-server)");
+        return None;
+    }
+    let (host_key, user_key) = (dir.join("host_key"), dir.join("user_key"));
+    ssh_keygen(&host_key);
+    ssh_keygen(&user_key);
+    let auth = dir.join("authorized_keys");
+    std::fs::copy(user_key.with_extension("pub"), &auth).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PermitRootLogin yes\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPidFile {}\n",
+            host_key.display(),
+            auth.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    // sshd's privilege separation directory (root only; a user's sshd does without).
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = std::process::Command::new(SSHD)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sshd does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Sshd {
+        child,
+        port,
+        key: user_key,
+    })
+}
+
+/// The current user's name (`id -un`), to log in to the loopback sshd.
+pub fn ssh_user() -> String {
+    let (ok, out, _) = run(std::process::Command::new("id").arg("-un"));
+    assert!(ok);
+    out.trim().to_string()
+}
+
+/// ssh options for the loopback sshd: its user key, no known_hosts, batch mode.
+pub fn loopback_ssh_options(sshd: &Sshd) -> Vec<String> {
+    vec![
+        format!("IdentityFile={}", sshd.key.display()),
+        "UserKnownHostsFile=/dev/null".to_string(),
+        "StrictHostKeyChecking=no".to_string(),
+        "BatchMode=yes".to_string(),
+        "LogLevel=ERROR".to_string(),
+    ]
+}

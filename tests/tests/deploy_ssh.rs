@@ -2,102 +2,18 @@
 //! user key in a temporary directory), with a running agent that follows the store's `current`.
 //! Skipped with a message when `sshd` is not installed, unless CI is set (then it fails).
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kestrel_e2e::{assert_store_blobs_intact, bin, run, run_ok, tiny_bundle};
+use kestrel_e2e::{
+    assert_store_blobs_intact, bin, run_ok, ssh_user as user, start_sshd, tiny_bundle,
+};
 use kestrel_edge::agent::{Agent, AgentConfig, BundleHost};
 use kestrel_trainer::deploy::ssh::{self, SshOptions};
 use kestrel_trainer::deploy::{DeployError, LocalBundle};
 use kestrel_trainer::progress::Silent;
-
-const SSHD: &str = "/usr/sbin/sshd";
-
-/// A throwaway sshd; killed when dropped.
-struct Sshd {
-    child: Child,
-    port: u16,
-    key: PathBuf,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(path),
-    );
-}
-
-fn start_sshd(dir: &Path) -> Option<Sshd> {
-    if !Path::new(SSHD).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{SSHD} is missing: install openssh-server (scripts/setup.sh does)"
-        );
-        println!("skipped: {SSHD} is missing (apt-get install openssh-server)");
-        return None;
-    }
-    let (host_key, user_key) = (dir.join("host_key"), dir.join("user_key"));
-    keygen(&host_key);
-    keygen(&user_key);
-    let auth = dir.join("authorized_keys");
-    std::fs::copy(user_key.with_extension("pub"), &auth).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-             PermitRootLogin yes\nStrictModes no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\nPidFile {}\n",
-            host_key.display(),
-            auth.display(),
-            dir.join("sshd.pid").display()
-        ),
-    )
-    .unwrap();
-    // sshd's privilege separation directory (root only; a user's sshd does without).
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let child = Command::new(SSHD)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "sshd does not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Sshd {
-        child,
-        port,
-        key: user_key,
-    })
-}
-
-fn user() -> String {
-    let (ok, out, _) = run(Command::new("id").arg("-un"));
-    assert!(ok);
-    out.trim().to_string()
-}
 
 /// Remembers what the agent switched to (stands in for the detection loop).
 #[derive(Clone, Default)]

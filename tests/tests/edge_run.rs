@@ -477,3 +477,28 @@ fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
     );
     assert_eq!(summary.ended, "stopped");
 }
+
+/// `kestrel-edge bench --json` reports what the issue asks for, and onnxruntime on the same
+/// model.onnx in the same run.
+#[test]
+fn bench_reports_latency_memory_and_the_onnxruntime_ratio() {
+    let f = fixture();
+    let (out, _) = run_ok(
+        Command::new(edge())
+            .arg("bench")
+            .arg("--bundle")
+            .arg(&f.bundle)
+            .args(["--iterations", "5", "--json", "--onnxruntime"])
+            .arg(kestrel_e2e::python()),
+    );
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for key in ["threads", "load_ms", "p50_ms", "p95_ms", "peak_rss_mb"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    assert!(r["p95_ms"].as_f64() >= r["p50_ms"].as_f64());
+    let ort = r["onnxruntime"]["p50_ms"].as_f64().unwrap();
+    let ratio = r["ratio_vs_onnxruntime"].as_f64().unwrap();
+    assert!((ratio - r["p50_ms"].as_f64().unwrap() / ort).abs() < 1e-6);
+    assert!(r["overhead_ratio"].as_f64().unwrap() > 0.0);
+    println!("bench: {r}");
+}
