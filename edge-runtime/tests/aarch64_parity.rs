@@ -190,7 +190,7 @@ fn max_abs_diff_finds_the_largest_difference() {
 /// Parity of a whole bundle (trunk + head + decoding, the board's real work): `scripts/test.sh`
 /// exports a small fp32 detector bundle into `$KESTREL_PARITY_DIR/bundle`, saves JPEG frames in
 /// `$KESTREL_PARITY_DIR/frames/` and the x86 `kestrel-edge run --source dir:... --score-threshold
-/// 0.05` JSON lines in `bundle-reference.jsonl`. Here, the same frames through the same code: the
+/// 0` JSON lines (every cell that survives NMS, so a barely trained model still gives many) in `bundle-reference.jsonl`. Here, the same frames through the same code: the
 /// same detections, scores within 1e-3, boxes within 0.05 px. A detection may only be missing on
 /// one side when its score is within 1e-3 of the threshold.
 #[test]
@@ -204,7 +204,7 @@ fn bundle_detections_match_the_x86_reference() {
     use kestrel_edge::source::{DirFrames, RawFrame, Recording, decode};
     use kestrel_edge::stats::Stats;
 
-    const THRESHOLD: f32 = 0.05;
+    const THRESHOLD: f32 = 0.0;
     let Some(dir) = std::env::var_os("KESTREL_PARITY_DIR") else {
         if std::env::var("KESTREL_PARITY_SKIP").as_deref() == Ok("1") {
             eprintln!("SKIPPED: aarch64 bundle parity opted out with KESTREL_PARITY_SKIP=1");
