@@ -251,6 +251,9 @@ fn hint(err: &(dyn std::error::Error + 'static), chip: &Path, line: Option<u32>)
         )
     } else if text.contains("ENOTTY") {
         "this file is not a GPIO chip; use a /dev/gpiochipN device".into()
+    } else if text.contains("ENOSYS") {
+        // What qemu's user-mode emulation answers for the GPIO ioctls it does not know.
+        "this file is not a GPIO chip, or this system (an emulator?) has no GPIO character device support; use a /dev/gpiochipN device on the board".into()
     } else if text.contains("out of range") || text.contains("EINVAL") {
         "the chip has no such line: check gpio.line in the board file against `gpioinfo`".into()
     } else if text.contains("EACCES") || text.contains("EPERM") {
