@@ -35,7 +35,7 @@ use kestrel_shared::sign::{PUBLIC_KEY_FILE, PublicKey};
 use sha2::{Digest, Sha256};
 
 use crate::deploy::LocalBundle;
-use crate::deploy::ssh::{self, SshOptions, parse_target};
+use crate::deploy::ssh::{self, SshOptions};
 use crate::progress::Silent;
 
 /// ELF `e_machine` of aarch64.
@@ -167,10 +167,8 @@ pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// A word for the remote shell, single-quoted.
-pub fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
+/// A word for the remote shell, single-quoted (the deploy's quoting).
+pub use crate::deploy::ssh::quote as sh_quote;
 
 /// A word of a systemd `ExecStart=` line: double-quoted when it needs to be, `%` doubled.
 pub fn unit_word(word: &str) -> String {
@@ -263,22 +261,13 @@ struct Remote {
 
 impl Remote {
     fn command(&self, script: &str) -> anyhow::Result<Command> {
-        let (dest, port) = parse_target(&self.target)?;
-        let mut c = Command::new(&self.program);
-        if let Some(p) = port {
-            c.arg("-p").arg(p.to_string());
-        }
-        for o in &self.options {
-            if o.starts_with('-') {
-                c.args(o.split_whitespace());
-            } else {
-                c.arg("-o").arg(o);
-            }
-        }
-        c.arg("--")
-            .arg(dest)
-            .arg(format!("sh -c {}", sh_quote(script)));
-        Ok(c)
+        let remote = format!("sh -c {}", sh_quote(script));
+        Ok(crate::deploy::ssh::ssh_command(
+            &self.program,
+            &self.target,
+            &self.options,
+            &remote,
+        )?)
     }
 
     /// Runs `script` (stdin: `input`, if any); its stdout, or an error with its stderr.

@@ -32,6 +32,31 @@ pub struct SshOptions {
     pub program: String,
 }
 
+/// `PROGRAM [-p PORT] [-o OPTION]... -- DEST REMOTE`: the system ssh running the shell command
+/// `remote` on `target` (`USER@HOST[:PORT]`); options starting with `-` are passed as they are,
+/// others become `-o OPTION`.
+pub fn ssh_command(
+    program: &str,
+    target: &str,
+    options: &[String],
+    remote: &str,
+) -> Result<Command, DeployError> {
+    let (dest, port) = parse_target(target)?;
+    let mut c = Command::new(program);
+    if let Some(p) = port {
+        c.arg("-p").arg(p.to_string());
+    }
+    for o in options {
+        if o.starts_with('-') {
+            c.args(o.split_whitespace());
+        } else {
+            c.arg("-o").arg(o);
+        }
+    }
+    c.arg("--").arg(dest).arg(remote);
+    Ok(c)
+}
+
 impl SshOptions {
     /// Options for `target` with the defaults: `kestrel-edge` on the remote PATH, the store in
     /// `/var/lib/kestrel` (the board files' default).
@@ -87,7 +112,7 @@ pub fn parse_target(target: &str) -> Result<(String, Option<u16>), DeployError> 
 }
 
 /// A word for the remote shell, single-quoted.
-fn quote(word: &str) -> String {
+pub fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
@@ -101,23 +126,15 @@ fn ssh_err(what: &str, detail: String) -> DeployError {
 impl SshOptions {
     /// The ssh command running `kestrel-edge store --store DIR ARGS...` on the board.
     pub fn store_command(&self, args: &[&str]) -> Result<Command, DeployError> {
-        let (dest, port) = parse_target(&self.target)?;
-        let mut c = Command::new(&self.program);
-        if let Some(p) = port {
-            c.arg("-p").arg(p.to_string());
-        }
-        for o in &self.options {
-            if o.starts_with('-') {
-                c.args(o.split_whitespace());
-            } else {
-                c.arg("-o").arg(o);
-            }
-        }
         let mut remote = vec![quote(&self.remote_bin), "store".into(), "--store".into()];
         remote.push(quote(&self.store));
         remote.extend(args.iter().map(|a| quote(a)));
-        c.arg("--").arg(dest).arg(remote.join(" "));
-        Ok(c)
+        ssh_command(
+            &self.program,
+            &self.target,
+            &self.options,
+            &remote.join(" "),
+        )
     }
 
     /// Runs a store command; its stdout on success, else an error with its stderr.
