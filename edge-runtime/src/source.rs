@@ -295,6 +295,20 @@ pub trait Recording {
     fn read(&mut self, i: usize) -> Result<(RawFormat, u32, u32, Vec<u8>), SourceError>;
     /// Description for logs.
     fn describe(&self) -> String;
+
+    /// Frame `i` as a [`RawFrame`] numbered `i`, at source time 0 (for checks outside a replay).
+    fn raw_frame(&mut self, i: usize) -> Result<RawFrame, SourceError> {
+        let (format, width, height, data) = self.read(i)?;
+        Ok(RawFrame {
+            index: i as u64,
+            source_ms: 0.0,
+            captured: SystemTime::now(),
+            width,
+            height,
+            format,
+            data,
+        })
+    }
 }
 
 /// A [`Recording`] played in order, optionally paced and looped.

@@ -201,7 +201,7 @@ fn max_abs_diff_finds_the_largest_difference() {
 fn bundle_detections_match_the_x86_reference() {
     use kestrel_edge::runtime::Detector;
     use kestrel_edge::sink::FrameResult;
-    use kestrel_edge::source::{DirFrames, RawFrame, Recording, decode};
+    use kestrel_edge::source::{DirFrames, Recording, decode};
     use kestrel_edge::stats::Stats;
 
     const THRESHOLD: f32 = 0.0;
@@ -229,16 +229,7 @@ fn bundle_detections_match_the_x86_reference() {
     let mut stats = Stats::new("parity");
     let (mut compared, mut worst_score, mut worst_box) = (0, 0f32, 0f32);
     for r in &reference {
-        let (format, width, height, data) = frames.read(r.frame as usize).unwrap();
-        let raw = RawFrame {
-            index: r.frame,
-            source_ms: 0.0,
-            captured: std::time::SystemTime::now(),
-            width,
-            height,
-            format,
-            data,
-        };
+        let raw = frames.raw_frame(r.frame as usize).unwrap();
         let img = decode(&raw).unwrap();
         let (got, _, _) = detector.infer(&img, &mut stats).unwrap();
         let near = |s: f32| (s - THRESHOLD).abs() <= 1e-3;

@@ -119,16 +119,7 @@ fn replayed_video_gives_the_library_results_in_camera_pixels() {
     assert_eq!(rec.len() as u64, n + 1);
     let mut total = 0;
     for r in &run.results {
-        let (format, width, height, data) = rec.read(r.frame as usize).unwrap();
-        let raw = kestrel_edge::source::RawFrame {
-            index: r.frame,
-            source_ms: 0.0,
-            captured: std::time::SystemTime::now(),
-            width,
-            height,
-            format,
-            data,
-        };
+        let raw = rec.raw_frame(r.frame as usize).unwrap();
         let img = decode(&raw).unwrap();
         let (dets, _, _) = detector.infer(&img, &mut stats).unwrap();
         assert_eq!((r.width, r.height), (320, 240));
