@@ -110,23 +110,6 @@ pub trait Sink {
     }
 }
 
-impl<S: Sink + ?Sized> Sink for Box<S> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn handle(
-        &mut self,
-        result: &FrameResult,
-        image: &RgbImage,
-        stats: &StatsSnapshot,
-    ) -> Result<(), SinkError> {
-        (**self).handle(result, image, stats)
-    }
-    fn close(&mut self) -> Result<(), SinkError> {
-        (**self).close()
-    }
-}
-
 /// One JSON object per frame on a writer (stdout by default), flushed per line so a pipe sees
 /// results as they happen.
 pub struct JsonLines<W: Write> {

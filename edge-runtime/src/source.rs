@@ -174,18 +174,6 @@ pub trait FrameSource {
     }
 }
 
-impl<S: FrameSource + ?Sized> FrameSource for Box<S> {
-    fn next_frame(&mut self) -> Result<Option<RawFrame>, SourceError> {
-        (**self).next_frame()
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-    fn is_live(&self) -> bool {
-        (**self).is_live()
-    }
-}
-
 /// Camera settings: resolution, frame rate and pixel format to ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CameraSettings {
