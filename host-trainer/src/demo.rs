@@ -230,6 +230,9 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
             batch_size: 32,
             seed: 0,
             patience: 5,
+            shift_cells: 0,
+            dropout: 0.0,
+            objectness: Default::default(),
         },
         decode: DecodeSettings {
             score_threshold: 0.3,

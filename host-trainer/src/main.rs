@@ -11,6 +11,7 @@ use kestrel_trainer::classify::run::TrainedClassifier;
 use kestrel_trainer::classify::{
     ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
 };
+use kestrel_trainer::detect::loss::Objectness;
 use kestrel_trainer::detect::run::{DetectOptions, TrainedDetector, run_task, train_detect};
 use kestrel_trainer::detect::train::{
     DecodeSettings, DetectFineTune, DetectHeadKind, DetectTrainConfig,
@@ -253,6 +254,17 @@ struct DetectArgs {
     /// Most detections per picture.
     #[arg(long, default_value_t = 100)]
     max_detections: usize,
+    /// Augmentation: move each training scene by up to N cells of the feature map (N x stride
+    /// pixels) with its boxes, as far as keeps the objects inside (default 4 for single, 0 else).
+    #[arg(long)]
+    shift_cells: Option<usize>,
+    /// Dropout on the single head's flattened feature map (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Grid head objectness: focal (target 1) or iou (target = the IoU of the cell's box, so the
+    /// best-fitting box scores highest).
+    #[arg(long, value_enum, default_value_t = Objectness::Focal)]
+    objectness: Objectness,
     /// Phase 2: after the head, fine-tune the top N blocks below the cut with it (0 = off).
     #[arg(long, default_value_t = 0)]
     fine_tune_blocks: usize,
@@ -661,6 +673,9 @@ fn main() -> anyhow::Result<()> {
                     batch_size: a.batch_size,
                     seed: a.seed,
                     patience: a.patience,
+                    shift_cells: a.shift_cells.unwrap_or(if single { 4 } else { 0 }),
+                    dropout: a.dropout,
+                    objectness: a.objectness,
                 },
                 decode: DecodeSettings {
                     score_threshold: a.score_threshold,

@@ -85,6 +85,11 @@ impl BBox {
         BBox::new(self.x0 * sx, self.y0 * sy, self.x1 * sx, self.y1 * sy)
     }
 
+    /// Move by `dx`, `dy` pixels.
+    pub fn translate(&self, dx: f32, dy: f32) -> BBox {
+        BBox::new(self.x0 + dx, self.y0 + dy, self.x1 + dx, self.y1 + dy)
+    }
+
     /// Clip to a `width` x `height` picture.
     pub fn clamp(&self, width: f32, height: f32) -> BBox {
         BBox::new(

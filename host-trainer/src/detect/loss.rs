@@ -45,6 +45,11 @@ pub fn focal(z: Tensor<1>, t: Tensor<1>, alpha: f32) -> Tensor<1> {
 /// `1 - GIoU` of predicted and target boxes, both `[P, 4]` as `(tx, ty, tw, th)` relative to the
 /// same cell (centre offset and log size, in cells), not reduced.
 pub fn giou_loss(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
+    iou_giou(pred, target).1.neg() + 1.0
+}
+
+/// IoU and generalised IoU of predicted and target boxes (as in [`giou_loss`]), not reduced.
+pub fn iou_giou(pred: Tensor<2>, target: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
     let corners = |b: Tensor<2>| {
         let [p, _] = b.dims();
         let cx = b.clone().narrow(1, 0, 1).reshape([p]);
@@ -79,8 +84,32 @@ pub fn giou_loss(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
     let ch = ay1.max_pair(by1) - ay0.min_pair(by0);
     let c = cw * ch + 1e-9;
     let iou = inter / (union.clone() + 1e-9);
-    let giou = iou - (c.clone() - union) / c;
-    giou.neg() + 1.0
+    let giou = iou.clone() - (c.clone() - union) / c;
+    (iou, giou)
+}
+
+/// Quality focal loss (Li et al., GFL) of logits `z` against soft targets `t` in [0, 1]:
+/// `|t - sigmoid(z)|^2 * BCE(z, t)`, not reduced. With `t` = the IoU of a cell's predicted box,
+/// the score learns to rank boxes by how well they fit, which NMS and AP@0.5:0.95 reward.
+pub fn quality_focal(z: Tensor<1>, t: Tensor<1>) -> Tensor<1> {
+    let p = sigmoid(z.clone());
+    let ce = z.clone().clamp_min(0.0) - z.clone() * t.clone() + z.abs().neg().exp().log1p();
+    let d = (t - p).abs();
+    d.clone() * d * ce
+}
+
+/// How the grid head's objectness is trained.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Objectness {
+    /// Focal loss against 0/1 (RetinaNet): every positive cell aims at a score of 1.
+    #[default]
+    Focal,
+    /// Quality focal loss against the IoU of the cell's predicted box (boxes only; centroids use
+    /// focal): the best-fitting box gets the highest score.
+    Iou,
 }
 
 /// Training targets of a batch for a grid head.
@@ -198,6 +227,7 @@ pub fn grid_loss(
     raw: Tensor<4>,
     targets: &GridTargets,
     spec: &GridSpec,
+    objectness: Objectness,
     device: &Device,
 ) -> GridLoss {
     let [n, k, h, w] = raw.dims();
@@ -209,9 +239,13 @@ pub fn grid_loss(
     let obj_logits: Tensor<1> = flat.clone().narrow(1, 0, 1).reshape([n * h * w]);
     let p = targets.positives.len();
     let norm = p.max(1) as f32;
-    let objectness = focal(obj_logits, obj_t, FOCAL_ALPHA).sum() / norm;
+    let kind = objectness;
     let zero = || Tensor::<1>::zeros([1], device);
     if p == 0 {
+        let objectness = match kind {
+            Objectness::Focal => focal(obj_logits, obj_t, FOCAL_ALPHA).sum(),
+            Objectness::Iou => quality_focal(obj_logits, obj_t.zeros_like()).sum(),
+        };
         return GridLoss {
             total: objectness.clone(),
             objectness,
@@ -220,7 +254,7 @@ pub fn grid_loss(
         };
     }
     let idx = Tensor::<1, Int>::from_data(TensorData::new(targets.positives.clone(), [p]), device);
-    let pos = flat.select(0, idx);
+    let pos = flat.select(0, idx.clone());
     let c = spec.classes;
     let mut one_hot = vec![0.0f32; p * c];
     for (i, &k) in targets.classes.iter().enumerate() {
@@ -231,13 +265,27 @@ pub fn grid_loss(
         .sum()
         .neg()
         / p as f32;
-    let boxes = if spec.boxes {
+    let (boxes, objectness) = if spec.boxes {
         let pred = pos.narrow(1, 1 + c, 4);
         let target = Tensor::<2>::from_data(TensorData::new(targets.boxes.clone(), [p, 4]), device);
         let l1 = (pred.clone() - target.clone()).abs().sum() / (4 * p) as f32;
-        l1 + giou_loss(pred, target).mean() * GIOU_WEIGHT
+        let (iou, giou) = iou_giou(pred, target);
+        let objectness = match kind {
+            Objectness::Focal => focal(obj_logits, obj_t, FOCAL_ALPHA).sum() / norm,
+            Objectness::Iou => {
+                // Soft targets: 0 everywhere, the (constant) IoU of the predicted box at positives.
+                let t = obj_t.zeros_like().select_assign(
+                    0,
+                    idx,
+                    iou.detach().clamp(0.0, 1.0),
+                    burn::tensor::IndexingUpdateOp::Assign,
+                );
+                quality_focal(obj_logits, t).sum() / norm
+            }
+        };
+        (l1 + (giou.neg() + 1.0).mean() * GIOU_WEIGHT, objectness)
     } else {
-        zero()
+        (zero(), focal(obj_logits, obj_t, FOCAL_ALPHA).sum() / norm)
     };
     GridLoss {
         total: objectness.clone() + class.clone() + boxes.clone(),
@@ -273,6 +321,20 @@ mod tests {
         // A confident right answer costs nothing; a confident wrong one 0.25 * 1 * 100, finite.
         assert!(got[2].abs() < 1e-6);
         assert!((got[3] - 25.0).abs() < 1e-3, "{got:?}");
+    }
+
+    #[test]
+    fn quality_focal_by_hand() {
+        let d = dev();
+        let z = Tensor::<1>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.0, 20.0], [4]), &d);
+        let t = Tensor::<1>::from_data(TensorData::new(vec![0.5f32, 1.0, 0.0, 1.0], [4]), &d);
+        let got = v1(quality_focal(z, t));
+        let ln2 = std::f32::consts::LN_2;
+        // p = 0.5 meets t = 0.5: nothing to learn. Against 1 or 0: 0.25 * ln 2. p ~ 1 vs 1: ~0.
+        assert!(got[0].abs() < 1e-7, "{got:?}");
+        assert!((got[1] - 0.25 * ln2).abs() < 1e-6, "{got:?}");
+        assert!((got[2] - 0.25 * ln2).abs() < 1e-6, "{got:?}");
+        assert!(got[3].abs() < 1e-6, "{got:?}");
     }
 
     #[test]
@@ -397,14 +459,21 @@ mod tests {
         raw[5 * h * w + 4] = 0.0;
         raw[6 * h * w + 4] = 2f32.ln();
         let good = Tensor::<4>::from_data(TensorData::new(raw.clone(), [1, k, h, w]), &d);
-        let g = grid_loss(good, &t, &spec, &d).values();
+        let g = grid_loss(good.clone(), &t, &spec, Objectness::Focal, &d).values();
+        let gi = grid_loss(good, &t, &spec, Objectness::Iou, &d).values();
+        assert!(gi.total < 1e-4, "{gi:?}");
         assert!(g.total < 1e-4, "{g:?}");
         // Wrong class and a box twice too wide: class and box terms grow, objectness does not.
         raw[h * w + 4] = 20.0;
         raw[2 * h * w + 4] = -20.0;
         raw[5 * h * w + 4] = 2f32.ln();
         let bad = Tensor::<4>::from_data(TensorData::new(raw, [1, k, h, w]), &d);
-        let b = grid_loss(bad, &t, &spec, &d).values();
+        let b = grid_loss(bad.clone(), &t, &spec, Objectness::Focal, &d).values();
+        // IoU-aware: the confident score (p = 1) now aims at the box's IoU 0.5:
+        // |0.5 - 1|^2 * BCE(20, 0.5) = 0.25 * (20 - 10 + ln(1 + e^-20)) = 2.5, over 1 positive.
+        let bi = grid_loss(bad, &t, &spec, Objectness::Iou, &d).values();
+        assert!((bi.objectness - 2.5).abs() < 1e-3, "{bi:?}");
+        assert!((bi.boxes - b.boxes).abs() < 1e-6);
         assert!(b.class > 39.0, "{b:?}");
         // L1: |ln 2| / 4 = 0.173; GIoU of a 2x2 box around a 1x2 one: IoU 0.5, hull = union, loss 0.5.
         assert!(

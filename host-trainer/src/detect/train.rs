@@ -12,12 +12,12 @@ use kestrel_edge::Trunk;
 use kestrel_shared::decode::{GridSpec, decode_grid, decode_single};
 use kestrel_shared::detect::{AnnotatedImage, Detection, Object};
 use kestrel_shared::nms::filter_and_nms;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::heads::{GridConfig, GridHead, SingleHead};
-use super::loss::{GridTargets, book_loss, book_target, grid_loss};
+use super::loss::{GridTargets, Objectness, book_loss, book_target, grid_loss};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
 use crate::classify::finetune::RunningStats;
 use crate::classify::train::{
@@ -60,6 +60,18 @@ pub struct DetectTrainConfig {
     pub seed: u64,
     /// Early-stopping patience (0 = never).
     pub patience: usize,
+    /// Augmentation: each training map is moved by up to this many cells (random per step, only
+    /// as far as keeps every object inside the picture), with its boxes. Moving the picture by one
+    /// stride moves the trunk's map by one cell, so this is a translation of the scene that costs
+    /// no trunk run. 0 = off.
+    #[serde(default)]
+    pub shift_cells: usize,
+    /// Dropout on the single head's flattened map (0 = off); ignored by grid heads.
+    #[serde(default)]
+    pub dropout: f64,
+    /// How a grid head's objectness is trained (focal against 1, or against the box's IoU).
+    #[serde(default)]
+    pub objectness: Objectness,
 }
 
 /// Feature maps of a set of annotated pictures, with their objects in model-input pixels.
@@ -131,6 +143,105 @@ fn stack_maps(x: &[Vec<f32>], idx: &[usize], chw: [usize; 3], device: &Device) -
     Tensor::from_data(
         TensorData::new(data, [idx.len(), chw[0], chw[1], chw[2]]),
         device,
+    )
+}
+
+/// Augmentation of training batches (see [`DetectTrainConfig::shift_cells`]).
+#[derive(Debug, Clone, Copy)]
+struct Augment {
+    /// Most cells a map moves each way.
+    max_shift: usize,
+    /// Dropout on map values (0 = off).
+    dropout: f64,
+    /// Input pixels per cell.
+    stride: f32,
+}
+
+/// A training batch with the shift augmentation: maps `x[idx]` rolled by a random whole number of
+/// cells (at most `max_shift` each way, and only as far as keeps every object inside the
+/// `chw[1] x chw[2]` grid of `stride`-pixel cells), with the objects moved alike; then inverted
+/// dropout on the map values when `dropout > 0` (masks from `rng`, so runs repeat).
+fn shifted_batch(
+    set: &FeatureSet,
+    idx: &[usize],
+    chw: [usize; 3],
+    aug: &Augment,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> (Tensor<4>, Vec<Vec<Object>>) {
+    let [c, h, w] = chw;
+    let (x, objects, stride) = (&set.x, &set.objects, aug.stride);
+    let mut data = Vec::with_capacity(idx.len() * c * h * w);
+    let mut objs = Vec::with_capacity(idx.len());
+    for &i in idx {
+        let (dy, dx) = pick_shift(&objects[i], h, w, stride, aug.max_shift, rng);
+        let src = &x[i];
+        for ch in 0..c {
+            let plane = &src[ch * h * w..(ch + 1) * h * w];
+            for y in 0..h {
+                let sy = (y as isize - dy).rem_euclid(h as isize) as usize;
+                let row = &plane[sy * w..(sy + 1) * w];
+                data.extend(
+                    (0..w).map(|xx| row[(xx as isize - dx).rem_euclid(w as isize) as usize]),
+                );
+            }
+        }
+        objs.push(
+            objects[i]
+                .iter()
+                .map(|o| Object {
+                    class: o.class,
+                    bbox: o.bbox.translate(dx as f32 * stride, dy as f32 * stride),
+                })
+                .collect(),
+        );
+    }
+    if aug.dropout > 0.0 {
+        let keep = 1.0 - aug.dropout;
+        for v in &mut data {
+            *v = if rng.random::<f64>() < keep {
+                *v / keep as f32
+            } else {
+                0.0
+            };
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(data, [idx.len(), c, h, w]), device),
+        objs,
+    )
+}
+
+/// A random move `(dy, dx)` in cells that keeps every object inside the grid.
+fn pick_shift(
+    objects: &[Object],
+    h: usize,
+    w: usize,
+    stride: f32,
+    max_shift: usize,
+    rng: &mut ChaCha8Rng,
+) -> (isize, isize) {
+    let max = max_shift as isize;
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for o in objects {
+        x0 = x0.min(o.bbox.x0);
+        y0 = y0.min(o.bbox.y0);
+        x1 = x1.max(o.bbox.x1);
+        y1 = y1.max(o.bbox.y1);
+    }
+    let range = |lo: f32, hi: f32, cells: usize| -> (isize, isize) {
+        if lo > hi {
+            return (-max, max); // no objects: any move
+        }
+        let room_before = (lo / stride).floor() as isize;
+        let room_after = ((cells as f32 * stride - hi) / stride).floor() as isize;
+        (-room_before.clamp(0, max), room_after.clamp(0, max))
+    };
+    let (ylo, yhi) = range(y0, y1, h);
+    let (xlo, xhi) = range(x0, x1, w);
+    (
+        rng.random_range(ylo as i64..=yhi as i64) as isize,
+        rng.random_range(xlo as i64..=xhi as i64) as isize,
     )
 }
 
@@ -211,6 +322,7 @@ pub fn mean_loss(
     set: &FeatureSet,
     chw: [usize; 3],
     size: f32,
+    objectness: Objectness,
     device: &Device,
 ) -> f64 {
     if set.x.is_empty() {
@@ -229,7 +341,7 @@ pub fn mean_loss(
                 let objs: Vec<&[Object]> =
                     chunk.iter().map(|&i| set.objects[i].as_slice()).collect();
                 let t = GridTargets::build(&objs, spec, chw[1], chw[2]);
-                grid_loss(h.forward(input), &t, spec, device).total
+                grid_loss(h.forward(input), &t, spec, objectness, device).total
             }
         };
         total += l.into_scalar::<f32>() as f64 * chunk.len() as f64;
@@ -299,7 +411,19 @@ pub fn train_detect_head(
         optimizer: cfg.optimizer,
     };
     fit_head(
-        head, settings, false, chw, input_size, train, val, &ad, device, &mut rng, score, on_epoch,
+        head,
+        settings,
+        (cfg.shift_cells, cfg.dropout, cfg.objectness),
+        false,
+        chw,
+        input_size,
+        train,
+        val,
+        &ad,
+        device,
+        &mut rng,
+        score,
+        on_epoch,
     )
 }
 
@@ -375,6 +499,7 @@ pub fn fine_tune_detect_head(
     fit_head(
         prepare(head),
         settings,
+        (cfg.shift_cells, cfg.dropout, cfg.objectness),
         true,
         chw,
         input_size,
@@ -393,6 +518,7 @@ pub fn fine_tune_detect_head(
 fn fit_head(
     head: DetectHead,
     settings: FitSettings,
+    aug: (usize, f64, Objectness),
     start_is_candidate: bool,
     chw: [usize; 3],
     input_size: (u32, u32),
@@ -405,6 +531,16 @@ fn fit_head(
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> (DetectHead, Vec<EpochStats>, usize) {
     let size = input_size.0 as f32;
+    let (max_shift, dropout, objectness) = aug;
+    let aug = Augment {
+        max_shift,
+        dropout,
+        stride: input_size.0 as f32 / chw[2] as f32,
+    };
+    let grid_aug = Augment {
+        dropout: 0.0,
+        ..aug
+    };
     match head {
         DetectHead::Single(head) => {
             let Fitted {
@@ -417,16 +553,20 @@ fn fit_head(
                 train.x.len(),
                 rng,
                 start_is_candidate,
-                &mut |m: &SingleHead, idx, _| BatchLoss {
-                    loss: book_loss(
-                        m.forward(stack_maps(&train.x, idx, chw, ad)),
-                        single_targets(&train.objects, idx, size, ad),
-                    ),
-                    hits: None,
+                &mut |m: &SingleHead, idx, rng| {
+                    let (x, objects) = shifted_batch(train, idx, chw, &aug, rng, ad);
+                    let all: Vec<usize> = (0..idx.len()).collect();
+                    BatchLoss {
+                        loss: book_loss(m.forward(x), single_targets(&objects, &all, size, ad)),
+                        hits: None,
+                    }
                 },
                 &mut |m: &SingleHead| {
                     let h = DetectHead::Single(Box::new(m.clone()));
-                    (mean_loss(&h, val, chw, size, device), score(&h, val))
+                    (
+                        mean_loss(&h, val, chw, size, objectness, device),
+                        score(&h, val),
+                    )
                 },
                 on_epoch,
             );
@@ -443,24 +583,21 @@ fn fit_head(
                 train.x.len(),
                 rng,
                 start_is_candidate,
-                &mut |m: &GridHead, idx, _| {
-                    let objs: Vec<&[Object]> =
-                        idx.iter().map(|&i| train.objects[i].as_slice()).collect();
+                &mut |m: &GridHead, idx, rng| {
+                    let (x, objects) = shifted_batch(train, idx, chw, &grid_aug, rng, ad);
+                    let objs: Vec<&[Object]> = objects.iter().map(Vec::as_slice).collect();
                     let t = GridTargets::build(&objs, &spec, chw[1], chw[2]);
                     BatchLoss {
-                        loss: grid_loss(
-                            m.forward(stack_maps(&train.x, idx, chw, ad)),
-                            &t,
-                            &spec,
-                            ad,
-                        )
-                        .total,
+                        loss: grid_loss(m.forward(x), &t, &spec, objectness, ad).total,
                         hits: None,
                     }
                 },
                 &mut |m: &GridHead| {
                     let h = DetectHead::Grid(Box::new(m.clone()), spec);
-                    (mean_loss(&h, val, chw, size, device), score(&h, val))
+                    (
+                        mean_loss(&h, val, chw, size, objectness, device),
+                        score(&h, val),
+                    )
                 },
                 on_epoch,
             );
@@ -473,4 +610,76 @@ fn fit_head(
 pub fn ensure_exists(p: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(p.exists(), "{} does not exist", p.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kestrel_shared::BBox;
+
+    /// A 2-channel 6x8 map marking the object's cell with (1, 2); every move keeps the mark under
+    /// the moved object's centre and the object inside the grid.
+    #[test]
+    fn shifted_maps_and_boxes_move_together() {
+        let (c, h, w, stride) = (2usize, 6usize, 8usize, 16.0f32);
+        let object = Object {
+            class: 1,
+            bbox: BBox::new(40.0, 20.0, 60.0, 44.0), // centre (50, 32): cell (row 2, col 3)
+        };
+        let mut map = vec![0.0f32; c * h * w];
+        map[2 * w + 3] = 1.0;
+        map[h * w + 2 * w + 3] = 2.0;
+        let set = FeatureSet {
+            x: vec![map],
+            objects: vec![vec![object]],
+            ..Default::default()
+        };
+        let aug = Augment {
+            max_shift: 4,
+            dropout: 0.0,
+            stride,
+        };
+        let device = Device::flex();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut moves = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let (t, objs) = shifted_batch(&set, &[0], [c, h, w], &aug, &mut rng, &device);
+            let v = t.into_data().try_to_vec::<f32>().unwrap();
+            let b = objs[0][0].bbox;
+            assert!(b.x0 >= 0.0 && b.y0 >= 0.0, "{b:?}");
+            assert!(
+                b.x1 <= w as f32 * stride && b.y1 <= h as f32 * stride,
+                "{b:?}"
+            );
+            let (cx, cy) = b.center();
+            let (row, col) = ((cy / stride) as usize, (cx / stride) as usize);
+            assert_eq!(v[row * w + col], 1.0);
+            assert_eq!(v[h * w + row * w + col], 2.0);
+            assert_eq!(v.iter().filter(|&&e| e != 0.0).count(), 2);
+            moves.insert(((b.x0 - 40.0) as i32, (b.y0 - 20.0) as i32));
+        }
+        // Room: 2 cells left, 4 right (of 4.25), 1 up, 3 down -> 7 x 5 moves, all of them seen.
+        assert_eq!(moves.len(), 7 * 5, "{moves:?}");
+    }
+
+    /// Dropout zeroes about the asked share and scales the rest so the mean is kept.
+    #[test]
+    fn dropout_keeps_the_mean() {
+        let set = FeatureSet {
+            x: vec![vec![1.0f32; 4 * 10 * 10]],
+            objects: vec![Vec::new()],
+            ..Default::default()
+        };
+        let aug = Augment {
+            max_shift: 0,
+            dropout: 0.25,
+            stride: 16.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let (t, _) = shifted_batch(&set, &[0], [4, 10, 10], &aug, &mut rng, &Device::flex());
+        let v = t.into_data().try_to_vec::<f32>().unwrap();
+        let zeros = v.iter().filter(|&&e| e == 0.0).count() as f64 / v.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.05, "{zeros}");
+        assert!(v.iter().all(|&e| e == 0.0 || (e - 4.0 / 3.0).abs() < 1e-6));
+    }
 }
