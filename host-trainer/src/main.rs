@@ -224,9 +224,10 @@ struct DetectArgs {
     /// Optimiser.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
     optimizer: OptimizerKind,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Learning rate (default 3e-4 for single, whose big dense layer is unstable at 1e-3;
+    /// 1e-3 otherwise).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Maximum epochs.
     #[arg(long, default_value_t = 30)]
     epochs: usize,
@@ -255,7 +256,8 @@ struct DetectArgs {
     #[arg(long, default_value_t = 100)]
     max_detections: usize,
     /// Augmentation: move each training scene by up to N cells of the feature map (N x stride
-    /// pixels) with its boxes, as far as keeps the objects inside (default 4 for single, 0 else).
+    /// pixels) with its boxes, as far as keeps the objects inside (default 64 for single, i.e.
+    /// anywhere in the picture; 0 for grid heads, which are convolutional).
     #[arg(long)]
     shift_cells: Option<usize>,
     /// Dropout on the single head's flattened feature map (0 = off).
@@ -657,6 +659,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let p = Pretrained::load(&resolve()?, cli.backend)?;
             let single = a.head == DetectHeadKind::Single;
+            let lr = a.lr.unwrap_or(if single { 3e-4 } else { 1e-3 });
             let opts = DetectOptions {
                 data: a.data.clone(),
                 width: a.width.unwrap_or(if single { 224 } else { 320 }),
@@ -668,12 +671,12 @@ fn main() -> anyhow::Result<()> {
                     head: a.head,
                     units: a.units.unwrap_or(if single { 200 } else { 64 }),
                     optimizer: a.optimizer,
-                    lr: a.lr,
+                    lr,
                     epochs: a.epochs,
                     batch_size: a.batch_size,
                     seed: a.seed,
                     patience: a.patience,
-                    shift_cells: a.shift_cells.unwrap_or(if single { 4 } else { 0 }),
+                    shift_cells: a.shift_cells.unwrap_or(if single { 64 } else { 0 }),
                     dropout: a.dropout,
                     objectness: a.objectness,
                 },
@@ -685,7 +688,7 @@ fn main() -> anyhow::Result<()> {
                 fine_tune: (a.fine_tune_blocks > 0).then(|| DetectFineTune {
                     blocks: a.fine_tune_blocks,
                     epochs: a.fine_tune_epochs,
-                    lr: a.fine_tune_lr.unwrap_or(a.lr / 10.0),
+                    lr: a.fine_tune_lr.unwrap_or(lr / 10.0),
                 }),
             };
             let progress: &dyn kestrel_trainer::progress::Progress =
