@@ -403,27 +403,8 @@ pub fn train_detect_head(
             DetectHead::Grid(Box::new(head), spec)
         }
     };
-    let settings = FitSettings {
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        patience: cfg.patience,
-        optimizer: cfg.optimizer,
-    };
     fit_head(
-        head,
-        settings,
-        (cfg.shift_cells, cfg.dropout, cfg.objectness),
-        false,
-        chw,
-        input_size,
-        train,
-        val,
-        &ad,
-        device,
-        &mut rng,
-        score,
-        on_epoch,
+        head, cfg, None, chw, input_size, train, val, device, &mut rng, score, on_epoch,
     )
 }
 
@@ -489,23 +470,14 @@ pub fn fine_tune_detect_head(
             DetectHead::Grid(Box::new(h.fork(&ad).train().map(&mut RunningStats)), spec)
         }
     };
-    let settings = FitSettings {
-        epochs: ft.epochs,
-        batch_size: cfg.batch_size,
-        lr: ft.lr,
-        patience: cfg.patience,
-        optimizer: cfg.optimizer,
-    };
     fit_head(
         prepare(head),
-        settings,
-        (cfg.shift_cells, cfg.dropout, cfg.objectness),
-        true,
+        cfg,
+        Some(ft),
         chw,
         input_size,
         train,
         val,
-        &ad,
         device,
         &mut rng,
         score,
@@ -514,27 +486,36 @@ pub fn fine_tune_detect_head(
 }
 
 /// The shared loop of both phases and both heads: the book's loss or the grid loss per batch.
+/// Phase 2 (`ft` given) takes its epochs and rate from `ft`, and its starting head competes as
+/// epoch 0.
 #[allow(clippy::too_many_arguments)]
 fn fit_head(
     head: DetectHead,
-    settings: FitSettings,
-    aug: (usize, f64, Objectness),
-    start_is_candidate: bool,
+    cfg: &DetectTrainConfig,
+    ft: Option<&DetectFineTune>,
     chw: [usize; 3],
     input_size: (u32, u32),
     train: &FeatureSet,
     val: &FeatureSet,
-    ad: &Device,
     device: &Device,
     rng: &mut ChaCha8Rng,
     score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> (DetectHead, Vec<EpochStats>, usize) {
+    let ad = &device.clone().autodiff();
+    let settings = FitSettings {
+        epochs: ft.map_or(cfg.epochs, |f| f.epochs),
+        batch_size: cfg.batch_size,
+        lr: ft.map_or(cfg.lr, |f| f.lr),
+        patience: cfg.patience,
+        optimizer: cfg.optimizer,
+    };
+    let start_is_candidate = ft.is_some();
+    let objectness = cfg.objectness;
     let size = input_size.0 as f32;
-    let (max_shift, dropout, objectness) = aug;
     let aug = Augment {
-        max_shift,
-        dropout,
+        max_shift: cfg.shift_cells,
+        dropout: cfg.dropout,
         stride: input_size.0 as f32 / chw[2] as f32,
     };
     let grid_aug = Augment {
