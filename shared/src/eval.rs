@@ -165,6 +165,27 @@ pub struct DetectionMetrics {
     pub pr_curves: Vec<Vec<(f64, f64)>>,
 }
 
+/// The book's single-object scores: mean IoU of each picture's first detection with its first
+/// object, and the share whose class is right (pictures lacking either are left out).
+pub fn single_object_scores(
+    ground_truth: &[Vec<Object>],
+    detections: &[Vec<Detection>],
+) -> (f64, f64) {
+    let pairs: Vec<(&Object, &Detection)> = ground_truth
+        .iter()
+        .zip(detections)
+        .filter_map(|(o, d)| Some((o.first()?, d.first()?)))
+        .collect();
+    let n = pairs.len().max(1) as f64;
+    let iou = pairs
+        .iter()
+        .map(|(o, d)| o.bbox.iou(&d.bbox) as f64)
+        .sum::<f64>()
+        / n;
+    let right = pairs.iter().filter(|(o, d)| o.class == d.class).count() as f64 / n;
+    (iou, right)
+}
+
 /// A box as COCO JSON carries it, `[x, y, w, h]` in f64; `x + w` gives back `x1` exactly.
 pub fn coco_bbox(b: &BBox) -> [f64; 4] {
     let (x0, y0) = (b.x0 as f64, b.y0 as f64);
@@ -459,6 +480,26 @@ pub fn coco_results_json(detections: &[Vec<Detection>]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_object_scores_by_hand() {
+        let o = |class, x0| Object {
+            class,
+            bbox: BBox::new(x0, 0.0, x0 + 10.0, 10.0),
+        };
+        let d = |class, x0| Detection {
+            class,
+            score: 1.0,
+            bbox: BBox::new(x0, 0.0, x0 + 10.0, 10.0),
+        };
+        // Exact box and class; half-overlapping box (IoU 5/15) with the wrong class; a picture
+        // without a detection is left out.
+        let gt = vec![vec![o(0, 0.0)], vec![o(1, 0.0)], vec![o(1, 0.0)]];
+        let dets = vec![vec![d(0, 0.0)], vec![d(0, 5.0)], vec![]];
+        let (iou, acc) = single_object_scores(&gt, &dets);
+        assert!((iou - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-6, "{iou}");
+        assert_eq!(acc, 0.5);
+    }
 
     const EPS: f64 = 1e-12;
 

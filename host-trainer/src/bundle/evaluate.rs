@@ -3,8 +3,9 @@
 
 use kestrel_edge::Bundle;
 use kestrel_shared::detect::clip_detections;
+use kestrel_shared::eval::single_object_scores;
 use kestrel_shared::manifest::{DetectHeadKind, MetricSet, Task};
-use kestrel_shared::{Detection, EvalInput, Object, evaluate};
+use kestrel_shared::{Detection, EvalInput, evaluate};
 
 use super::source::ValidationSet;
 use crate::classify::embed::{EmbeddingCache, embed_samples};
@@ -89,22 +90,9 @@ pub fn evaluate_bundle(
                     head: DetectHeadKind::Single,
                 })
             {
-                let pairs: Vec<(&Object, &Detection)> = set
-                    .objects
-                    .iter()
-                    .zip(&dets)
-                    .filter_map(|(o, d)| Some((o.first()?, d.first()?)))
-                    .collect();
-                let n = pairs.len().max(1) as f64;
-                metrics.mean_iou = Some(
-                    pairs
-                        .iter()
-                        .map(|(o, d)| o.bbox.iou(&d.bbox) as f64)
-                        .sum::<f64>()
-                        / n,
-                );
-                metrics.class_accuracy =
-                    Some(pairs.iter().filter(|(o, d)| o.class == d.class).count() as f64 / n);
+                let (iou, acc) = single_object_scores(&set.objects, &dets);
+                metrics.mean_iou = Some(iou);
+                metrics.class_accuracy = Some(acc);
             }
             let above = dets
                 .into_iter()

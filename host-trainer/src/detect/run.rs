@@ -10,7 +10,7 @@ use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::detect::{AnnotatedImage, Detection, Object, clip_detections};
 use kestrel_shared::eval::{
     CentroidScores, DetectionMetrics, EvalInput, centroid_scores, coco_ground_truth_json,
-    coco_results_json, evaluate,
+    coco_results_json, evaluate, single_object_scores,
 };
 use kestrel_shared::{CutPoint, Normalization, PreprocessSpec, ResizeMode};
 use rand::SeedableRng;
@@ -160,23 +160,8 @@ pub fn scores(
     )?;
     let (mean_iou, class_accuracy) = match head {
         DetectHead::Single(_) => {
-            let pairs: Vec<(&Object, &Detection)> = set
-                .objects
-                .iter()
-                .zip(&dets)
-                .filter_map(|(o, d)| Some((o.first()?, d.first()?)))
-                .collect();
-            let n = pairs.len().max(1) as f64;
-            (
-                Some(
-                    pairs
-                        .iter()
-                        .map(|(o, d)| o.bbox.iou(&d.bbox) as f64)
-                        .sum::<f64>()
-                        / n,
-                ),
-                Some(pairs.iter().filter(|(o, d)| o.class == d.class).count() as f64 / n),
-            )
+            let (iou, acc) = single_object_scores(&set.objects, &dets);
+            (Some(iou), Some(acc))
         }
         DetectHead::Grid(..) => (None, None),
     };
