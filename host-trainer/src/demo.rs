@@ -233,6 +233,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
             shift_cells: 0,
             dropout: 0.0,
             objectness: Default::default(),
+            lr_schedule: Default::default(),
         },
         decode: DecodeSettings {
             score_threshold: 0.3,

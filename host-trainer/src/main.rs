@@ -9,7 +9,7 @@ use kestrel_trainer::backend::{Backend, set_threads};
 use kestrel_trainer::classify::finetune::FineTuneConfig;
 use kestrel_trainer::classify::run::TrainedClassifier;
 use kestrel_trainer::classify::{
-    ClassifyOptions, HeadKind, OptimizerKind, TrainConfig, train_classify,
+    ClassifyOptions, HeadKind, LrSchedule, OptimizerKind, TrainConfig, train_classify,
 };
 use kestrel_trainer::detect::loss::Objectness;
 use kestrel_trainer::detect::run::{DetectOptions, TrainedDetector, run_task, train_detect};
@@ -228,6 +228,10 @@ struct DetectArgs {
     /// 1e-3 otherwise).
     #[arg(long)]
     lr: Option<f64>,
+    /// Learning-rate schedule: constant, or cosine (decays step by step to 1% of the rate at the
+    /// last epoch; set --epochs to the length you want and early stopping rarely fires).
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    lr_schedule: LrSchedule,
     /// Maximum epochs.
     #[arg(long, default_value_t = 30)]
     epochs: usize,
@@ -304,6 +308,10 @@ struct ClassifyArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Learning-rate schedule: constant, or cosine (decays step by step to 1% of the rate at the
+    /// last epoch; set --epochs to the length you want and early stopping rarely fires).
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    lr_schedule: LrSchedule,
     /// Maximum epochs.
     #[arg(long, default_value_t = 30)]
     epochs: usize,
@@ -625,6 +633,7 @@ fn main() -> anyhow::Result<()> {
                     batch_size: a.batch_size,
                     seed: a.seed,
                     patience: a.patience,
+                    lr_schedule: a.lr_schedule,
                 },
                 fine_tune: (a.fine_tune_blocks > 0).then(|| FineTuneConfig {
                     blocks: a.fine_tune_blocks,
@@ -679,6 +688,7 @@ fn main() -> anyhow::Result<()> {
                     shift_cells: a.shift_cells.unwrap_or(if single { 64 } else { 0 }),
                     dropout: a.dropout,
                     objectness: a.objectness,
+                    lr_schedule: a.lr_schedule,
                 },
                 decode: DecodeSettings {
                     score_threshold: a.score_threshold,

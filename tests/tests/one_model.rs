@@ -66,6 +66,7 @@ fn frozen_trunk_stays_bit_identical_and_both_approaches_agree() {
         batch_size: 8,
         seed: 1,
         patience: 0,
+        lr_schedule: Default::default(),
     };
 
     // One model: the optimiser steps the whole network; the trunk must not move.

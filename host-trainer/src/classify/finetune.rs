@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::train::{
-    EpochStats, FitSettings, OptimizerKind, fit, logits_in_batches, loss_and_accuracy, stack,
+    EpochStats, FitSettings, LrSchedule, OptimizerKind, fit, logits_in_batches, loss_and_accuracy,
+    stack,
 };
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
 
@@ -153,6 +154,7 @@ pub fn fine_tune(
         lr: cfg.lr,
         patience: 0,
         optimizer: OptimizerKind::Adam,
+        schedule: LrSchedule::Constant,
     };
     let fitted = fit(
         settings,

@@ -42,6 +42,32 @@ impl OptimizerKind {
     }
 }
 
+/// How the learning rate moves over a fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// The same rate at every step.
+    #[default]
+    Constant,
+    /// Half a cosine, step by step, from the rate down to 1% of it at the last of the maximum
+    /// epochs: large steps to get near, small ones to settle (early stopping still applies).
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The rate at `step` (0-based) of `total` steps, for the base rate `lr`.
+    pub fn rate(self, lr: f64, step: usize, total: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => {
+                let floor = lr * 0.01;
+                let t = step.min(total) as f64 / total.max(1) as f64;
+                floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
 /// Head training settings (written to the run's `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -59,6 +85,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Stop after this many epochs without a better validation loss (0 = never stop early).
     pub patience: usize,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +103,7 @@ impl Default for TrainConfig {
             batch_size: 32,
             seed: 0,
             patience: 5,
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }
@@ -219,6 +249,8 @@ pub struct FitSettings {
     pub patience: usize,
     /// Optimiser.
     pub optimizer: OptimizerKind,
+    /// How the rate moves from step to step.
+    pub schedule: LrSchedule,
 }
 
 /// What [`fit`] returns: the best model (validation snapshot), the history and its epoch.
@@ -302,6 +334,9 @@ pub fn fit_batches<M: Module>(
 ) -> Fitted<M> {
     let mut optim = settings.optimizer.init();
     let mut order: Vec<usize> = (0..n_train).collect();
+    let steps_per_epoch = n_train.div_ceil(settings.batch_size.max(1));
+    let total_steps = settings.epochs * steps_per_epoch;
+    let mut step = 0usize;
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, M)> = None;
     if start_is_candidate {
@@ -332,7 +367,9 @@ pub fn fit_batches<M: Module>(
             });
             batches += 1;
             let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            model = optim.step(settings.lr, model, grads);
+            let lr = settings.schedule.rate(settings.lr, step, total_steps);
+            step += 1;
+            model = optim.step(lr, model, grads);
         }
         let loss_sum = loss_sum.map_or(0.0, |t| t.into_scalar::<f32>() as f64);
         let train_accuracy = hits.map_or(f64::NAN, |t| {
@@ -384,6 +421,7 @@ impl TrainConfig {
             lr: self.lr,
             patience: self.patience,
             optimizer: self.optimizer,
+            schedule: self.lr_schedule,
         }
     }
 }
@@ -480,6 +518,11 @@ mod tests {
                     batch_size: 16,
                     seed: 3,
                     patience: 0,
+                    lr_schedule: if optimizer == OptimizerKind::Adam {
+                        LrSchedule::Cosine
+                    } else {
+                        LrSchedule::Constant
+                    },
                 };
                 let r = run(&cfg);
                 let last = r.history.last().unwrap();
@@ -493,6 +536,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Cosine: the full rate first, half of it (plus half the 1% floor) midway, the floor at the
+    /// end and beyond; constant never moves.
+    #[test]
+    fn cosine_schedule_by_hand() {
+        let c = LrSchedule::Cosine;
+        assert_eq!(c.rate(0.1, 0, 100), 0.1);
+        assert!((c.rate(0.1, 50, 100) - (0.001 + 0.099 * 0.5)).abs() < 1e-12);
+        assert!(
+            (c.rate(0.1, 25, 100) - (0.001 + 0.099 * 0.5 * (1.0 + 0.5f64.sqrt()))).abs() < 1e-12
+        );
+        assert!((c.rate(0.1, 100, 100) - 0.001).abs() < 1e-12);
+        assert!((c.rate(0.1, 150, 100) - 0.001).abs() < 1e-12);
+        assert!(c.rate(0.1, 10, 100) > c.rate(0.1, 11, 100));
+        assert_eq!(LrSchedule::Constant.rate(0.1, 70, 100), 0.1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::loss::{GridTargets, Objectness, book_loss, book_target, grid_loss};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
 use crate::classify::finetune::RunningStats;
 use crate::classify::train::{
-    BatchLoss, EpochStats, FitSettings, Fitted, OptimizerKind, fit_batches,
+    BatchLoss, EpochStats, FitSettings, Fitted, LrSchedule, OptimizerKind, fit_batches,
 };
 use crate::data::Sample;
 use crate::mobilenet::InvertedResidual;
@@ -72,6 +72,9 @@ pub struct DetectTrainConfig {
     /// How a grid head's objectness is trained (focal against 1, or against the box's IoU).
     #[serde(default)]
     pub objectness: Objectness,
+    /// Learning-rate schedule of both phases.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
 }
 
 /// Feature maps of a set of annotated pictures, with their objects in model-input pixels.
@@ -509,6 +512,7 @@ fn fit_head(
         lr: ft.map_or(cfg.lr, |f| f.lr),
         patience: cfg.patience,
         optimizer: cfg.optimizer,
+        schedule: cfg.lr_schedule,
     };
     let start_is_candidate = ft.is_some();
     let objectness = cfg.objectness;
