@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kestrel_edge::Trunk;
 use kestrel_shared::hash::sha256_hex;
+use rayon::prelude::*;
 
 use crate::data::Sample;
 use crate::data::augment::{RECIPE, augment};
@@ -72,13 +73,68 @@ impl EmbeddingCache {
     ) -> std::io::Result<()> {
         let p = self.path(trunk_sha, content_sha, view);
         std::fs::create_dir_all(p.parent().expect("cache path has a parent"))?;
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per process and call: two threads may store the same picture (duplicates).
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = p.with_extension(format!("tmp{}-{call}", std::process::id()));
         std::fs::write(
             &tmp,
             v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
         )?;
         std::fs::rename(tmp, p)
     }
+}
+
+/// One picture's outcome: a reason to skip it, or its views' vectors (with whether each came
+/// from the cache).
+enum Embedded {
+    Skip(String),
+    Views(Vec<(Vec<f32>, bool)>),
+}
+
+/// Read, decode and embed one picture's views (cached ones are read back, new ones stored).
+fn embed_one(
+    trunk: &Trunk,
+    cache: &EmbeddingCache,
+    path: &Path,
+    views: u32,
+    len: usize,
+) -> anyhow::Result<Embedded> {
+    let trunk_sha = &trunk.info.onnx_sha256;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Ok(Embedded::Skip(format!("cannot read: {e}"))),
+    };
+    let content = sha256_hex(&bytes);
+    let cached: Vec<Option<Vec<f32>>> = (0..=views)
+        .map(|v| cache.get(trunk_sha, &content, v, len))
+        .collect();
+    let decoded = if cached.iter().any(Option::is_none) {
+        match image::load_from_memory(&bytes) {
+            Ok(img) => Some(img.to_rgb8()),
+            Err(e) => return Ok(Embedded::Skip(format!("cannot decode: {e}"))),
+        }
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(views as usize + 1);
+    for (view, hit) in (0..=views).zip(cached) {
+        out.push(match hit {
+            Some(v) => (v, true),
+            None => {
+                let img = decoded.as_ref().expect("decoded when a view is missing");
+                let x = if view == 0 {
+                    trunk.preprocess().apply(img)
+                } else {
+                    trunk.preprocess().apply(&augment(img, &content, view))
+                };
+                let v = trunk.embed(std::slice::from_ref(&x))?.remove(0);
+                cache.put(trunk_sha, &content, view, &v)?;
+                (v, false)
+            }
+        });
+    }
+    Ok(Embedded::Views(out))
 }
 
 /// A picture that could not be used, and why.
@@ -116,7 +172,6 @@ pub fn embed_samples(
     strict: bool,
     progress: &dyn Progress,
 ) -> anyhow::Result<EmbeddedSet> {
-    let trunk_sha = &trunk.info.onnx_sha256;
     let len: usize = trunk.info.output_shape.iter().skip(1).product();
     let mut set = EmbeddedSet::default();
     let bar = progress.start("embedding pictures", Some(samples.len() as u64));
@@ -131,51 +186,26 @@ pub fn embed_samples(
         });
         Ok(())
     };
-    for s in samples {
-        bar.advance(1);
-        let bytes = match std::fs::read(&s.path) {
-            Ok(b) => b,
-            Err(e) => {
-                skip(&mut set, &s.path, format!("cannot read: {e}"))?;
-                continue;
-            }
-        };
-        let content = sha256_hex(&bytes);
-        let cached: Vec<Option<Vec<f32>>> = (0..=views)
-            .map(|v| cache.get(trunk_sha, &content, v, len))
+    // Pictures are embedded in parallel (one tract run per picture and thread), a chunk at a
+    // time, and merged in order: same set, same skips, same cache as one at a time.
+    for chunk in samples.chunks(64) {
+        let results: Vec<anyhow::Result<Embedded>> = chunk
+            .par_iter()
+            .map(|s| embed_one(trunk, cache, &s.path, views, len))
             .collect();
-        let decoded = if cached.iter().any(Option::is_none) {
-            match image::load_from_memory(&bytes) {
-                Ok(img) => Some(img.to_rgb8()),
-                Err(e) => {
-                    skip(&mut set, &s.path, format!("cannot decode: {e}"))?;
-                    continue;
+        for (s, r) in chunk.iter().zip(results) {
+            bar.advance(1);
+            match r? {
+                Embedded::Skip(reason) => skip(&mut set, &s.path, reason)?,
+                Embedded::Views(vs) => {
+                    for (v, hit) in vs {
+                        set.cache_hits += usize::from(hit);
+                        set.x.push(v);
+                        set.y.push(s.label);
+                        set.paths.push(s.path.clone());
+                    }
                 }
             }
-        } else {
-            None
-        };
-        for (view, hit) in (0..=views).zip(cached) {
-            let v = match hit {
-                Some(v) => {
-                    set.cache_hits += 1;
-                    v
-                }
-                None => {
-                    let img = decoded.as_ref().expect("decoded when a view is missing");
-                    let x = if view == 0 {
-                        trunk.preprocess().apply(img)
-                    } else {
-                        trunk.preprocess().apply(&augment(img, &content, view))
-                    };
-                    let v = trunk.embed(std::slice::from_ref(&x))?.remove(0);
-                    cache.put(trunk_sha, &content, view, &v)?;
-                    v
-                }
-            };
-            set.x.push(v);
-            set.y.push(s.label);
-            set.paths.push(s.path.clone());
         }
     }
     bar.finish();
