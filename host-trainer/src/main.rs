@@ -38,7 +38,7 @@ struct Cli {
     /// burn backend.
     #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
-    /// CPU threads for burn (default: all cores).
+    /// CPU threads for burn and for embedding pictures through the trunk (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Hide progress bars.
