@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::{CutPoint, PreprocessSpec};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::pretrained::Pretrained;
@@ -234,6 +234,153 @@ pub fn head_training_seconds(n: usize, dim: usize, classes: usize, epochs: usize
     t.elapsed().as_secs_f64()
 }
 
+/// How the fine-tuning bench runs a burn backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinetuneEngine {
+    /// burn-flex with Kestrel's fused MobileNetV2 ops ([`crate::ops`]): what training uses.
+    Flex,
+    /// burn-flex with burn's own conv2d + BatchNorm + clamp only (the state before the fused ops).
+    FlexBurnOps,
+    /// burn-ndarray (deprecated upstream; falls back to burn's ops; tens of seconds per step).
+    Ndarray,
+}
+
+impl FinetuneEngine {
+    /// Name in the bench's rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            FinetuneEngine::Flex => "burn-flex",
+            FinetuneEngine::FlexBurnOps => "burn-flex-burn-ops",
+            FinetuneEngine::Ndarray => "burn-ndarray",
+        }
+    }
+
+    fn backend(self) -> Backend {
+        match self {
+            FinetuneEngine::Flex | FinetuneEngine::FlexBurnOps => Backend::Flex,
+            FinetuneEngine::Ndarray => Backend::Ndarray,
+        }
+    }
+}
+
+/// Settings of `kestrel bench --finetune`.
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    /// burn engines to time.
+    pub engines: Vec<FinetuneEngine>,
+    /// Thread counts to time each engine (and the peer) at.
+    pub threads: Vec<usize>,
+    /// Timed steps per engine and thread count (after one untimed step).
+    pub iters: usize,
+    /// Batch size (the is 32).
+    pub batch: usize,
+    /// Python interpreter with `torch`, for the PyTorch peer.
+    pub torch_python: Option<String>,
+}
+
+/// One engine at one thread count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneRow {
+    /// Engine, e.g. `burn-flex`.
+    pub backend: String,
+    /// CPU threads it ran on.
+    pub threads: usize,
+    /// Median milliseconds per step.
+    pub step_ms: f64,
+    /// PyTorch's median at the same thread count, if the peer ran.
+    pub torch_ms: Option<f64>,
+    /// `step_ms / torch_ms` (below 1: faster than PyTorch).
+    pub ratio: Option<f64>,
+}
+
+/// What `kestrel bench --finetune --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneReport {
+    /// The peer's engine name with its version (e.g. `pytorch-2.15.0`), if it ran.
+    pub torch: Option<String>,
+    /// Batch size.
+    pub batch: usize,
+    /// One row per engine and thread count.
+    pub rows: Vec<FinetuneRow>,
+}
+
+/// Run `f` on a rayon pool of `threads` threads (burn-flex and the fused ops use the current pool).
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    Ok(pool.install(f))
+}
+
+/// Time every engine (and the PyTorch peer, if given) at every thread count.
+pub fn finetune_report(weights: &Path, opts: &FinetuneOptions) -> anyhow::Result<FinetuneReport> {
+    let mut rows = Vec::new();
+    let mut torch = None;
+    for &threads in &opts.threads {
+        let peer = match &opts.torch_python {
+            Some(py) => {
+                let (name, ms) =
+                    torch_finetune_step_ms(py, weights, opts.batch, opts.iters, threads)?;
+                torch = Some(name);
+                Some(ms)
+            }
+            None => None,
+        };
+        for &engine in &opts.engines {
+            // ndarray takes tens of seconds per step: one timed step is enough to see it.
+            let iters = if engine == FinetuneEngine::Ndarray {
+                1
+            } else {
+                opts.iters
+            };
+            let step = || finetune_step_ms(weights, engine.backend(), opts.batch, iters);
+            let ms = on_threads(threads, || match engine {
+                FinetuneEngine::FlexBurnOps => crate::ops::with_burn_ops_only(step),
+                _ => step(),
+            })??;
+            rows.push(FinetuneRow {
+                backend: engine.name().to_string(),
+                threads,
+                step_ms: ms,
+                torch_ms: peer,
+                ratio: peer.map(|p| ms / p),
+            });
+        }
+    }
+    Ok(FinetuneReport {
+        torch,
+        batch: opts.batch,
+        rows,
+    })
+}
+
+/// A plain-text table of a fine-tuning report.
+pub fn finetune_table(report: &FinetuneReport) -> String {
+    let peer = report.torch.as_deref().unwrap_or("PyTorch");
+    let mut s = format!(
+        "fine-tune step: features.14-18 + pool + linear head, batch {}, Adam\n{:<22} {:>7} {:>9} {:>9} {:>7}\n",
+        report.batch, "engine", "threads", "step ms", "peer ms", "ratio"
+    );
+    for r in &report.rows {
+        let opt =
+            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+        s += &format!(
+            "{:<22} {:>7} {:>9.1} {:>9} {:>6}x\n",
+            r.backend,
+            r.threads,
+            r.step_ms,
+            opt(r.torch_ms, 1),
+            opt(r.ratio, 2)
+        );
+    }
+    if report.torch.is_none() {
+        s += "(PyTorch peer skipped: pass --torch-python PYTHON, an interpreter with torch)\n";
+    } else {
+        s += &format!("peer: {peer}; ratio = step ms / peer ms (below 1: faster than the peer)\n");
+    }
+    s
+}
+
 /// Milliseconds per fine-tuning step (median of `iters`): `features.14`..`features.18`, pooling and
 /// a linear head on a batch of `batch` cached `features.13` outputs (96x14x14), Adam, on `backend`.
 /// The peer is PyTorch doing the same step.
@@ -316,10 +463,16 @@ pub fn torch_finetune_step_ms(
                 .unwrap_or("")
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let peer: TorchPeerOutput = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("unexpected output from the PyTorch peer under {python}"))?;
-    let ms = v["median_ms"]
-        .as_f64()
-        .context("the PyTorch peer printed no median_ms")?;
-    Ok((v["engine"].as_str().unwrap_or("pytorch").to_string(), ms))
+    Ok((peer.engine, peer.median_ms))
+}
+
+/// What `benches/finetune_step.py` prints.
+#[derive(Debug, Deserialize)]
+struct TorchPeerOutput {
+    /// `pytorch-<version>`.
+    engine: String,
+    /// Median milliseconds per step.
+    median_ms: f64,
 }

@@ -17,6 +17,7 @@ pub mod imagenet;
 pub mod install;
 pub mod mobilenet;
 pub mod onnx;
+pub mod ops;
 pub mod plot;
 pub mod predict;
 pub mod pretrained;

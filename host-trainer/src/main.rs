@@ -127,6 +127,16 @@ enum Command {
         /// step in PyTorch in the same run and prints the ratio.
         #[arg(long, env = "KESTREL_TORCH_PYTHON")]
         torch_python: Option<String>,
+        /// Thread counts of the fine-tuning bench (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        finetune_threads: Vec<usize>,
+        /// Also time the fine-tuning step on burn-ndarray (tens of seconds per step).
+        #[arg(long)]
+        with_ndarray: bool,
+        /// With --finetune: print the fine-tuning report as one JSON object (rows of backend,
+        /// threads, step_ms, torch_ms, ratio) and skip the embedding bench.
+        #[arg(long, requires = "finetune")]
+        json: bool,
     },
     /// Train a new head on the frozen trunk.
     Train {
@@ -557,34 +567,31 @@ fn main() -> anyhow::Result<()> {
             head,
             finetune,
             ref torch_python,
+            ref finetune_threads,
+            with_ndarray,
+            json,
         } => {
             if finetune {
-                let w = resolve()?;
-                let threads = threads.unwrap_or(1);
-                let peer = match torch_python {
-                    Some(py) => Some(bench::torch_finetune_step_ms(py, &w, 32, 5, threads)?),
-                    None => {
-                        println!(
-                            "(PyTorch peer skipped: pass --torch-python PYTHON, an interpreter with torch)"
-                        );
-                        None
-                    }
+                let mut engines = vec![
+                    bench::FinetuneEngine::Flex,
+                    bench::FinetuneEngine::FlexBurnOps,
+                ];
+                if with_ndarray {
+                    engines.push(bench::FinetuneEngine::Ndarray);
+                }
+                let opts = bench::FinetuneOptions {
+                    engines,
+                    threads: finetune_threads.clone(),
+                    iters: 5,
+                    batch: 32,
+                    torch_python: torch_python.clone(),
                 };
-                for backend in Backend::ALL {
-                    // ndarray lacks a depthwise convolution backward: one step takes tens of seconds.
-                    let iters = if backend == Backend::Flex { 5 } else { 1 };
-                    let ms = bench::finetune_step_ms(&w, backend, 32, iters)?;
-                    let ratio = peer.as_ref().map_or(String::new(), |(name, p)| {
-                        format!(" ({:.2}x the time of {name})", ms / p)
-                    });
-                    println!(
-                        "fine-tune step (features.14-18 + head, batch 32, Adam, {threads} thread(s)) on burn-{}: {ms:.0} ms{ratio}",
-                        backend.name()
-                    );
+                let report = bench::finetune_report(&resolve()?, &opts)?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                    return Ok(());
                 }
-                if let Some((name, ms)) = peer {
-                    println!("fine-tune step, same model and batch, on {name}: {ms:.0} ms");
-                }
+                print!("{}", bench::finetune_table(&report));
             }
             if head {
                 let secs = bench::head_training_seconds(10_000, 1280, 4, 20);

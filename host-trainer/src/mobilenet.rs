@@ -90,10 +90,70 @@ impl ConvBn {
     }
 
     /// `[N, Cin, H, W] -> [N, Cout, H/stride, W/stride]`
+    ///
+    /// With BatchNorm on its running statistics (inference, or phase 2's frozen statistics) a 1x1
+    /// or depthwise 3x3 layer runs as one fused op ([`crate::ops`]): BatchNorm folded into the
+    /// convolution's weight and bias (gamma and beta still get their gradients through the fold),
+    /// ReLU6 applied in the same pass. Other layers, and BatchNorm on batch statistics, run as
+    /// burn's conv2d + BatchNorm + clamp.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.bn.forward(self.conv.forward(x));
-        if self.relu6 { x.clamp(0.0, 6.0) } else { x }
+        let batch_stats = x.device().is_autodiff() && self.bn.training.is_enabled();
+        match (batch_stats, self.fused_kind()) {
+            (false, Some(kind)) if crate::ops::fused_ops_enabled() => self.forward_fused(x, kind),
+            _ => {
+                let x = self.bn.forward(self.conv.forward(x));
+                if self.relu6 { x.clamp(0.0, 6.0) } else { x }
+            }
+        }
     }
+
+    /// Which fused op this layer's convolution fits, if any.
+    fn fused_kind(&self) -> Option<FusedKind> {
+        let c = &self.conv;
+        let [cout, cin_g, kh, kw] = c.weight.dims();
+        if c.bias.is_some() || c.dilation != [1, 1] {
+            return None;
+        }
+        let padding = |p: usize| matches!(c.padding, PaddingConfig2d::Explicit(t, l, b, r) if [t, l, b, r] == [p; 4]);
+        if [kh, kw] == [1, 1] && c.groups == 1 && c.stride == [1, 1] && padding(0) {
+            return Some(FusedKind::Pointwise);
+        }
+        let square = c.stride[0] == c.stride[1];
+        if [kh, kw] == [3, 3] && cin_g == 1 && c.groups == cout && square && padding(1) {
+            return Some(FusedKind::Depthwise(c.stride[0]));
+        }
+        None
+    }
+
+    /// The convolution with BatchNorm (running statistics) folded in: weight `[Cout, rest]`
+    /// scaled by `gamma / sqrt(var + eps)`, and the bias `beta - mean * scale`.
+    fn folded(&self, device: &Device) -> (Tensor<2>, Tensor<1>) {
+        let bn = &self.bn;
+        let mean = bn.running_mean.value().to_device(device);
+        let var = bn.running_var.value().to_device(device);
+        let scale = bn.gamma.val() / var.add_scalar(bn.epsilon).sqrt();
+        let bias = bn.beta.val() - mean * scale.clone();
+        let [cout, cin_g, kh, kw] = self.conv.weight.dims();
+        let w = self.conv.weight.val().reshape([cout, cin_g * kh * kw]);
+        (w * scale.unsqueeze_dim(1), bias)
+    }
+
+    fn forward_fused(&self, x: Tensor<4>, kind: FusedKind) -> Tensor<4> {
+        let (w, b) = self.folded(&x.device());
+        match kind {
+            FusedKind::Pointwise => crate::ops::pointwise_conv(x, w, b, self.relu6),
+            FusedKind::Depthwise(stride) => crate::ops::depthwise_conv(x, w, b, stride, self.relu6),
+        }
+    }
+}
+
+/// The fused ops a [`ConvBn`] can run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FusedKind {
+    /// 1x1, stride 1, no padding.
+    Pointwise,
+    /// Depthwise 3x3, padding 1, this stride.
+    Depthwise(usize),
 }
 
 /// MobileNetV2's inverted residual block: expand (1x1), depthwise (3x3), project (1x1, linear).
@@ -408,6 +468,82 @@ mod tests {
         let m = full.truncate(CutPoint::Pooled);
         let (_, shape) = m.run(vec![0.0; 2 * 3 * 32 * 32], 2, 32, 32, &device);
         assert_eq!(shape, vec![2, 1280]);
+    }
+
+    /// A layer with random weights and BatchNorm statistics far from the identity, on `device`,
+    /// BatchNorm on its running statistics (as in phase 2).
+    fn random_layer(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        relu6: bool,
+        seed: u64,
+    ) -> ConvBn {
+        use burn::module::{Param, RunningState};
+        use rand::{Rng, SeedableRng};
+        let device = Device::flex();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut t1 = |lo: f32, hi: f32| {
+            let v: Vec<f32> = (0..cout).map(|_| rng.random_range(lo..hi)).collect();
+            Tensor::<1>::from_data(TensorData::new(v, [cout]), &device)
+        };
+        let mut layer = ConvBn::new(cin, cout, k, stride, groups, relu6, &device);
+        layer.bn.gamma = Param::from_tensor(t1(0.5, 2.0));
+        layer.bn.beta = Param::from_tensor(t1(-1.0, 1.0));
+        layer.bn.running_mean = RunningState::new(t1(-0.5, 0.5));
+        layer.bn.running_var = RunningState::new(t1(0.2, 3.0));
+        let ad = device.autodiff();
+        crate::classify::finetune::prepare_layer(layer, &ad)
+    }
+
+    /// Output and the gradients of the conv weight, gamma and beta of `sum(layer(x) * x')`.
+    fn output_and_grads(layer: &ConvBn, x: &Tensor<4>) -> Vec<Vec<f32>> {
+        let y = layer.forward(x.clone());
+        let r = y.clone().detach().cos();
+        let grads = (y.clone() * r).sum().backward();
+        let v = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        vec![
+            y.inner().into_data().try_to_vec::<f32>().unwrap(),
+            v(layer.conv.weight.grad(&grads).unwrap().flatten(0, 3)),
+            v(layer.bn.gamma.grad(&grads).unwrap()),
+            v(layer.bn.beta.grad(&grads).unwrap()),
+        ]
+    }
+
+    #[test]
+    fn fused_layers_compute_what_burns_layers_compute() {
+        let cases = [
+            // (cin, cout, kernel, stride, groups, relu6): expand, project, depthwise s1 and s2.
+            (8, 24, 1, 1, 1, true),
+            (24, 8, 1, 1, 1, false),
+            (16, 16, 3, 1, 16, true),
+            (16, 16, 3, 2, 16, true),
+        ];
+        for (i, &(cin, cout, k, stride, groups, relu6)) in cases.iter().enumerate() {
+            let layer = random_layer(cin, cout, k, stride, groups, relu6, i as u64);
+            assert!(layer.fused_kind().is_some(), "case {i} runs fused");
+            let device = Device::flex().autodiff();
+            let x = Tensor::<4>::random(
+                [3, cin, 9, 9],
+                burn::tensor::Distribution::Normal(0.0, 2.0),
+                &device,
+            );
+            let fused = output_and_grads(&layer, &x);
+            let burn = crate::ops::with_burn_ops_only(|| output_and_grads(&layer, &x));
+            for (what, (f, b)) in ["output", "weight grad", "gamma grad", "beta grad"]
+                .iter()
+                .zip(fused.iter().zip(&burn))
+            {
+                let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let err = f.iter().zip(b).fold(0f32, |m, (f, b)| m.max((f - b).abs()));
+                assert!(
+                    err <= 1e-4 * scale,
+                    "case {i} {what}: err {err}, scale {scale}"
+                );
+            }
+        }
     }
 
     #[test]

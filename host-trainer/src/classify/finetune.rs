@@ -119,6 +119,12 @@ pub(crate) fn prepare(start: TopModel, ad: &Device) -> TopModel {
     start.fork(ad).train().map(&mut RunningStats)
 }
 
+/// One layer moved to the training device with its BatchNorm on running statistics (tests).
+#[cfg(test)]
+pub(crate) fn prepare_layer(layer: ConvBn, ad: &Device) -> ConvBn {
+    layer.fork(ad).train().map(&mut RunningStats)
+}
+
 /// Logits of `model` for every prefix feature map in `x` (inference, batches of 16).
 pub fn top_logits(
     model: &TopModel,
