@@ -235,11 +235,12 @@ pub fn head_training_seconds(n: usize, dim: usize, classes: usize, epochs: usize
 }
 
 /// How the fine-tuning bench runs a burn backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FinetuneEngine {
     /// burn-flex with Kestrel's fused MobileNetV2 ops ([`crate::ops`]): what training uses.
     Flex,
     /// burn-flex with burn's own conv2d + BatchNorm + clamp only (the state before the fused ops).
+    #[value(name = "flex-burn-ops")]
     FlexBurnOps,
     /// burn-ndarray (deprecated upstream; falls back to burn's ops; tens of seconds per step).
     Ndarray,
@@ -291,6 +292,10 @@ pub struct FinetuneRow {
     pub torch_ms: Option<f64>,
     /// `step_ms / torch_ms` (below 1: faster than PyTorch).
     pub ratio: Option<f64>,
+    /// Median CPU milliseconds per step, all threads (on one thread: robust to a busy machine).
+    pub cpu_ms: f64,
+    /// PyTorch's median CPU milliseconds per step, if the peer ran.
+    pub torch_cpu_ms: Option<f64>,
 }
 
 /// What `kestrel bench --finetune --json` prints.
@@ -334,16 +339,18 @@ pub fn finetune_report(weights: &Path, opts: &FinetuneOptions) -> anyhow::Result
                 opts.iters
             };
             let step = || finetune_step_ms(weights, engine.backend(), opts.batch, iters);
-            let ms = on_threads(threads, || match engine {
+            let t = on_threads(threads, || match engine {
                 FinetuneEngine::FlexBurnOps => crate::ops::with_burn_ops_only(step),
                 _ => step(),
             })??;
             rows.push(FinetuneRow {
                 backend: engine.name().to_string(),
                 threads,
-                step_ms: ms,
-                torch_ms: peer,
-                ratio: peer.map(|p| ms / p),
+                step_ms: t.wall_ms,
+                torch_ms: peer.map(|p| p.wall_ms),
+                ratio: peer.map(|p| t.wall_ms / p.wall_ms),
+                cpu_ms: t.cpu_ms,
+                torch_cpu_ms: peer.map(|p| p.cpu_ms),
             });
         }
     }
@@ -358,25 +365,28 @@ pub fn finetune_report(weights: &Path, opts: &FinetuneOptions) -> anyhow::Result
 pub fn finetune_table(report: &FinetuneReport) -> String {
     let peer = report.torch.as_deref().unwrap_or("PyTorch");
     let mut s = format!(
-        "fine-tune step: features.14-18 + pool + linear head, batch {}, Adam\n{:<22} {:>7} {:>9} {:>9} {:>7}\n",
-        report.batch, "engine", "threads", "step ms", "peer ms", "ratio"
+        "fine-tune step: features.14-18 + pool + linear head, batch {}, Adam\n{:<20} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9}\n",
+        report.batch, "engine", "threads", "step ms", "peer ms", "ratio", "cpu ms", "peer cpu"
     );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in &report.rows {
-        let opt =
-            |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         s += &format!(
-            "{:<22} {:>7} {:>9.1} {:>9} {:>6}x\n",
+            "{:<20} {:>7} {:>9.1} {:>9} {:>6}x {:>9.1} {:>9}\n",
             r.backend,
             r.threads,
             r.step_ms,
             opt(r.torch_ms, 1),
-            opt(r.ratio, 2)
+            opt(r.ratio, 2),
+            r.cpu_ms,
+            opt(r.torch_cpu_ms, 1),
         );
     }
     if report.torch.is_none() {
         s += "(PyTorch peer skipped: pass --torch-python PYTHON, an interpreter with torch)\n";
     } else {
-        s += &format!("peer: {peer}; ratio = step ms / peer ms (below 1: faster than the peer)\n");
+        s += &format!(
+            "peer: {peer}; ratio = step ms / peer ms (below 1: faster than the peer); cpu ms: all threads\n"
+        );
     }
     s
 }
@@ -389,7 +399,7 @@ pub fn finetune_step_ms(
     backend: Backend,
     batch: usize,
     iters: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<StepTime> {
     use burn::optim::{AdamConfig, GradientsParams};
     use burn::tensor::{Int, Tensor, TensorData};
 
@@ -414,8 +424,10 @@ pub fn finetune_step_ms(
     let y: Vec<i64> = (0..batch).map(|i| (i % 5) as i64).collect();
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&ad);
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     for i in 0..iters + 1 {
         let t = Instant::now();
+        let c = process_cpu_ms();
         let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [batch, 96, 14, 14]), &ad);
         let targets = Tensor::<1, Int>::from_data(TensorData::new(y.clone(), [batch]), &ad);
         let loss = loss_fn.forward(model.forward(input), targets);
@@ -425,10 +437,39 @@ pub fn finetune_step_ms(
         let _ = model.last.conv.weight.val().into_data();
         if i > 0 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
+            cpu.push(process_cpu_ms() - c);
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(StepTime {
+        wall_ms: median(times),
+        cpu_ms: median(cpu),
+    })
+}
+
+/// Time of one training step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTime {
+    /// Wall-clock milliseconds (median).
+    pub wall_ms: f64,
+    /// CPU milliseconds of the whole process, all threads (median): on one thread, the step's
+    /// time without what other processes took from the core.
+    pub cpu_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// CPU time this process has used so far, in milliseconds.
+fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 /// The PyTorch peer of [`finetune_step_ms`]: the same step in PyTorch, run by `python` (an
@@ -440,7 +481,7 @@ pub fn torch_finetune_step_ms(
     batch: usize,
     iters: usize,
     threads: usize,
-) -> anyhow::Result<(String, f64)> {
+) -> anyhow::Result<(String, StepTime)> {
     use anyhow::Context;
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("finetune_step.py");
@@ -465,7 +506,11 @@ pub fn torch_finetune_step_ms(
     }
     let peer: TorchPeerOutput = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("unexpected output from the PyTorch peer under {python}"))?;
-    Ok((peer.engine, peer.median_ms))
+    let time = StepTime {
+        wall_ms: peer.median_ms,
+        cpu_ms: peer.median_cpu_ms,
+    };
+    Ok((peer.engine, time))
 }
 
 /// What `benches/finetune_step.py` prints.
@@ -475,4 +520,6 @@ struct TorchPeerOutput {
     engine: String,
     /// Median milliseconds per step.
     median_ms: f64,
+    /// Median CPU milliseconds per step (all threads).
+    median_cpu_ms: f64,
 }

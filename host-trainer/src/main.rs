@@ -130,9 +130,15 @@ enum Command {
         /// Thread counts of the fine-tuning bench (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         finetune_threads: Vec<usize>,
-        /// Also time the fine-tuning step on burn-ndarray (tens of seconds per step).
-        #[arg(long)]
-        with_ndarray: bool,
+        /// burn engines of the fine-tuning bench (comma-separated): flex (Kestrel's fused ops),
+        /// flex-burn-ops (burn's own conv2d + BatchNorm + clamp), ndarray (tens of seconds a step).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "flex,flex-burn-ops"
+        )]
+        finetune_engines: Vec<bench::FinetuneEngine>,
         /// With --finetune: print the fine-tuning report as one JSON object (rows of backend,
         /// threads, step_ms, torch_ms, ratio) and skip the embedding bench.
         #[arg(long, requires = "finetune")]
@@ -568,19 +574,12 @@ fn main() -> anyhow::Result<()> {
             finetune,
             ref torch_python,
             ref finetune_threads,
-            with_ndarray,
+            ref finetune_engines,
             json,
         } => {
             if finetune {
-                let mut engines = vec![
-                    bench::FinetuneEngine::Flex,
-                    bench::FinetuneEngine::FlexBurnOps,
-                ];
-                if with_ndarray {
-                    engines.push(bench::FinetuneEngine::Ndarray);
-                }
                 let opts = bench::FinetuneOptions {
-                    engines,
+                    engines: finetune_engines.clone(),
                     threads: finetune_threads.clone(),
                     iters: 5,
                     batch: 32,

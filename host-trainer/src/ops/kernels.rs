@@ -108,9 +108,223 @@ unsafe fn matmul(
     }
 }
 
+/// Whether this CPU has AVX2 and FMA (checked once by std, then a cached load).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Dot product of the common length of `a` and `b`. The workspace builds for baseline x86-64,
+/// where such loops stay scalar or 4-wide, so the hot loops use AVX2 + FMA when the CPU has them.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; both slices hold at least n values.
+        return unsafe { x86::dot(&a[..n], &b[..n]) };
+    }
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| x * y).sum()
+}
+
+/// Sum of `a` (vectorised like [`dot`]).
+fn sum(a: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { x86::sum(a) };
+    }
+    a.iter().sum()
+}
+
+/// `dst += alpha * src` over their common length (vectorised like [`dot`]).
+fn axpy(dst: &mut [f32], alpha: f32, src: &[f32]) {
+    let n = dst.len().min(src.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; both slices hold at least n values.
+        unsafe { x86::axpy(&mut dst[..n], alpha, &src[..n]) };
+        return;
+    }
+    for (d, x) in dst[..n].iter_mut().zip(&src[..n]) {
+        *d += alpha * x;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Eight floats at any alignment. Loads and stores go through this packed struct rather than
+    /// `_mm256_loadu_ps`, which is a `copy_nonoverlapping` whose overlap check stays in a build
+    /// with debug assertions (the workspace's dev profile) and costs more than the arithmetic.
+    #[derive(Clone, Copy)]
+    #[repr(C, packed)]
+    struct Unaligned(__m256);
+
+    /// # Safety
+    /// `p` must point to eight readable floats.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: forwarded; a packed struct has alignment 1.
+        unsafe { (*(p as *const Unaligned)).0 }
+    }
+
+    /// # Safety
+    /// `p` must point to eight writable floats.
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: forwarded; a packed struct has alignment 1.
+        unsafe { (*(p as *mut Unaligned)).0 = v }
+    }
+
+    /// Horizontal sum of eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` and `b` have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        // SAFETY: every load reads 8 values at i < n - 7 (or 16 at i < n - 15).
+        unsafe {
+            while i + 16 <= n {
+                let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+                acc0 = _mm256_fmadd_ps(load(pa), load(pb), acc0);
+                acc1 = _mm256_fmadd_ps(load(pa.add(8)), load(pb.add(8)), acc1);
+                i += 16;
+            }
+            if i + 8 <= n {
+                let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+                acc0 = _mm256_fmadd_ps(load(pa), load(pb), acc0);
+                i += 8;
+            }
+        }
+        let mut s = hsum(_mm256_add_ps(acc0, acc1));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn clamp6(v: &mut [f32]) {
+        let n = v.len();
+        let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        let mut i = 0;
+        // SAFETY: every load and store touches 8 values at i <= n - 8.
+        unsafe {
+            while i + 8 <= n {
+                let p = v.as_mut_ptr().add(i);
+                store(p, _mm256_min_ps(_mm256_max_ps(load(p), lo), hi));
+                i += 8;
+            }
+        }
+        for x in &mut v[i..] {
+            *x = x.clamp(0.0, 6.0);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; the three slices have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn relu6_mask(dst: &mut [f32], gy: &[f32], y: &[f32]) {
+        let n = dst.len();
+        let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        let mut i = 0;
+        // SAFETY: every load and store touches 8 values at i <= n - 8.
+        unsafe {
+            while i + 8 <= n {
+                let yv = load(y.as_ptr().add(i));
+                let pass = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(yv, lo),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(yv, hi),
+                );
+                store(
+                    dst.as_mut_ptr().add(i),
+                    _mm256_and_ps(pass, load(gy.as_ptr().add(i))),
+                );
+                i += 8;
+            }
+        }
+        for j in i..n {
+            dst[j] = if super::relu6_pass(y[j]) { gy[j] } else { 0.0 };
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sum(a: &[f32]) -> f32 {
+        let n = a.len();
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads 8 values at i <= n - 8.
+        unsafe {
+            while i + 8 <= n {
+                acc = _mm256_add_ps(acc, load(a.as_ptr().add(i)));
+                i += 8;
+            }
+        }
+        hsum(acc) + a[i..].iter().sum::<f32>()
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `dst` and `src` have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(dst: &mut [f32], alpha: f32, src: &[f32]) {
+        let n = dst.len();
+        let va = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        // SAFETY: every load and store touches 8 values at i <= n - 8.
+        unsafe {
+            while i + 8 <= n {
+                let pd = dst.as_mut_ptr().add(i);
+                let v = _mm256_fmadd_ps(va, load(src.as_ptr().add(i)), load(pd));
+                store(pd, v);
+                i += 8;
+            }
+        }
+        while i < n {
+            dst[i] += alpha * src[i];
+            i += 1;
+        }
+    }
+}
+
 fn clamp6(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        unsafe { x86::clamp6(v) };
+        return;
+    }
     for x in v {
         *x = x.clamp(0.0, 6.0);
+    }
+}
+
+/// `dst = gy` where ReLU6 passed (`0 < y < 6`), else 0, over the common length.
+fn relu6_mask(dst: &mut [f32], gy: &[f32], y: &[f32]) {
+    let n = dst.len().min(gy.len()).min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; all three slices hold n values.
+        unsafe { x86::relu6_mask(&mut dst[..n], &gy[..n], &y[..n]) };
+        return;
+    }
+    for ((d, &g), &v) in dst[..n].iter_mut().zip(&gy[..n]).zip(&y[..n]) {
+        *d = if relu6_pass(v) { g } else { 0.0 };
     }
 }
 
@@ -176,77 +390,96 @@ pub fn pointwise_backward(
     assert_eq!(y.len(), n * cout * p, "pointwise output size");
     assert_eq!(gy.len(), y.len(), "pointwise output gradient size");
     let np = n * p;
-    // The masked output gradient, channel-major [cout, n * p], so that the weight gradient is a
-    // single product over all pixels of the batch.
-    let mut g = vec![0f32; cout * np];
-    g.par_chunks_mut(np.max(1))
-        .enumerate()
-        .for_each(|(co, gc)| {
-            for b in 0..n {
-                let src = (b * cout + co) * p;
-                let dst = &mut gc[b * p..(b + 1) * p];
-                if relu6 {
-                    for ((d, &gv), &yv) in dst.iter_mut().zip(&gy[src..src + p]).zip(&y[src..]) {
-                        *d = if relu6_pass(yv) { gv } else { 0.0 };
+    with_scratch(cout * np, cin * np, |g, xt| {
+        // The masked output gradient, channel-major [cout, n * p], so that the weight gradient is a
+        // single product over all pixels of the batch.
+        g.par_chunks_mut(np.max(1))
+            .enumerate()
+            .for_each(|(co, gc)| {
+                for b in 0..n {
+                    let src = (b * cout + co) * p;
+                    let dst = &mut gc[b * p..(b + 1) * p];
+                    if relu6 {
+                        relu6_mask(dst, &gy[src..src + p], &y[src..src + p]);
+                    } else {
+                        dst.copy_from_slice(&gy[src..src + p]);
                     }
-                } else {
-                    dst.copy_from_slice(&gy[src..src + p]);
-                }
-            }
-        });
-    let bias: Vec<f32> = g.par_chunks(np.max(1)).map(|r| r.iter().sum()).collect();
-    // x channel-major [cin, n * p].
-    let mut xt = vec![0f32; cin * np];
-    xt.par_chunks_mut(np.max(1))
-        .enumerate()
-        .for_each(|(ci, xc)| {
-            for b in 0..n {
-                let src = (b * cin + ci) * p;
-                xc[b * p..(b + 1) * p].copy_from_slice(&x[src..src + p]);
-            }
-        });
-    let mut gw = vec![0f32; cout * cin];
-    if np > 0 && !gw.is_empty() {
-        // SAFETY: g is cout x np (row stride np); xt^T is np x cin (row stride 1, column stride
-        // np); gw is cout x cin; all disjoint.
-        unsafe {
-            matmul(
-                (cout, cin, np),
-                (gw.as_mut_ptr(), cin as isize, 1),
-                false,
-                (g.as_ptr(), np as isize, 1),
-                (xt.as_ptr(), 1, np as isize),
-                gemm_parallelism(),
-            );
-        }
-    }
-    drop(xt);
-    let gx = want_x.then(|| {
-        let mut gx = vec![0f32; n * cin * p];
-        if !gx.is_empty() && cout > 0 {
-            gx.par_chunks_mut(cin * p).enumerate().for_each(|(b, gxn)| {
-                // SAFETY: weight^T is cin x cout (row stride 1, column stride cin); the
-                // batch's slice of g is cout x p (row stride np, starting at b * p); gxn is
-                // cin x p.
-                unsafe {
-                    matmul(
-                        (cin, p, cout),
-                        (gxn.as_mut_ptr(), p as isize, 1),
-                        false,
-                        (weight.as_ptr(), 1, cin as isize),
-                        (g.as_ptr().add(b * p), np as isize, 1),
-                        gemm::Parallelism::None,
-                    );
                 }
             });
+        let bias: Vec<f32> = g.par_chunks(np.max(1)).map(sum).collect();
+        // x channel-major [cin, n * p].
+        xt.par_chunks_mut(np.max(1))
+            .enumerate()
+            .for_each(|(ci, xc)| {
+                for b in 0..n {
+                    let src = (b * cin + ci) * p;
+                    xc[b * p..(b + 1) * p].copy_from_slice(&x[src..src + p]);
+                }
+            });
+        let mut gw = vec![0f32; cout * cin];
+        if np > 0 && !gw.is_empty() {
+            // SAFETY: g is cout x np (row stride np); xt^T is np x cin (row stride 1, column stride
+            // np); gw is cout x cin; all disjoint.
+            unsafe {
+                matmul(
+                    (cout, cin, np),
+                    (gw.as_mut_ptr(), cin as isize, 1),
+                    false,
+                    (g.as_ptr(), np as isize, 1),
+                    (xt.as_ptr(), 1, np as isize),
+                    gemm_parallelism(),
+                );
+            }
         }
-        gx
-    });
-    ConvGrads {
-        x: gx,
-        weight: gw,
-        bias,
-    }
+        let gx = want_x.then(|| {
+            let mut gx = vec![0f32; n * cin * p];
+            if !gx.is_empty() && cout > 0 {
+                gx.par_chunks_mut(cin * p).enumerate().for_each(|(b, gxn)| {
+                    // SAFETY: weight^T is cin x cout (row stride 1, column stride cin); the
+                    // batch's slice of g is cout x p (row stride np, starting at b * p); gxn is
+                    // cin x p.
+                    unsafe {
+                        matmul(
+                            (cin, p, cout),
+                            (gxn.as_mut_ptr(), p as isize, 1),
+                            false,
+                            (weight.as_ptr(), 1, cin as isize),
+                            (g.as_ptr().add(b * p), np as isize, 1),
+                            gemm::Parallelism::None,
+                        );
+                    }
+                });
+            }
+            gx
+        });
+        ConvGrads {
+            x: gx,
+            weight: gw,
+            bias,
+        }
+    })
+}
+
+thread_local! {
+    /// Per-thread temporaries of [`pointwise_backward`], kept between calls: allocating them
+    /// afresh each step costs page faults comparable to the arithmetic.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// Run `f` with two scratch buffers of `a` and `b` values (contents unspecified).
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (va, vb) = &mut *bufs;
+            va.resize(va.len().max(a), 0.0);
+            vb.resize(vb.len().max(b), 0.0);
+            f(&mut va[..a], &mut vb[..b])
+        }
+        // Re-entered (another op on this thread while the buffers are lent): fresh buffers.
+        Err(_) => f(&mut vec![0.0; a], &mut vec![0.0; b]),
+    })
 }
 
 /// One depthwise plane's geometry: the input zero-padded by one on each side (`hp x wp`), and the
@@ -336,11 +569,8 @@ pub fn depthwise_forward(
                 let k = &weight[c * 9..c * 9 + 9];
                 for kh in 0..3 {
                     for kw in 0..3 {
-                        let wv = k[kh * 3 + kw];
-                        let src = &padded[pl.tap(kh, kw)..pl.tap(kh, kw) + wide_len];
-                        for (a, &v) in acc.iter_mut().zip(src) {
-                            *a += wv * v;
-                        }
+                        let t = pl.tap(kh, kw);
+                        axpy(acc, k[kh * 3 + kw], &padded[t..t + wide_len]);
                     }
                 }
                 for oh in 0..pl.ho {
@@ -402,7 +632,7 @@ pub fn depthwise_backward(
         for kh in 0..3 {
             for kw in 0..3 {
                 let src = &padded[pl.tap(kh, kw)..pl.tap(kh, kw) + wide_len];
-                part[kh * 3 + kw] = g.iter().zip(src).map(|(a, b)| a * b).sum();
+                part[kh * 3 + kw] = dot(g, src);
             }
         }
         if let Some(gxp) = gxp {
@@ -410,11 +640,8 @@ pub fn depthwise_backward(
             let k = &weight[c * 9..c * 9 + 9];
             for kh in 0..3 {
                 for kw in 0..3 {
-                    let wv = k[kh * 3 + kw];
                     let t = pl.tap(kh, kw);
-                    for (d, &v) in gpad[t..t + wide_len].iter_mut().zip(g.iter()) {
-                        *d += wv * v;
-                    }
+                    axpy(&mut gpad[t..t + wide_len], k[kh * 3 + kw], g);
                 }
             }
             for r in 0..s.h {
