@@ -573,11 +573,19 @@ pub fn depthwise_forward(
                         axpy(acc, k[kh * 3 + kw], &padded[t..t + wide_len]);
                     }
                 }
-                for oh in 0..pl.ho {
-                    for ow in 0..pl.wo {
-                        let v = acc[pl.wide(oh, ow)];
-                        yp[oh * pl.wo + ow] = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                if pl.stride == 1 {
+                    for (oh, row) in yp.chunks_exact_mut(pl.wo).enumerate() {
+                        row.copy_from_slice(&acc[oh * pl.wp..oh * pl.wp + pl.wo]);
                     }
+                } else {
+                    for oh in 0..pl.ho {
+                        for ow in 0..pl.wo {
+                            yp[oh * pl.wo + ow] = acc[pl.wide(oh, ow)];
+                        }
+                    }
+                }
+                if relu6 {
+                    clamp6(yp);
                 }
             },
         );
@@ -613,21 +621,29 @@ pub fn depthwise_backward(
         let c = i % s.c;
         // The masked output gradient, placed at the stride-1 positions of the wide grid.
         g.fill(0.0);
-        let (yp, gyp) = (&y[i * plane_out..], &gy[i * plane_out..]);
-        let mut gb = 0f32;
-        for oh in 0..pl.ho {
-            for ow in 0..pl.wo {
-                let j = oh * pl.wo + ow;
-                let v = if !relu6 || relu6_pass(yp[j]) {
-                    gyp[j]
+        let range = i * plane_out..(i + 1) * plane_out;
+        let (yp, gyp) = (&y[range.clone()], &gy[range]);
+        if pl.stride == 1 {
+            for oh in 0..pl.ho {
+                let (dst, src) = (oh * pl.wp, oh * pl.wo);
+                let (d, g, v) = (&mut g[dst..dst + pl.wo], &gyp[src..src + pl.wo], &yp[src..]);
+                if relu6 {
+                    relu6_mask(d, g, v);
                 } else {
-                    0.0
-                };
-                g[pl.wide(oh, ow)] = v;
-                gb += v;
+                    d.copy_from_slice(g);
+                }
+            }
+        } else {
+            for oh in 0..pl.ho {
+                for ow in 0..pl.wo {
+                    let j = oh * pl.wo + ow;
+                    let pass = !relu6 || relu6_pass(yp[j]);
+                    g[pl.wide(oh, ow)] = if pass { gyp[j] } else { 0.0 };
+                }
             }
         }
-        part[9] = gb;
+        // The unused columns of the wide grid are zero, so the whole grid sums to the bias's share.
+        part[9] = sum(g);
         pl.pad_into(&x[i * plane_in..(i + 1) * plane_in], padded);
         for kh in 0..3 {
             for kw in 0..3 {
