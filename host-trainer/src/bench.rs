@@ -10,6 +10,7 @@ use kestrel_shared::{CutPoint, PreprocessSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::ops::OpsMode;
 use crate::pretrained::Pretrained;
 
 /// The golden synthetic picture: `x[c,h,w] = sin(0.05 (h+1)(c+1)) cos(0.03 (w+1))`, CHW.
@@ -242,6 +243,9 @@ pub enum FinetuneEngine {
     /// burn-flex with burn's own conv2d + BatchNorm + clamp only (the state before the fused ops).
     #[value(name = "flex-burn-ops")]
     FlexBurnOps,
+    /// burn-flex with 1x1 convolutions as BatchNorm-folded reshape + matmul in burn's own ops.
+    #[value(name = "flex-burn-matmul")]
+    FlexBurnMatmul,
     /// burn-ndarray (deprecated upstream; falls back to burn's ops; tens of seconds per step).
     Ndarray,
 }
@@ -252,14 +256,15 @@ impl FinetuneEngine {
         match self {
             FinetuneEngine::Flex => "burn-flex",
             FinetuneEngine::FlexBurnOps => "burn-flex-burn-ops",
+            FinetuneEngine::FlexBurnMatmul => "burn-flex-burn-matmul",
             FinetuneEngine::Ndarray => "burn-ndarray",
         }
     }
 
     fn backend(self) -> Backend {
         match self {
-            FinetuneEngine::Flex | FinetuneEngine::FlexBurnOps => Backend::Flex,
             FinetuneEngine::Ndarray => Backend::Ndarray,
+            _ => Backend::Flex,
         }
     }
 }
@@ -339,10 +344,12 @@ pub fn finetune_report(weights: &Path, opts: &FinetuneOptions) -> anyhow::Result
                 opts.iters
             };
             let step = || finetune_step_ms(weights, engine.backend(), opts.batch, iters);
-            let t = on_threads(threads, || match engine {
-                FinetuneEngine::FlexBurnOps => crate::ops::with_burn_ops_only(step),
-                _ => step(),
-            })??;
+            let mode = match engine {
+                FinetuneEngine::FlexBurnOps => OpsMode::BurnOps,
+                FinetuneEngine::FlexBurnMatmul => OpsMode::BurnMatmul,
+                FinetuneEngine::Flex | FinetuneEngine::Ndarray => OpsMode::Fused,
+            };
+            let t = on_threads(threads, || crate::ops::with_mode(mode, step))??;
             rows.push(FinetuneRow {
                 backend: engine.name().to_string(),
                 threads,
@@ -365,13 +372,13 @@ pub fn finetune_report(weights: &Path, opts: &FinetuneOptions) -> anyhow::Result
 pub fn finetune_table(report: &FinetuneReport) -> String {
     let peer = report.torch.as_deref().unwrap_or("PyTorch");
     let mut s = format!(
-        "fine-tune step: features.14-18 + pool + linear head, batch {}, Adam\n{:<20} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9}\n",
+        "fine-tune step: features.14-18 + pool + linear head, batch {}, Adam\n{:<22} {:>7} {:>9} {:>9} {:>7} {:>9} {:>9}\n",
         report.batch, "engine", "threads", "step ms", "peer ms", "ratio", "cpu ms", "peer cpu"
     );
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     for r in &report.rows {
         s += &format!(
-            "{:<20} {:>7} {:>9.1} {:>9} {:>6}x {:>9.1} {:>9}\n",
+            "{:<22} {:>7} {:>9.1} {:>9} {:>6}x {:>9.1} {:>9}\n",
             r.backend,
             r.threads,
             r.step_ms,
@@ -522,4 +529,44 @@ struct TorchPeerOutput {
     median_ms: f64,
     /// Median CPU milliseconds per step (all threads).
     median_cpu_ms: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finetune_report_round_trips_with_the_issue_field_names() {
+        let report = FinetuneReport {
+            torch: Some("pytorch-2.15.0".into()),
+            batch: 32,
+            rows: vec![FinetuneRow {
+                backend: "burn-flex".into(),
+                threads: 2,
+                step_ms: 250.0,
+                torch_ms: Some(200.0),
+                ratio: Some(1.25),
+                cpu_ms: 480.0,
+                torch_cpu_ms: Some(390.0),
+            }],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        for key in [
+            "\"rows\"",
+            "\"backend\"",
+            "\"threads\"",
+            "\"step_ms\"",
+            "\"torch_ms\"",
+            "\"ratio\"",
+        ] {
+            assert!(json.contains(key), "{key} missing from {json}");
+        }
+        let back: FinetuneReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+        let table = finetune_table(&report);
+        assert!(
+            table.contains("burn-flex") && table.contains("1.25x"),
+            "{table}"
+        );
+    }
 }

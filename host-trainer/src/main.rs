@@ -131,7 +131,8 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         finetune_threads: Vec<usize>,
         /// burn engines of the fine-tuning bench (comma-separated): flex (Kestrel's fused ops),
-        /// flex-burn-ops (burn's own conv2d + BatchNorm + clamp), ndarray (tens of seconds a step).
+        /// flex-burn-ops (burn's own conv2d + BatchNorm + clamp), flex-burn-matmul (1x1 convs as
+        /// reshape + matmul in burn's ops), ndarray (tens of seconds a step).
         #[arg(
             long,
             value_enum,

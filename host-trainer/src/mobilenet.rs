@@ -98,8 +98,13 @@ impl ConvBn {
     /// burn's conv2d + BatchNorm + clamp.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let batch_stats = x.device().is_autodiff() && self.bn.training.is_enabled();
-        match (batch_stats, self.fused_kind()) {
-            (false, Some(kind)) if crate::ops::fused_ops_enabled() => self.forward_fused(x, kind),
+        use crate::ops::OpsMode;
+        match (batch_stats, self.fused_kind(), crate::ops::mode()) {
+            (false, Some(kind), OpsMode::Fused) => self.forward_fused(x, kind),
+            (false, Some(FusedKind::Pointwise), OpsMode::BurnMatmul) => {
+                let (w, b) = self.folded(&x.device());
+                crate::ops::reference::pointwise_matmul(x, w, b, self.relu6)
+            }
             _ => {
                 let x = self.bn.forward(self.conv.forward(x));
                 if self.relu6 { x.clamp(0.0, 6.0) } else { x }
@@ -531,7 +536,9 @@ mod tests {
                 &device,
             );
             let fused = output_and_grads(&layer, &x);
-            let burn = crate::ops::with_burn_ops_only(|| output_and_grads(&layer, &x));
+            let burn = crate::ops::with_mode(crate::ops::OpsMode::BurnOps, || {
+                output_and_grads(&layer, &x)
+            });
             for (what, (f, b)) in ["output", "weight grad", "gamma grad", "beta grad"]
                 .iter()
                 .zip(fused.iter().zip(&burn))

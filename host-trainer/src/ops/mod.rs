@@ -17,22 +17,33 @@ use burn::tensor::{DType, Tensor};
 
 use extension::MobileNetOps;
 
-thread_local! {
-    static BURN_OPS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Which implementation MobileNetV2's layers use (a per-thread setting, for the bench).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpsMode {
+    /// The fused ops of this module (the default).
+    Fused,
+    /// burn's own conv2d + BatchNorm + clamp for every layer (the state before the fused ops).
+    BurnOps,
+    /// 1x1 convolutions as BatchNorm-folded reshape + matmul with burn's ops (whose autodiff is
+    /// matmul's); depthwise layers as burn's own ops.
+    BurnMatmul,
 }
 
-/// Run `f` with the fused ops switched off on this thread: every layer then runs as burn's own
-/// conv2d + BatchNorm + clamp (what the bench compares against; the model computes the same).
-pub fn with_burn_ops_only<R>(f: impl FnOnce() -> R) -> R {
-    let before = BURN_OPS_ONLY.with(|c| c.replace(true));
+thread_local! {
+    static MODE: std::cell::Cell<OpsMode> = const { std::cell::Cell::new(OpsMode::Fused) };
+}
+
+/// Run `f` with the layers of this thread in `mode` (the model computes the same in each).
+pub fn with_mode<R>(mode: OpsMode, f: impl FnOnce() -> R) -> R {
+    let before = MODE.with(|c| c.replace(mode));
     let out = f();
-    BURN_OPS_ONLY.with(|c| c.set(before));
+    MODE.with(|c| c.set(before));
     out
 }
 
-/// Whether the fused ops are switched on (see [`with_burn_ops_only`]).
-pub fn fused_ops_enabled() -> bool {
-    !BURN_OPS_ONLY.with(|c| c.get())
+/// The implementation the layers of this thread use (see [`with_mode`]).
+pub fn mode() -> OpsMode {
+    MODE.with(|c| c.get())
 }
 
 /// Whether the extension handles tensors of this device and dtype (burn-flex, f32; autodiff or
@@ -105,6 +116,22 @@ pub mod reference {
             ),
             relu6,
         )
+    }
+
+    /// [`super::pointwise_conv`] as a batched matrix product: `[1, Cout, Cin] x [N, Cin, H*W]`.
+    pub fn pointwise_matmul(
+        x: Tensor<4>,
+        weight: Tensor<2>,
+        bias: Tensor<1>,
+        relu6: bool,
+    ) -> Tensor<4> {
+        let [n, cin, h, w] = x.dims();
+        let [cout, _] = weight.dims();
+        let y = weight
+            .unsqueeze::<3>()
+            .matmul(x.reshape([n, cin, h * w]))
+            .add(bias.reshape([1, cout, 1]));
+        act(y.reshape([n, cout, h, w]), relu6)
     }
 
     /// [`super::depthwise_conv`] as burn's grouped `conv2d`.
