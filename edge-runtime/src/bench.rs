@@ -8,6 +8,8 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::kernels::{Isa, Kernels};
+use crate::profile::{OpKind, Profile, profile};
 use crate::run_cmd::threads;
 use crate::runtime::{Detector, peak_rss_mb};
 use crate::source::{RawFormat, RawFrame, decode};
@@ -41,6 +43,63 @@ pub struct BenchArgs {
     /// A JPEG camera frame for the overhead measurement (default: a synthetic 640x480 frame).
     #[arg(long)]
     pub frame: Option<PathBuf>,
+    /// Convolution kernels: Kestrel's where they apply (the runtime's default), tract's only, or
+    /// both in turn in this run (the first figures are Kestrel's).
+    #[arg(long, value_enum, default_value_t = KernelsArg::Kestrel)]
+    pub kernels: KernelsArg,
+    /// Rounds of (tract, onnxruntime) timings, interleaved so both see the same machine load;
+    /// the report gives the median and the spread of the rounds' ratios.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Also time every node of the plan and print the time per operator kind and per operator.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// `--kernels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelsArg {
+    /// Kestrel's kernels where they apply, tract's for the rest.
+    Kestrel,
+    /// tract's kernels only (the runtime before Kestrel's kernels).
+    Tract,
+    /// Both, each timed in every round.
+    Both,
+}
+
+impl KernelsArg {
+    fn choices(self) -> Vec<Kernels> {
+        let kestrel = Kernels::Kestrel(Isa::detect());
+        match self {
+            KernelsArg::Kestrel => vec![kestrel],
+            KernelsArg::Tract => vec![Kernels::Tract],
+            KernelsArg::Both => vec![kestrel, Kernels::Tract],
+        }
+    }
+}
+
+/// The figures of one kernel choice.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelsResult {
+    /// `tract` or `kestrel (isa)`.
+    pub kernels: String,
+    /// Convolutions Kestrel's kernels took over (trunk + head).
+    pub replaced: usize,
+    /// Median over rounds of each round's p50, ms.
+    pub p50_ms: f64,
+    /// 95th percentile over every timed run, ms.
+    pub p95_ms: f64,
+    /// Each round's p50, ms.
+    pub round_p50_ms: Vec<f64>,
+    /// Median over rounds of (this p50 / onnxruntime's p50 in the same round).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_vs_onnxruntime: Option<f64>,
+    /// Lowest and highest round ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_spread: Option<[f64; 2]>,
+    /// Time per operator kind and operator (`--profile`), trunk + head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
 }
 
 /// onnxruntime's figures.
@@ -84,9 +143,11 @@ pub struct BenchReport {
     /// onnxruntime on model.onnx, when asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onnxruntime: Option<OrtResult>,
-    /// tract p50 / onnxruntime p50.
+    /// tract p50 / onnxruntime p50 (medians over rounds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_vs_onnxruntime: Option<f64>,
+    /// Every kernel choice timed, the first being the one the fields above describe.
+    pub kernels: Vec<KernelsResult>,
 }
 
 /// A synthetic 640x480 camera frame with texture and edges (so JPEG decoding does real work),
@@ -122,10 +183,18 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         crate::Threads::Single => 1,
         crate::Threads::Multi(n) => n,
     };
-    let t = Instant::now();
-    let detector = Detector::open(&args.bundle, threads_used)
-        .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))?;
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let choices = args.kernels.choices();
+    let mut detectors = Vec::new();
+    let mut load_ms = 0.0;
+    for (i, &k) in choices.iter().enumerate() {
+        let t = Instant::now();
+        let d = Detector::open_with(&args.bundle, threads_used, k)
+            .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))?;
+        if i == 0 {
+            load_ms = t.elapsed().as_secs_f64() * 1e3;
+        }
+        detectors.push(d);
+    }
 
     let jpeg = match &args.frame {
         Some(p) => std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
@@ -142,24 +211,74 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         format: RawFormat::Mjpeg,
         data: jpeg,
     };
-    let mut stats = Stats::new(detector.name());
+    let model = detectors[0]
+        .bundle()
+        .dir
+        .join(&detectors[0].bundle().manifest.files.model.path);
+    let rounds = args.rounds.max(1);
+    let mut stats: Vec<Stats> = detectors.iter().map(|d| Stats::new(d.name())).collect();
+    let mut all_ms: Vec<Vec<f64>> = vec![Vec::new(); detectors.len()];
+    let mut round_p50: Vec<Vec<f64>> = vec![Vec::new(); detectors.len()];
     let mut decode_ms = Vec::new();
-    let mut infer_ms = Vec::new();
-    for i in 0..args.iterations.max(1) + 5 {
-        let t = Instant::now();
-        let image = decode(&raw)?;
-        let d = t.elapsed().as_secs_f64() * 1e3;
-        let (_, _, ms) = detector.infer(&image, &mut stats)?;
-        if i >= 5 {
-            decode_ms.push(d);
-            infer_ms.push(ms);
+    let mut ort_rounds: Vec<OrtResult> = Vec::new();
+    for _ in 0..rounds {
+        for (k, detector) in detectors.iter().enumerate() {
+            let mut infer_ms = Vec::new();
+            for i in 0..args.iterations.max(1) + 5 {
+                let t = Instant::now();
+                let image = decode(&raw)?;
+                let d = t.elapsed().as_secs_f64() * 1e3;
+                let (_, _, ms) = detector.infer(&image, &mut stats[k])?;
+                if i >= 5 {
+                    decode_ms.push(d);
+                    infer_ms.push(ms);
+                }
+            }
+            round_p50[k].push(percentile(&infer_ms, 0.5));
+            all_ms[k].extend(infer_ms);
+        }
+        if let Some(py) = &args.onnxruntime {
+            ort_rounds.push(onnxruntime(py, &model, n_threads, args.iterations)?);
         }
     }
-    let snap = stats.snapshot();
+    let ort_p50: Vec<f64> = ort_rounds.iter().map(|o| o.p50_ms).collect();
+    let mut results = Vec::new();
+    for (k, detector) in detectors.iter().enumerate() {
+        let ratios: Vec<f64> = round_p50[k]
+            .iter()
+            .zip(&ort_p50)
+            .map(|(a, b)| a / b.max(1e-9))
+            .collect();
+        let replaced = {
+            let b = detector.bundle();
+            let (t, h) = (b.trunk.model.replaced(), b.head.replaced());
+            t.depthwise + t.dense + h.depthwise + h.dense
+        };
+        let profile = if args.profile {
+            Some(profile_bundle(detector, args.iterations)?)
+        } else {
+            None
+        };
+        results.push(KernelsResult {
+            kernels: choices[k].name(),
+            replaced,
+            p50_ms: percentile(&round_p50[k], 0.5),
+            p95_ms: percentile(&all_ms[k], 0.95),
+            round_p50_ms: round_p50[k].clone(),
+            ratio_vs_onnxruntime: (!ratios.is_empty()).then(|| percentile(&ratios, 0.5)),
+            ratio_spread: (!ratios.is_empty()).then(|| {
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(0.0, f64::max);
+                [lo, hi]
+            }),
+            profile,
+        });
+    }
+    let snap = stats[0].snapshot();
     let decode_p50 = percentile(&decode_ms, 0.5);
-    let p50 = percentile(&infer_ms, 0.5);
+    let p50 = results[0].p50_ms;
     let overhead = decode_p50 + snap.latency.preprocess.p50_ms + snap.latency.postprocess.p50_ms;
-    let precision = detector
+    let precision = detectors[0]
         .bundle()
         .manifest
         .files
@@ -169,20 +288,27 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .collect::<Vec<_>>()
         .join(", ");
     let peak = peak_rss_mb();
-    let model = detector
-        .bundle()
-        .dir
-        .join(&detector.bundle().manifest.files.model.path);
-    drop(detector);
-    let onnxruntime = match &args.onnxruntime {
-        Some(py) => Some(onnxruntime(py, &model, n_threads, args.iterations)?),
-        None => None,
-    };
+    drop(detectors);
+    let onnxruntime = (!ort_rounds.is_empty()).then(|| {
+        let mid = ort_rounds
+            .iter()
+            .min_by(|a, b| {
+                (a.p50_ms - percentile(&ort_p50, 0.5))
+                    .abs()
+                    .total_cmp(&(b.p50_ms - percentile(&ort_p50, 0.5)).abs())
+            })
+            .cloned()
+            .expect("at least one round");
+        OrtResult {
+            p50_ms: percentile(&ort_p50, 0.5),
+            ..mid
+        }
+    });
     Ok(BenchReport {
         threads: n_threads,
         load_ms,
         p50_ms: p50,
-        p95_ms: percentile(&infer_ms, 0.95),
+        p95_ms: results[0].p95_ms,
         peak_rss_mb: peak,
         decode_ms: decode_p50,
         preprocess_ms: snap.latency.preprocess.p50_ms,
@@ -190,9 +316,22 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         overhead_ratio: overhead / p50.max(1e-9),
         frame: [w, h],
         precision,
-        ratio_vs_onnxruntime: onnxruntime.as_ref().map(|o| p50 / o.p50_ms.max(1e-9)),
+        ratio_vs_onnxruntime: results[0].ratio_vs_onnxruntime,
         onnxruntime,
+        kernels: results,
     })
+}
+
+/// Profiles the bundle's trunk and head on a synthetic input (the head on the trunk's output).
+fn profile_bundle(detector: &Detector, iterations: usize) -> anyhow::Result<Profile> {
+    let b = detector.bundle();
+    let trunk = &b.trunk.model;
+    let n: usize = trunk.input_shape().iter().product();
+    let x: Vec<f32> = (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
+    let mut p = profile(trunk, &x, iterations)?;
+    let features = trunk.run(&x)?;
+    p.add(&profile(&b.head, &features.data, iterations)?);
+    Ok(p)
 }
 
 /// Time onnxruntime on `model` with `threads` intra-op threads.
@@ -241,10 +380,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("bundle     {} ({})", args.bundle.display(), r.precision);
     println!("threads    {}", r.threads);
     println!("load       {:.0} ms", r.load_ms);
-    println!(
-        "inference  p50 {:.2} ms, p95 {:.2} ms (trunk + head, tract)",
-        r.p50_ms, r.p95_ms
-    );
+    for k in &r.kernels {
+        println!(
+            "inference  p50 {:.2} ms, p95 {:.2} ms (trunk + head, tract with {} kernels; {} convolutions Kestrel's)",
+            k.p50_ms, k.p95_ms, k.kernels, k.replaced
+        );
+    }
     println!(
         "per frame  decode {:.2} ms ({}x{} MJPEG), preprocess {:.2} ms, postprocess {:.3} ms = {:.0}% of inference",
         r.decode_ms,
@@ -257,11 +398,57 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(m) = r.peak_rss_mb {
         println!("peak RSS   {m:.1} MB");
     }
-    if let (Some(o), Some(ratio)) = (&r.onnxruntime, r.ratio_vs_onnxruntime) {
+    if let Some(o) = &r.onnxruntime {
         println!(
-            "onnxruntime {} on model.onnx: load {:.0} ms, p50 {:.2} ms, p95 {:.2} ms; tract / onnxruntime = {:.2}x",
-            o.version, o.load_ms, o.p50_ms, o.p95_ms, ratio
+            "onnxruntime {} on model.onnx: load {:.0} ms, p50 {:.2} ms, p95 {:.2} ms",
+            o.version, o.load_ms, o.p50_ms, o.p95_ms
         );
+        for k in &r.kernels {
+            if let (Some(ratio), Some([lo, hi])) = (k.ratio_vs_onnxruntime, k.ratio_spread) {
+                println!(
+                    "  {} / onnxruntime = {ratio:.2}x (rounds {lo:.2}-{hi:.2}x, {} rounds)",
+                    k.kernels,
+                    k.round_p50_ms.len()
+                );
+            }
+        }
+    }
+    if r.kernels.iter().any(|k| k.profile.is_some()) {
+        print_profile(&r.kernels);
     }
     Ok(())
+}
+
+/// The `--profile` tables: ms per run by operator kind, then by operator, one column per kernel
+/// choice.
+fn print_profile(results: &[KernelsResult]) {
+    let profiles: Vec<(&str, &Profile)> = results
+        .iter()
+        .filter_map(|k| k.profile.as_ref().map(|p| (k.kernels.as_str(), p)))
+        .collect();
+    let header: String = profiles.iter().map(|(n, _)| format!("{n:>22}")).collect();
+    println!("\nprofile (ms per run, trunk + head)\n{:<22}{header}", "kind");
+    for kind in OpKind::ALL {
+        let cells: String = profiles
+            .iter()
+            .map(|(_, p)| {
+                let ms = p.by_kind.get(&kind).copied().unwrap_or(0.0);
+                format!("{:>14.3} ({:>3.0}%)", ms, 100.0 * ms / p.total_ms.max(1e-9))
+            })
+            .collect();
+        println!("{:<22}{cells}", kind.name());
+    }
+    let totals: String = profiles
+        .iter()
+        .map(|(_, p)| format!("{:>22.3}", p.total_ms))
+        .collect();
+    println!("{:<22}{totals}", "total");
+    for (name, p) in &profiles {
+        println!("\n{name}: by operator (ms per run, nodes)");
+        let mut ops: Vec<_> = p.by_op.iter().collect();
+        ops.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        for (op, (ms, n)) in ops.iter().take(12) {
+            println!("  {op:<32}{ms:>9.3} {n:>5}");
+        }
+    }
 }

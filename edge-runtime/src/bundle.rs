@@ -22,6 +22,7 @@ use tract_onnx::tract_core::tract_linalg::WeightType;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::model::{EdgeError, ModelOutput, OnnxModel, Threads};
+use crate::kernels::Kernels;
 use crate::trunk::Trunk;
 
 /// A bundle that cannot be used. Every variant names the file involved.
@@ -142,6 +143,8 @@ pub struct BundleOptions {
     pub threads: Threads,
     /// Also load `model.onnx` (trunk and head in one graph) for [`Bundle::run_merged`].
     pub merged: bool,
+    /// Which convolution kernels run the models.
+    pub kernels: Kernels,
 }
 
 impl Default for BundleOptions {
@@ -150,6 +153,7 @@ impl Default for BundleOptions {
             batch: 1,
             threads: Threads::Single,
             merged: false,
+            kernels: Kernels::from_env(),
         }
     }
 }
@@ -209,10 +213,10 @@ fn load(
     path: &Path,
     bytes: &[u8],
     batch: usize,
-    threads: Threads,
+    opts: &BundleOptions,
 ) -> Result<OnnxModel, BundleError> {
     let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        OnnxModel::from_bytes(bytes, path, batch, threads)
+        OnnxModel::from_bytes_with(bytes, path, batch, opts.threads, opts.kernels)
     }));
     match loaded {
         Ok(Ok(m)) => Ok(m),
@@ -324,8 +328,8 @@ impl Bundle {
         };
 
         let batch = opts.batch.max(1);
-        let trunk = load(&trunk_path, &trunk_bytes, batch, opts.threads)?;
-        let head = load(&head_path, &head_bytes, batch, opts.threads)?;
+        let trunk = load(&trunk_path, &trunk_bytes, batch, opts)?;
+        let head = load(&head_path, &head_bytes, batch, opts)?;
         let trunk_out = one(&output_shape(&trunk)?);
         let head_in = one(head.input_shape());
         if trunk_out != head_in {
@@ -389,7 +393,7 @@ impl Bundle {
             }
         }
         let model = if let Some((model_path, model_bytes)) = merged {
-            let m = load(&model_path, &model_bytes, batch, opts.threads)?;
+            let m = load(&model_path, &model_bytes, batch, opts)?;
             let out = one(&output_shape(&m)?);
             for (what, found, expected) in [
                 ("its input", one(m.input_shape()), &files.model.input.shape),

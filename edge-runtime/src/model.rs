@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::kernels::{Kernels, PassReport};
+
 /// Errors of the edge runtime, each naming the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -92,6 +94,8 @@ pub struct OnnxModel {
     plan: Arc<TypedRunnableModel>,
     input_shape: Vec<usize>,
     threads: Threads,
+    kernels: Kernels,
+    replaced: PassReport,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -104,13 +108,24 @@ impl std::fmt::Debug for OnnxModel {
 }
 
 impl OnnxModel {
-    /// Load `path`, fix the batch dimension to `batch`, and optimise the graph once.
+    /// Load `path`, fix the batch dimension to `batch`, and optimise the graph once, with the
+    /// process's kernel choice ([`Kernels::from_env`]).
     pub fn load(path: &Path, batch: usize, threads: Threads) -> Result<Self, EdgeError> {
+        Self::load_with(path, batch, threads, Kernels::from_env())
+    }
+
+    /// Like [`OnnxModel::load`], with the convolution kernels given (benchmarks compare them).
+    pub fn load_with(
+        path: &Path,
+        batch: usize,
+        threads: Threads,
+        kernels: Kernels,
+    ) -> Result<Self, EdgeError> {
         let bytes = std::fs::read(path).map_err(|source| EdgeError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(&bytes, path, batch, threads)
+        Self::from_bytes_with(&bytes, path, batch, threads, kernels)
     }
 
     /// Like [`OnnxModel::load`], from bytes already in memory (`path` is only used in messages).
@@ -119,6 +134,17 @@ impl OnnxModel {
         path: &Path,
         batch: usize,
         threads: Threads,
+    ) -> Result<Self, EdgeError> {
+        Self::from_bytes_with(bytes, path, batch, threads, Kernels::from_env())
+    }
+
+    /// Like [`OnnxModel::from_bytes`], with the convolution kernels given.
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        path: &Path,
+        batch: usize,
+        threads: Threads,
+        kernels: Kernels,
     ) -> Result<Self, EdgeError> {
         let load_err = |e: TractError| EdgeError::Load {
             path: path.to_path_buf(),
@@ -157,7 +183,17 @@ impl OnnxModel {
         model
             .set_input_fact(0, f32::fact(&concrete).into())
             .map_err(load_err)?;
-        let typed = model.into_optimized().map_err(load_err)?;
+        // Decluttered first, so Kestrel's kernels replace the convolutions they cover before
+        // tract lowers the rest to its own kernels.
+        let mut typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(load_err)?;
+        let replaced = match kernels {
+            Kernels::Tract => PassReport::default(),
+            Kernels::Kestrel(isa) => crate::kernels::install(&mut typed, isa).map_err(load_err)?,
+        };
+        let typed = typed.into_optimized().map_err(load_err)?;
         let options = match threads {
             Threads::Single => RunOptions::default(),
             Threads::Multi(n) => RunOptions {
@@ -173,6 +209,8 @@ impl OnnxModel {
             plan,
             input_shape: concrete,
             threads,
+            kernels,
+            replaced,
         })
     }
 
@@ -189,6 +227,21 @@ impl OnnxModel {
     /// Threads the model runs with.
     pub fn threads(&self) -> Threads {
         self.threads
+    }
+
+    /// The convolution kernels the model runs with.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The convolutions Kestrel's kernels took over from tract.
+    pub fn replaced(&self) -> PassReport {
+        self.replaced
+    }
+
+    /// The optimised plan (for profiling node by node).
+    pub fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
     }
 
     /// The model file.

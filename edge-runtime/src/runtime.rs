@@ -21,6 +21,7 @@ use kestrel_shared::manifest::Task;
 use tracing::{info, warn};
 
 use crate::bundle::{Bundle, BundleError, BundleOptions};
+use crate::kernels::Kernels;
 use crate::model::Threads;
 use crate::sink::{Classification, FrameResult, LabeledDetection, Sink};
 use crate::source::{CameraSettings, RawFrame, Replay, SourceError, SourceSpec, decode};
@@ -210,12 +211,18 @@ pub struct Detector {
 impl Detector {
     /// Open and check a bundle (see [`Bundle::open`]) for frame-by-frame inference.
     pub fn open(path: &Path, threads: Threads) -> Result<Self, BundleError> {
+        Self::open_with(path, threads, Kernels::from_env())
+    }
+
+    /// Like [`Detector::open`], with the convolution kernels given (benchmarks compare them).
+    pub fn open_with(path: &Path, threads: Threads, kernels: Kernels) -> Result<Self, BundleError> {
         let bundle = Bundle::open_with(
             path,
             &BundleOptions {
                 batch: 1,
                 threads,
                 merged: false,
+                kernels,
             },
         )?;
         let score_threshold = bundle

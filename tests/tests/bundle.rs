@@ -376,6 +376,7 @@ fn check_agreement(p: &Pretrained, run: &Path, cache: &Path, tmp: &Path) {
         batch: 1,
         threads: Threads::Single,
         merged: true,
+        ..Default::default()
     };
     let fp32_dir = tmp.join(format!("{name}-fp32"));
     let m = export(p, run, &fp32_dir, cache, QuantizeMode::None);

@@ -1,0 +1,512 @@
+//! 3x3 convolutions over NCHW planes, computed directly: the depthwise convolution of every
+//! inverted-residual block, and the dense stem convolution on a few input channels. Both read a
+//! zero-bordered copy of the input laid out so each kernel tap is one contiguous run, then sweep
+//! the output row by row, a vector of outputs at a time, with bias and clamp (ReLU6) fused.
+
+use super::simd::{Isa, Lanes};
+
+/// Where a 3x3 convolution reads and writes in one plane (both axes use the same stride).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    /// Input plane height.
+    pub h: usize,
+    /// Input plane width.
+    pub w: usize,
+    /// 1 or 2.
+    pub stride: usize,
+    /// Zero rows above the input.
+    pub pad_top: usize,
+    /// Zero columns left of the input.
+    pub pad_left: usize,
+    /// Output plane height.
+    pub oh: usize,
+    /// Output plane width.
+    pub ow: usize,
+}
+
+impl Geometry {
+    /// The geometry of a 3x3 convolution with ONNX-style explicit paddings
+    /// (`[top, left, bottom, right]`); `None` for a stride other than 1 or 2, or an empty output.
+    pub fn new(h: usize, w: usize, stride: usize, pads: [usize; 4]) -> Option<Geometry> {
+        if !(1..=2).contains(&stride) {
+            return None;
+        }
+        let [top, left, bottom, right] = pads;
+        let (ph, pw) = (h + top + bottom, w + left + right);
+        if ph < 3 || pw < 3 {
+            return None;
+        }
+        Some(Geometry {
+            h,
+            w,
+            stride,
+            pad_top: top,
+            pad_left: left,
+            oh: (ph - 3) / stride + 1,
+            ow: (pw - 3) / stride + 1,
+        })
+    }
+
+    /// Values in one input plane.
+    pub fn in_plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// Values in one output plane.
+    pub fn out_plane(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// The activation fused after the bias: a clamp to `[lo, hi]` (ReLU6 is `[0, 6]`, ReLU
+/// `[0, inf]`, none `[-inf, inf]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    /// Lower bound.
+    pub lo: f32,
+    /// Upper bound.
+    pub hi: f32,
+}
+
+impl Clamp {
+    /// No activation.
+    pub const NONE: Clamp = Clamp {
+        lo: f32::NEG_INFINITY,
+        hi: f32::INFINITY,
+    };
+}
+
+/// The input plane with its zero border, stored so that the three taps of a kernel row are three
+/// contiguous runs: with stride 1 a padded row read at offsets 0, 1 and 2; with stride 2 the
+/// padded row split into its even and odd columns, read as `even[x]`, `odd[x]`, `even[x + 1]`.
+struct Padded {
+    buf: Vec<f32>,
+    /// Floats per stored row.
+    row_len: usize,
+    /// Offsets of the three taps in a stored row.
+    taps: [usize; 3],
+}
+
+impl Padded {
+    fn new() -> Padded {
+        Padded {
+            buf: Vec::new(),
+            row_len: 0,
+            taps: [0; 3],
+        }
+    }
+
+    /// Fill from one input plane for geometry `g`, output rows rounded up to `lanes`.
+    fn fill(&mut self, plane: &[f32], g: &Geometry, lanes: usize) {
+        let owr = g.ow.div_ceil(lanes) * lanes;
+        let rows = (g.oh - 1) * g.stride + 3;
+        if g.stride == 1 {
+            self.row_len = (owr + 2).max(g.w + g.pad_left);
+            self.taps = [0, 1, 2];
+        } else {
+            let half = (owr + 1).max((g.w + g.pad_left) / 2 + 1);
+            self.row_len = 2 * half;
+            self.taps = [0, half, 1];
+        }
+        self.buf.clear();
+        self.buf.resize(rows * self.row_len, 0.0);
+        for r in 0..rows {
+            let Some(iy) = r.checked_sub(g.pad_top).filter(|&iy| iy < g.h) else {
+                continue;
+            };
+            let src = &plane[iy * g.w..(iy + 1) * g.w];
+            let dst = &mut self.buf[r * self.row_len..(r + 1) * self.row_len];
+            if g.stride == 1 {
+                dst[g.pad_left..g.pad_left + g.w].copy_from_slice(src);
+            } else {
+                let half = self.row_len / 2;
+                let (even, odd) = dst.split_at_mut(half);
+                if g.pad_left == 1 {
+                    // Padded column c = x + 1: input column 2k lands odd[k], 2k + 1 lands even[k + 1].
+                    for (k, pair) in src.chunks_exact(2).enumerate() {
+                        odd[k] = pair[0];
+                        even[k + 1] = pair[1];
+                    }
+                    if g.w % 2 == 1 {
+                        odd[g.w / 2] = src[g.w - 1];
+                    }
+                } else {
+                    for (x, &v) in src.iter().enumerate() {
+                        let c = x + g.pad_left;
+                        if c % 2 == 0 {
+                            even[c / 2] = v;
+                        } else {
+                            odd[c / 2] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start of padded row `r`.
+    #[inline(always)]
+    fn row(&self, r: usize) -> *const f32 {
+        self.buf[r * self.row_len..].as_ptr()
+    }
+}
+
+/// Stores `v` at `dst`, or only its first `n` lanes when the row ends inside the vector.
+#[inline(always)]
+unsafe fn store_part<L: Lanes>(v: L, dst: *mut f32, n: usize) {
+    unsafe {
+        if n >= L::N {
+            v.store(dst);
+        } else {
+            let mut tmp = [0f32; 16];
+            v.store(tmp.as_mut_ptr());
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+        }
+    }
+}
+
+/// A depthwise 3x3 convolution with its bias and activation: one filter per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Depthwise3x3 {
+    /// Plane geometry.
+    pub geom: Geometry,
+    /// Channels (filters).
+    pub channels: usize,
+    /// `channels x 9` taps, row-major per channel.
+    pub weights: Vec<f32>,
+    /// One bias per channel.
+    pub bias: Vec<f32>,
+    /// Fused activation.
+    pub clamp: Clamp,
+}
+
+impl Depthwise3x3 {
+    /// Computes output planes `first..first + out.len() / out_plane` of a batch laid out
+    /// `[n, channels, h, w]` in `input` (plane `p` is channel `p % channels` of image
+    /// `p / channels`).
+    pub fn run_planes(&self, isa: Isa, input: &[f32], first: usize, out: &mut [f32]) {
+        let (ip, op) = (self.geom.in_plane(), self.geom.out_plane());
+        assert_eq!(out.len() % op, 0, "output is not whole planes");
+        assert!(input.len() >= (first + out.len() / op) * ip, "input too short");
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { dw_avx(self, input, first, out) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { dw_planes::<super::simd::Neon>(self, input, first, out) },
+            _ => unsafe { dw_planes::<f32>(self, input, first, out) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_avx(dw: &Depthwise3x3, input: &[f32], first: usize, out: &mut [f32]) {
+    unsafe { dw_planes::<super::simd::Avx>(dw, input, first, out) }
+}
+
+#[inline(always)]
+unsafe fn dw_planes<L: Lanes>(dw: &Depthwise3x3, input: &[f32], first: usize, out: &mut [f32]) {
+    let g = &dw.geom;
+    let (ip, op) = (g.in_plane(), g.out_plane());
+    let mut padded = Padded::new();
+    for (i, oplane) in out.chunks_exact_mut(op).enumerate() {
+        let p = first + i;
+        let c = p % dw.channels;
+        padded.fill(&input[p * ip..(p + 1) * ip], g, L::N);
+        let k: &[f32; 9] = dw.weights[c * 9..c * 9 + 9].try_into().expect("9 taps");
+        unsafe { dw_plane::<L>(&padded, k, dw.bias[c], dw.clamp, g, oplane.as_mut_ptr()) };
+    }
+}
+
+#[inline(always)]
+unsafe fn dw_plane<L: Lanes>(
+    p: &Padded,
+    k: &[f32; 9],
+    bias: f32,
+    clamp: Clamp,
+    g: &Geometry,
+    out: *mut f32,
+) {
+    unsafe {
+        let kv: [L; 9] = std::array::from_fn(|i| L::splat(k[i]));
+        let (b, lo, hi) = (L::splat(bias), L::splat(clamp.lo), L::splat(clamp.hi));
+        let [ta, tb, tc] = p.taps;
+        for y in 0..g.oh {
+            let r = [
+                p.row(y * g.stride),
+                p.row(y * g.stride + 1),
+                p.row(y * g.stride + 2),
+            ];
+            let orow = out.add(y * g.ow);
+            let mut x = 0;
+            while x < g.ow {
+                let mut acc = b;
+                for (ky, row) in r.iter().enumerate() {
+                    acc = acc.mul_add(L::load(row.add(ta + x)), kv[ky * 3]);
+                    acc = acc.mul_add(L::load(row.add(tb + x)), kv[ky * 3 + 1]);
+                    acc = acc.mul_add(L::load(row.add(tc + x)), kv[ky * 3 + 2]);
+                }
+                store_part(acc.clamp(lo, hi), orow.add(x), g.ow - x);
+                x += L::N;
+            }
+        }
+    }
+}
+
+/// Input channels the dense kernel takes: the stem's 3 (RGB), with room for grey or RGBA.
+pub const MAX_DENSE_INPUTS: usize = 4;
+
+/// A dense 3x3 convolution on a few input channels (the stem), with bias and activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense3x3 {
+    /// Plane geometry.
+    pub geom: Geometry,
+    /// Input channels (at most [`MAX_DENSE_INPUTS`]).
+    pub inputs: usize,
+    /// Output channels.
+    pub outputs: usize,
+    /// `outputs x inputs x 9` taps (ONNX's OIHW order).
+    pub weights: Vec<f32>,
+    /// One bias per output channel.
+    pub bias: Vec<f32>,
+    /// Fused activation.
+    pub clamp: Clamp,
+}
+
+/// Output channels computed together: they share every input load.
+const DENSE_BLOCK: usize = 4;
+
+impl Dense3x3 {
+    /// Computes output channels `first..first + out.len() / out_plane` of one image laid out
+    /// `[inputs, h, w]` in `image`.
+    pub fn run_channels(&self, isa: Isa, image: &[f32], first: usize, out: &mut [f32]) {
+        assert!(self.inputs <= MAX_DENSE_INPUTS, "too many input channels");
+        assert_eq!(image.len(), self.inputs * self.geom.in_plane(), "image size");
+        assert_eq!(out.len() % self.geom.out_plane(), 0, "output is not whole planes");
+        assert!(first + out.len() / self.geom.out_plane() <= self.outputs);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { dense_avx(self, image, first, out) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { dense_channels::<super::simd::Neon>(self, image, first, out) },
+            _ => unsafe { dense_channels::<f32>(self, image, first, out) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dense_avx(d: &Dense3x3, image: &[f32], first: usize, out: &mut [f32]) {
+    unsafe { dense_channels::<super::simd::Avx>(d, image, first, out) }
+}
+
+#[inline(always)]
+unsafe fn dense_channels<L: Lanes>(d: &Dense3x3, image: &[f32], first: usize, out: &mut [f32]) {
+    let g = &d.geom;
+    let (ip, op) = (g.in_plane(), g.out_plane());
+    let padded: Vec<Padded> = (0..d.inputs)
+        .map(|ic| {
+            let mut p = Padded::new();
+            p.fill(&image[ic * ip..(ic + 1) * ip], g, L::N);
+            p
+        })
+        .collect();
+    let count = out.len() / op;
+    let mut oc = 0;
+    while oc < count {
+        let n = (count - oc).min(DENSE_BLOCK);
+        let dst = out[oc * op..].as_mut_ptr();
+        unsafe {
+            match n {
+                4 => dense_block::<L, 4>(d, &padded, first + oc, dst),
+                3 => dense_block::<L, 3>(d, &padded, first + oc, dst),
+                2 => dense_block::<L, 2>(d, &padded, first + oc, dst),
+                _ => dense_block::<L, 1>(d, &padded, first + oc, dst),
+            }
+        }
+        oc += n;
+    }
+}
+
+/// `B` output channels from `oc`, written as consecutive planes from `out`.
+#[inline(always)]
+unsafe fn dense_block<L: Lanes, const B: usize>(
+    d: &Dense3x3,
+    padded: &[Padded],
+    oc: usize,
+    out: *mut f32,
+) {
+    unsafe {
+        let g = &d.geom;
+        let op = g.out_plane();
+        let per_oc = d.inputs * 9;
+        let w = &d.weights[oc * per_oc..(oc + B) * per_oc];
+        let bias: [L; B] = std::array::from_fn(|o| L::splat(d.bias[oc + o]));
+        let (lo, hi) = (L::splat(d.clamp.lo), L::splat(d.clamp.hi));
+        let [ta, tb, tc] = padded[0].taps;
+        let mut rows = [std::ptr::null::<f32>(); 3 * MAX_DENSE_INPUTS];
+        for y in 0..g.oh {
+            for (ic, p) in padded.iter().enumerate() {
+                for ky in 0..3 {
+                    rows[ic * 3 + ky] = p.row(y * g.stride + ky);
+                }
+            }
+            let mut x = 0;
+            while x < g.ow {
+                let mut acc = bias;
+                for (t, row) in rows[..d.inputs * 3].iter().enumerate() {
+                    let a = L::load(row.add(ta + x));
+                    let b = L::load(row.add(tb + x));
+                    let c = L::load(row.add(tc + x));
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let k = &w[o * per_oc + t * 3..];
+                        *acc = acc
+                            .mul_add(a, L::splat(k[0]))
+                            .mul_add(b, L::splat(k[1]))
+                            .mul_add(c, L::splat(k[2]));
+                    }
+                }
+                for (o, acc) in acc.iter().enumerate() {
+                    store_part(acc.clamp(lo, hi), out.add(o * op + y * g.ow + x), g.ow - x);
+                }
+                x += L::N;
+            }
+        }
+    }
+}
+
+/// Straightforward reference: what both kernels must compute (used by the tests).
+#[cfg(test)]
+pub(crate) fn reference(
+    g: &Geometry,
+    input: &[f32],
+    inputs: usize,
+    weights: &[f32],
+    bias: &[f32],
+    outputs: usize,
+    depthwise: bool,
+    clamp: Clamp,
+) -> Vec<f32> {
+    let mut out = vec![0f32; outputs * g.out_plane()];
+    for oc in 0..outputs {
+        for y in 0..g.oh {
+            for x in 0..g.ow {
+                let mut acc = bias[oc] as f64;
+                let ics: Vec<usize> = if depthwise {
+                    vec![oc]
+                } else {
+                    (0..inputs).collect()
+                };
+                for (j, &ic) in ics.iter().enumerate() {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let iy = (y * g.stride + ky) as isize - g.pad_top as isize;
+                            let ix = (x * g.stride + kx) as isize - g.pad_left as isize;
+                            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                continue;
+                            }
+                            let v = input[ic * g.in_plane() + iy as usize * g.w + ix as usize];
+                            let wi = if depthwise {
+                                oc * 9
+                            } else {
+                                (oc * ics.len() + j) * 9
+                            };
+                            acc += v as f64 * weights[wi + ky * 3 + kx] as f64;
+                        }
+                    }
+                }
+                out[oc * g.out_plane() + y * g.ow + x] =
+                    (acc as f32).max(clamp.lo).min(clamp.hi);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: &[f32], b: &[f32]) -> Result<(), String> {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            if (x - y).abs() > 1e-5 * (1.0 + x.abs().max(y.abs())) {
+                return Err(format!("value {i}: {x} vs {y}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every instruction set computes the straightforward convolution, for both kernels,
+        /// odd and even sizes, both strides and paddings 0..=2.
+        #[test]
+        fn kernels_match_reference(
+            h in 1usize..20, w in 1usize..40, stride in 1usize..=2,
+            pads in proptest::array::uniform4(0usize..=2), channels in 1usize..7,
+            inputs in 1usize..=MAX_DENSE_INPUTS, relu6 in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let Some(g) = Geometry::new(h, w, stride, pads) else { return Ok(()) };
+            let clamp = if relu6 { Clamp { lo: 0.0, hi: 6.0 } } else { Clamp::NONE };
+            let x = values(channels.max(inputs) * g.in_plane(), seed);
+            let dw = Depthwise3x3 {
+                geom: g, channels, weights: values(channels * 9, seed + 1),
+                bias: values(channels, seed + 2), clamp,
+            };
+            let want = reference(&g, &x, channels, &dw.weights, &dw.bias, channels, true, clamp);
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; channels * g.out_plane()];
+                dw.run_planes(isa, &x, 0, &mut out);
+                close(&out, &want).map_err(|e| TestCaseError::fail(format!("{isa:?} depthwise: {e}")))?;
+            }
+            let dense = Dense3x3 {
+                geom: g, inputs, outputs: channels, weights: values(channels * inputs * 9, seed + 3),
+                bias: values(channels, seed + 4), clamp,
+            };
+            let img = &x[..inputs * g.in_plane()];
+            let want = reference(&g, img, inputs, &dense.weights, &dense.bias, channels, false, clamp);
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; channels * g.out_plane()];
+                dense.run_channels(isa, img, 0, &mut out);
+                close(&out, &want).map_err(|e| TestCaseError::fail(format!("{isa:?} dense: {e}")))?;
+            }
+        }
+    }
+
+    /// Planes can be computed in any split (how threads share the work).
+    #[test]
+    fn split_runs_equal_one_run() {
+        let g = Geometry::new(9, 13, 2, [1, 1, 1, 1]).unwrap();
+        let dw = Depthwise3x3 {
+            geom: g,
+            channels: 5,
+            weights: values(45, 1),
+            bias: values(5, 2),
+            clamp: Clamp { lo: 0.0, hi: 6.0 },
+        };
+        let x = values(2 * 5 * g.in_plane(), 3);
+        for isa in Isa::available() {
+            let mut whole = vec![0f32; 10 * g.out_plane()];
+            dw.run_planes(isa, &x, 0, &mut whole);
+            let mut parts = vec![0f32; 10 * g.out_plane()];
+            let (a, b) = parts.split_at_mut(3 * g.out_plane());
+            dw.run_planes(isa, &x, 0, a);
+            dw.run_planes(isa, &x, 3, b);
+            assert_eq!(whole, parts, "{isa:?}");
+        }
+    }
+}

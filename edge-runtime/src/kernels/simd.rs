@@ -1,0 +1,168 @@
+//! The vector instructions Kestrel's kernels are written against: one small trait with an
+//! implementation per instruction set (AVX2+FMA on x86-64, NEON on aarch64, plain `f32` anywhere),
+//! and the choice among them made once at run time.
+
+/// The instruction set a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Scalar Rust: every machine, and the reference the SIMD paths are tested against.
+    Portable,
+    /// x86-64 with AVX2 and FMA (8 lanes).
+    Avx2Fma,
+    /// aarch64 Advanced SIMD (4 lanes); every aarch64 board has it.
+    Neon,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has. `KESTREL_KERNELS=portable` forces the scalar path
+    /// (for comparisons and to rule the SIMD code out when something looks wrong).
+    pub fn detect() -> Isa {
+        if std::env::var("KESTREL_KERNELS").is_ok_and(|v| v == "portable") {
+            return Isa::Portable;
+        }
+        Self::best()
+    }
+
+    fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2Fma;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Isa::Neon;
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU can run, the portable one first (tests run each).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        let best = Self::best();
+        if best != Isa::Portable {
+            v.push(best);
+        }
+        v
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+/// A vector of `N` f32 lanes. Every method is `unsafe` because the implementations are only
+/// valid on a CPU with their instruction set, and `load`/`store` take raw pointers to `N` values.
+pub(crate) trait Lanes: Copy {
+    /// Lanes per vector.
+    const N: usize;
+    /// Every lane set to `v`.
+    unsafe fn splat(v: f32) -> Self;
+    /// `N` values from `p` (no alignment needed).
+    unsafe fn load(p: *const f32) -> Self;
+    /// Writes the `N` lanes to `p`.
+    unsafe fn store(self, p: *mut f32);
+    /// `self + a * b`.
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
+}
+
+impl Lanes for f32 {
+    const N: usize = 1;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { *p = self }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        self + a * b
+    }
+    #[inline(always)]
+    unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+        self.max(lo).min(hi)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Eight lanes in an AVX register.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx(pub __m256);
+
+    impl super::Lanes for Avx {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { Avx(_mm256_set1_ps(v)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { Avx(_mm256_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            unsafe { Avx(_mm256_fmadd_ps(a.0, b.0, self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            unsafe { Avx(_mm256_min_ps(_mm256_max_ps(self.0, lo.0), hi.0)) }
+        }
+    }
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::Avx;
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    /// Four lanes in a NEON register.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Neon(pub float32x4_t);
+
+    impl super::Lanes for Neon {
+        const N: usize = 4;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { Neon(vdupq_n_f32(v)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { Neon(vld1q_f32(p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { vst1q_f32(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            unsafe { Neon(vfmaq_f32(self.0, a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            unsafe { Neon(vminq_f32(vmaxq_f32(self.0, lo.0), hi.0)) }
+        }
+    }
+}
+#[cfg(target_arch = "aarch64")]
+pub(crate) use arm::Neon;
