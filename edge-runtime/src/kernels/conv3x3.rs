@@ -510,3 +510,46 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Not a test: `cargo test -p kestrel-edge --lib kernels::conv3x3::timing -- --ignored --nocapture`
+    /// prints where a depthwise layer's time goes (padded copy vs compute).
+    #[test]
+    #[ignore]
+    fn where_time_goes() {
+        for (c, hw, s) in [(144usize, 56usize, 1usize), (96, 112, 2), (576, 14, 1), (960, 7, 1)] {
+            let g = Geometry::new(hw, hw, s, [1, 1, 1, 1]).unwrap();
+            let x = vec![0.5f32; c * g.in_plane()];
+            let dw = Depthwise3x3 {
+                geom: g,
+                channels: c,
+                weights: vec![0.1; c * 9],
+                bias: vec![0.0; c],
+                clamp: Clamp { lo: 0.0, hi: 6.0 },
+            };
+            let mut out = vec![0f32; c * g.out_plane()];
+            let isa = Isa::detect();
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                dw.run_planes(isa, &x, 0, &mut out);
+            }
+            let all = t.elapsed().as_secs_f64() / 20.0 * 1e3;
+            let mut p = Padded::new();
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                for ch in 0..c {
+                    p.fill(&x[ch * g.in_plane()..(ch + 1) * g.in_plane()], &g, 8);
+                }
+            }
+            let fill = t.elapsed().as_secs_f64() / 20.0 * 1e3;
+            let macs = (c * g.out_plane() * 9) as f64;
+            println!(
+                "c {c} {hw}x{hw} s{s}: {all:.3} ms ({:.2} GMAC/s), fill {fill:.3} ms",
+                macs / all / 1e6
+            );
+        }
+    }
+}

@@ -10,18 +10,42 @@ use tract_onnx::tract_core::internal::*;
 use super::conv3x3::{Dense3x3, Depthwise3x3};
 use super::simd::Isa;
 
-/// Checks the input is `[n, c, h, w]` f32 with the planes this op was built for.
-fn check_input(fact: &TypedFact, c: usize, h: usize, w: usize, what: &str) -> TractResult<usize> {
+/// Checks the input is f32 `[n, c, h, w]` (`batched`) or `[c, h, w]` with the planes this op
+/// was built for, and returns the output fact (`c_out` channels of `oh x ow`).
+fn output_fact(
+    fact: &TypedFact,
+    batched: bool,
+    [c, h, w]: [usize; 3],
+    [c_out, oh, ow]: [usize; 3],
+    what: &str,
+) -> TractResult<TypedFact> {
     ensure!(fact.datum_type == f32::datum_type(), "{what} takes f32");
     let shape = fact
         .shape
         .as_concrete()
         .with_context(|| format!("{what} needs a concrete input shape"))?;
-    ensure!(
-        shape.len() == 4 && shape[1..] == [c, h, w],
-        "{what} expects [n, {c}, {h}, {w}], got {shape:?}"
-    );
-    Ok(shape[0])
+    if batched {
+        ensure!(
+            shape.len() == 4 && shape[1..] == [c, h, w],
+            "{what} expects [n, {c}, {h}, {w}], got {shape:?}"
+        );
+        Ok(f32::fact([shape[0], c_out, oh, ow]))
+    } else {
+        ensure!(
+            shape == [c, h, w],
+            "{what} expects [{c}, {h}, {w}], got {shape:?}"
+        );
+        Ok(f32::fact([c_out, oh, ow]))
+    }
+}
+
+/// The output shape for `n` images: with or without the batch axis.
+fn out_shape(batched: bool, n: usize, c: usize, g: &super::conv3x3::Geometry) -> Vec<usize> {
+    if batched {
+        vec![n, c, g.oh, g.ow]
+    } else {
+        vec![c, g.oh, g.ow]
+    }
 }
 
 /// A depthwise 3x3 convolution with bias and clamp fused (replaces tract's `DepthWise` and the
@@ -30,13 +54,15 @@ fn check_input(fact: &TypedFact, c: usize, h: usize, w: usize, what: &str) -> Tr
 pub struct KestrelDepthwise {
     /// The convolution.
     pub conv: Arc<Depthwise3x3>,
+    /// NCHW (true) or CHW (tract drops a batch axis of 1).
+    pub batched: bool,
     /// The instruction set it runs with.
     pub isa: Isa,
 }
 
 impl PartialEq for KestrelDepthwise {
     fn eq(&self, other: &Self) -> bool {
-        self.isa == other.isa && *self.conv == *other.conv
+        self.isa == other.isa && self.batched == other.batched && *self.conv == *other.conv
     }
 }
 impl Eq for KestrelDepthwise {}
@@ -76,7 +102,7 @@ impl EvalOp for KestrelDepthwise {
         let x = view.as_slice::<f32>()?;
         ensure!(x.len() % (c.channels * g.in_plane()) == 0, "input size");
         let n = x.len() / (c.channels * g.in_plane());
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, c.channels, g.oh, g.ow])? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.channels, &g))? };
         {
             let mut out_view = output.try_as_plain_ram_mut()?;
             let out = out_view.as_slice_mut::<f32>()?;
@@ -92,13 +118,18 @@ impl EvalOp for KestrelDepthwise {
 
 impl TypedOp for KestrelDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let c = &self.conv;
-        let n = check_input(inputs[0], c.channels, c.geom.h, c.geom.w, "KestrelDepthwise3x3")?;
-        Ok(tvec!(f32::fact([n, c.channels, c.geom.oh, c.geom.ow])))
+        let (c, g) = (&self.conv, &self.conv.geom);
+        Ok(tvec!(output_fact(
+            inputs[0],
+            self.batched,
+            [c.channels, g.h, g.w],
+            [c.channels, g.oh, g.ow],
+            "KestrelDepthwise3x3"
+        )?))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let n = inputs[0].shape[0].clone();
+        let n = if self.batched { inputs[0].shape[0].clone() } else { 1.into() };
         let macs = self.conv.channels * self.conv.geom.out_plane() * 9;
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
     }
@@ -112,13 +143,15 @@ impl TypedOp for KestrelDepthwise {
 pub struct KestrelDense {
     /// The convolution.
     pub conv: Arc<Dense3x3>,
+    /// NCHW (true) or CHW (tract drops a batch axis of 1).
+    pub batched: bool,
     /// The instruction set it runs with.
     pub isa: Isa,
 }
 
 impl PartialEq for KestrelDense {
     fn eq(&self, other: &Self) -> bool {
-        self.isa == other.isa && *self.conv == *other.conv
+        self.isa == other.isa && self.batched == other.batched && *self.conv == *other.conv
     }
 }
 impl Eq for KestrelDense {}
@@ -160,7 +193,7 @@ impl EvalOp for KestrelDense {
         let image = c.inputs * g.in_plane();
         ensure!(x.len() % image == 0, "input size");
         let n = x.len() / image;
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, c.outputs, g.oh, g.ow])? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.outputs, &g))? };
         {
             let mut out_view = output.try_as_plain_ram_mut()?;
             let out = out_view.as_slice_mut::<f32>()?;
@@ -179,13 +212,18 @@ impl EvalOp for KestrelDense {
 
 impl TypedOp for KestrelDense {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let c = &self.conv;
-        let n = check_input(inputs[0], c.inputs, c.geom.h, c.geom.w, "KestrelDense3x3")?;
-        Ok(tvec!(f32::fact([n, c.outputs, c.geom.oh, c.geom.ow])))
+        let (c, g) = (&self.conv, &self.conv.geom);
+        Ok(tvec!(output_fact(
+            inputs[0],
+            self.batched,
+            [c.inputs, g.h, g.w],
+            [c.outputs, g.oh, g.ow],
+            "KestrelDense3x3"
+        )?))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let n = inputs[0].shape[0].clone();
+        let n = if self.batched { inputs[0].shape[0].clone() } else { 1.into() };
         let c = &self.conv;
         let macs = c.outputs * c.inputs * c.geom.out_plane() * 9;
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))

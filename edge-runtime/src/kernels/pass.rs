@@ -44,7 +44,7 @@ fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> 
     };
     let spec = &conv.pool_spec;
     if conv.q_params.is_some()
-        || spec.data_format != DataFormat::NCHW
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
         || conv.kernel_fmt != KernelFormat::OIHW
         || spec.kernel_shape.as_slice() != [3, 3]
         || spec.dilations().iter().any(|&d| d != 1)
@@ -63,8 +63,10 @@ fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> 
     let Some(shape) = input.shape.as_concrete() else {
         return Ok(None);
     };
-    let &[_, cin, h, w] = shape else {
-        return Ok(None);
+    // tract drops the batch axis (NCHW -> CHW) wherever the batch is 1.
+    let (cin, h, w) = match (spec.data_format, shape) {
+        (DataFormat::NCHW, &[_, c, h, w]) | (DataFormat::CHW, &[c, h, w]) => (c, h, w),
+        _ => return Ok(None),
     };
     let pads = spec.computed_padding(&[h, w]);
     let Some(geom) = Geometry::new(
@@ -149,15 +151,36 @@ fn clamp_after(model: &TypedModel, node: &TypedNode) -> Option<(usize, bool, f32
     Some((next.id, is_max, v))
 }
 
-/// Replaces every convolution Kestrel's kernels cover in `model` (decluttered, concrete shapes)
-/// with a Kestrel op running on `isa`.
+/// Replaces every convolution Kestrel's kernels cover in `model` (decluttered, concrete shapes,
+/// NCHW or CHW) with a Kestrel op running on `isa`.
 pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
     let mut report = PassReport::default();
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(mut kind) = as_kernel(model, node)? else {
-            continue;
+    // One convolution per patch, looking again from the start after each (a patch may renumber
+    // the graph's nodes); a convolution that is left is never looked at twice.
+    let mut left = std::collections::HashSet::new();
+    loop {
+        let mut found = None;
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            if left.contains(&node.name) || node.op_as::<Conv>().is_none() {
+                continue;
+            }
+            match as_kernel(model, node)? {
+                Some(kind) => {
+                    found = Some((id, kind));
+                    break;
+                }
+                None => {
+                    tracing::debug!("{} stays tract's: {:?}", node.name, node.op());
+                    left.insert(node.name.clone());
+                }
+            }
+        }
+        let Some((id, mut kind)) = found else {
+            break;
         };
+        let node = model.node(id);
+        let batched = model.outlet_fact(node.inputs[0])?.rank() == 4;
         // Fuse up to two bounds (Clip becomes Max then Min).
         let mut fused = vec![];
         let mut last = id;
@@ -175,6 +198,7 @@ pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
             last = next;
         }
         if clamp.lo > clamp.hi {
+            left.insert(node.name.clone());
             continue;
         }
         let name = format!("{}.kestrel", node.name);
@@ -186,6 +210,7 @@ pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
                 report.depthwise += 1;
                 let op = KestrelDepthwise {
                     conv: Arc::new(dw.clone()),
+                    batched,
                     isa,
                 };
                 patch.wire_node(name, op, &[tap])?[0]
@@ -195,6 +220,7 @@ pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
                 report.dense += 1;
                 let op = KestrelDense {
                     conv: Arc::new(d.clone()),
+                    batched,
                     isa,
                 };
                 patch.wire_node(name, op, &[tap])?[0]
@@ -207,6 +233,7 @@ pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
             patch.obliterate(f)?;
         }
         patch.apply(model)?;
+        model.compact()?;
     }
     Ok(report)
 }
