@@ -96,8 +96,10 @@ impl Padded {
         }
     }
 
-    /// Fill from one input plane for geometry `g`, output rows rounded up to `lanes`.
-    fn fill(&mut self, plane: &[f32], g: &Geometry, lanes: usize) {
+    /// Fill from one input plane for geometry `g`, output rows rounded up to two vectors.
+    #[inline(always)]
+    fn fill<L: Lanes>(&mut self, plane: &[f32], g: &Geometry) {
+        let lanes = 2 * L::N;
         let owr = g.ow.div_ceil(lanes) * lanes;
         let rows = (g.oh - 1) * g.stride + 3;
         if g.stride == 1 {
@@ -108,29 +110,45 @@ impl Padded {
             self.row_len = 2 * half;
             self.taps = [0, half, 1];
         }
-        self.buf.clear();
-        self.buf.resize(rows * self.row_len, 0.0);
+        // Every stored value is written below (input or zero), so the buffer is only grown.
+        if self.buf.len() < rows * self.row_len {
+            self.buf.resize(rows * self.row_len, 0.0);
+        }
         for r in 0..rows {
+            let dst = &mut self.buf[r * self.row_len..(r + 1) * self.row_len];
             let Some(iy) = r.checked_sub(g.pad_top).filter(|&iy| iy < g.h) else {
+                dst.fill(0.0);
                 continue;
             };
             let src = &plane[iy * g.w..(iy + 1) * g.w];
-            let dst = &mut self.buf[r * self.row_len..(r + 1) * self.row_len];
             if g.stride == 1 {
+                dst[..g.pad_left].fill(0.0);
                 dst[g.pad_left..g.pad_left + g.w].copy_from_slice(src);
+                dst[g.pad_left + g.w..].fill(0.0);
             } else {
                 let half = self.row_len / 2;
                 let (even, odd) = dst.split_at_mut(half);
                 if g.pad_left == 1 {
                     // Padded column c = x + 1: input column 2k lands odd[k], 2k + 1 lands even[k + 1].
-                    for (k, pair) in src.chunks_exact(2).enumerate() {
-                        odd[k] = pair[0];
-                        even[k + 1] = pair[1];
-                    }
+                    let pairs = g.w / 2;
+                    assert!(pairs < odd.len() && pairs < even.len());
+                    even[0] = 0.0;
+                    unsafe {
+                        L::deinterleave(
+                            src.as_ptr(),
+                            pairs,
+                            odd.as_mut_ptr(),
+                            even[1..].as_mut_ptr(),
+                        )
+                    };
                     if g.w % 2 == 1 {
-                        odd[g.w / 2] = src[g.w - 1];
+                        odd[pairs] = src[g.w - 1];
                     }
+                    odd[g.w.div_ceil(2)..].fill(0.0);
+                    even[pairs + 1..].fill(0.0);
                 } else {
+                    dst.fill(0.0);
+                    let (even, odd) = dst.split_at_mut(half);
                     for (x, &v) in src.iter().enumerate() {
                         let c = x + g.pad_left;
                         if c % 2 == 0 {
@@ -212,7 +230,7 @@ unsafe fn dw_planes<L: Lanes>(dw: &Depthwise3x3, input: &[f32], first: usize, ou
     for (i, oplane) in out.chunks_exact_mut(op).enumerate() {
         let p = first + i;
         let c = p % dw.channels;
-        padded.fill(&input[p * ip..(p + 1) * ip], g, L::N);
+        padded.fill::<L>(&input[p * ip..(p + 1) * ip], g);
         let k: &[f32; 9] = dw.weights[c * 9..c * 9 + 9].try_into().expect("9 taps");
         unsafe { dw_plane::<L>(&padded, k, dw.bias[c], dw.clamp, g, oplane.as_mut_ptr()) };
     }
@@ -239,15 +257,23 @@ unsafe fn dw_plane<L: Lanes>(
             ];
             let orow = out.add(y * g.ow);
             let mut x = 0;
+            // Two vectors at a time: two independent chains of nine multiply-adds.
             while x < g.ow {
-                let mut acc = b;
+                let (mut a0, mut a1) = (b, b);
                 for (ky, row) in r.iter().enumerate() {
-                    acc = acc.mul_add(L::load(row.add(ta + x)), kv[ky * 3]);
-                    acc = acc.mul_add(L::load(row.add(tb + x)), kv[ky * 3 + 1]);
-                    acc = acc.mul_add(L::load(row.add(tc + x)), kv[ky * 3 + 2]);
+                    let (pa, pb, pc) = (row.add(ta + x), row.add(tb + x), row.add(tc + x));
+                    a0 = a0.mul_add(L::load(pa), kv[ky * 3]);
+                    a1 = a1.mul_add(L::load(pa.add(L::N)), kv[ky * 3]);
+                    a0 = a0.mul_add(L::load(pb), kv[ky * 3 + 1]);
+                    a1 = a1.mul_add(L::load(pb.add(L::N)), kv[ky * 3 + 1]);
+                    a0 = a0.mul_add(L::load(pc), kv[ky * 3 + 2]);
+                    a1 = a1.mul_add(L::load(pc.add(L::N)), kv[ky * 3 + 2]);
                 }
-                store_part(acc.clamp(lo, hi), orow.add(x), g.ow - x);
-                x += L::N;
+                store_part(a0.clamp(lo, hi), orow.add(x), g.ow - x);
+                if x + L::N < g.ow {
+                    store_part(a1.clamp(lo, hi), orow.add(x + L::N), g.ow - x - L::N);
+                }
+                x += 2 * L::N;
             }
         }
     }
@@ -307,7 +333,7 @@ unsafe fn dense_channels<L: Lanes>(d: &Dense3x3, image: &[f32], first: usize, ou
     let padded: Vec<Padded> = (0..d.inputs)
         .map(|ic| {
             let mut p = Padded::new();
-            p.fill(&image[ic * ip..(ic + 1) * ip], g, L::N);
+            p.fill::<L>(&image[ic * ip..(ic + 1) * ip], g);
             p
         })
         .collect();
@@ -541,7 +567,7 @@ mod timing {
             let t = std::time::Instant::now();
             for _ in 0..20 {
                 for ch in 0..c {
-                    p.fill(&x[ch * g.in_plane()..(ch + 1) * g.in_plane()], &g, 8);
+                    p.fill::<f32>(&x[ch * g.in_plane()..(ch + 1) * g.in_plane()], &g);
                 }
             }
             let fill = t.elapsed().as_secs_f64() / 20.0 * 1e3;

@@ -71,6 +71,17 @@ pub(crate) trait Lanes: Copy {
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
+    /// Splits `pairs` pairs from `src` into their first (`firsts[k] = src[2k]`) and second
+    /// (`seconds[k] = src[2k + 1]`) values: the even and odd columns a stride-2 kernel reads.
+    #[inline(always)]
+    unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
+        unsafe {
+            for k in 0..pairs {
+                *firsts.add(k) = *src.add(2 * k);
+                *seconds.add(k) = *src.add(2 * k + 1);
+            }
+        }
+    }
 }
 
 impl Lanes for f32 {
@@ -127,6 +138,28 @@ mod x86 {
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
             unsafe { Avx(_mm256_min_ps(_mm256_max_ps(self.0, lo.0), hi.0)) }
         }
+        #[inline(always)]
+        unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
+            unsafe {
+                let mut k = 0;
+                while k + 8 <= pairs {
+                    let a = _mm256_loadu_ps(src.add(2 * k));
+                    let b = _mm256_loadu_ps(src.add(2 * k + 8));
+                    // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit lanes put in order.
+                    let f = _mm256_shuffle_ps::<0x88>(a, b);
+                    let s = _mm256_shuffle_ps::<0xDD>(a, b);
+                    let f = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(f)));
+                    let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)));
+                    _mm256_storeu_ps(firsts.add(k), f);
+                    _mm256_storeu_ps(seconds.add(k), s);
+                    k += 8;
+                }
+                for k in k..pairs {
+                    *firsts.add(k) = *src.add(2 * k);
+                    *seconds.add(k) = *src.add(2 * k + 1);
+                }
+            }
+        }
     }
 }
 #[cfg(target_arch = "x86_64")]
@@ -161,6 +194,22 @@ mod arm {
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
             unsafe { Neon(vminq_f32(vmaxq_f32(self.0, lo.0), hi.0)) }
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
+            unsafe {
+                let mut k = 0;
+                while k + 4 <= pairs {
+                    let v = vld2q_f32(src.add(2 * k));
+                    vst1q_f32(firsts.add(k), v.0);
+                    vst1q_f32(seconds.add(k), v.1);
+                    k += 4;
+                }
+                for k in k..pairs {
+                    *firsts.add(k) = *src.add(2 * k);
+                    *seconds.add(k) = *src.add(2 * k + 1);
+                }
+            }
         }
     }
 }
