@@ -44,5 +44,8 @@ cargo build -p kestrel-edge --target "$AARCH64" --all-targets
 echo "test: aarch64 build of kestrel-edge and its tests took $(($(date +%s) - start)) s"
 aarch64-linux-gnu-strip -o "$PARITY_DIR/kestrel-edge.stripped" "$TARGET_DIR/$AARCH64/debug/kestrel-edge"
 echo "test: aarch64 kestrel-edge (dev profile), stripped: $(stat -c %s "$PARITY_DIR/kestrel-edge.stripped") bytes"
-# The runner in .cargo/config.toml runs each test binary under qemu-aarch64.
+# The runner in .cargo/config.toml runs each test binary under qemu-aarch64 (the Pi 4's A72).
 cargo test -p kestrel-edge -p kestrel-shared --target "$AARCH64"
+# Kestrel's NEON kernels against tract's own ops on the Pi 5's core as well.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
+  cargo test -p kestrel-edge --target "$AARCH64" --lib kernels

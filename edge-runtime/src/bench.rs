@@ -427,7 +427,10 @@ fn print_profile(results: &[KernelsResult]) {
         .filter_map(|k| k.profile.as_ref().map(|p| (k.kernels.as_str(), p)))
         .collect();
     let header: String = profiles.iter().map(|(n, _)| format!("{n:>22}")).collect();
-    println!("\nprofile (ms per run, trunk + head)\n{:<22}{header}", "kind");
+    println!(
+        "\nprofile (ms per run, trunk + head)\n{:<22}{header}",
+        "kind"
+    );
     for kind in OpKind::ALL {
         let cells: String = profiles
             .iter()

@@ -21,8 +21,8 @@ use tract_onnx::tract_core::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::tract_linalg::WeightType;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::model::{EdgeError, ModelOutput, OnnxModel, Threads};
 use crate::kernels::Kernels;
+use crate::model::{EdgeError, ModelOutput, OnnxModel, Threads};
 use crate::trunk::Trunk;
 
 /// A bundle that cannot be used. Every variant names the file involved.

@@ -91,8 +91,20 @@ pub fn kind_of(model: &TypedModel, node: &TypedNode) -> OpKind {
         return OpKind::Pointwise;
     }
     const ELEMENT_WISE: [&str; 14] = [
-        "Add", "Sub", "Mul", "Div", "Max", "Min", "Clip", "Cast", "Quantize", "Dequantize",
-        "ByScalar", "Unicast", "BinChain", "ElementWise",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Clip",
+        "Cast",
+        "Quantize",
+        "Dequantize",
+        "ByScalar",
+        "Unicast",
+        "BinChain",
+        "ElementWise",
     ];
     if ELEMENT_WISE.iter().any(|e| name.contains(e)) {
         return OpKind::ElementWise;

@@ -205,7 +205,10 @@ impl Depthwise3x3 {
     pub fn run_planes(&self, isa: Isa, input: &[f32], first: usize, out: &mut [f32]) {
         let (ip, op) = (self.geom.in_plane(), self.geom.out_plane());
         assert_eq!(out.len() % op, 0, "output is not whole planes");
-        assert!(input.len() >= (first + out.len() / op) * ip, "input too short");
+        assert!(
+            input.len() >= (first + out.len() / op) * ip,
+            "input too short"
+        );
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => unsafe { dw_avx(self, input, first, out) },
@@ -307,8 +310,16 @@ impl Dense3x3 {
     /// `[inputs, h, w]` in `image`.
     pub fn run_channels(&self, isa: Isa, image: &[f32], first: usize, out: &mut [f32]) {
         assert!(self.inputs <= MAX_DENSE_INPUTS, "too many input channels");
-        assert_eq!(image.len(), self.inputs * self.geom.in_plane(), "image size");
-        assert_eq!(out.len() % self.geom.out_plane(), 0, "output is not whole planes");
+        assert_eq!(
+            image.len(),
+            self.inputs * self.geom.in_plane(),
+            "image size"
+        );
+        assert_eq!(
+            out.len() % self.geom.out_plane(),
+            0,
+            "output is not whole planes"
+        );
         assert!(first + out.len() / self.geom.out_plane() <= self.outputs);
         match isa {
             #[cfg(target_arch = "x86_64")]
@@ -401,52 +412,53 @@ unsafe fn dense_block<L: Lanes, const B: usize>(
     }
 }
 
-/// Straightforward reference: what both kernels must compute (used by the tests).
+/// Straightforward reference in f64: what both kernels must compute (used by the tests).
 #[cfg(test)]
-pub(crate) fn reference(
-    g: &Geometry,
-    input: &[f32],
-    inputs: usize,
-    weights: &[f32],
-    bias: &[f32],
-    outputs: usize,
-    depthwise: bool,
-    clamp: Clamp,
-) -> Vec<f32> {
-    let mut out = vec![0f32; outputs * g.out_plane()];
-    for oc in 0..outputs {
-        for y in 0..g.oh {
-            for x in 0..g.ow {
-                let mut acc = bias[oc] as f64;
-                let ics: Vec<usize> = if depthwise {
-                    vec![oc]
-                } else {
-                    (0..inputs).collect()
-                };
-                for (j, &ic) in ics.iter().enumerate() {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let iy = (y * g.stride + ky) as isize - g.pad_top as isize;
-                            let ix = (x * g.stride + kx) as isize - g.pad_left as isize;
-                            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                continue;
+pub(crate) struct Reference<'a> {
+    pub g: Geometry,
+    pub inputs: usize,
+    pub outputs: usize,
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    pub depthwise: bool,
+    pub clamp: Clamp,
+}
+
+#[cfg(test)]
+impl Reference<'_> {
+    pub(crate) fn run(&self, input: &[f32]) -> Vec<f32> {
+        let g = &self.g;
+        let mut out = vec![0f32; self.outputs * g.out_plane()];
+        for oc in 0..self.outputs {
+            let ics: Vec<usize> = if self.depthwise {
+                vec![oc]
+            } else {
+                (0..self.inputs).collect()
+            };
+            for y in 0..g.oh {
+                for x in 0..g.ow {
+                    let mut acc = self.bias[oc] as f64;
+                    for (j, &ic) in ics.iter().enumerate() {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let iy = (y * g.stride + ky) as isize - g.pad_top as isize;
+                                let ix = (x * g.stride + kx) as isize - g.pad_left as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let v = input[ic * g.in_plane() + iy as usize * g.w + ix as usize];
+                                let wi = (oc * ics.len() + j) * 9;
+                                acc += v as f64 * self.weights[wi + ky * 3 + kx] as f64;
                             }
-                            let v = input[ic * g.in_plane() + iy as usize * g.w + ix as usize];
-                            let wi = if depthwise {
-                                oc * 9
-                            } else {
-                                (oc * ics.len() + j) * 9
-                            };
-                            acc += v as f64 * weights[wi + ky * 3 + kx] as f64;
                         }
                     }
+                    out[oc * g.out_plane() + y * g.ow + x] =
+                        (acc as f32).max(self.clamp.lo).min(self.clamp.hi);
                 }
-                out[oc * g.out_plane() + y * g.ow + x] =
-                    (acc as f32).max(clamp.lo).min(clamp.hi);
             }
         }
+        out
     }
-    out
 }
 
 #[cfg(test)]
@@ -464,7 +476,9 @@ mod tests {
     }
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s = s
@@ -493,7 +507,10 @@ mod tests {
                 geom: g, channels, weights: values(channels * 9, seed + 1),
                 bias: values(channels, seed + 2), clamp,
             };
-            let want = reference(&g, &x, channels, &dw.weights, &dw.bias, channels, true, clamp);
+            let want = Reference {
+                g, inputs: channels, outputs: channels, weights: &dw.weights, bias: &dw.bias,
+                depthwise: true, clamp,
+            }.run(&x);
             for isa in Isa::available() {
                 let mut out = vec![f32::NAN; channels * g.out_plane()];
                 dw.run_planes(isa, &x, 0, &mut out);
@@ -504,7 +521,10 @@ mod tests {
                 bias: values(channels, seed + 4), clamp,
             };
             let img = &x[..inputs * g.in_plane()];
-            let want = reference(&g, img, inputs, &dense.weights, &dense.bias, channels, false, clamp);
+            let want = Reference {
+                g, inputs, outputs: channels, weights: &dense.weights, bias: &dense.bias,
+                depthwise: false, clamp,
+            }.run(img);
             for isa in Isa::available() {
                 let mut out = vec![f32::NAN; channels * g.out_plane()];
                 dense.run_channels(isa, img, 0, &mut out);
@@ -546,7 +566,12 @@ mod timing {
     #[test]
     #[ignore]
     fn where_time_goes() {
-        for (c, hw, s) in [(144usize, 56usize, 1usize), (96, 112, 2), (576, 14, 1), (960, 7, 1)] {
+        for (c, hw, s) in [
+            (144usize, 56usize, 1usize),
+            (96, 112, 2),
+            (576, 14, 1),
+            (960, 7, 1),
+        ] {
             let g = Geometry::new(hw, hw, s, [1, 1, 1, 1]).unwrap();
             let x = vec![0.5f32; c * g.in_plane()];
             let dw = Depthwise3x3 {

@@ -102,15 +102,21 @@ impl EvalOp for KestrelDepthwise {
         let x = view.as_slice::<f32>()?;
         ensure!(x.len() % (c.channels * g.in_plane()) == 0, "input size");
         let n = x.len() / (c.channels * g.in_plane());
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.channels, &g))? };
+        let mut output =
+            unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.channels, &g))? };
         {
             let mut out_view = output.try_as_plain_ram_mut()?;
             let out = out_view.as_slice_mut::<f32>()?;
             let total = out.len() * 9;
-            tract_linalg::multithread::par_chunks_mut(out, g.out_plane(), total, |first, chunk| {
-                c.run_planes(self.isa, x, first, chunk);
-                Ok(())
-            })?;
+            tract_linalg::multithread::par_chunks_mut(
+                out,
+                g.out_plane(),
+                total,
+                |first, chunk| {
+                    c.run_planes(self.isa, x, first, chunk);
+                    Ok(())
+                },
+            )?;
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -129,7 +135,11 @@ impl TypedOp for KestrelDepthwise {
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let n = if self.batched { inputs[0].shape[0].clone() } else { 1.into() };
+        let n = if self.batched {
+            inputs[0].shape[0].clone()
+        } else {
+            1.into()
+        };
         let macs = self.conv.channels * self.conv.geom.out_plane() * 9;
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
     }
@@ -193,17 +203,23 @@ impl EvalOp for KestrelDense {
         let image = c.inputs * g.in_plane();
         ensure!(x.len() % image == 0, "input size");
         let n = x.len() / image;
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.outputs, &g))? };
+        let mut output =
+            unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.outputs, &g))? };
         {
             let mut out_view = output.try_as_plain_ram_mut()?;
             let out = out_view.as_slice_mut::<f32>()?;
             for (i, out) in out.chunks_exact_mut(c.outputs * g.out_plane()).enumerate() {
                 let img = &x[i * image..(i + 1) * image];
                 let total = out.len() * c.inputs * 9;
-                tract_linalg::multithread::par_chunks_mut(out, g.out_plane(), total, |first, chunk| {
-                    c.run_channels(self.isa, img, first, chunk);
-                    Ok(())
-                })?;
+                tract_linalg::multithread::par_chunks_mut(
+                    out,
+                    g.out_plane(),
+                    total,
+                    |first, chunk| {
+                        c.run_channels(self.isa, img, first, chunk);
+                        Ok(())
+                    },
+                )?;
             }
         }
         Ok(tvec!(output.into_tvalue()))
@@ -223,7 +239,11 @@ impl TypedOp for KestrelDense {
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let n = if self.batched { inputs[0].shape[0].clone() } else { 1.into() };
+        let n = if self.batched {
+            inputs[0].shape[0].clone()
+        } else {
+            1.into()
+        };
         let c = &self.conv;
         let macs = c.outputs * c.inputs * c.geom.out_plane() * 9;
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
