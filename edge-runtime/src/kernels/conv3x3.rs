@@ -151,7 +151,7 @@ impl Padded {
                     let (even, odd) = dst.split_at_mut(half);
                     for (x, &v) in src.iter().enumerate() {
                         let c = x + g.pad_left;
-                        if c % 2 == 0 {
+                        if c.is_multiple_of(2) {
                             even[c / 2] = v;
                         } else {
                             odd[c / 2] = v;
