@@ -484,7 +484,14 @@ fn classifiers_agree_across_burn_tract_and_onnxruntime() {
     // convolutions stay float (tract has no int8 depthwise kernel).
     assert_eq!(m.quantization.layers.len(), 2 * 2 + 1 + 2);
     assert_eq!(head.matmuls.iter().filter(|m| m.is_8bit()).count(), 7);
-    assert_eq!(head.ops.iter().filter(|o| *o == "DepthWiseConv").count(), 2);
+    // ... and run on Kestrel's depthwise kernel.
+    assert_eq!(
+        head.ops
+            .iter()
+            .filter(|o| *o == "KestrelDepthwise3x3")
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -534,7 +541,14 @@ fn quantize_all_gives_an_int8_trunk_that_agrees_with_fp32() {
         trunk.op_counts()
     );
     assert_eq!(int8, 26);
-    assert!(trunk.ops.iter().filter(|o| *o == "DepthWiseConv").count() == 13);
+    assert!(
+        trunk
+            .ops
+            .iter()
+            .filter(|o| *o == "KestrelDepthwise3x3")
+            .count()
+            == 13
+    );
     let v = &m.metrics;
     let (a, b) = (v.fp32.map50.unwrap(), v.bundle.map50.unwrap());
     println!(

@@ -66,10 +66,12 @@ fn tract_graph_is_clean_after_optimisation() {
     let trunk = Trunk::open(dir.path(), 1, Threads::Single).unwrap();
     let ops = trunk.model.op_names();
     let count = |name: &str| ops.iter().filter(|o| o.as_str() == name).count();
-    // 52 convolutions: the 17 depthwise ones on tract's depthwise kernel, the 35 others (stem via
-    // im2col, 34 pointwise) each one matrix product with bias, clip and residual add fused in.
-    assert_eq!(count("DepthWiseConv"), 17, "{ops:?}");
-    assert_eq!(count("OptMatMul"), 35, "{ops:?}");
+    // 52 convolutions: the 17 depthwise ones and the stem on Kestrel's kernels (clip fused), the
+    // 34 pointwise ones each one matrix product with bias, clip and residual add fused in.
+    assert_eq!(count("KestrelDepthwise3x3"), 17, "{ops:?}");
+    assert_eq!(count("KestrelDense3x3"), 1, "{ops:?}");
+    assert_eq!(count("DepthWiseConv"), 0, "{ops:?}");
+    assert_eq!(count("OptMatMul"), 34, "{ops:?}");
     // Nothing left unfused: no BatchNorm, no standalone Clip or Add.
     for bad in ["BatchNorm", "Clip", "Add", "Max", "Min"] {
         assert_eq!(count(bad), 0, "{bad} left in {ops:?}");
