@@ -599,7 +599,10 @@ pub fn inspect(path: &Path) -> Result<OptimizedOps, BundleError> {
                 .collect();
             m.set_input_fact(0, f32::fact(&dims).into())
                 .map_err(not_onnx)?;
-            m.into_optimized().map_err(not_onnx)
+            // The same optimisation the runtime does, Kestrel's kernels included.
+            crate::model::optimize(m, Kernels::from_env())
+                .map(|(m, _)| m)
+                .map_err(not_onnx)
         }))
         .map_err(|_| BundleError::NotOnnx {
             path: path.to_path_buf(),

@@ -74,6 +74,20 @@ pub enum Threads {
     Multi(usize),
 }
 
+/// tract's optimisation with Kestrel's kernels: decluttered first, so they replace the
+/// convolutions they cover before tract lowers the rest to its own kernels.
+pub(crate) fn optimize(
+    model: InferenceModel,
+    kernels: Kernels,
+) -> TractResult<(TypedModel, PassReport)> {
+    let mut typed = model.into_typed()?.into_decluttered()?;
+    let replaced = match kernels {
+        Kernels::Tract => PassReport::default(),
+        Kernels::Kestrel(isa) => crate::kernels::install(&mut typed, isa)?,
+    };
+    Ok((typed.into_optimized()?, replaced))
+}
+
 /// tract's error with all its context, outermost first.
 fn chain(e: &TractError) -> String {
     format!("{e:#}")
@@ -183,17 +197,7 @@ impl OnnxModel {
         model
             .set_input_fact(0, f32::fact(&concrete).into())
             .map_err(load_err)?;
-        // Decluttered first, so Kestrel's kernels replace the convolutions they cover before
-        // tract lowers the rest to its own kernels.
-        let mut typed = model
-            .into_typed()
-            .and_then(|m| m.into_decluttered())
-            .map_err(load_err)?;
-        let replaced = match kernels {
-            Kernels::Tract => PassReport::default(),
-            Kernels::Kestrel(isa) => crate::kernels::install(&mut typed, isa).map_err(load_err)?,
-        };
-        let typed = typed.into_optimized().map_err(load_err)?;
+        let (typed, replaced) = optimize(model, kernels).map_err(load_err)?;
         let options = match threads {
             Threads::Single => RunOptions::default(),
             Threads::Multi(n) => RunOptions {
