@@ -252,7 +252,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         let replaced = {
             let b = detector.bundle();
             let (t, h) = (b.trunk.model.replaced(), b.head.replaced());
-            t.depthwise + t.dense + h.depthwise + h.dense
+            t.convolutions() + h.convolutions()
         };
         let profile = if args.profile {
             Some(profile_bundle(detector, args.iterations)?)

@@ -110,8 +110,10 @@ fn exported_trunk_runs_in_the_edge_binary() {
         .output()
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // Kestrel's kernels take every depthwise convolution and the stem over from tract.
+    // Kestrel's kernels take every convolution over from tract: depthwise, stem, pointwise.
     assert_eq!(info["tract_ops"]["KestrelDepthwise3x3"], 13, "{info}");
+    assert_eq!(info["tract_ops"]["KestrelPointwise"], 25, "{info}");
+    assert!(info["tract_ops"]["OptMatMul"].is_null(), "{info}");
     assert_eq!(info["tract_ops"]["KestrelDense3x3"], 1, "{info}");
     assert!(info["tract_ops"]["DepthWiseConv"].is_null(), "{info}");
 }

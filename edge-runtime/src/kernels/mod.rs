@@ -1,8 +1,10 @@
 //! Kestrel's own kernels for what tract runs slowly on MobileNetV2-like graphs, plugged into
 //! tract's model as operators of Kestrel's (tract stays the engine; the bundle format does not
-//! change): the depthwise 3x3 convolutions and the dense stem convolution, with bias and ReLU6
-//! fused, in AVX2+FMA, NEON or portable code chosen at run time.
+//! change): the depthwise 3x3 convolutions, the dense stem convolution and the pointwise (1x1)
+//! convolutions, with bias, ReLU6 and residual additions fused, in AVX2+FMA, NEON or portable
+//! code chosen at run time.
 
+pub mod conv1x1;
 pub mod conv3x3;
 pub mod ops;
 pub mod pass;

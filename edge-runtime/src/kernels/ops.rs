@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use super::conv1x1::{MR, Pointwise};
 use super::conv3x3::{Dense3x3, Depthwise3x3};
 use super::simd::Isa;
 
@@ -247,6 +248,170 @@ impl TypedOp for KestrelDense {
         let c = &self.conv;
         let macs = c.outputs * c.inputs * c.geom.out_plane() * 9;
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
+    }
+
+    tract_onnx::tract_core::as_op!();
+}
+
+/// A 1x1 convolution with bias, clamp and optionally the residual addition fused (replaces
+/// tract's einsum, the `Add`s after it and the `Max`/`Min` pair). Inputs: the activations, then
+/// the residual if `residual`.
+#[derive(Debug, Clone)]
+pub struct KestrelPointwise {
+    /// The convolution.
+    pub conv: Arc<Pointwise>,
+    /// Input, then output: `[n, c, h, w]` (true) or `[c, h, w]` (tract drops a batch axis of 1,
+    /// sometimes on one side only).
+    pub batched: [bool; 2],
+    /// A second input is added before the clamp.
+    pub residual: bool,
+    /// The instruction set it runs with.
+    pub isa: Isa,
+}
+
+impl PartialEq for KestrelPointwise {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa
+            && self.batched == other.batched
+            && self.residual == other.residual
+            && *self.conv == *other.conv
+    }
+}
+impl Eq for KestrelPointwise {}
+
+impl Op for KestrelPointwise {
+    fn name(&self) -> StaticName {
+        "KestrelPointwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let c = &self.conv;
+        Ok(vec![format!(
+            "{} -> {} channels{}, clamp [{}, {}], {}",
+            c.inputs,
+            c.outputs,
+            if self.residual { ", residual" } else { "" },
+            c.clamp.lo,
+            c.clamp.hi,
+            self.isa.name()
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for KestrelPointwise {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let c = &self.conv;
+        let input = &inputs[0];
+        let facts = self.output_facts(&[&TypedFact::shape_and_dt_of(input)])?;
+        let out_shape = facts[0]
+            .shape
+            .as_concrete()
+            .context("concrete shape")?
+            .to_vec();
+        let view = input.try_as_plain_ram()?;
+        let x = view.as_slice::<f32>()?;
+        let res_view = if self.residual {
+            ensure!(
+                inputs.len() == 2,
+                "KestrelPointwise: residual input missing"
+            );
+            ensure!(inputs[1].shape() == &*out_shape, "residual shape");
+            Some(inputs[1].try_as_plain_ram()?)
+        } else {
+            None
+        };
+        let res = match &res_view {
+            Some(v) => Some(v.as_slice::<f32>()?),
+            None => None,
+        };
+        let n = if self.batched[0] { input.shape()[0] } else { 1 };
+        let pixels = x.len() / (n * c.inputs).max(1);
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        {
+            let mut out_view = output.try_as_plain_ram_mut()?;
+            let out = out_view.as_slice_mut::<f32>()?;
+            let (xi, oi) = (c.inputs * pixels, c.outputs * pixels);
+            for i in 0..n {
+                let img = &x[i * xi..(i + 1) * xi];
+                let r = res.map(|r| &r[i * oi..(i + 1) * oi]);
+                let out = &mut out[i * oi..(i + 1) * oi];
+                // Whole panels of MR channels split across threads; the partial one after.
+                let whole = c.outputs / MR;
+                let (head, tail) = out.split_at_mut(whole * MR * pixels);
+                if !head.is_empty() {
+                    tract_linalg::multithread::par_chunks_mut(
+                        head,
+                        MR * pixels,
+                        whole * MR * pixels * c.inputs,
+                        |first, chunk| {
+                            c.run_rows(self.isa, img, r, first, chunk);
+                            Ok(())
+                        },
+                    )?;
+                }
+                if !tail.is_empty() {
+                    c.run_rows(self.isa, img, r, whole, tail);
+                }
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for KestrelPointwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let fact = inputs[0];
+        ensure!(
+            fact.datum_type == f32::datum_type(),
+            "KestrelPointwise takes f32"
+        );
+        let [bi, bo] = self.batched.map(usize::from);
+        ensure!(
+            fact.rank() == 3 + bi && fact.shape[bi] == self.conv.inputs.to_dim(),
+            "KestrelPointwise expects {} channels on axis {bi} of a rank {} input, got {:?}",
+            self.conv.inputs,
+            3 + bi,
+            fact.shape
+        );
+        let n = if bi == 1 {
+            fact.shape[0].clone()
+        } else {
+            1.to_dim()
+        };
+        if bi != bo {
+            ensure!(
+                n == 1.to_dim(),
+                "a batch axis of 1 can be added or dropped, not {n}"
+            );
+        }
+        let mut shape: TVec<TDim> = if bo == 1 { tvec![n] } else { tvec![] };
+        shape.push(self.conv.outputs.to_dim());
+        shape.extend(fact.shape.iter().skip(bi + 1).cloned());
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let axis = usize::from(self.batched[0]);
+        let others: TDim = inputs[0]
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != axis)
+            .map(|(_, d)| d.clone())
+            .product();
+        let c = &self.conv;
+        Ok(tvec!((
+            Cost::FMA(f32::datum_type()),
+            others * (c.inputs * c.outputs)
+        )))
     }
 
     tract_onnx::tract_core::as_op!();

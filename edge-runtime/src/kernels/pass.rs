@@ -1,5 +1,6 @@
 //! The graph pass that puts Kestrel's kernels into a model tract has decluttered: each 3x3
-//! convolution they cover, with the clamp (ReLU6) after it, becomes one Kestrel op; tract then
+//! convolution they cover, with the clamp (ReLU6) after it, and each 1x1 convolution (an einsum
+//! by then), with its bias, residual addition and clamp, becomes one Kestrel op; tract then
 //! optimises the rest as usual. The bundle's ONNX files are untouched.
 
 use std::sync::Arc;
@@ -7,10 +8,12 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use super::conv1x1::Pointwise;
 use super::conv3x3::{Clamp, Dense3x3, Depthwise3x3, Geometry, MAX_DENSE_INPUTS};
-use super::ops::{KestrelDense, KestrelDepthwise};
+use super::ops::{KestrelDense, KestrelDepthwise, KestrelPointwise};
 use super::simd::Isa;
 
 /// What the pass replaced.
@@ -20,11 +23,22 @@ pub struct PassReport {
     pub depthwise: usize,
     /// Dense 3x3 convolutions on few channels (the stem) now run by Kestrel.
     pub dense: usize,
+    /// 1x1 convolutions (tract's einsums over channels) now run by Kestrel.
+    pub pointwise: usize,
     /// Clamps (`Max`/`Min` after a convolution) fused into them.
     pub clamps: usize,
+    /// Residual additions fused into a pointwise convolution.
+    pub residuals: usize,
 }
 
-/// The two convolutions Kestrel computes itself.
+impl PassReport {
+    /// Convolutions now run by Kestrel, of every kind.
+    pub fn convolutions(&self) -> usize {
+        self.depthwise + self.dense + self.pointwise
+    }
+}
+
+/// The two 3x3 convolutions Kestrel computes itself.
 enum Kind {
     Depthwise(Depthwise3x3),
     Dense(Dense3x3),
@@ -151,6 +165,214 @@ fn clamp_after(model: &TypedModel, node: &TypedNode) -> Option<(usize, bool, f32
     Some((next.id, is_max, v))
 }
 
+/// Up to two bounds (ONNX's Clip becomes `Max` then `Min`) read after `node`: the clamp, the
+/// nodes that apply it, and the last of them (`node` itself if none).
+fn clamps_after(model: &TypedModel, node: usize) -> (Clamp, Vec<usize>, usize) {
+    let mut fused = vec![];
+    let mut last = node;
+    let mut clamp = Clamp::NONE;
+    while fused.len() < 2 {
+        let Some((next, is_max, v)) = clamp_after(model, model.node(last)) else {
+            break;
+        };
+        if is_max {
+            clamp.lo = clamp.lo.max(v);
+        } else {
+            clamp.hi = clamp.hi.min(v);
+        }
+        fused.push(next);
+        last = next;
+    }
+    (clamp, fused, last)
+}
+
+/// If the only reader of `node`'s output is an `Add`, that reader and its other input.
+fn add_after(model: &TypedModel, node: &TypedNode) -> Option<(usize, OutletId)> {
+    let succ = &node.outputs[0].successors;
+    if succ.len() != 1 || node.outputs.len() != 1 {
+        return None;
+    }
+    let next = model.node(succ[0].node);
+    let bin = next.op_as::<TypedBinOp>()?;
+    if bin.0.name() != "Add" || next.inputs.len() != 2 {
+        return None;
+    }
+    Some((next.id, next.inputs[1 - succ[0].slot]))
+}
+
+/// A 1x1 convolution as tract's declutter leaves it: an einsum of the activations (`[c, ...]` or
+/// `[n, c, ...]`) with constant `[o, c]` weights, then the bias `Add`; and what Kestrel fuses
+/// after it (a residual `Add` of the output's shape, then a clamp).
+struct PointwiseMatch {
+    einsum: usize,
+    pw: Pointwise,
+    /// Input and output with a batch axis.
+    batched: [bool; 2],
+    /// Nodes replaced after the einsum, in order; the last one's output is the op's.
+    fused: Vec<usize>,
+    residual: Option<OutletId>,
+    clamps: usize,
+}
+
+/// The einsum at `node` as a Kestrel pointwise convolution, if it is one.
+fn as_pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<PointwiseMatch>> {
+    let Some(op) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let output = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let Some(weights) = konst(model, node.inputs[1]) else {
+        return Ok(None);
+    };
+    if input.datum_type != f32::datum_type() || weights.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let (Some(shape), Some(out_shape)) = (input.shape.as_concrete(), output.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    // The axes must read `[n,] i rest, o i -> [n,] o rest`: channels mixed, every other axis kept.
+    let axes = op.axes.to_string();
+    let Some((ins, out)) = axes.split_once("->") else {
+        return Ok(None);
+    };
+    let ins: Vec<Vec<char>> = ins.split(',').map(|s| s.chars().collect()).collect();
+    let out: Vec<char> = out.chars().collect();
+    let [x, w] = ins.as_slice() else {
+        return Ok(None);
+    };
+    // A batch axis on either side, or on one only where tract dropped it (then of size 1).
+    let (bx, bo) = (x.len().saturating_sub(3), out.len().saturating_sub(3));
+    if x.len() - bx != 3 || out.len() - bo != 3 || bx > 1 || bo > 1 {
+        return Ok(None);
+    }
+    let batch_ok = match (bx, bo) {
+        (1, 1) => x[0] == out[0],
+        (1, 0) => shape[0] == 1,
+        (0, 1) => out_shape[0] == 1,
+        _ => true,
+    };
+    // One output channel: tract drops the weights' unit axis (`[n,] i h w, i -> [n,] o h w`).
+    let (o, i) = match *w.as_slice() {
+        [o, i] => (o, i),
+        [i] => (out[bo], i),
+        _ => return Ok(None),
+    };
+    let mut labels = x.clone();
+    labels.extend(&out);
+    labels.sort_unstable();
+    labels.dedup();
+    let distinct = 3 + 1 + usize::from(bx + bo > 0);
+    if !batch_ok
+        || x[bx] != i
+        || out[bo] != o
+        || x[bx + 1..] != out[bo + 1..]
+        || labels.len() != distinct
+    {
+        return Ok(None);
+    }
+    let (k, m) = (shape[bx], out_shape[bo]);
+    if weights.shape() != [m, k] && !(w.len() == 1 && m == 1 && weights.shape() == [k]) {
+        return Ok(None);
+    }
+    let wv = weights.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    // The bias, if tract kept one: a constant per output channel (or one for all).
+    let mut bias = vec![0f32; m];
+    let mut fused = vec![];
+    let mut last = node.id;
+    if let Some((add, other)) = add_after(model, node)
+        && let Some(b) = konst(model, other)
+        && b.datum_type() == f32::datum_type()
+        && model.outlet_fact(OutletId::new(add, 0))?.shape == output.shape
+    {
+        let bs = b.shape();
+        let per_channel = b.len() == m
+            && bs.len() <= out.len()
+            && bs.iter().rev().enumerate().all(|(j, &d)| {
+                let axis = out.len() - 1 - j;
+                d == 1 || (axis == bo && d == m)
+            });
+        if b.len() == 1 || per_channel {
+            let v = b.try_as_plain_ram()?.as_slice::<f32>()?;
+            for (o, b) in bias.iter_mut().enumerate() {
+                *b = v[if v.len() == 1 { 0 } else { o }];
+            }
+            fused.push(add);
+            last = add;
+        }
+    }
+    // A residual: an Add of a same-shaped f32 tensor that is not a constant.
+    let mut residual = None;
+    if let Some((add, other)) = add_after(model, model.node(last)) {
+        let f = model.outlet_fact(other)?;
+        // Computed before the einsum, so it cannot depend on the einsum's output.
+        let order = model.eval_order()?;
+        let before = |n: usize| order.iter().position(|&x| x == n);
+        if f.konst.is_none()
+            && before(other.node) < before(node.id)
+            && f.datum_type == f32::datum_type()
+            && f.shape == output.shape
+            && model.outlet_fact(OutletId::new(add, 0))?.shape == output.shape
+        {
+            residual = Some(other);
+            fused.push(add);
+            last = add;
+        }
+    }
+    let (clamp, clamps, _) = clamps_after(model, last);
+    if clamp.lo > clamp.hi {
+        return Ok(None);
+    }
+    let n = clamps.len();
+    fused.extend(clamps);
+    Ok(Some(PointwiseMatch {
+        einsum: node.id,
+        pw: Pointwise::new(k, m, &wv, &bias, clamp),
+        batched: [bx == 1, bo == 1],
+        fused,
+        residual,
+        clamps: n,
+    }))
+}
+
+/// Replaces the matched einsum and what follows it with one [`KestrelPointwise`].
+fn install_pointwise(
+    model: &mut TypedModel,
+    found: PointwiseMatch,
+    isa: Isa,
+    report: &mut PassReport,
+) -> TractResult<()> {
+    let node = model.node(found.einsum);
+    let name = format!("{}.kestrel", node.name);
+    let mut patch = TypedModelPatch::new("kestrel-pointwise");
+    let mut taps = vec![patch.tap_model(model, node.inputs[0])?];
+    if let Some(r) = found.residual {
+        taps.push(patch.tap_model(model, r)?);
+        report.residuals += 1;
+    }
+    let op = KestrelPointwise {
+        conv: Arc::new(found.pw),
+        batched: found.batched,
+        residual: found.residual.is_some(),
+        isa,
+    };
+    let out = patch.wire_node(name, op, &taps)?[0];
+    let last = *found.fused.last().unwrap_or(&found.einsum);
+    patch.shunt_outside(model, OutletId::new(last, 0), out)?;
+    patch.obliterate(found.einsum)?;
+    for f in &found.fused {
+        patch.obliterate(*f)?;
+    }
+    patch.apply(model)?;
+    model.compact()?;
+    report.pointwise += 1;
+    report.clamps += found.clamps;
+    Ok(())
+}
+
 /// Replaces every convolution Kestrel's kernels cover in `model` (decluttered, concrete shapes,
 /// NCHW or CHW) with a Kestrel op running on `isa`.
 pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
@@ -162,80 +384,93 @@ pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
         let mut found = None;
         for id in model.eval_order()? {
             let node = model.node(id);
-            if left.contains(&node.name) || node.op_as::<Conv>().is_none() {
+            if left.contains(&node.name) {
                 continue;
             }
-            match as_kernel(model, node)? {
-                Some(kind) => {
-                    found = Some((id, kind));
+            if node.op_as::<EinSum>().is_some() {
+                if let Some(pw) = as_pointwise(model, node)? {
+                    found = Some(Found::Pointwise(pw));
                     break;
                 }
-                None => {
-                    tracing::debug!("{} stays tract's: {:?}", node.name, node.op());
-                    left.insert(node.name.clone());
+                tracing::debug!("{} stays tract's: {:?}", node.name, node.op());
+                left.insert(node.name.clone());
+            } else if node.op_as::<Conv>().is_some() {
+                if let Some(kind) = as_kernel(model, node)? {
+                    found = Some(Found::Conv3x3(id, kind));
+                    break;
+                }
+                tracing::debug!("{} stays tract's: {:?}", node.name, node.op());
+                left.insert(node.name.clone());
+            }
+        }
+        match found {
+            None => break,
+            Some(Found::Pointwise(pw)) => install_pointwise(model, pw, isa, &mut report)?,
+            Some(Found::Conv3x3(id, kind)) => {
+                if !install_conv3x3(model, id, kind, isa, &mut report)? {
+                    left.insert(model.node(id).name.clone());
                 }
             }
         }
-        let Some((id, mut kind)) = found else {
-            break;
-        };
-        let node = model.node(id);
-        let batched = model.outlet_fact(node.inputs[0])?.rank() == 4;
-        // Fuse up to two bounds (Clip becomes Max then Min).
-        let mut fused = vec![];
-        let mut last = id;
-        let mut clamp = Clamp::NONE;
-        while fused.len() < 2 {
-            let Some((next, is_max, v)) = clamp_after(model, model.node(last)) else {
-                break;
-            };
-            if is_max {
-                clamp.lo = clamp.lo.max(v);
-            } else {
-                clamp.hi = clamp.hi.min(v);
-            }
-            fused.push(next);
-            last = next;
-        }
-        if clamp.lo > clamp.hi {
-            left.insert(node.name.clone());
-            continue;
-        }
-        let name = format!("{}.kestrel", node.name);
-        let mut patch = TypedModelPatch::new("kestrel-kernels");
-        let tap = patch.tap_model(model, node.inputs[0])?;
-        let out = match &mut kind {
-            Kind::Depthwise(dw) => {
-                dw.clamp = clamp;
-                report.depthwise += 1;
-                let op = KestrelDepthwise {
-                    conv: Arc::new(dw.clone()),
-                    batched,
-                    isa,
-                };
-                patch.wire_node(name, op, &[tap])?[0]
-            }
-            Kind::Dense(d) => {
-                d.clamp = clamp;
-                report.dense += 1;
-                let op = KestrelDense {
-                    conv: Arc::new(d.clone()),
-                    batched,
-                    isa,
-                };
-                patch.wire_node(name, op, &[tap])?[0]
-            }
-        };
-        report.clamps += fused.len();
-        patch.shunt_outside(model, OutletId::new(last, 0), out)?;
-        patch.obliterate(id)?;
-        for f in fused {
-            patch.obliterate(f)?;
-        }
-        patch.apply(model)?;
-        model.compact()?;
     }
     Ok(report)
+}
+
+/// A convolution the pass takes over.
+enum Found {
+    Conv3x3(usize, Kind),
+    Pointwise(PointwiseMatch),
+}
+
+/// Replaces the 3x3 convolution `id` and the clamp after it with one Kestrel op; false if the
+/// clamp is empty (left to tract).
+fn install_conv3x3(
+    model: &mut TypedModel,
+    id: usize,
+    mut kind: Kind,
+    isa: Isa,
+    report: &mut PassReport,
+) -> TractResult<bool> {
+    let node = model.node(id);
+    let batched = model.outlet_fact(node.inputs[0])?.rank() == 4;
+    let (clamp, fused, last) = clamps_after(model, id);
+    if clamp.lo > clamp.hi {
+        return Ok(false);
+    }
+    let name = format!("{}.kestrel", node.name);
+    let mut patch = TypedModelPatch::new("kestrel-kernels");
+    let tap = patch.tap_model(model, node.inputs[0])?;
+    let out = match &mut kind {
+        Kind::Depthwise(dw) => {
+            dw.clamp = clamp;
+            report.depthwise += 1;
+            let op = KestrelDepthwise {
+                conv: Arc::new(dw.clone()),
+                batched,
+                isa,
+            };
+            patch.wire_node(name, op, &[tap])?[0]
+        }
+        Kind::Dense(d) => {
+            d.clamp = clamp;
+            report.dense += 1;
+            let op = KestrelDense {
+                conv: Arc::new(d.clone()),
+                batched,
+                isa,
+            };
+            patch.wire_node(name, op, &[tap])?[0]
+        }
+    };
+    report.clamps += fused.len();
+    patch.shunt_outside(model, OutletId::new(last, 0), out)?;
+    patch.obliterate(id)?;
+    for f in fused {
+        patch.obliterate(f)?;
+    }
+    patch.apply(model)?;
+    model.compact()?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -243,7 +478,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::math::{Max, Min};
+    use tract_onnx::tract_core::ops::math::{Add, Max, Min};
 
     /// One convolution as tract builds it from ONNX, with an optional ReLU6 after it.
     struct Case {
@@ -257,6 +492,10 @@ mod tests {
         pads: [usize; 4],
         relu6: bool,
         seed: u64,
+        /// Kernel size (3, or 1 for a pointwise convolution).
+        kernel: usize,
+        /// The input added to the output before the clamp (needs `cin == cout`).
+        residual: bool,
     }
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -276,9 +515,10 @@ mod tests {
         let x = m
             .add_source("x", f32::fact([c.n, c.cin, c.h, c.w]))
             .unwrap();
+        let ks = c.kernel;
         let kernel = Tensor::from_shape(
-            &[c.cout, c.cin / c.group, 3, 3],
-            &values(c.cout * c.cin / c.group * 9, c.seed + 1),
+            &[c.cout, c.cin / c.group, ks, ks],
+            &values(c.cout * c.cin / c.group * ks * ks, c.seed + 1),
         )
         .unwrap();
         let bias = Tensor::from_shape(&[c.cout], &values(c.cout, c.seed + 2)).unwrap();
@@ -288,7 +528,7 @@ mod tests {
         let conv = Conv {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NCHW,
-                kernel_shape: tvec![3, 3],
+                kernel_shape: tvec![ks, ks],
                 padding: PaddingSpec::Explicit(tvec![top, left], tvec![bottom, right]),
                 dilations: None,
                 strides: Some(tvec![c.stride, c.stride]),
@@ -300,6 +540,11 @@ mod tests {
             q_params: None,
         };
         let mut y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+        if c.residual {
+            y = m
+                .wire_node("residual", TypedBinOp(Box::new(Add), None), &[x, y])
+                .unwrap()[0];
+        }
         if c.relu6 {
             let lo = m.add_const("lo", tensor4(&[[[[0f32]]]])).unwrap();
             let hi = m.add_const("hi", tensor4(&[[[[6f32]]]])).unwrap();
@@ -356,9 +601,9 @@ mod tests {
             dense in any::<bool>(), cout in 1usize..9, relu6 in any::<bool>(), seed in any::<u64>(),
         ) {
             let case = if dense {
-                Case { n, cin: c.min(MAX_DENSE_INPUTS), cout, group: 1, h, w, stride, pads, relu6, seed }
+                Case { n, cin: c.min(MAX_DENSE_INPUTS), cout, group: 1, h, w, stride, pads, relu6, seed, kernel: 3, residual: false }
             } else {
-                Case { n, cin: c, cout: c, group: c, h, w, stride, pads, relu6, seed }
+                Case { n, cin: c, cout: c, group: c, h, w, stride, pads, relu6, seed, kernel: 3, residual: false }
             };
             for isa in Isa::available() {
                 let (want, got, report) = both(&case, isa);
@@ -378,6 +623,144 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Kestrel's pointwise op computes what tract's own 1x1 convolution (an einsum after
+        /// declutter), bias, residual addition and clamp compute, within 1e-5 relative, and the
+        /// pass fuses every one of them. (One input channel is not a matrix product: tract turns
+        /// it into a broadcast multiplication.)
+        #[test]
+        fn kestrel_pointwise_matches_tract(
+            n in 1usize..3, cin in 2usize..40, cout in 1usize..30, h in 1usize..12,
+            w in 1usize..20, residual in any::<bool>(), relu6 in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let cout = if residual { cin } else { cout };
+            let case = Case {
+                n, cin, cout, group: 1, h, w, stride: 1, pads: [0; 4], relu6, seed, kernel: 1,
+                residual,
+            };
+            for isa in Isa::available() {
+                let (want, got, report) = both(&case, isa);
+                prop_assert_eq!(report.pointwise, 1);
+                prop_assert_eq!(report.residuals, usize::from(residual));
+                prop_assert_eq!(report.clamps, if relu6 { 2 } else { 0 });
+                prop_assert_eq!(want.len(), got.len());
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    prop_assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()) + 1e-7 * cin as f32 * 16.0,
+                        "{:?} value {}: tract {} vs kestrel {}", isa, i, a, b
+                    );
+                }
+            }
+        }
+    }
+
+    /// Not a test: `cargo test -p kestrel-edge --lib kernels::pass::tests::pointwise_speed --
+    /// --ignored --nocapture` times tract's 1x1 convolution against Kestrel's on MobileNetV2's
+    /// shapes, one thread.
+    #[test]
+    #[ignore]
+    fn pointwise_speed() {
+        for (k, m, hw) in [
+            (16usize, 96usize, 112usize),
+            (24, 144, 56),
+            (144, 24, 56),
+            (32, 192, 28),
+            (192, 32, 28),
+            (64, 384, 14),
+            (384, 64, 14),
+            (160, 960, 7),
+            (960, 160, 7),
+            (320, 1280, 7),
+        ] {
+            let case = Case {
+                n: 1,
+                cin: k,
+                cout: m,
+                group: 1,
+                h: hw,
+                w: hw,
+                stride: 1,
+                pads: [0; 4],
+                relu6: true,
+                seed: 1,
+                kernel: 1,
+                residual: false,
+            };
+            let input = Tensor::from_shape(&[1, k, hw, hw], &values(k * hw * hw, 2)).unwrap();
+            let mut ours = model(&case).into_decluttered().unwrap();
+            install(&mut ours, Isa::detect()).unwrap();
+            let mut line = format!("{k:>4} -> {m:>4} at {hw:>3}x{hw:<3}");
+            let macs = (k * m * hw * hw) as f64;
+            for (name, graph) in [
+                ("tract", model(&case).into_decluttered().unwrap()),
+                ("kestrel", ours),
+            ] {
+                let plan = graph.into_optimized().unwrap().into_runnable().unwrap();
+                let reps = (3e8 / macs).ceil() as usize;
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        plan.run(tvec!(input.clone().into_tvalue())).unwrap();
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+                let gmacs = macs / best / 1e9;
+                line += &format!("  {name} {:.3} ms ({gmacs:.1} GMAC/s)", best * 1e3);
+            }
+            println!("{line}");
+        }
+    }
+
+    /// tract sometimes drops the batch axis of 1 on one side of a 1x1 convolution only (the first
+    /// and last of a trunk): Kestrel's op takes those too and gives tract's shapes and values.
+    #[test]
+    fn pointwise_with_a_batch_axis_on_one_side() {
+        for (axes, input) in [
+            ("NIHW,OI->OHW", vec![1, 5, 3, 4]),
+            ("IHW,OI->NOHW", vec![5, 3, 4]),
+        ] {
+            let build = || {
+                let mut m = TypedModel::default();
+                let x = m.add_source("x", f32::fact(&input)).unwrap();
+                let w = Tensor::from_shape(&[7, 5], &values(35, 9)).unwrap();
+                let w = m.add_const("w", w).unwrap();
+                let op = EinSum {
+                    axes: axes.parse().unwrap(),
+                    operating_dt: f32::datum_type(),
+                    q_params: None,
+                };
+                let y = m.wire_node("einsum", op, &[x, w]).unwrap();
+                m.select_output_outlets(&y).unwrap();
+                m
+            };
+            let x = Tensor::from_shape(&input, &values(60, 4)).unwrap();
+            let run = |m: TypedModel| {
+                let out = m.into_optimized().unwrap().into_runnable().unwrap();
+                out.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
+            };
+            let want = run(build());
+            let mut ours = build();
+            let report = install(&mut ours, Isa::detect()).unwrap();
+            assert_eq!(report.pointwise, 1, "{axes}");
+            let got = run(ours);
+            assert_eq!(want.shape(), got.shape(), "{axes}");
+            let (a, b) = (
+                want.try_as_plain_ram().unwrap(),
+                got.try_as_plain_ram().unwrap(),
+            );
+            let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
+            for (a, b) in a.iter().zip(b) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "{axes}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
     /// Convolutions the kernels do not cover stay tract's: 1x1, 5x5, dilated, many-channel dense.
     #[test]
     fn leaves_other_convolutions_alone() {
@@ -392,6 +775,8 @@ mod tests {
             pads: [1; 4],
             relu6: true,
             seed: 3,
+            kernel: 3,
+            residual: false,
         };
         let (want, got, report) = both(&dense16, Isa::detect());
         assert_eq!(report, PassReport::default());

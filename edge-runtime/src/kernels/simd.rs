@@ -69,6 +69,8 @@ pub(crate) trait Lanes: Copy {
     unsafe fn store(self, p: *mut f32);
     /// `self + a * b`.
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    /// `self + a`.
+    unsafe fn add(self, a: Self) -> Self;
     /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Splits `pairs` pairs from `src` into their first (`firsts[k] = src[2k]`) and second
@@ -103,6 +105,10 @@ impl Lanes for f32 {
         self + a * b
     }
     #[inline(always)]
+    unsafe fn add(self, a: Self) -> Self {
+        self + a
+    }
+    #[inline(always)]
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
         self.max(lo).min(hi)
     }
@@ -133,6 +139,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
             unsafe { Avx(_mm256_fmadd_ps(a.0, b.0, self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, a: Self) -> Self {
+            unsafe { Avx(_mm256_add_ps(self.0, a.0)) }
         }
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
@@ -190,6 +200,10 @@ mod arm {
         #[inline(always)]
         unsafe fn mul_add(self, a: Self, b: Self) -> Self {
             unsafe { Neon(vfmaq_f32(self.0, a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, a: Self) -> Self {
+            unsafe { Neon(vaddq_f32(self.0, a.0)) }
         }
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
