@@ -11,6 +11,9 @@ use super::simd::{Isa, Lanes};
 pub const MR: usize = 6;
 /// Pixels computed together (columns of a tile): two AVX vectors, four NEON vectors.
 pub const NC: usize = 16;
+/// Input channels summed in one pass over a tile: its input rows (64 bytes each) and weights
+/// stay in the L1 cache.
+const KC: usize = 256;
 /// Bytes of input one column block may span, so a block stays in the L2 cache while every panel
 /// of weights runs over it.
 const BLOCK_BYTES: usize = 96 * 1024;
@@ -148,7 +151,8 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Every row of the call, column block by column block, panel by panel, tile by tile.
+    /// Every row of the call: column block by column block, then input-channel block by block
+    /// over whole tiles (partial sums kept in `out` between blocks), then the partial tiles.
     unsafe fn rows(&self, out: &mut [f32], tile: TileFn) {
         let (k, n) = (self.pw.inputs, self.pixels);
         let full = n / NC * NC;
@@ -162,12 +166,47 @@ impl Run<'_> {
         } else {
             vec![]
         };
-        let block = (BLOCK_BYTES / (4 * k.max(1)) / NC * NC).max(NC);
+        let kc = k.min(KC);
+        let block = (BLOCK_BYTES / (4 * kc.max(1)) / NC * NC).max(NC);
         let Clamp { lo, hi } = self.pw.clamp;
+        let whole_rows = self.rows / MR * MR;
         let mut scratch = [0f32; MR * NC];
         let mut n0 = 0;
         while n0 < n {
             let n1 = (n0 + block).min(n);
+            let tiles_end = n1.min(full);
+            let mut k0 = 0;
+            while k0 < k {
+                let kl = KC.min(k - k0);
+                let mut r0 = 0;
+                while r0 < whole_rows {
+                    let row = self.first_row + r0;
+                    let a = self.pw.packed[(row / MR * k + k0) * MR..].as_ptr();
+                    let bias = self.pw.bias[row..].as_ptr();
+                    let dst = out[r0 * n..].as_mut_ptr();
+                    let res = self.residual.map(|r| r[row * n..].as_ptr());
+                    let mut c = n0;
+                    while c < tiles_end {
+                        unsafe {
+                            let store = Store {
+                                dst: dst.add(c),
+                                ld: n,
+                                res: res.map(|r| r.add(c)),
+                                lo,
+                                hi,
+                                accumulate: k0 > 0,
+                                finish: k0 + kl == k,
+                            };
+                            tile(kl, a, self.x.as_ptr().add(k0 * n + c), n, bias, store);
+                        }
+                        c += NC;
+                    }
+                    r0 += MR;
+                }
+                k0 += kl;
+            }
+            // Partial tiles (the last rows if fewer than MR, the last columns if fewer than
+            // NC): computed whole into scratch, then the live part finished value by value.
             let mut r0 = 0;
             while r0 < self.rows {
                 let row = self.first_row + r0;
@@ -176,50 +215,32 @@ impl Run<'_> {
                 let bias = self.pw.bias[row..].as_ptr();
                 let dst = out[r0 * n..].as_mut_ptr();
                 let res = self.residual.map(|r| r[row * n..].as_ptr());
-                let mut c = n0;
+                let mut c = if live == MR { tiles_end } else { n0 };
                 while c < n1 {
                     let cols = NC.min(n - c);
                     unsafe {
-                        if cols == NC && live == MR {
-                            tile(
-                                k,
-                                a,
-                                self.x.as_ptr().add(c),
-                                n,
-                                bias,
-                                Store {
-                                    dst: dst.add(c),
-                                    ld: n,
-                                    res: res.map(|r| r.add(c)),
-                                    lo,
-                                    hi,
-                                },
-                            );
+                        let (b, ldb) = if cols == NC {
+                            (self.x.as_ptr().add(c), n)
                         } else {
-                            // A partial tile: computed whole into scratch, then the live part
-                            // finished and stored value by value.
-                            let (b, ldb) = if cols == NC {
-                                (self.x.as_ptr().add(c), n)
-                            } else {
-                                (tail.as_ptr(), NC)
-                            };
-                            let none = Store {
-                                dst: scratch.as_mut_ptr(),
-                                ld: NC,
-                                res: None,
-                                lo: f32::NEG_INFINITY,
-                                hi: f32::INFINITY,
-                            };
-                            tile(k, a, b, ldb, bias, none);
-                            for r in 0..live {
-                                for j in 0..cols {
-                                    let mut v = scratch[r * NC + j];
-                                    if let Some(res) = res {
-                                        v += *res.add(r * n + c + j);
-                                    }
-                                    *dst.add(r * n + c + j) =
-                                        v.max(self.pw.clamp.lo).min(self.pw.clamp.hi);
+                            (tail.as_ptr(), NC)
+                        };
+                        let none = Store {
+                            dst: scratch.as_mut_ptr(),
+                            ld: NC,
+                            res: None,
+                            lo: f32::NEG_INFINITY,
+                            hi: f32::INFINITY,
+                            accumulate: false,
+                            finish: true,
+                        };
+                        tile(k, a, b, ldb, bias, none);
+                        for r in 0..live {
+                            for j in 0..cols {
+                                let mut v = scratch[r * NC + j];
+                                if let Some(res) = res {
+                                    v += *res.add(r * n + c + j);
                                 }
+                                *dst.add(r * n + c + j) = v.max(lo).min(hi);
                             }
                         }
                     }
@@ -232,15 +253,18 @@ impl Run<'_> {
     }
 }
 
-/// Where a tile's [`MR`] x [`NC`] results go: `dst` rows `ld` apart, plus `res` (same layout)
-/// if a residual is added, then clamped to `[lo, hi]`.
-/// (Bounds as scalars: vectors would hold two registers through the whole tile.)
+/// Where a tile's [`MR`] x [`NC`] results go: `dst` rows `ld` apart. `accumulate`: `dst` holds
+/// the sums over earlier input channels to start from. `finish`: the last input channels, so
+/// the bias, then `res` (same layout, if a residual is added) are added and the result clamped
+/// to `[lo, hi]`. (Bounds as scalars: vectors would hold two registers through the whole tile.)
 struct Store {
     dst: *mut f32,
     ld: usize,
     res: Option<*const f32>,
     lo: f32,
     hi: f32,
+    accumulate: bool,
+    finish: bool,
 }
 
 /// One tile: `MR` output channels (packed weights `a`, `k` of them per row, interleaved) by
@@ -259,6 +283,13 @@ unsafe fn tile<L: Lanes, const NV: usize>(
     debug_assert_eq!(NV * L::N, NC);
     unsafe {
         let mut acc: [[L; NV]; MR] = [[L::splat(0.0); NV]; MR];
+        if store.accumulate {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = L::load(store.dst.add(r * store.ld + v * L::N));
+                }
+            }
+        }
         let mut ap = a;
         let mut bp = b;
         for _ in 0..k {
@@ -274,6 +305,14 @@ unsafe fn tile<L: Lanes, const NV: usize>(
             }
             ap = ap.add(MR);
             bp = bp.add(ldb);
+        }
+        if !store.finish {
+            for (r, row) in acc.iter().enumerate() {
+                for (v, x) in row.iter().enumerate() {
+                    x.store(store.dst.add(r * store.ld + v * L::N));
+                }
+            }
+            return;
         }
         let (lo, hi) = (L::splat(store.lo), L::splat(store.hi));
         for (r, row) in acc.iter().enumerate() {
@@ -335,12 +374,13 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Every instruction set computes the straightforward sum for any channel counts and
-        /// plane sizes (partial tiles of rows and of columns), with and without residual and
-        /// clamp, whichever panel the rows start at.
+        /// Every instruction set computes the straightforward sum for any channel counts (one
+        /// block of input channels or several) and plane sizes (partial tiles of rows and of
+        /// columns), with and without residual and clamp, whichever panel the rows start at.
         #[test]
         fn pointwise_matches_reference(
-            k in 1usize..40, m in 1usize..30, n in 1usize..90, residual in any::<bool>(),
+            k in prop_oneof![1usize..40, 250usize..600], m in 1usize..30, n in 1usize..90,
+            residual in any::<bool>(),
             relu6 in any::<bool>(), start in 0usize..5, seed in any::<u64>(),
         ) {
             let clamp = if relu6 { Clamp { lo: 0.0, hi: 6.0 } } else { Clamp::NONE };
