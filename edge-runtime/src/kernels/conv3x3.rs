@@ -239,6 +239,7 @@ unsafe fn dw_planes<L: Lanes>(dw: &Depthwise3x3, input: &[f32], first: usize, ou
     }
 }
 
+/// One output plane of a depthwise convolution from its padded input plane.
 #[inline(always)]
 unsafe fn dw_plane<L: Lanes>(
     p: &Padded,
@@ -250,34 +251,82 @@ unsafe fn dw_plane<L: Lanes>(
 ) {
     unsafe {
         let kv: [L; 9] = std::array::from_fn(|i| L::splat(k[i]));
-        let (b, lo, hi) = (L::splat(bias), L::splat(clamp.lo), L::splat(clamp.hi));
-        let [ta, tb, tc] = p.taps;
-        for y in 0..g.oh {
-            let r = [
-                p.row(y * g.stride),
-                p.row(y * g.stride + 1),
-                p.row(y * g.stride + 2),
-            ];
-            let orow = out.add(y * g.ow);
-            let mut x = 0;
-            // Two vectors at a time: two independent chains of nine multiply-adds.
-            while x < g.ow {
-                let (mut a0, mut a1) = (b, b);
-                for (ky, row) in r.iter().enumerate() {
-                    let (pa, pb, pc) = (row.add(ta + x), row.add(tb + x), row.add(tc + x));
-                    a0 = a0.mul_add(L::load(pa), kv[ky * 3]);
-                    a1 = a1.mul_add(L::load(pa.add(L::N)), kv[ky * 3]);
-                    a0 = a0.mul_add(L::load(pb), kv[ky * 3 + 1]);
-                    a1 = a1.mul_add(L::load(pb.add(L::N)), kv[ky * 3 + 1]);
-                    a0 = a0.mul_add(L::load(pc), kv[ky * 3 + 2]);
-                    a1 = a1.mul_add(L::load(pc.add(L::N)), kv[ky * 3 + 2]);
-                }
-                store_part(a0.clamp(lo, hi), orow.add(x), g.ow - x);
-                if x + L::N < g.ow {
-                    store_part(a1.clamp(lo, hi), orow.add(x + L::N), g.ow - x - L::N);
-                }
-                x += 2 * L::N;
+        let c = Consts {
+            kv,
+            bias: L::splat(bias),
+            lo: L::splat(clamp.lo),
+            hi: L::splat(clamp.hi),
+        };
+        // Six independent chains of nine multiply-adds per step (each multiply-add waits for
+        // the one before it in its chain): three rows of two vectors, or six rows of one when
+        // a row fits in one vector (the 7x7 planes).
+        let mut y = 0;
+        if g.ow > L::N {
+            while y + 3 <= g.oh {
+                dw_rows::<L, 3, 2>(p, &c, g, out, y);
+                y += 3;
             }
+            while y < g.oh {
+                dw_rows::<L, 1, 2>(p, &c, g, out, y);
+                y += 1;
+            }
+        } else {
+            while y + 6 <= g.oh {
+                dw_rows::<L, 6, 1>(p, &c, g, out, y);
+                y += 6;
+            }
+            while y < g.oh {
+                dw_rows::<L, 1, 1>(p, &c, g, out, y);
+                y += 1;
+            }
+        }
+    }
+}
+
+/// A depthwise filter's taps, bias and bounds as vectors.
+struct Consts<L> {
+    kv: [L; 9],
+    bias: L,
+    lo: L,
+    hi: L,
+}
+
+/// Output rows `y0..y0 + R` of one plane, `V` vectors of each row per step.
+#[inline(always)]
+unsafe fn dw_rows<L: Lanes, const R: usize, const V: usize>(
+    p: &Padded,
+    c: &Consts<L>,
+    g: &Geometry,
+    out: *mut f32,
+    y0: usize,
+) {
+    unsafe {
+        let [ta, tb, tc] = p.taps;
+        let mut x = 0;
+        while x < g.ow {
+            let mut acc = [[c.bias; V]; R];
+            for ky in 0..3 {
+                let (ka, kb, kc) = (c.kv[ky * 3], c.kv[ky * 3 + 1], c.kv[ky * 3 + 2]);
+                for (r, row_acc) in acc.iter_mut().enumerate() {
+                    let row = p.row((y0 + r) * g.stride + ky).add(x);
+                    for (v, a) in row_acc.iter_mut().enumerate() {
+                        let o = v * L::N;
+                        *a = a.mul_add(L::load(row.add(ta + o)), ka);
+                        *a = a.mul_add(L::load(row.add(tb + o)), kb);
+                        *a = a.mul_add(L::load(row.add(tc + o)), kc);
+                    }
+                }
+            }
+            for (r, row_acc) in acc.iter().enumerate() {
+                let orow = out.add((y0 + r) * g.ow);
+                for (v, a) in row_acc.iter().enumerate() {
+                    let o = x + v * L::N;
+                    if o < g.ow {
+                        store_part(a.clamp(c.lo, c.hi), orow.add(o), g.ow - o);
+                    }
+                }
+            }
+            x += V * L::N;
         }
     }
 }
