@@ -231,6 +231,10 @@ GROUPS = [  # first match wins
     ("decode", r"decode_mcu|jsimd|decompress|ycc|huff|idct|jpeg|sep_upsample"),
     ("preprocess", r"fast_image_resize|PreprocessSpec|Copied|spec_from_iter|ndarray3zip"),
     ("mmm", r"_mmm_"),
+    # Kestrel's own kernels (edge-runtime/src/kernels/), by their mangled paths.
+    ("kestrel_pointwise", r"conv1x1"),
+    ("kestrel_depthwise", r"Depthwise3x3|dw_"),
+    ("kestrel_stem", r"Dense3x3|dense_"),
 ]
 
 
@@ -296,6 +300,8 @@ def count(args):
     total = sum(i for i, _ in per.values())
     result = {"cpu": args.cpu, "total": total, "simd": sum(s for _, s in per.values()),
               "decode": groups["decode"], "preprocess": groups["preprocess"], "mmm": groups["mmm"],
+              "kestrel_pointwise": groups["kestrel_pointwise"],
+              "kestrel_depthwise": groups["kestrel_depthwise"], "kestrel_stem": groups["kestrel_stem"],
               "inference": total - groups["decode"] - groups["preprocess"],
               "top": [f"{i / 1e6:.1f} M {n}" for i, n in
                       sorted(((i, n) for n, (i, _) in per.items()), reverse=True)[:args.top]]}

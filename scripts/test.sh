@@ -25,17 +25,21 @@ cargo run -q -p kestrel-trainer --bin kestrel -- --quiet export-trunk --cut feat
 cargo run -q -p kestrel-edge --bin kestrel-edge -- embed --values --trunk "$PARITY_DIR/trunk" \
   "$PWD/host-trainer/assets/chelsea.png" "$PWD/host-trainer/assets/coffee.png" \
   >"$PARITY_DIR/reference.jsonl"
-# A small fp32 detector bundle, JPEG frames, and the x86 runtime's detections on them.
+# A small detector as fp32 and int8 bundles, JPEG frames, and the x86 runtime's detections on them.
 cargo run -q -p kestrel-trainer --bin kestrel -- --quiet synth detect --preset multi --seed 2 \
   --count 40 --val-count 8 --width 160 --height 120 --out "$PARITY_DIR/scenes" >/dev/null
 cargo run -q -p kestrel-trainer --bin kestrel -- --quiet train detect --data "$PARITY_DIR/scenes" \
   --width 160 --height 120 --epochs 3 --out "$PARITY_DIR/run" >/dev/null
 cargo run -q -p kestrel-trainer --bin kestrel -- --quiet export "$PARITY_DIR/run" --quantize none \
   --out "$PARITY_DIR/bundle" >/dev/null
+cargo run -q -p kestrel-trainer --bin kestrel -- --quiet export "$PARITY_DIR/run" --quantize all \
+  --calibration 8 --out "$PARITY_DIR/bundle-int8" >/dev/null
 cargo run -q -p kestrel-edge --bin kestrel-edge -- capture --label frames --count 8 \
   --out "$PARITY_DIR" --source "dir:$PARITY_DIR/scenes/images/val" 2>/dev/null
-cargo run -q -p kestrel-edge --bin kestrel-edge -- run --bundle "$PARITY_DIR/bundle" \
-  --source "dir:$PARITY_DIR/frames" --score-threshold 0 >"$PARITY_DIR/bundle-reference.jsonl"
+for b in bundle bundle-int8; do
+  cargo run -q -p kestrel-edge --bin kestrel-edge -- run --bundle "$PARITY_DIR/$b" \
+    --source "dir:$PARITY_DIR/frames" --score-threshold 0 >"$PARITY_DIR/$b-reference.jsonl"
+done
 export KESTREL_PARITY_DIR="$PARITY_DIR"
 # On x86 the parity test is ignored by default; run it here to check the reference itself.
 cargo test -q -p kestrel-edge --test aarch64_parity -- --include-ignored

@@ -187,24 +187,20 @@ fn max_abs_diff_finds_the_largest_difference() {
     assert_eq!(max_abs_diff(&[0.0], &[0.0]), (0.0, 0));
 }
 
-/// Parity of a whole bundle (trunk + head + decoding, the board's real work): `scripts/test.sh`
-/// exports a small fp32 detector bundle into `$KESTREL_PARITY_DIR/bundle`, saves JPEG frames in
-/// `$KESTREL_PARITY_DIR/frames/` and the x86 `kestrel-edge run --source dir:... --score-threshold
-/// 0` JSON lines (every cell that survives NMS, so a barely trained model still gives many) in `bundle-reference.jsonl`. Here, the same frames through the same code: the
-/// same detections, scores within 1e-3, boxes within 0.05 px. A detection may only be missing on
-/// one side when its score is within 1e-3 of the threshold.
+/// Parity of whole bundles (trunk + head + decoding, the board's real work), fp32 and int8
+/// (`--quantize all`): `scripts/test.sh` exports a small detector into
+/// `$KESTREL_PARITY_DIR/bundle` and `bundle-int8`, saves JPEG frames in `$KESTREL_PARITY_DIR/frames/`
+/// and the x86 `kestrel-edge run --source dir:... --score-threshold 0` JSON lines (every cell that
+/// survives NMS, so a barely trained model still gives many) in `bundle-reference.jsonl` and
+/// `bundle-int8-reference.jsonl`. Here, the same frames through the same code: the same
+/// detections, scores within 1e-3, boxes within 0.05 px. A detection may only be missing on one
+/// side when its score is within 1e-3 of the threshold.
 #[test]
 #[cfg_attr(
     target_arch = "x86_64",
     ignore = "compares an aarch64 build with x86 references: scripts/test.sh runs it under qemu-aarch64 (KESTREL_PARITY_DIR, see the file's header)"
 )]
 fn bundle_detections_match_the_x86_reference() {
-    use kestrel_edge::runtime::Detector;
-    use kestrel_edge::sink::FrameResult;
-    use kestrel_edge::source::{DirFrames, Recording, decode};
-    use kestrel_edge::stats::Stats;
-
-    const THRESHOLD: f32 = 0.0;
     let Some(dir) = std::env::var_os("KESTREL_PARITY_DIR") else {
         if std::env::var("KESTREL_PARITY_SKIP").as_deref() == Ok("1") {
             eprintln!("SKIPPED: aarch64 bundle parity opted out with KESTREL_PARITY_SKIP=1");
@@ -213,15 +209,33 @@ fn bundle_detections_match_the_x86_reference() {
         panic!("KESTREL_PARITY_DIR is not set: scripts/test.sh makes the bundle reference");
     };
     let dir = PathBuf::from(dir);
-    let text = std::fs::read_to_string(dir.join("bundle-reference.jsonl"))
-        .expect("bundle-reference.jsonl: made by scripts/test.sh");
+    for bundle in ["bundle", "bundle-int8"] {
+        bundle_matches(&dir, bundle);
+    }
+}
+
+/// One bundle of `dir` against its x86 reference (see above).
+fn bundle_matches(dir: &std::path::Path, bundle: &str) {
+    use kestrel_edge::runtime::Detector;
+    use kestrel_edge::sink::FrameResult;
+    use kestrel_edge::source::{DirFrames, Recording, decode};
+    use kestrel_edge::stats::Stats;
+
+    const THRESHOLD: f32 = 0.0;
+    let reference_file = dir.join(format!("{bundle}-reference.jsonl"));
+    let text = std::fs::read_to_string(&reference_file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (made by scripts/test.sh)",
+            reference_file.display()
+        )
+    });
     let reference: Vec<FrameResult> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("a FrameResult line"))
         .collect();
-    assert!(reference.len() >= 4, "too few reference frames");
-    let detector = Detector::open(&dir.join("bundle"), Threads::Single)
+    assert!(reference.len() >= 4, "{bundle}: too few reference frames");
+    let detector = Detector::open(&dir.join(bundle), Threads::Single)
         .unwrap()
         .with_score_threshold(THRESHOLD);
     let mut frames = DirFrames::open(&dir.join("frames")).unwrap();
@@ -251,7 +265,7 @@ fn bundle_detections_match_the_x86_reference() {
                 }
                 None => assert!(
                     near(want.score),
-                    "frame {}: x86 detection {want:?} has no match here: {got:?}",
+                    "{bundle} frame {}: x86 detection {want:?} has no match here: {got:?}",
                     r.frame
                 ),
             }
@@ -259,16 +273,16 @@ fn bundle_detections_match_the_x86_reference() {
         let extra = got.len().saturating_sub(r.detections.len());
         assert!(
             extra == 0 || got.iter().filter(|g| near(g.score)).count() >= extra,
-            "frame {}: {} detections here, {} on x86",
+            "{bundle} frame {}: {} detections here, {} on x86",
             r.frame,
             got.len(),
             r.detections.len()
         );
     }
     eprintln!(
-        "bundle parity on {}: {compared} detections in {} frames, max score difference {worst_score:e}, max box difference {worst_box:e} px",
+        "{bundle} parity on {}: {compared} detections in {} frames, max score difference {worst_score:e}, max box difference {worst_box:e} px",
         std::env::consts::ARCH,
         reference.len()
     );
-    assert!(compared > 0, "no detection to compare");
+    assert!(compared > 0, "{bundle}: no detection to compare");
 }

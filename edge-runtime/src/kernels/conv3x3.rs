@@ -437,25 +437,36 @@ unsafe fn dense_block<L: Lanes, const B: usize>(
                     rows[ic * 3 + ky] = p.row(y * g.stride + ky);
                 }
             }
+            // Two vectors per step: 2 x B independent chains of multiply-adds.
             let mut x = 0;
             while x < g.ow {
-                let mut acc = bias;
+                let mut acc = [bias, bias];
                 for (t, row) in rows[..d.inputs * 3].iter().enumerate() {
-                    let a = L::load(row.add(ta + x));
-                    let b = L::load(row.add(tb + x));
-                    let c = L::load(row.add(tc + x));
-                    for (o, acc) in acc.iter_mut().enumerate() {
-                        let k = &w[o * per_oc + t * 3..];
-                        *acc = acc
-                            .mul_add(a, L::splat(k[0]))
-                            .mul_add(b, L::splat(k[1]))
-                            .mul_add(c, L::splat(k[2]));
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        let o = x + v * L::N;
+                        let a = L::load(row.add(ta + o));
+                        let b = L::load(row.add(tb + o));
+                        let c = L::load(row.add(tc + o));
+                        for (oc, acc) in acc.iter_mut().enumerate() {
+                            let k = &w[oc * per_oc + t * 3..];
+                            *acc = acc
+                                .mul_add(a, L::splat(k[0]))
+                                .mul_add(b, L::splat(k[1]))
+                                .mul_add(c, L::splat(k[2]));
+                        }
                     }
                 }
-                for (o, acc) in acc.iter().enumerate() {
-                    store_part(acc.clamp(lo, hi), out.add(o * op + y * g.ow + x), g.ow - x);
+                for (v, acc) in acc.iter().enumerate() {
+                    let o = x + v * L::N;
+                    if o >= g.ow {
+                        break;
+                    }
+                    for (oc, acc) in acc.iter().enumerate() {
+                        let dst = out.add(oc * op + y * g.ow + o);
+                        store_part(acc.clamp(lo, hi), dst, g.ow - o);
+                    }
                 }
-                x += L::N;
+                x += 2 * L::N;
             }
         }
     }
