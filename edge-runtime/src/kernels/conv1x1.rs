@@ -218,25 +218,6 @@ impl Run<'_> {
                 let mut c = if live == MR { tiles_end } else { n0 };
                 while c < n1 {
                     let cols = NC.min(n - c);
-                    if live == MR && cols < NC && n >= NC {
-                        // The last columns of whole rows: one whole tile ending at the last
-                        // column, over columns already done. It computes them again in the same
-                        // order, so it writes the values they hold.
-                        unsafe {
-                            let c = n - NC;
-                            let store = Store {
-                                dst: dst.add(c),
-                                ld: n,
-                                res: res.map(|r| r.add(c)),
-                                lo,
-                                hi,
-                                accumulate: false,
-                                finish: true,
-                            };
-                            tile(k, a, self.x.as_ptr().add(c), n, bias, store);
-                        }
-                        break;
-                    }
                     unsafe {
                         let (b, ldb) = if cols == NC {
                             (self.x.as_ptr().add(c), n)

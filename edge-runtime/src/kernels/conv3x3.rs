@@ -85,6 +85,9 @@ struct Padded {
     row_len: usize,
     /// Offsets of the three taps in a stored row.
     taps: [usize; 3],
+    /// The geometry (and vector width) the buffer's zeros are laid out for: planes of the same
+    /// geometry only overwrite the input's values, the border stays zero.
+    zeros_for: Option<(Geometry, usize)>,
 }
 
 impl Padded {
@@ -93,6 +96,7 @@ impl Padded {
             buf: Vec::new(),
             row_len: 0,
             taps: [0; 3],
+            zeros_for: None,
         }
     }
 
@@ -110,29 +114,26 @@ impl Padded {
             self.row_len = 2 * half;
             self.taps = [0, half, 1];
         }
-        // Every stored value is written below (input or zero), so the buffer is only grown.
-        if self.buf.len() < rows * self.row_len {
+        if self.zeros_for != Some((*g, L::N)) {
+            self.buf.clear();
             self.buf.resize(rows * self.row_len, 0.0);
+            self.zeros_for = Some((*g, L::N));
         }
         for r in 0..rows {
             let dst = &mut self.buf[r * self.row_len..(r + 1) * self.row_len];
             let Some(iy) = r.checked_sub(g.pad_top).filter(|&iy| iy < g.h) else {
-                dst.fill(0.0);
-                continue;
+                continue; // a padding row: zero since the buffer was laid out
             };
             let src = &plane[iy * g.w..(iy + 1) * g.w];
             if g.stride == 1 {
-                dst[..g.pad_left].fill(0.0);
                 dst[g.pad_left..g.pad_left + g.w].copy_from_slice(src);
-                dst[g.pad_left + g.w..].fill(0.0);
             } else {
                 let half = self.row_len / 2;
-                let (even, odd) = dst.split_at_mut(half);
                 if g.pad_left == 1 {
+                    let (even, odd) = dst.split_at_mut(half);
                     // Padded column c = x + 1: input column 2k lands odd[k], 2k + 1 lands even[k + 1].
                     let pairs = g.w / 2;
                     assert!(pairs < odd.len() && pairs < even.len());
-                    even[0] = 0.0;
                     unsafe {
                         L::deinterleave(
                             src.as_ptr(),
@@ -144,8 +145,6 @@ impl Padded {
                     if g.w % 2 == 1 {
                         odd[pairs] = src[g.w - 1];
                     }
-                    odd[g.w.div_ceil(2)..].fill(0.0);
-                    even[pairs + 1..].fill(0.0);
                 } else {
                     dst.fill(0.0);
                     let (even, odd) = dst.split_at_mut(half);
@@ -176,9 +175,7 @@ unsafe fn store_part<L: Lanes>(v: L, dst: *mut f32, n: usize) {
         if n >= L::N {
             v.store(dst);
         } else {
-            let mut tmp = [0f32; 16];
-            v.store(tmp.as_mut_ptr());
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+            v.store_first(dst, n);
         }
     }
 }

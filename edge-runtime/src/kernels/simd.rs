@@ -71,6 +71,17 @@ pub(crate) trait Lanes: Copy {
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     /// `self + a`.
     unsafe fn add(self, a: Self) -> Self;
+    /// Writes the first `n` lanes (`n < N`) to `p`.
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize) {
+        unsafe {
+            let mut tmp = [0f32; 16];
+            self.store(tmp.as_mut_ptr());
+            for (i, v) in tmp.iter().enumerate().take(n) {
+                *p.add(i) = *v;
+            }
+        }
+    }
     /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Splits `pairs` pairs from `src` into their first (`firsts[k] = src[2k]`) and second
@@ -143,6 +154,15 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, a: Self) -> Self {
             unsafe { Avx(_mm256_add_ps(self.0, a.0)) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            // Lane i is stored where the mask's lane i is all ones: MASKS[8 - n..][..8].
+            const MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+            unsafe {
+                let mask = _mm256_loadu_si256(MASKS.as_ptr().add(8 - n) as *const __m256i);
+                _mm256_maskstore_ps(p, mask, self.0)
+            }
         }
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
