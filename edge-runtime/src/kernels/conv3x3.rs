@@ -351,49 +351,87 @@ pub struct Dense3x3 {
 /// Output channels computed together: they share every input load.
 const DENSE_BLOCK: usize = 4;
 
+/// An image's input planes, each with its zero border, laid out for one geometry: made once
+/// per image, then read by every thread computing some of its output channels.
+pub struct PaddedImage {
+    planes: Vec<Padded>,
+    isa: Isa,
+}
+
 impl Dense3x3 {
     /// Computes output channels `first..first + out.len() / out_plane` of one image laid out
     /// `[inputs, h, w]` in `image`.
     pub fn run_channels(&self, isa: Isa, image: &[f32], first: usize, out: &mut [f32]) {
+        let padded = self.pad(isa, image);
+        self.run_padded(&padded, first, out);
+    }
+
+    /// The padded planes of one image laid out `[inputs, h, w]`, for [`Dense3x3::run_padded`].
+    pub fn pad(&self, isa: Isa, image: &[f32]) -> PaddedImage {
         assert!(self.inputs <= MAX_DENSE_INPUTS, "too many input channels");
         assert_eq!(
             image.len(),
             self.inputs * self.geom.in_plane(),
             "image size"
         );
+        let planes = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { pad_avx(self, image) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => pad_planes::<super::simd::Neon>(self, image),
+            _ => pad_planes::<f32>(self, image),
+        };
+        PaddedImage { planes, isa }
+    }
+
+    /// Computes output channels `first..first + out.len() / out_plane` from an image's padded
+    /// planes, with the instruction set they were padded for.
+    pub fn run_padded(&self, padded: &PaddedImage, first: usize, out: &mut [f32]) {
+        assert_eq!(padded.planes.len(), self.inputs, "padded planes");
         assert_eq!(
             out.len() % self.geom.out_plane(),
             0,
             "output is not whole planes"
         );
         assert!(first + out.len() / self.geom.out_plane() <= self.outputs);
-        match isa {
+        let planes = &padded.planes;
+        match padded.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { dense_avx(self, image, first, out) },
+            Isa::Avx2Fma => unsafe { dense_avx(self, planes, first, out) },
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => unsafe { dense_channels::<super::simd::Neon>(self, image, first, out) },
-            _ => unsafe { dense_channels::<f32>(self, image, first, out) },
+            Isa::Neon => unsafe { dense_channels::<super::simd::Neon>(self, planes, first, out) },
+            _ => unsafe { dense_channels::<f32>(self, planes, first, out) },
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dense_avx(d: &Dense3x3, image: &[f32], first: usize, out: &mut [f32]) {
-    unsafe { dense_channels::<super::simd::Avx>(d, image, first, out) }
+unsafe fn pad_avx(d: &Dense3x3, image: &[f32]) -> Vec<Padded> {
+    pad_planes::<super::simd::Avx>(d, image)
 }
 
 #[inline(always)]
-unsafe fn dense_channels<L: Lanes>(d: &Dense3x3, image: &[f32], first: usize, out: &mut [f32]) {
-    let g = &d.geom;
-    let (ip, op) = (g.in_plane(), g.out_plane());
-    let padded: Vec<Padded> = (0..d.inputs)
+fn pad_planes<L: Lanes>(d: &Dense3x3, image: &[f32]) -> Vec<Padded> {
+    let ip = d.geom.in_plane();
+    (0..d.inputs)
         .map(|ic| {
             let mut p = Padded::new();
-            p.fill::<L>(&image[ic * ip..(ic + 1) * ip], g);
+            p.fill::<L>(&image[ic * ip..(ic + 1) * ip], &d.geom);
             p
         })
-        .collect();
+        .collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dense_avx(d: &Dense3x3, padded: &[Padded], first: usize, out: &mut [f32]) {
+    unsafe { dense_channels::<super::simd::Avx>(d, padded, first, out) }
+}
+
+#[inline(always)]
+unsafe fn dense_channels<L: Lanes>(d: &Dense3x3, padded: &[Padded], first: usize, out: &mut [f32]) {
+    let op = d.geom.out_plane();
     let count = out.len() / op;
     let mut oc = 0;
     while oc < count {
@@ -401,10 +439,10 @@ unsafe fn dense_channels<L: Lanes>(d: &Dense3x3, image: &[f32], first: usize, ou
         let dst = out[oc * op..].as_mut_ptr();
         unsafe {
             match n {
-                4 => dense_block::<L, 4>(d, &padded, first + oc, dst),
-                3 => dense_block::<L, 3>(d, &padded, first + oc, dst),
-                2 => dense_block::<L, 2>(d, &padded, first + oc, dst),
-                _ => dense_block::<L, 1>(d, &padded, first + oc, dst),
+                4 => dense_block::<L, 4>(d, padded, first + oc, dst),
+                3 => dense_block::<L, 3>(d, padded, first + oc, dst),
+                2 => dense_block::<L, 2>(d, padded, first + oc, dst),
+                _ => dense_block::<L, 1>(d, padded, first + oc, dst),
             }
         }
         oc += n;

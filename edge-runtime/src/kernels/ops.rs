@@ -212,12 +212,14 @@ impl EvalOp for KestrelDense {
             for (i, out) in out.chunks_exact_mut(c.outputs * g.out_plane()).enumerate() {
                 let img = &x[i * image..(i + 1) * image];
                 let total = out.len() * c.inputs * 9;
+                // Padded once, read by every thread.
+                let padded = c.pad(self.isa, img);
                 tract_linalg::multithread::par_chunks_mut(
                     out,
                     g.out_plane(),
                     total,
                     |first, chunk| {
-                        c.run_channels(self.isa, img, first, chunk);
+                        c.run_padded(&padded, first, chunk);
                         Ok(())
                     },
                 )?;
