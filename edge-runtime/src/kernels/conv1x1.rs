@@ -104,14 +104,49 @@ impl Pointwise {
             residual,
             first_row: first_panel * MR,
             rows,
+            cols: (0, pixels),
         };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { run.rows(out, tile_avx) },
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => unsafe { run.rows(out, tile_neon) },
-            _ => unsafe { run.rows(out, tile::<f32, 16>) },
+        unsafe { run.dispatch(isa, out.as_mut_ptr()) }
+    }
+
+    /// Computes pixels `cols` (a range starting at a multiple of [`NC`]) of every output channel
+    /// of one image into `out`, the whole `[outputs, pixels]` output: how threads split a large
+    /// plane, each reading only its part of the input.
+    ///
+    /// # Safety
+    /// `out` holds `outputs * pixels` values, and nothing else reads or writes these columns of
+    /// it during the call.
+    pub unsafe fn run_columns(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        cols: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let pixels = x.len() / self.inputs.max(1);
+        assert_eq!(x.len(), self.inputs * pixels, "input is [inputs, pixels]");
+        assert!(
+            cols.start.is_multiple_of(NC) && cols.end <= pixels,
+            "columns"
+        );
+        if let Some(r) = residual {
+            assert_eq!(
+                r.len(),
+                self.outputs * pixels,
+                "residual is [outputs, pixels]"
+            );
         }
+        let run = Run {
+            pw: self,
+            x,
+            pixels,
+            residual,
+            first_row: 0,
+            rows: self.outputs,
+            cols: (cols.start, cols.end),
+        };
+        unsafe { run.dispatch(isa, out) }
     }
 }
 
@@ -148,16 +183,29 @@ struct Run<'a> {
     residual: Option<&'a [f32]>,
     first_row: usize,
     rows: usize,
+    /// Pixels computed: `[start, end)`, `start` a multiple of [`NC`].
+    cols: (usize, usize),
 }
 
 impl Run<'_> {
+    /// Runs with `isa`'s tile; `out` is the start of row `first_row`.
+    unsafe fn dispatch(&self, isa: Isa, out: *mut f32) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { self.rows(out, tile_avx) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { self.rows(out, tile_neon) },
+            _ => unsafe { self.rows(out, tile::<f32, 16>) },
+        }
+    }
+
     /// Every row of the call: column block by column block, then input-channel block by block
     /// over whole tiles (partial sums kept in `out` between blocks), then the partial tiles.
-    unsafe fn rows(&self, out: &mut [f32], tile: TileFn) {
+    unsafe fn rows(&self, out: *mut f32, tile: TileFn) {
         let (k, n) = (self.pw.inputs, self.pixels);
         let full = n / NC * NC;
         // The last, partial column tile of every input row, zero-padded to NC.
-        let tail: Vec<f32> = if full < n {
+        let tail: Vec<f32> = if full < self.cols.1 {
             let mut t = vec![0f32; k * NC];
             for (c, row) in t.chunks_exact_mut(NC).enumerate() {
                 row[..n - full].copy_from_slice(&self.x[c * n + full..(c + 1) * n]);
@@ -171,9 +219,9 @@ impl Run<'_> {
         let Clamp { lo, hi } = self.pw.clamp;
         let whole_rows = self.rows / MR * MR;
         let mut scratch = [0f32; MR * NC];
-        let mut n0 = 0;
-        while n0 < n {
-            let n1 = (n0 + block).min(n);
+        let mut n0 = self.cols.0;
+        while n0 < self.cols.1 {
+            let n1 = (n0 + block).min(self.cols.1);
             let tiles_end = n1.min(full);
             let mut k0 = 0;
             while k0 < k {
@@ -183,7 +231,7 @@ impl Run<'_> {
                     let row = self.first_row + r0;
                     let a = self.pw.packed[(row / MR * k + k0) * MR..].as_ptr();
                     let bias = self.pw.bias[row..].as_ptr();
-                    let dst = out[r0 * n..].as_mut_ptr();
+                    let dst = unsafe { out.add(r0 * n) };
                     let res = self.residual.map(|r| r[row * n..].as_ptr());
                     let mut c = n0;
                     while c < tiles_end {
@@ -213,7 +261,7 @@ impl Run<'_> {
                 let live = MR.min(self.rows - r0);
                 let a = self.pw.packed[row / MR * k * MR..].as_ptr();
                 let bias = self.pw.bias[row..].as_ptr();
-                let dst = out[r0 * n..].as_mut_ptr();
+                let dst = unsafe { out.add(r0 * n) };
                 let res = self.residual.map(|r| r[row * n..].as_ptr());
                 let mut c = if live == MR { tiles_end } else { n0 };
                 while c < n1 {
@@ -390,6 +438,19 @@ mod tests {
             let want = reference(&x, &w, &b, r.as_deref(), clamp, [k, m, n]);
             let first = start.min(pw.panels() - 1);
             for isa in Isa::available() {
+                // Columns split at a tile boundary (as threads split a large plane).
+                let mut whole = vec![f32::NAN; m * n];
+                let split = (start * NC).min(n / NC * NC);
+                unsafe {
+                    pw.run_columns(isa, &x, r.as_deref(), 0..split, whole.as_mut_ptr());
+                    pw.run_columns(isa, &x, r.as_deref(), split..n, whole.as_mut_ptr());
+                }
+                for (i, (a, b)) in want.iter().zip(&whole).enumerate() {
+                    prop_assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()) + 1e-6 * k as f32,
+                        "{:?} columns, value {}: reference {} vs kernel {}", isa, i, a, b
+                    );
+                }
                 let mut out = vec![f32::NAN; (m - first * MR) * n];
                 pw.run_rows(isa, &x, r.as_deref(), first, &mut out);
                 for (i, (a, b)) in want[first * MR * n..].iter().zip(&out).enumerate() {

@@ -7,7 +7,16 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::conv1x1::{MR, Pointwise};
+use super::conv1x1::{MR, NC, Pointwise};
+
+/// Pixels from which a pointwise convolution's threads split the plane's columns rather than
+/// its output channels (each then reads a part of the input instead of all of it).
+const COLUMN_SPLIT: usize = 512;
+
+/// The output of one image, written by several threads in disjoint column ranges.
+struct SharedOut(*mut f32);
+// SAFETY: the threads write disjoint columns (see `KestrelPointwise::eval`).
+unsafe impl Sync for SharedOut {}
 use super::conv3x3::{Dense3x3, Depthwise3x3};
 use super::simd::Isa;
 
@@ -345,6 +354,26 @@ impl EvalOp for KestrelPointwise {
                 let img = &x[i * xi..(i + 1) * xi];
                 let r = res.map(|r| &r[i * oi..(i + 1) * oi]);
                 let out = &mut out[i * oi..(i + 1) * oi];
+                if pixels >= COLUMN_SPLIT {
+                    // A large plane: threads take column ranges of every output channel, each
+                    // reading only its part of the input.
+                    let mut tiles: Vec<usize> = (0..pixels.div_ceil(NC)).collect();
+                    let base = SharedOut(out.as_mut_ptr());
+                    let base = &base;
+                    tract_linalg::multithread::par_chunks_mut(
+                        &mut tiles,
+                        1,
+                        c.outputs * pixels * c.inputs,
+                        |first, chunk| {
+                            let cols = first * NC..((first + chunk.len()) * NC).min(pixels);
+                            // SAFETY: the chunks' column ranges are disjoint, and `out` is
+                            // this image's whole output.
+                            unsafe { c.run_columns(self.isa, img, r, cols, base.0) };
+                            Ok(())
+                        },
+                    )?;
+                    continue;
+                }
                 // Whole panels of MR channels split across threads; the partial one after.
                 let whole = c.outputs / MR;
                 let (head, tail) = out.split_at_mut(whole * MR * pixels);

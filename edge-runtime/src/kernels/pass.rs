@@ -632,8 +632,8 @@ mod tests {
         /// it into a broadcast multiplication.)
         #[test]
         fn kestrel_pointwise_matches_tract(
-            n in 1usize..3, cin in 2usize..40, cout in 1usize..30, h in 1usize..12,
-            w in 1usize..20, residual in any::<bool>(), relu6 in any::<bool>(), seed in any::<u64>(),
+            n in 1usize..3, cin in 2usize..40, cout in 1usize..30, h in 1usize..30,
+            w in 1usize..40, residual in any::<bool>(), relu6 in any::<bool>(), seed in any::<u64>(),
         ) {
             let cout = if residual { cin } else { cout };
             let case = Case {
@@ -758,6 +758,56 @@ mod tests {
                     "{axes}: {a} vs {b}"
                 );
             }
+        }
+    }
+
+    /// With a pool of threads, every Kestrel op (planes, output channels or, on a large plane,
+    /// pixel columns split across threads) computes what one thread computes, bit for bit.
+    #[test]
+    fn threads_compute_what_one_thread_computes() {
+        use tract_linalg::multithread::{Executor, multithread_tract_scope};
+        let cases = [
+            (16, 48, 1, 1, 30, 40, false),  // pointwise, columns split
+            (24, 24, 1, 1, 30, 40, true),   // pointwise with residual, columns split
+            (20, 30, 1, 1, 7, 9, false),    // pointwise, output channels split
+            (24, 24, 24, 3, 30, 40, false), // depthwise
+            (3, 32, 1, 3, 40, 50, false),   // stem
+        ];
+        for (cin, cout, group, kernel, h, w, residual) in cases {
+            let pads = if kernel == 3 { [1; 4] } else { [0; 4] };
+            let case = Case {
+                n: 1,
+                cin,
+                cout,
+                group,
+                h,
+                w,
+                stride: 1,
+                pads,
+                relu6: true,
+                seed: 5,
+                kernel,
+                residual,
+            };
+            let input = Tensor::from_shape(&[1, cin, h, w], &values(cin * h * w, 6)).unwrap();
+            let mut m = model(&case).into_decluttered().unwrap();
+            let report = install(&mut m, Isa::detect()).unwrap();
+            assert_eq!(report.convolutions(), 1);
+            let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+            let one = plan
+                .run(tvec!(input.clone().into_tvalue()))
+                .unwrap()
+                .remove(0);
+            tract_linalg::multithread::set_threading_element_threshold(0);
+            let two = multithread_tract_scope(Executor::multithread(2), || {
+                plan.run(tvec!(input.clone().into_tvalue()))
+                    .unwrap()
+                    .remove(0)
+            });
+            assert_eq!(
+                *one, *two,
+                "{cin} -> {cout}, group {group}, {kernel}x{kernel}"
+            );
         }
     }
 
