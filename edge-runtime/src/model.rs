@@ -80,11 +80,23 @@ pub(crate) fn optimize(
     model: InferenceModel,
     kernels: Kernels,
 ) -> TractResult<(TypedModel, PassReport)> {
-    let mut typed = model.into_typed()?.into_decluttered()?;
+    let mut typed = model.into_typed()?;
     let replaced = match kernels {
         Kernels::Tract => PassReport::default(),
-        Kernels::Kestrel(isa) => crate::kernels::install(&mut typed, isa)?,
+        Kernels::Kestrel(isa) => {
+            // Where tract has a channels-last depthwise kernel (aarch64), its declutter moves
+            // depthwise convolutions, and the 1x1 convolutions around them, to channels-last.
+            // Kestrel's kernels are channels-first: they go in before axes move (tract's other
+            // declutter passes first), and tract cannot move axes through them afterwards.
+            let mut first = tract_onnx::tract_core::optim::Optimizer::declutter();
+            first
+                .passes
+                .retain(|p| !format!("{p:?}").contains("ChangeAxes"));
+            first.optimize(&mut typed)?;
+            crate::kernels::install(&mut typed, isa)?
+        }
     };
+    typed.declutter()?;
     Ok((typed.into_optimized()?, replaced))
 }
 

@@ -238,6 +238,20 @@ fn bundle_matches(dir: &std::path::Path, bundle: &str) {
     let detector = Detector::open(&dir.join(bundle), Threads::Single)
         .unwrap()
         .with_score_threshold(THRESHOLD);
+    // Kestrel's kernels run the trunk on this architecture too (features.0 - 13: 13 depthwise
+    // convolutions and, in fp32, the stem and 25 pointwise ones; int8 keeps tract's int8 ones).
+    let trunk = detector.bundle().trunk.model.replaced();
+    let (dense, pointwise) = if bundle.contains("int8") {
+        (0, 0)
+    } else {
+        (1, 25)
+    };
+    assert_eq!(
+        (trunk.dense, trunk.depthwise, trunk.pointwise),
+        (dense, 13, pointwise),
+        "{bundle}: Kestrel's kernels on {}",
+        std::env::consts::ARCH
+    );
     let mut frames = DirFrames::open(&dir.join("frames")).unwrap();
     assert_eq!(frames.len(), reference.len());
     let mut stats = Stats::new("parity");
