@@ -299,13 +299,16 @@ unsafe fn dw_rows<L: Lanes, const R: usize, const V: usize>(
 ) {
     unsafe {
         let [ta, tb, tc] = p.taps;
+        // The input rows each output row reads, found once (not at every step).
+        let rows: [[*const f32; 3]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|ky| p.row((y0 + r) * g.stride + ky)));
         let mut x = 0;
         while x < g.ow {
             let mut acc = [[c.bias; V]; R];
             for ky in 0..3 {
                 let (ka, kb, kc) = (c.kv[ky * 3], c.kv[ky * 3 + 1], c.kv[ky * 3 + 2]);
                 for (r, row_acc) in acc.iter_mut().enumerate() {
-                    let row = p.row((y0 + r) * g.stride + ky).add(x);
+                    let row = rows[r][ky].add(x);
                     for (v, a) in row_acc.iter_mut().enumerate() {
                         let o = v * L::N;
                         *a = a.mul_add(L::load(row.add(ta + o)), ka);
