@@ -307,8 +307,8 @@ unsafe fn dw_rows<L: Lanes, const R: usize, const V: usize>(
             let mut acc = [[c.bias; V]; R];
             for ky in 0..3 {
                 let (ka, kb, kc) = (c.kv[ky * 3], c.kv[ky * 3 + 1], c.kv[ky * 3 + 2]);
-                for (r, row_acc) in acc.iter_mut().enumerate() {
-                    let row = rows[r][ky].add(x);
+                for (row_acc, taps) in acc.iter_mut().zip(&rows) {
+                    let row = taps[ky].add(x);
                     for (v, a) in row_acc.iter_mut().enumerate() {
                         let o = v * L::N;
                         *a = a.mul_add(L::load(row.add(ta + o)), ka);
