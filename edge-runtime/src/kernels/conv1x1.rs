@@ -68,6 +68,20 @@ impl Pointwise {
         self.outputs.div_ceil(MR)
     }
 
+    /// Pixels per plane of an input `x` (`[inputs, pixels]`), checking the residual's size.
+    fn pixels(&self, x: &[f32], residual: Option<&[f32]>) -> usize {
+        let pixels = x.len() / self.inputs.max(1);
+        assert_eq!(x.len(), self.inputs * pixels, "input is [inputs, pixels]");
+        if let Some(r) = residual {
+            assert_eq!(
+                r.len(),
+                self.outputs * pixels,
+                "residual is [outputs, pixels]"
+            );
+        }
+        pixels
+    }
+
     /// Computes output channels `first_panel * MR ..` (as many as `out` holds, whole rows of
     /// `pixels`) of one image: `x` is `[inputs, pixels]`, `residual` (added before the clamp)
     /// `[outputs, pixels]` like the whole output.
@@ -79,8 +93,7 @@ impl Pointwise {
         first_panel: usize,
         out: &mut [f32],
     ) {
-        let pixels = x.len() / self.inputs.max(1);
-        assert_eq!(x.len(), self.inputs * pixels, "input is [inputs, pixels]");
+        let pixels = self.pixels(x, residual);
         if pixels == 0 {
             return;
         }
@@ -90,13 +103,6 @@ impl Pointwise {
             first_panel * MR + rows <= self.outputs,
             "rows past the output"
         );
-        if let Some(r) = residual {
-            assert_eq!(
-                r.len(),
-                self.outputs * pixels,
-                "residual is [outputs, pixels]"
-            );
-        }
         let run = Run {
             pw: self,
             x,
@@ -124,19 +130,11 @@ impl Pointwise {
         cols: std::ops::Range<usize>,
         out: *mut f32,
     ) {
-        let pixels = x.len() / self.inputs.max(1);
-        assert_eq!(x.len(), self.inputs * pixels, "input is [inputs, pixels]");
+        let pixels = self.pixels(x, residual);
         assert!(
             cols.start.is_multiple_of(NC) && cols.end <= pixels,
             "columns"
         );
-        if let Some(r) = residual {
-            assert_eq!(
-                r.len(),
-                self.outputs * pixels,
-                "residual is [outputs, pixels]"
-            );
-        }
         let run = Run {
             pw: self,
             x,
