@@ -61,6 +61,12 @@ impl Isa {
 pub(crate) trait Lanes: Copy {
     /// Lanes per vector.
     const N: usize;
+    /// A 3x3 filter's nine taps as registers, in the form [`Lanes::mul_add_tap`] reads.
+    type Taps: Copy;
+    /// The taps of `k` (row-major).
+    unsafe fn taps(k: &[f32; 9]) -> Self::Taps;
+    /// `self + a * k[t]`, `t` a constant once inlined.
+    unsafe fn mul_add_tap(self, a: Self, taps: &Self::Taps, t: usize) -> Self;
     /// Every lane set to `v`.
     unsafe fn splat(v: f32) -> Self;
     /// `N` values from `p` (no alignment needed).
@@ -82,10 +88,45 @@ pub(crate) trait Lanes: Copy {
             }
         }
     }
+    /// The first `n` values from `p` (`n <= N`), the other lanes zero; reads nothing past them.
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> Self {
+        unsafe {
+            let mut tmp = [0f32; 16];
+            for (i, v) in tmp.iter_mut().enumerate().take(n) {
+                *v = *p.add(i);
+            }
+            Self::load(tmp.as_ptr())
+        }
+    }
+    /// Copies `n` values from `src` to `dst` a vector at a time (rows too short for a `memcpy`
+    /// call to pay), storing zeros after them up to the next multiple of `N`.
+    #[inline(always)]
+    unsafe fn copy_zero_tail(src: *const f32, dst: *mut f32, n: usize) {
+        unsafe {
+            let mut i = 0;
+            while i + 4 * Self::N <= n {
+                let v: [Self; 4] = std::array::from_fn(|j| Self::load(src.add(i + j * Self::N)));
+                for (j, v) in v.iter().enumerate() {
+                    v.store(dst.add(i + j * Self::N));
+                }
+                i += 4 * Self::N;
+            }
+            while i + Self::N <= n {
+                Self::load(src.add(i)).store(dst.add(i));
+                i += Self::N;
+            }
+            if i < n {
+                Self::load_first(src.add(i), n - i).store(dst.add(i));
+            }
+        }
+    }
     /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Splits `pairs` pairs from `src` into their first (`firsts[k] = src[2k]`) and second
     /// (`seconds[k] = src[2k + 1]`) values: the even and odd columns a stride-2 kernel reads.
+    /// Reads nothing past the pairs, but may store zeros after them in both outputs, up to the
+    /// next multiple of `N`.
     #[inline(always)]
     unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
         unsafe {
@@ -99,6 +140,15 @@ pub(crate) trait Lanes: Copy {
 
 impl Lanes for f32 {
     const N: usize = 1;
+    type Taps = [f32; 9];
+    #[inline(always)]
+    unsafe fn taps(k: &[f32; 9]) -> Self::Taps {
+        *k
+    }
+    #[inline(always)]
+    unsafe fn mul_add_tap(self, a: Self, taps: &Self::Taps, t: usize) -> Self {
+        self + a * taps[t]
+    }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         v
@@ -135,6 +185,16 @@ mod x86 {
 
     impl super::Lanes for Avx {
         const N: usize = 8;
+        /// Nine broadcast registers (x86 has no multiply-add by lane).
+        type Taps = [Avx; 9];
+        #[inline(always)]
+        unsafe fn taps(k: &[f32; 9]) -> Self::Taps {
+            unsafe { std::array::from_fn(|i| Avx(_mm256_set1_ps(k[i]))) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add_tap(self, a: Self, taps: &Self::Taps, t: usize) -> Self {
+            unsafe { self.mul_add(a, taps[t]) }
+        }
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             unsafe { Avx(_mm256_set1_ps(v)) }
@@ -157,12 +217,11 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn store_first(self, p: *mut f32, n: usize) {
-            // Lane i is stored where the mask's lane i is all ones: MASKS[8 - n..][..8].
-            const MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
-            unsafe {
-                let mask = _mm256_loadu_si256(MASKS.as_ptr().add(8 - n) as *const __m256i);
-                _mm256_maskstore_ps(p, mask, self.0)
-            }
+            unsafe { _mm256_maskstore_ps(p, first(n), self.0) }
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            unsafe { Avx(_mm256_maskload_ps(p, first(n))) }
         }
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
@@ -184,12 +243,29 @@ mod x86 {
                     _mm256_storeu_ps(seconds.add(k), s);
                     k += 8;
                 }
-                for k in k..pairs {
-                    *firsts.add(k) = *src.add(2 * k);
-                    *seconds.add(k) = *src.add(2 * k + 1);
+                if k < pairs {
+                    // The last pairs with masked loads; the lanes past them are stored as zeros,
+                    // which the padded rows have room for.
+                    let n = 2 * (pairs - k);
+                    let a = _mm256_maskload_ps(src.add(2 * k), first(n.min(8)));
+                    let b = _mm256_maskload_ps(src.add(2 * k + 8), first(n.saturating_sub(8)));
+                    let f = _mm256_shuffle_ps::<0x88>(a, b);
+                    let s = _mm256_shuffle_ps::<0xDD>(a, b);
+                    let f = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(f)));
+                    let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)));
+                    _mm256_storeu_ps(firsts.add(k), f);
+                    _mm256_storeu_ps(seconds.add(k), s);
                 }
             }
         }
+    }
+
+    /// A mask of the first `n` lanes (`n <= 8`) for masked loads and stores.
+    #[inline(always)]
+    unsafe fn first(n: usize) -> __m256i {
+        // Lane i is set where the mask's lane i is all ones: MASKS[8 - n..][..8].
+        const MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+        unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(8 - n) as *const __m256i) }
     }
 }
 #[cfg(target_arch = "x86_64")]
@@ -205,6 +281,37 @@ mod arm {
 
     impl super::Lanes for Neon {
         const N: usize = 4;
+        /// Three registers, read by lane (`fmla v.4s, v.4s, v.s[i]`): six registers fewer than
+        /// nine broadcasts, which keeps a depthwise step's accumulators from spilling.
+        type Taps = [float32x4_t; 3];
+        #[inline(always)]
+        unsafe fn taps(k: &[f32; 9]) -> Self::Taps {
+            unsafe {
+                let last = [k[8], 0.0, 0.0, 0.0];
+                [
+                    vld1q_f32(k.as_ptr()),
+                    vld1q_f32(k[4..].as_ptr()),
+                    vld1q_f32(last.as_ptr()),
+                ]
+            }
+        }
+        #[inline(always)]
+        unsafe fn mul_add_tap(self, a: Self, taps: &Self::Taps, t: usize) -> Self {
+            unsafe {
+                let (acc, k) = (self.0, &taps);
+                Neon(match t {
+                    0 => vfmaq_laneq_f32::<0>(acc, a.0, k[0]),
+                    1 => vfmaq_laneq_f32::<1>(acc, a.0, k[0]),
+                    2 => vfmaq_laneq_f32::<2>(acc, a.0, k[0]),
+                    3 => vfmaq_laneq_f32::<3>(acc, a.0, k[0]),
+                    4 => vfmaq_laneq_f32::<0>(acc, a.0, k[1]),
+                    5 => vfmaq_laneq_f32::<1>(acc, a.0, k[1]),
+                    6 => vfmaq_laneq_f32::<2>(acc, a.0, k[1]),
+                    7 => vfmaq_laneq_f32::<3>(acc, a.0, k[1]),
+                    _ => vfmaq_laneq_f32::<0>(acc, a.0, k[2]),
+                })
+            }
+        }
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             unsafe { Neon(vdupq_n_f32(v)) }
@@ -233,6 +340,15 @@ mod arm {
         unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
             unsafe {
                 let mut k = 0;
+                while k + 8 <= pairs {
+                    let a = vld2q_f32(src.add(2 * k));
+                    let b = vld2q_f32(src.add(2 * k + 8));
+                    vst1q_f32(firsts.add(k), a.0);
+                    vst1q_f32(firsts.add(k + 4), b.0);
+                    vst1q_f32(seconds.add(k), a.1);
+                    vst1q_f32(seconds.add(k + 4), b.1);
+                    k += 8;
+                }
                 while k + 4 <= pairs {
                     let v = vld2q_f32(src.add(2 * k));
                     vst1q_f32(firsts.add(k), v.0);
