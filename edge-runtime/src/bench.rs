@@ -453,5 +453,9 @@ fn print_profile(results: &[KernelsResult]) {
         for (op, (ms, n)) in ops.iter().take(12) {
             println!("  {op:<32}{ms:>9.3} {n:>5}");
         }
+        println!("\n{name}: slowest nodes (ms per run, output shape)");
+        for t in &p.slowest {
+            println!("  {:<40}{:<24}{:>9.3}  {}", t.node, t.op, t.ms, t.shape);
+        }
     }
 }

@@ -113,6 +113,22 @@ pub fn kind_of(model: &TypedModel, node: &TypedNode) -> OpKind {
     OpKind::Rest
 }
 
+/// Nodes a profile lists one by one.
+pub const SLOWEST_NODES: usize = 12;
+
+/// One node of the plan and its time.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeTime {
+    /// The node's name in the plan (the ONNX node's, with tract's or Kestrel's suffix).
+    pub node: String,
+    /// Its operator.
+    pub op: String,
+    /// Its output shape.
+    pub shape: String,
+    /// Milliseconds per run.
+    pub ms: f64,
+}
+
 /// Time per kind and per operator name over some runs of one model.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Profile {
@@ -120,6 +136,8 @@ pub struct Profile {
     pub by_kind: BTreeMap<OpKind, f64>,
     /// Milliseconds per run and node count, by operator name.
     pub by_op: BTreeMap<String, (f64, usize)>,
+    /// The slowest nodes, slowest first (at most [`SLOWEST_NODES`] per model).
+    pub slowest: Vec<NodeTime>,
     /// Sum of all nodes, milliseconds per run.
     pub total_ms: f64,
 }
@@ -136,6 +154,9 @@ impl Profile {
             e.1 += n;
         }
         self.total_ms += other.total_ms;
+        self.slowest.extend(other.slowest.iter().cloned());
+        self.slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        self.slowest.truncate(SLOWEST_NODES);
     }
 }
 
@@ -176,6 +197,22 @@ pub fn profile(model: &OnnxModel, input: &[f32], iterations: usize) -> Result<Pr
         e.0 += ms;
         e.1 += 1;
         p.total_ms += ms;
+        let fact = &node.outputs[0].fact;
+        p.slowest.push(NodeTime {
+            node: node.name.clone(),
+            op: node.op().name().to_string(),
+            shape: match fact.shape.as_concrete() {
+                Some(dims) => dims
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x"),
+                None => format!("{:?}", fact.shape),
+            },
+            ms,
+        });
     }
+    p.slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    p.slowest.truncate(SLOWEST_NODES);
     Ok(p)
 }

@@ -493,3 +493,45 @@ fn bench_reports_latency_memory_and_the_onnxruntime_ratio() {
     assert!(r["overhead_ratio"].as_f64().unwrap() > 0.0);
     println!("bench: {r}");
 }
+
+/// `bench --profile` splits the run's time by operator kind and names its slowest nodes, slowest
+/// first, each with its output shape; the parts add up to the profile's total.
+#[test]
+fn bench_profile_names_the_slowest_nodes() {
+    let f = fixture();
+    let (out, _) = run_ok(
+        Command::new(edge())
+            .arg("bench")
+            .arg("--bundle")
+            .arg(&f.bundle)
+            .args(["--iterations", "3", "--json", "--profile"]),
+    );
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let p = &r["kernels"][0]["profile"];
+    let total = p["total_ms"].as_f64().unwrap();
+    let kinds: f64 = p["by_kind"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!(
+        total > 0.0 && (kinds - total).abs() < 1e-6 * total.max(1.0),
+        "{p}"
+    );
+    let slowest = p["slowest"].as_array().unwrap();
+    assert!(!slowest.is_empty() && slowest.len() <= 12, "{p}");
+    let ms: Vec<f64> = slowest.iter().map(|n| n["ms"].as_f64().unwrap()).collect();
+    assert!(
+        ms.windows(2).all(|w| w[0] >= w[1]),
+        "not slowest first: {ms:?}"
+    );
+    assert!(ms.iter().sum::<f64>() <= total * (1.0 + 1e-9), "{p}");
+    let first = &slowest[0];
+    assert!(!first["node"].as_str().unwrap().is_empty(), "{first}");
+    let shape = first["shape"].as_str().unwrap();
+    assert!(
+        shape.split('x').all(|d| d.parse::<usize>().is_ok()),
+        "shape {shape}"
+    );
+}
