@@ -417,6 +417,72 @@ mod tests {
         out
     }
 
+    /// Runs every output channel of one image as the op does on one thread.
+    fn run_all(pw: &Pointwise, isa: Isa, x: &[f32], out: &mut [f32]) {
+        let pixels = x.len() / pw.inputs;
+        if pixels >= 512 {
+            unsafe { pw.run_columns(isa, x, None, 0..pixels, out.as_mut_ptr()) };
+        } else {
+            let whole = pw.outputs / MR;
+            let (head, tail) = out.split_at_mut(whole * MR * pixels);
+            if !head.is_empty() {
+                pw.run_rows(isa, x, None, 0, head);
+            }
+            if !tail.is_empty() {
+                pw.run_rows(isa, x, None, whole, tail);
+            }
+        }
+    }
+
+    /// Not a test: `cargo test -p kestrel-edge --lib conv1x1::tests::pointwise_kernel_speed --
+    /// --ignored --nocapture` times the kernel alone (one thread, the best instruction set) on
+    /// MobileNetV2's shapes: median, slowest and fastest of 11 rounds.
+    #[test]
+    #[ignore]
+    fn pointwise_kernel_speed() {
+        let isa = Isa::detect();
+        for (k, m, hw) in [
+            (16usize, 96usize, 112usize),
+            (24, 144, 56),
+            (144, 24, 56),
+            (32, 192, 28),
+            (192, 32, 28),
+            (64, 384, 14),
+            (384, 64, 14),
+            (96, 576, 14),
+            (576, 96, 14),
+            (576, 160, 7),
+            (160, 960, 7),
+            (960, 160, 7),
+            (960, 320, 7),
+            (320, 1280, 7),
+        ] {
+            let n = hw * hw;
+            let (x, w, b) = (values(k * n, 1), values(m * k, 2), values(m, 3));
+            let pw = Pointwise::new(k, m, &w, &b, Clamp { lo: 0.0, hi: 6.0 });
+            let mut out = vec![0f32; m * n];
+            let macs = (k * m * n) as f64;
+            let reps = (5e9 / macs / 11.0).ceil() as usize;
+            let mut rates: Vec<f64> = (0..11)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        run_all(&pw, isa, &x, &mut out);
+                    }
+                    macs * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+                })
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            println!(
+                "{k:>4} -> {m:>4} at {hw:>3}x{hw:<3} {}: {:5.1} GMAC/s (min {:.1}, max {:.1})",
+                isa.name(),
+                rates[5],
+                rates[0],
+                rates[10]
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
