@@ -716,8 +716,72 @@ unsafe fn tile_by_lane<const NV: usize>(
     use std::arch::aarch64::*;
     unsafe {
         let mut c = start::<Neon, MR, NV>(&store);
+        if NV == 3 && k > 0 {
+            // The full tile in assembly: LLVM splits `vld1q_f32_x3` into ldp + ldr and adds
+            // the row stride apart; ld1 of 3 registers with the stride as post-increment is one
+            // instruction (per input channel 2 loads, 24 fmla, the counter and the branch).
+            let acc: &mut [[Neon; 3]; MR] = &mut *(&mut c as *mut [[Neon; NV]; MR]).cast();
+            let [
+                [c00, c01, c02],
+                [c10, c11, c12],
+                [c20, c21, c22],
+                [c30, c31, c32],
+                [c40, c41, c42],
+                [c50, c51, c52],
+                [c60, c61, c62],
+                [c70, c71, c72],
+            ] = acc;
+            std::arch::asm!(
+                "2:",
+                "ld1 {{v29.4s, v30.4s, v31.4s}}, [{bp}], {ldb}",
+                "ldp q27, q28, [{ap}], #32",
+                "subs {k}, {k}, #1",
+                "fmla {c00:v}.4s, v29.4s, v27.s[0]",
+                "fmla {c01:v}.4s, v30.4s, v27.s[0]",
+                "fmla {c02:v}.4s, v31.4s, v27.s[0]",
+                "fmla {c10:v}.4s, v29.4s, v27.s[1]",
+                "fmla {c11:v}.4s, v30.4s, v27.s[1]",
+                "fmla {c12:v}.4s, v31.4s, v27.s[1]",
+                "fmla {c20:v}.4s, v29.4s, v27.s[2]",
+                "fmla {c21:v}.4s, v30.4s, v27.s[2]",
+                "fmla {c22:v}.4s, v31.4s, v27.s[2]",
+                "fmla {c30:v}.4s, v29.4s, v27.s[3]",
+                "fmla {c31:v}.4s, v30.4s, v27.s[3]",
+                "fmla {c32:v}.4s, v31.4s, v27.s[3]",
+                "fmla {c40:v}.4s, v29.4s, v28.s[0]",
+                "fmla {c41:v}.4s, v30.4s, v28.s[0]",
+                "fmla {c42:v}.4s, v31.4s, v28.s[0]",
+                "fmla {c50:v}.4s, v29.4s, v28.s[1]",
+                "fmla {c51:v}.4s, v30.4s, v28.s[1]",
+                "fmla {c52:v}.4s, v31.4s, v28.s[1]",
+                "fmla {c60:v}.4s, v29.4s, v28.s[2]",
+                "fmla {c61:v}.4s, v30.4s, v28.s[2]",
+                "fmla {c62:v}.4s, v31.4s, v28.s[2]",
+                "fmla {c70:v}.4s, v29.4s, v28.s[3]",
+                "fmla {c71:v}.4s, v30.4s, v28.s[3]",
+                "fmla {c72:v}.4s, v31.4s, v28.s[3]",
+                "b.ne 2b",
+                bp = inout(reg) b => _,
+                ap = inout(reg) a => _,
+                ldb = in(reg) ldb * 4,
+                k = inout(reg) k => _,
+                c00 = inout(vreg) c00.0, c01 = inout(vreg) c01.0, c02 = inout(vreg) c02.0,
+                c10 = inout(vreg) c10.0, c11 = inout(vreg) c11.0, c12 = inout(vreg) c12.0,
+                c20 = inout(vreg) c20.0, c21 = inout(vreg) c21.0, c22 = inout(vreg) c22.0,
+                c30 = inout(vreg) c30.0, c31 = inout(vreg) c31.0, c32 = inout(vreg) c32.0,
+                c40 = inout(vreg) c40.0, c41 = inout(vreg) c41.0, c42 = inout(vreg) c42.0,
+                c50 = inout(vreg) c50.0, c51 = inout(vreg) c51.0, c52 = inout(vreg) c52.0,
+                c60 = inout(vreg) c60.0, c61 = inout(vreg) c61.0, c62 = inout(vreg) c62.0,
+                c70 = inout(vreg) c70.0, c71 = inout(vreg) c71.0, c72 = inout(vreg) c72.0,
+                out("v27") _, out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nostack, readonly),
+            );
+            return finish(&c, bias, store);
+        }
         let mut ap = a;
         let mut bp = b;
+        // One input channel: the panel's weights in two registers, 8 * NV multiply-adds by
+        // lane.
         for _ in 0..k {
             let w0 = vld1q_f32(ap);
             let w1 = vld1q_f32(ap.add(4));
