@@ -618,11 +618,20 @@ struct Store {
     finish: bool,
 }
 
-/// A tile's accumulators: zero, or the partial sums in `store.dst`.
+/// A tile's accumulators: the partial sums in `store.dst`, else zero or (if `bias`) each
+/// row's bias.
 #[inline(always)]
-unsafe fn start<L: Lanes, const R: usize, const NV: usize>(store: &Store) -> [[L; NV]; R] {
+unsafe fn start<L: Lanes, const R: usize, const NV: usize>(
+    store: &Store,
+    bias: Option<*const f32>,
+) -> [[L; NV]; R] {
     unsafe {
         let mut acc: [[L; NV]; R] = [[L::splat(0.0); NV]; R];
+        if let (false, Some(bias)) = (store.accumulate, bias) {
+            for (r, row) in acc.iter_mut().enumerate() {
+                *row = [L::splat(*bias.add(r)); NV];
+            }
+        }
         if store.accumulate {
             for (r, row) in acc.iter_mut().enumerate() {
                 for (v, x) in row.iter_mut().enumerate() {
@@ -634,11 +643,12 @@ unsafe fn start<L: Lanes, const R: usize, const NV: usize>(store: &Store) -> [[L
     }
 }
 
-/// Stores a tile's accumulators as `store` says (bias from `bias`, one per row).
+/// Stores a tile's accumulators as `store` says (adding `bias`, one per row, if the
+/// accumulators did not start from it).
 #[inline(always)]
 unsafe fn finish<L: Lanes, const R: usize, const NV: usize>(
     acc: &[[L; NV]; R],
-    bias: *const f32,
+    bias: Option<*const f32>,
     store: Store,
 ) {
     unsafe {
@@ -653,9 +663,12 @@ unsafe fn finish<L: Lanes, const R: usize, const NV: usize>(
         let (lo, hi) = (L::splat(store.lo), L::splat(store.hi));
         for (r, row) in acc.iter().enumerate() {
             let d = store.dst.add(r * store.ld);
-            let bias = L::splat(*bias.add(r));
+            let bias = bias.map(|b| L::splat(*b.add(r)));
             for (v, x) in row.iter().enumerate() {
-                let mut y = x.add(bias);
+                let mut y = match bias {
+                    Some(b) => x.add(b),
+                    None => *x,
+                };
                 if let Some(res) = store.res {
                     y = y.add(L::load(res.add(r * store.ld + v * L::N)));
                 }
@@ -679,7 +692,7 @@ unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
     store: Store,
 ) {
     unsafe {
-        let mut acc = start::<L, R, NV>(&store);
+        let mut acc = start::<L, R, NV>(&store, None);
         let mut ap = a;
         let mut bp = b;
         for _ in 0..k {
@@ -696,8 +709,43 @@ unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
             ap = ap.add(MR);
             bp = bp.add(ldb);
         }
-        finish(&acc, bias, store)
+        finish(&acc, Some(bias), store)
     }
+}
+
+/// One input channel of the NEON 8x12 tile (see [`tile_by_lane`]).
+#[cfg(target_arch = "aarch64")]
+macro_rules! lane_step {
+    () => {
+        concat!(
+            "ld1 {{v29.4s, v30.4s, v31.4s}}, [{bp}], {ldb}\n",
+            "ldp q27, q28, [{ap}], #32\n",
+            "fmla {c00:v}.4s, v29.4s, v27.s[0]\n",
+            "fmla {c01:v}.4s, v30.4s, v27.s[0]\n",
+            "fmla {c02:v}.4s, v31.4s, v27.s[0]\n",
+            "fmla {c10:v}.4s, v29.4s, v27.s[1]\n",
+            "fmla {c11:v}.4s, v30.4s, v27.s[1]\n",
+            "fmla {c12:v}.4s, v31.4s, v27.s[1]\n",
+            "fmla {c20:v}.4s, v29.4s, v27.s[2]\n",
+            "fmla {c21:v}.4s, v30.4s, v27.s[2]\n",
+            "fmla {c22:v}.4s, v31.4s, v27.s[2]\n",
+            "fmla {c30:v}.4s, v29.4s, v27.s[3]\n",
+            "fmla {c31:v}.4s, v30.4s, v27.s[3]\n",
+            "fmla {c32:v}.4s, v31.4s, v27.s[3]\n",
+            "fmla {c40:v}.4s, v29.4s, v28.s[0]\n",
+            "fmla {c41:v}.4s, v30.4s, v28.s[0]\n",
+            "fmla {c42:v}.4s, v31.4s, v28.s[0]\n",
+            "fmla {c50:v}.4s, v29.4s, v28.s[1]\n",
+            "fmla {c51:v}.4s, v30.4s, v28.s[1]\n",
+            "fmla {c52:v}.4s, v31.4s, v28.s[1]\n",
+            "fmla {c60:v}.4s, v29.4s, v28.s[2]\n",
+            "fmla {c61:v}.4s, v30.4s, v28.s[2]\n",
+            "fmla {c62:v}.4s, v31.4s, v28.s[2]\n",
+            "fmla {c70:v}.4s, v29.4s, v28.s[3]\n",
+            "fmla {c71:v}.4s, v30.4s, v28.s[3]\n",
+            "fmla {c72:v}.4s, v31.4s, v28.s[3]\n",
+        )
+    };
 }
 
 /// The NEON pixel tile: a panel's 8 weights of an input channel loaded in two registers and
@@ -715,11 +763,13 @@ unsafe fn tile_by_lane<const NV: usize>(
     use super::simd::Neon;
     use std::arch::aarch64::*;
     unsafe {
-        let mut c = start::<Neon, MR, NV>(&store);
+        // Starting from the bias saves adding it at the end (32 registers leave room for it).
+        let mut c = start::<Neon, MR, NV>(&store, Some(bias));
         if NV == 3 && k > 0 {
             // The full tile in assembly: LLVM splits `vld1q_f32_x3` into ldp + ldr and adds
             // the row stride apart; ld1 of 3 registers with the stride as post-increment is one
-            // instruction (per input channel 2 loads, 24 fmla, the counter and the branch).
+            // instruction (per input channel 2 loads and 24 fmla; the counter and the branch
+            // once per two).
             let acc: &mut [[Neon; 3]; MR] = &mut *(&mut c as *mut [[Neon; NV]; MR]).cast();
             let [
                 [c00, c01, c02],
@@ -732,35 +782,17 @@ unsafe fn tile_by_lane<const NV: usize>(
                 [c70, c71, c72],
             ] = acc;
             std::arch::asm!(
-                "2:",
-                "ld1 {{v29.4s, v30.4s, v31.4s}}, [{bp}], {ldb}",
-                "ldp q27, q28, [{ap}], #32",
+                // An odd input channel first, then two per iteration.
+                "tbz {k}, #0, 3f",
+                lane_step!(),
                 "subs {k}, {k}, #1",
-                "fmla {c00:v}.4s, v29.4s, v27.s[0]",
-                "fmla {c01:v}.4s, v30.4s, v27.s[0]",
-                "fmla {c02:v}.4s, v31.4s, v27.s[0]",
-                "fmla {c10:v}.4s, v29.4s, v27.s[1]",
-                "fmla {c11:v}.4s, v30.4s, v27.s[1]",
-                "fmla {c12:v}.4s, v31.4s, v27.s[1]",
-                "fmla {c20:v}.4s, v29.4s, v27.s[2]",
-                "fmla {c21:v}.4s, v30.4s, v27.s[2]",
-                "fmla {c22:v}.4s, v31.4s, v27.s[2]",
-                "fmla {c30:v}.4s, v29.4s, v27.s[3]",
-                "fmla {c31:v}.4s, v30.4s, v27.s[3]",
-                "fmla {c32:v}.4s, v31.4s, v27.s[3]",
-                "fmla {c40:v}.4s, v29.4s, v28.s[0]",
-                "fmla {c41:v}.4s, v30.4s, v28.s[0]",
-                "fmla {c42:v}.4s, v31.4s, v28.s[0]",
-                "fmla {c50:v}.4s, v29.4s, v28.s[1]",
-                "fmla {c51:v}.4s, v30.4s, v28.s[1]",
-                "fmla {c52:v}.4s, v31.4s, v28.s[1]",
-                "fmla {c60:v}.4s, v29.4s, v28.s[2]",
-                "fmla {c61:v}.4s, v30.4s, v28.s[2]",
-                "fmla {c62:v}.4s, v31.4s, v28.s[2]",
-                "fmla {c70:v}.4s, v29.4s, v28.s[3]",
-                "fmla {c71:v}.4s, v30.4s, v28.s[3]",
-                "fmla {c72:v}.4s, v31.4s, v28.s[3]",
-                "b.ne 2b",
+                "b.eq 4f",
+                "3:",
+                lane_step!(),
+                lane_step!(),
+                "subs {k}, {k}, #2",
+                "b.ne 3b",
+                "4:",
                 bp = inout(reg) b => _,
                 ap = inout(reg) a => _,
                 ldb = in(reg) ldb * 4,
@@ -776,7 +808,7 @@ unsafe fn tile_by_lane<const NV: usize>(
                 out("v27") _, out("v28") _, out("v29") _, out("v30") _, out("v31") _,
                 options(nostack, readonly),
             );
-            return finish(&c, bias, store);
+            return finish(&c, None, store);
         }
         let mut ap = a;
         let mut bp = b;
@@ -802,7 +834,7 @@ unsafe fn tile_by_lane<const NV: usize>(
             ap = ap.add(MR);
             bp = bp.add(ldb);
         }
-        finish(&c, bias, store)
+        finish(&c, None, store)
     }
 }
 
