@@ -24,8 +24,11 @@ const KC: usize = 256;
 /// Bytes of input one column block may span, so a block stays in the L2 cache while every panel
 /// of weights runs over it.
 const BLOCK_BYTES: usize = 96 * 1024;
-/// Planes of fewer pixels than this take the channel tiles with AVX2 (without AVX-512).
+/// With AVX2 alone (no AVX-512), planes of fewer pixels than this, or convolutions of at least
+/// this many inputs, take the channel tiles (whose 12 accumulators beat the 8 of the pixel
+/// tiles when the transposed store is paid over enough input channels).
 const CHANNEL_TILES_BELOW: usize = 64;
+const CHANNEL_TILES_FROM_INPUTS: usize = 128;
 
 /// A 1x1 convolution with bias and clamp fused, its weights packed in panels of [`MR`] output
 /// channels.
@@ -404,13 +407,14 @@ impl Run<'_> {
                 Some(f) => unsafe { self.channels(out, f) },
                 None => unsafe { self.rows(out, tiles) },
             },
-            // Channel tiles for small planes where pixel vectors are narrow for them (AVX2);
+            // Channel tiles with AVX2 alone for small planes and many input channels;
             // else pixel tiles, and channel tiles for the last columns if fewer than a vector.
             Path::Auto => match channels {
                 Some(f)
                     if isa == Isa::Avx2Fma
                         && tiles.lanes == 8
-                        && self.pixels < CHANNEL_TILES_BELOW =>
+                        && (self.pixels < CHANNEL_TILES_BELOW
+                            || self.pw.inputs >= CHANNEL_TILES_FROM_INPUTS) =>
                 unsafe { self.channels(out, f) },
                 Some(f) => {
                     let (c0, c1) = self.cols;
@@ -948,7 +952,8 @@ mod tests {
     /// Not a test: `cargo test -p kestrel-edge --lib conv1x1::tests::pointwise_kernel_speed --
     /// --ignored --nocapture` times the kernel alone (one thread, the best instruction set) on
     /// MobileNetV2's shapes: median, slowest and fastest of 11 rounds. `KESTREL_PW_PATH` picks
-    /// the tiles: `pixels`, `pixels-avx2` (no AVX-512), `channels`, else as the op does.
+    /// the tiles: `pixels`, `pixels-avx2` (no AVX-512), `channels`, `avx2` (as the op does on a
+    /// CPU without AVX-512), else as the op does.
     #[test]
     #[ignore]
     fn pointwise_kernel_speed() {
@@ -956,6 +961,7 @@ mod tests {
         let path = match std::env::var("KESTREL_PW_PATH").as_deref() {
             Ok("pixels") => (Path::Pixels, true),
             Ok("pixels-avx2") => (Path::Pixels, false),
+            Ok("avx2") => (Path::Auto, false),
             Ok("channels") => (Path::Channels, true),
             _ => (Path::Auto, true),
         };
@@ -1024,7 +1030,8 @@ mod tests {
             let first = start.min(pw.panels() - 1);
             for isa in Isa::available() {
                 let paths = [Path::Pixels, Path::Channels, Path::Auto].map(|p| (p, true));
-                for path in paths.into_iter().chain([(Path::Pixels, false)]) {
+                let narrow = [(Path::Pixels, false), (Path::Auto, false)];
+                for path in paths.into_iter().chain(narrow) {
                     // Columns split at a multiple of NC (as threads split a large plane).
                     let mut whole = vec![f32::NAN; m * n];
                     let split = (start * NC).min(n / NC * NC);
