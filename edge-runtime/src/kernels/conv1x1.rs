@@ -4,10 +4,11 @@
 //! when the model loads, with bias, clamp (ReLU6) and the residual addition of an
 //! inverted-residual block fused into the store.
 //!
-//! Two ways through a call: *pixel tiles* (vectors over pixels, one weight per output channel
-//! applied to them: NEON by lane, AVX2 broadcast) for any plane, and on x86 *channel tiles*
-//! (vectors over output channels, one pixel broadcast) for small planes, whose pixel counts
-//! (49 on 7x7) fit pixel vectors badly.
+//! Two kinds of tiles: *pixel tiles* (vectors over pixels, each multiplied by one weight per
+//! output channel: by lane on NEON, broadcast on x86) and *channel tiles* (vectors over output
+//! channels, each multiplied by one broadcast pixel, written out transposed). Pixel tiles do the
+//! work; channel tiles take the last columns of a plane when fewer than a vector (49 = 48 + 1 on
+//! 7x7), and with AVX2 alone (no AVX-512) small planes and convolutions of many inputs.
 
 use super::conv3x3::Clamp;
 use super::simd::{Isa, Lanes};
