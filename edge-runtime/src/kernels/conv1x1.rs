@@ -25,9 +25,10 @@ const KC: usize = 256;
 /// Bytes of input one column block may span, so a block stays in the L2 cache while every panel
 /// of weights runs over it.
 const BLOCK_BYTES: usize = 96 * 1024;
-/// With AVX2 alone (no AVX-512), planes of fewer pixels than this, or convolutions of at least
-/// this many inputs, take the channel tiles (whose 12 accumulators beat the 8 of the pixel
-/// tiles when the transposed store is paid over enough input channels).
+/// With AVX2 alone (no AVX-512), planes of fewer pixels than this, or up to 32x32 convolutions
+/// of at least this many inputs, take the channel tiles (whose 12 accumulators beat the 8 of
+/// the pixel tiles when the transposed store is paid over enough input channels; measured on
+/// 56x56 144 -> 24, the pixel tiles win again).
 const CHANNEL_TILES_BELOW: usize = 64;
 const CHANNEL_TILES_FROM_INPUTS: usize = 128;
 
@@ -415,7 +416,8 @@ impl Run<'_> {
                     if isa == Isa::Avx2Fma
                         && tiles.lanes == 8
                         && (self.pixels < CHANNEL_TILES_BELOW
-                            || self.pw.inputs >= CHANNEL_TILES_FROM_INPUTS) =>
+                            || self.pixels < 1024
+                                && self.pw.inputs >= CHANNEL_TILES_FROM_INPUTS) =>
                 unsafe { self.channels(out, f) },
                 Some(f) => {
                     let (c0, c1) = self.cols;
