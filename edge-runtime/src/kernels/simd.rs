@@ -365,3 +365,47 @@ mod arm {
 }
 #[cfg(target_arch = "aarch64")]
 pub(crate) use arm::Neon;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use std::arch::x86_64::*;
+
+    /// Sixteen lanes in an AVX-512 register (AVX-512F; 32 registers).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512(pub __m512);
+
+    impl super::Lanes for Avx512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { Avx512(_mm512_set1_ps(v)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { Avx512(_mm512_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            unsafe { Avx512(_mm512_fmadd_ps(a.0, b.0, self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, a: Self) -> Self {
+            unsafe { Avx512(_mm512_add_ps(self.0, a.0)) }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
+            unsafe { Avx512(_mm512_min_ps(_mm512_max_ps(self.0, lo.0), hi.0)) }
+        }
+    }
+
+    /// Whether this CPU runs AVX-512F.
+    pub(crate) fn has_avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_512::{Avx512, has_avx512};
