@@ -376,6 +376,15 @@ mod x86_512 {
 
     impl super::Lanes for Avx512 {
         const N: usize = 16;
+        type Taps = [Avx512; 9];
+        #[inline(always)]
+        unsafe fn taps(k: &[f32; 9]) -> Self::Taps {
+            unsafe { std::array::from_fn(|i| Avx512(_mm512_set1_ps(k[i]))) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add_tap(self, a: Self, taps: &Self::Taps, t: usize) -> Self {
+            unsafe { self.mul_add(a, taps[t]) }
+        }
         #[inline(always)]
         unsafe fn splat(v: f32) -> Self {
             unsafe { Avx512(_mm512_set1_ps(v)) }
