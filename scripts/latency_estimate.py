@@ -64,12 +64,20 @@ KESTREL_INSNS = {
         "cortex-a72": {"decode": 12.6e6, "preprocess": 9.1e6, "inference": 195.5e6, "mmm": 113.4e6},
         "cortex-a76": {"decode": 12.6e6, "preprocess": 9.1e6, "inference": 190.2e6, "mmm": 105.9e6},
     },
+    # 2026-12-03, Kestrel's kernels (the runtime's default): "mmm" here is every SIMD kernel's
+    # instructions (Kestrel's pointwise 87.2 M, depthwise 24.4 M, stem 9.3 M, tract's matrix
+    # products of the head 8.3 M), counted at the IPC of ncnn's kernels like tract's were.
+    "fp32, Kestrel's kernels": {
+        "cortex-a72": {"decode": 12.6e6, "preprocess": 9.2e6, "inference": 131.8e6, "mmm": 129.2e6},
+        "cortex-a76": {"decode": 12.6e6, "preprocess": 9.2e6, "inference": 131.8e6, "mmm": 129.2e6},
+    },
 }
 # Assumptions (docs/latency.md labels them):
 # IPC of JPEG decode / resize code (integer-heavy, little SIMD): A72 1.0-1.5, A76 1.5-2.5.
 OVERHEAD_IPC = {"pi4": (1.0, 1.25, 1.5), "pi5": (1.5, 2.0, 2.5)}
 # Speed-up of the inference from 1 to 3 threads (low, point, high).
-THREAD3 = {"fp32": (1.3, 1.45, 1.6), "int8": (1.1, 1.25, 1.4), "fp32 trunk + int8 head": (1.3, 1.45, 1.6)}
+THREAD3 = {"fp32": (1.3, 1.45, 1.6), "int8": (1.1, 1.25, 1.4), "fp32 trunk + int8 head": (1.3, 1.45, 1.6),
+           "fp32, Kestrel's kernels": (1.3, 1.45, 1.6)}
 
 
 def ipc(board, model):

@@ -50,6 +50,9 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
+            // The 1x1 kernel's tiles use AVX-512 where the CPU has it (see conv1x1.rs).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma if has_avx512() => "avx2+fma, avx-512 1x1",
             Isa::Avx2Fma => "avx2+fma",
             Isa::Neon => "neon",
         }
