@@ -232,33 +232,46 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
-            unsafe {
-                let mut k = 0;
-                while k + 8 <= pairs {
-                    let a = _mm256_loadu_ps(src.add(2 * k));
-                    let b = _mm256_loadu_ps(src.add(2 * k + 8));
-                    // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit lanes put in order.
-                    let f = _mm256_shuffle_ps::<0x88>(a, b);
-                    let s = _mm256_shuffle_ps::<0xDD>(a, b);
-                    let f = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(f)));
-                    let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)));
-                    _mm256_storeu_ps(firsts.add(k), f);
-                    _mm256_storeu_ps(seconds.add(k), s);
-                    k += 8;
-                }
-                if k < pairs {
-                    // The last pairs with masked loads; the lanes past them are stored as zeros,
-                    // which the padded rows have room for.
-                    let n = 2 * (pairs - k);
-                    let a = _mm256_maskload_ps(src.add(2 * k), first(n.min(8)));
-                    let b = _mm256_maskload_ps(src.add(2 * k + 8), first(n.saturating_sub(8)));
-                    let f = _mm256_shuffle_ps::<0x88>(a, b);
-                    let s = _mm256_shuffle_ps::<0xDD>(a, b);
-                    let f = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(f)));
-                    let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)));
-                    _mm256_storeu_ps(firsts.add(k), f);
-                    _mm256_storeu_ps(seconds.add(k), s);
-                }
+            unsafe { deinterleave_avx2(src, pairs, firsts, seconds) }
+        }
+    }
+
+    /// [`super::Lanes::deinterleave`] for AVX2: its own function with the feature enabled, so
+    /// the shuffles are inlined (called from the trait method, LLVM kept them as calls, which
+    /// made the stem's padding as slow as its convolution).
+    #[target_feature(enable = "avx2")]
+    unsafe fn deinterleave_avx2(
+        src: *const f32,
+        pairs: usize,
+        firsts: *mut f32,
+        seconds: *mut f32,
+    ) {
+        unsafe {
+            let mut k = 0;
+            while k + 8 <= pairs {
+                let a = _mm256_loadu_ps(src.add(2 * k));
+                let b = _mm256_loadu_ps(src.add(2 * k + 8));
+                // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit lanes put in order.
+                let f = _mm256_shuffle_ps::<0x88>(a, b);
+                let s = _mm256_shuffle_ps::<0xDD>(a, b);
+                let f = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(f)));
+                let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)));
+                _mm256_storeu_ps(firsts.add(k), f);
+                _mm256_storeu_ps(seconds.add(k), s);
+                k += 8;
+            }
+            if k < pairs {
+                // The last pairs with masked loads; the lanes past them are stored as zeros,
+                // which the padded rows have room for.
+                let n = 2 * (pairs - k);
+                let a = _mm256_maskload_ps(src.add(2 * k), first(n.min(8)));
+                let b = _mm256_maskload_ps(src.add(2 * k + 8), first(n.saturating_sub(8)));
+                let f = _mm256_shuffle_ps::<0x88>(a, b);
+                let s = _mm256_shuffle_ps::<0xDD>(a, b);
+                let f = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(f)));
+                let s = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)));
+                _mm256_storeu_ps(firsts.add(k), f);
+                _mm256_storeu_ps(seconds.add(k), s);
             }
         }
     }
