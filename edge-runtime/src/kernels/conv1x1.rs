@@ -896,19 +896,8 @@ unsafe fn channel_tile<L: Lanes, const VP: usize, const NP: usize, const PX: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testutil::values;
     use proptest::prelude::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
 
     /// The straightforward sum, in f64.
     fn reference(

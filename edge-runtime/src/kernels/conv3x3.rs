@@ -709,6 +709,7 @@ impl Reference<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testutil::values;
     use proptest::prelude::*;
 
     fn close(a: &[f32], b: &[f32]) -> Result<(), String> {
@@ -718,20 +719,6 @@ mod tests {
             }
         }
         Ok(())
-    }
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
     }
 
     proptest! {
@@ -805,6 +792,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
+    use crate::kernels::testutil::best_ms;
 
     /// Not a test: `cargo test -p kestrel-edge --lib kernels::conv3x3::timing -- --ignored --nocapture`
     /// prints where a depthwise layer's time goes (padded copy vs compute).
@@ -832,15 +820,7 @@ mod timing {
             let mut out = vec![0f32; c * g.out_plane()];
             let isa = Isa::detect();
             // The best of nine rounds of 20 runs: the machine is shared.
-            let all = (0..9)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for _ in 0..20 {
-                        dw.run_planes(isa, &x, 0, &mut out);
-                    }
-                    t.elapsed().as_secs_f64() / 20.0 * 1e3
-                })
-                .fold(f64::INFINITY, f64::min);
+            let all = best_ms(9, 20, || dw.run_planes(isa, &x, 0, &mut out));
             let mut p = Padded::new();
             let t = std::time::Instant::now();
             for _ in 0..20 {
@@ -869,24 +849,10 @@ mod timing {
             let x = vec![0.5f32; 3 * g.in_plane()];
             let mut out = vec![0f32; 32 * g.out_plane()];
             let isa = Isa::detect();
-            let best = (0..9)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for _ in 0..10 {
-                        d.run_channels(isa, &x, 0, &mut out);
-                    }
-                    t.elapsed().as_secs_f64() / 10.0 * 1e3
-                })
-                .fold(f64::INFINITY, f64::min);
-            let pad = (0..9)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for _ in 0..10 {
-                        std::hint::black_box(d.pad(isa, &x));
-                    }
-                    t.elapsed().as_secs_f64() / 10.0 * 1e3
-                })
-                .fold(f64::INFINITY, f64::min);
+            let best = best_ms(9, 10, || d.run_channels(isa, &x, 0, &mut out));
+            let pad = best_ms(9, 10, || {
+                std::hint::black_box(d.pad(isa, &x));
+            });
             let macs = (32 * 27 * g.out_plane()) as f64;
             println!(
                 "stem {h}x{w}: {best:.3} ms ({:.2} GMAC/s), of which padding {pad:.3} ms",

@@ -1,8 +1,8 @@
 //! Kestrel's own kernels for what tract runs slowly on MobileNetV2-like graphs, plugged into
 //! tract's model as operators of Kestrel's (tract stays the engine; the bundle format does not
 //! change): the depthwise 3x3 convolutions, the dense stem convolution and the pointwise (1x1)
-//! convolutions, with bias, ReLU6 and residual additions fused, in AVX2+FMA, NEON or portable
-//! code chosen at run time.
+//! convolutions, with bias, ReLU6 and residual additions fused, in AVX2+FMA (AVX-512 for the 1x1
+//! tiles where the CPU has it), NEON or portable code chosen at run time.
 
 pub mod conv1x1;
 pub mod conv3x3;
@@ -11,6 +11,39 @@ pub mod pass;
 pub mod simd;
 
 pub use pass::{PassReport, install};
+
+/// What the kernels' tests share.
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// `n` pseudo-random values in [-2, 2), the same for the same `seed`.
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
+        let step = |s: u64| {
+            s.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+        };
+        let mut s = step(seed);
+        (0..n)
+            .map(|_| {
+                s = step(s);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// Milliseconds per call of `f`: the best of `rounds` rounds of `calls` calls (the machine is
+    /// shared; the least disturbed round is the closest to the kernel's own time).
+    pub(crate) fn best_ms(rounds: usize, calls: usize, mut f: impl FnMut()) -> f64 {
+        (0..rounds)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..calls {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / calls as f64 * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+}
 pub use simd::Isa;
 
 /// Which kernels run a model's convolutions.

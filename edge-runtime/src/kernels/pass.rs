@@ -498,15 +498,11 @@ mod tests {
         residual: bool,
     }
 
+    /// Values in [-4, 4).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
-            })
+        crate::kernels::testutil::values(n, seed)
+            .into_iter()
+            .map(|v| 2.0 * v)
             .collect()
     }
 
