@@ -957,22 +957,7 @@ mod tests {
             Ok("channels") => (Path::Channels, true),
             _ => (Path::Auto, true),
         };
-        for (k, m, hw) in [
-            (16usize, 96usize, 112usize),
-            (24, 144, 56),
-            (144, 24, 56),
-            (32, 192, 28),
-            (192, 32, 28),
-            (64, 384, 14),
-            (384, 64, 14),
-            (96, 576, 14),
-            (576, 96, 14),
-            (576, 160, 7),
-            (160, 960, 7),
-            (960, 160, 7),
-            (960, 320, 7),
-            (320, 1280, 7),
-        ] {
+        for (k, m, hw) in crate::kernels::testutil::POINTWISE_SHAPES {
             let n = hw * hw;
             let (x, w, b) = (values(k * n, 1), values(m * k, 2), values(m, 3));
             let pw = Pointwise::new(k, m, &w, &b, Clamp { lo: 0.0, hi: 6.0 });

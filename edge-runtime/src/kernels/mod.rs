@@ -30,6 +30,25 @@ pub(crate) mod testutil {
             .collect()
     }
 
+    /// MobileNetV2's 1x1 convolutions at 224x224: (inputs, outputs, plane side), for the
+    /// pointwise timing tests.
+    pub(crate) const POINTWISE_SHAPES: [(usize, usize, usize); 14] = [
+        (16, 96, 112),
+        (24, 144, 56),
+        (144, 24, 56),
+        (32, 192, 28),
+        (192, 32, 28),
+        (64, 384, 14),
+        (384, 64, 14),
+        (96, 576, 14),
+        (576, 96, 14),
+        (576, 160, 7),
+        (160, 960, 7),
+        (960, 160, 7),
+        (960, 320, 7),
+        (320, 1280, 7),
+    ];
+
     /// Milliseconds per call of `f`: the best of `rounds` rounds of `calls` calls (the machine is
     /// shared; the least disturbed round is the closest to the kernel's own time).
     pub(crate) fn best_ms(rounds: usize, calls: usize, mut f: impl FnMut()) -> f64 {

@@ -658,18 +658,7 @@ mod tests {
     #[test]
     #[ignore]
     fn pointwise_speed() {
-        for (k, m, hw) in [
-            (16usize, 96usize, 112usize),
-            (24, 144, 56),
-            (144, 24, 56),
-            (32, 192, 28),
-            (192, 32, 28),
-            (64, 384, 14),
-            (384, 64, 14),
-            (160, 960, 7),
-            (960, 160, 7),
-            (320, 1280, 7),
-        ] {
+        for (k, m, hw) in crate::kernels::testutil::POINTWISE_SHAPES {
             let case = Case {
                 n: 1,
                 cin: k,
