@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kestrel_shared::listing::{ListedBundle, StoreListing};
 use kestrel_shared::sign::TrustList;
 use serde_json::json;
 
@@ -82,20 +83,24 @@ pub fn open_waiting(dir: &Path, keep: usize, wait: Duration) -> Result<Store, St
     }
 }
 
-/// The store's content as JSON (`list --json`).
-pub fn list_json(store: &Store) -> Result<serde_json::Value, StoreError> {
-    let bundles: Vec<_> = store
+/// The store's content (`list --json`).
+pub fn listing(store: &Store) -> Result<StoreListing, StoreError> {
+    let bundles = store
         .bundles()?
         .into_iter()
-        .map(|b| json!({"id": b.id, "current": b.current, "files": b.files}))
+        .map(|b| ListedBundle {
+            id: b.id,
+            current: b.current,
+            files: b.files,
+        })
         .collect();
-    Ok(json!({
-        "kestrel_version": env!("CARGO_PKG_VERSION"),
-        "current": store.current()?,
-        "blobs": store.blobs()?,
-        "bundles": bundles,
-        "free_bytes": free_bytes(store.root()),
-    }))
+    Ok(StoreListing {
+        kestrel_version: env!("CARGO_PKG_VERSION").into(),
+        current: store.current()?,
+        blobs: store.blobs()?,
+        bundles,
+        free_bytes: free_bytes(store.root()),
+    })
 }
 
 /// Runs `kestrel-edge store ...`.
@@ -105,22 +110,18 @@ pub fn run_cli(args: StoreArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match args.command {
         StoreCommand::List { json } => {
-            let v = list_json(&store)?;
+            let l = listing(&store)?;
             if json {
-                writeln!(out, "{v}")?;
+                writeln!(out, "{}", l.to_json())?;
             } else {
-                writeln!(
-                    out,
-                    "current: {}",
-                    v["current"].as_str().unwrap_or("(none)")
-                )?;
-                for b in store.bundles()? {
+                writeln!(out, "current: {}", l.current.as_deref().unwrap_or("(none)"))?;
+                for b in &l.bundles {
                     writeln!(out, "{} {}", if b.current { "*" } else { " " }, b.id)?;
                     for (name, sha) in &b.files {
                         writeln!(out, "      {name} {sha}")?;
                     }
                 }
-                writeln!(out, "{} blobs", v["blobs"].as_array().map_or(0, Vec::len))?;
+                writeln!(out, "{} blobs", l.blobs.len())?;
             }
         }
         StoreCommand::PutBlob { sha256 } => {

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod boards;
 pub mod bundle;
 pub mod classify;
+pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod deploy;
@@ -22,6 +23,7 @@ pub mod plot;
 pub mod predict;
 pub mod pretrained;
 pub mod progress;
+pub mod run_config;
 pub mod video;
 pub mod weights;
 

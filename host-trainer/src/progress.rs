@@ -73,3 +73,20 @@ impl Progress for Bars {
         Box::new(BarTask(bar, what.to_string()))
     }
 }
+
+/// Progress bars in bytes with the transfer rate (deploys).
+pub struct ByteBars;
+
+impl Progress for ByteBars {
+    fn start(&self, what: &str, total: Option<u64>) -> Box<dyn Task> {
+        let bar = ProgressBar::new(total.unwrap_or(0)).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        Box::new(BarTask(bar, what.to_string()))
+    }
+}

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod detect;
 pub mod eval;
 pub mod hash;
+pub mod listing;
 pub mod manifest;
 pub mod nms;
 pub mod preprocess;

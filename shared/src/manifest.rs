@@ -92,15 +92,17 @@ pub enum ClassifyHeadKind {
     Dense,
 }
 
-/// Kind of detection head.
+/// Kind of detection head: what the trainer trains (`kestrel train detect --head`) and the
+/// manifest records, so the board reads the output the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum DetectHeadKind {
-    /// The book's single-object head: `[N, 5]` = class number and left, right, top, bottom.
+    /// The book's detector: one object per picture, `[N, 5]` = class and left, right, top, bottom.
     Single,
-    /// A grid of cells with objectness, classes and a box: `[N, 1 + C + 4, H, W]`.
+    /// Several objects: objectness, classes and a box per cell, `[N, 1 + C + 4, H, W]`.
     Grid,
-    /// A grid of cells with objectness and classes only: `[N, 1 + C, H, W]`.
+    /// Several objects, centres only (FOMO-style, for the cheapest boards), `[N, 1 + C, H, W]`.
     Centroids,
 }
 

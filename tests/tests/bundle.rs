@@ -340,7 +340,7 @@ fn pictures(run: &Path, spec: &PreprocessSpec, n: usize) -> Vec<Vec<f32>> {
 /// burn's fp32 outputs for `images`: the burn trunk cut where the run's trunk is, then the run's
 /// trained part in burn.
 fn burn_outputs(p: &Pretrained, run: &Path, cache: &Path, images: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    let detector = kestrel_trainer::detect::run::run_task(run).as_deref() == Some("detect");
+    let detector = kestrel_trainer::run_config::run_task(run) == Some("detect");
     let (cut, spec) = if detector {
         let d = TrainedDetector::open(run, p, cache).unwrap();
         (d.trunk.info.cut, d.trunk.info.preprocess)

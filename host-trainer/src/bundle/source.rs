@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use kestrel_shared::manifest::{ClassifyHeadKind, Decoding, DetectHeadKind, Task};
+use kestrel_shared::manifest::{ClassifyHeadKind, Decoding, Task};
 use kestrel_shared::{AnnotatedImage, CutPoint, PreprocessSpec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -11,12 +11,13 @@ use rand_chacha::ChaCha8Rng;
 
 use super::layers::{self, Net};
 use crate::classify::head::HeadKind;
-use crate::classify::run::{ClassifyOptions, TrainedClassifier, TrainedModel};
+use crate::classify::run::{TrainedClassifier, TrainedModel};
 use crate::data::{Dataset, Sample, annotations};
-use crate::detect::run::{TrainedDetector, run_task};
-use crate::detect::train::{DetectHead, DetectHeadKind as TrainHeadKind};
+use crate::detect::run::TrainedDetector;
+use crate::detect::train::DetectHead;
 use crate::mobilenet::NUM_BLOCKS;
 use crate::pretrained::Pretrained;
+use crate::run_config::{RunConfig, RunTask, run_task};
 
 /// The pictures a run is validated on, with what is right for each.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ pub struct RunSource {
 
 /// Read a run written by `kestrel train classify` or `kestrel train detect`.
 pub fn open(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::Result<RunSource> {
-    match run_task(run).as_deref() {
+    match run_task(run) {
         Some("detect") => open_detector(pretrained, run, cache),
         Some("classify") => open_classifier(pretrained, run, cache),
         Some(other) => anyhow::bail!(
@@ -88,10 +89,9 @@ pub fn open(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::Result
 
 fn open_classifier(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::Result<RunSource> {
     let c = TrainedClassifier::open(run, pretrained, cache)?;
-    let config_path = run.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
-    let opts: ClassifyOptions = serde_json::from_value(config["options"].clone())
-        .map_err(|e| anyhow::anyhow!("{}: bad `options`: {e}", config_path.display()))?;
+    let RunTask::Classify(opts) = RunConfig::read(run)?.task else {
+        anyhow::bail!("{} is not a classification run", run.display());
+    };
     let data = Dataset::scan(&opts.data, opts.val_fraction, opts.train.seed).map_err(|e| {
         anyhow::anyhow!(
             "{e} (the run's pictures are needed to calibrate and validate the bundle: {} must still exist)",
@@ -179,19 +179,10 @@ fn open_detector(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::R
         _ => 0,
     };
     let out = o.cut.output_shape(o.height as usize, o.width as usize);
-    let (kind, head, head_output, grid) = match &d.head {
-        DetectHead::Single(h) => (
-            DetectHeadKind::Single,
-            layers::single_head(h, first),
-            vec![1, 5],
-            None,
-        ),
+    let kind = o.train.head;
+    let (head, head_output, grid) = match &d.head {
+        DetectHead::Single(h) => (layers::single_head(h, first), vec![1, 5], None),
         DetectHead::Grid(h, spec) => (
-            if o.train.head == TrainHeadKind::Centroids {
-                DetectHeadKind::Centroids
-            } else {
-                DetectHeadKind::Grid
-            },
             layers::grid_head(h, first),
             vec![1, spec.channels(), out[2], out[3]],
             Some(*spec),

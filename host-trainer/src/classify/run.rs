@@ -16,6 +16,7 @@ use super::train::{EpochStats, TrainConfig, argmax_rows, head_logits, train_head
 use crate::data::Dataset;
 use crate::pretrained::Pretrained;
 use crate::progress::Progress;
+use crate::run_config::{RUN_CONFIG_VERSION, RunConfig, RunTask};
 
 /// File name of the head checkpoint (burnpack) inside a run directory.
 pub const HEAD_FILE: &str = "head.bpk";
@@ -158,20 +159,18 @@ pub fn train_classify(
         None => None,
     };
     // The configuration goes down before training starts, so a crashed run still says what it was.
-    std::fs::write(
-        out.join("config.json"),
-        serde_json::to_string_pretty(&json!({
-            "task": "classify",
-            "options": opts,
-            "labels": data.labels,
-            "preprocess": spec,
-            "trunk_sha256": trunk.info.onnx_sha256,
-            "prefix_trunk_sha256": prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
-            "weights_sha256": pretrained.weights_sha256,
-            "backend": pretrained.backend.name(),
-            "kestrel_version": env!("CARGO_PKG_VERSION"),
-        }))? + "\n",
-    )?;
+    RunConfig {
+        config_version: RUN_CONFIG_VERSION,
+        task: RunTask::Classify(opts.clone()),
+        labels: data.labels.clone(),
+        preprocess: spec,
+        trunk_sha256: trunk.info.onnx_sha256.clone(),
+        prefix_trunk_sha256: prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
+        weights_sha256: pretrained.weights_sha256.clone(),
+        backend: pretrained.backend.name().into(),
+        kestrel_version: env!("CARGO_PKG_VERSION").into(),
+    }
+    .write(out)?;
     std::fs::write(out.join("labels.txt"), data.labels.join("\n") + "\n")?;
 
     let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
@@ -365,22 +364,16 @@ impl TrainedClassifier {
     /// Load `run` (written by [`train_classify`]); the trunk comes from the cache (exported again
     /// if needed) and must be the very one the head was trained on.
     pub fn open(run: &Path, pretrained: &Pretrained, cache: &Path) -> anyhow::Result<Self> {
-        let config_path = run.join("config.json");
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config_path).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read {}: {e} (is {} a run directory from `kestrel train classify`?)",
-                    config_path.display(),
-                    run.display()
-                )
-            })?)
-            .map_err(|e| anyhow::anyhow!("{} is malformed: {e}", config_path.display()))?;
-        let opts: ClassifyOptions = serde_json::from_value(config["options"].clone())
-            .map_err(|e| anyhow::anyhow!("{}: bad `options`: {e}", config_path.display()))?;
-        let labels: Vec<String> = serde_json::from_value(config["labels"].clone())
-            .map_err(|e| anyhow::anyhow!("{}: bad `labels`: {e}", config_path.display()))?;
-        let spec: PreprocessSpec = serde_json::from_value(config["preprocess"].clone())
-            .map_err(|e| anyhow::anyhow!("{}: bad `preprocess`: {e}", config_path.display()))?;
+        let config = RunConfig::read(run)?;
+        let RunTask::Classify(opts) = config.task.clone() else {
+            anyhow::bail!(
+                "{} is a `{}` run, not a classification run: pass a folder written by `kestrel train classify`",
+                run.display(),
+                config.task.name()
+            );
+        };
+        let labels = config.labels.clone();
+        let spec = config.preprocess;
         let cut = opts
             .fine_tune
             .as_ref()
@@ -404,28 +397,13 @@ impl TrainedClassifier {
             &device,
             &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0),
         );
+        config.check_trunk(run, &trunk.info.onnx_sha256)?;
         let model = match &opts.fine_tune {
             None => {
-                if config["trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
-                    anyhow::bail!(
-                        "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
-                        run.display(),
-                        config["trunk_sha256"],
-                        trunk.info.onnx_sha256
-                    );
-                }
                 load_checkpoint(&mut head, &run.join(HEAD_FILE))?;
                 TrainedModel::Head(Box::new(head))
             }
             Some(ft) => {
-                if config["prefix_trunk_sha256"].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
-                    anyhow::bail!(
-                        "{} was fine-tuned on prefix trunk {} but this Kestrel exports {}: retrain with this version",
-                        run.display(),
-                        config["prefix_trunk_sha256"],
-                        trunk.info.onnx_sha256
-                    );
-                }
                 let mut top =
                     TopModel::from_pretrained(&pretrained.weights, ft.blocks, head, &device)?;
                 load_checkpoint(&mut top, &run.join(TOP_FILE))?;

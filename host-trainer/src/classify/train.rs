@@ -90,6 +90,41 @@ pub struct TrainConfig {
     pub lr_schedule: LrSchedule,
 }
 
+/// What training uses for an option the user did not give (`kestrel train classify|detect`);
+/// each task, and each detection head, has its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainDefaults {
+    /// Learning rate of phase 1.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub lr_schedule: LrSchedule,
+    /// Maximum epochs of phase 1.
+    pub epochs: usize,
+    /// Early-stopping patience (0 = never).
+    pub patience: usize,
+    /// Blocks below the cut unfrozen in phase 2 (0 = no phase 2).
+    pub fine_tune_blocks: usize,
+    /// Epochs of phase 2.
+    pub fine_tune_epochs: usize,
+    /// Phase 2's learning rate is phase 1's divided by this.
+    pub fine_tune_lr_divisor: f64,
+}
+
+impl TrainDefaults {
+    /// Classification: Adam at 1e-3, 30 epochs, patience 5, no phase 2 (5 epochs at a
+    /// hundredth of the rate when asked for: with BatchNorm on fixed statistics, larger steps
+    /// undo the pretrained features).
+    pub const CLASSIFY: TrainDefaults = TrainDefaults {
+        lr: 1e-3,
+        lr_schedule: LrSchedule::Constant,
+        epochs: 30,
+        patience: 5,
+        fine_tune_blocks: 0,
+        fine_tune_epochs: 5,
+        fine_tune_lr_divisor: 100.0,
+    };
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {

@@ -11,6 +11,8 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use kestrel_shared::listing::StoreListing;
+
 use super::{BlobReport, DeployError, DeployReport, LocalBundle, LocalFile};
 use crate::progress::Progress;
 
@@ -200,17 +202,10 @@ impl SshOptions {
     /// Blob hashes the board's store holds.
     pub fn remote_blobs(&self) -> Result<Vec<String>, DeployError> {
         let text = self.run("store list", &["list", "--json"])?;
-        let v: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
-            ssh_err("store list", format!("the board answered something else than JSON ({e}): is --remote-bin a kestrel-edge of this version?"))
+        let listing = StoreListing::from_json(&text).map_err(|e| {
+            ssh_err("store list", format!("the board's answer is not a store listing ({e}): is --remote-bin a kestrel-edge of this version?"))
         })?;
-        Ok(v["blobs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(listing.blobs)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::classify::embed::{EmbeddingCache, Skipped};
 use crate::classify::train::EpochStats;
 use crate::data::annotations;
 use crate::progress::Progress;
+use crate::run_config::{RUN_CONFIG_VERSION, RunConfig, RunTask};
 
 /// File name of the head checkpoint inside a run.
 pub const HEAD_FILE: &str = "head.bpk";
@@ -276,20 +277,18 @@ pub fn train_detect(
         )?),
         None => None,
     };
-    std::fs::write(
-        out.join("config.json"),
-        serde_json::to_string_pretty(&json!({
-            "task": "detect",
-            "options": opts,
-            "labels": labels,
-            "preprocess": spec,
-            "trunk_sha256": trunk.info.onnx_sha256,
-            "prefix_trunk_sha256": prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
-            "weights_sha256": pretrained.weights_sha256,
-            "backend": pretrained.backend.name(),
-            "kestrel_version": env!("CARGO_PKG_VERSION"),
-        }))? + "\n",
-    )?;
+    RunConfig {
+        config_version: RUN_CONFIG_VERSION,
+        task: RunTask::Detect(opts.clone()),
+        labels: labels.clone(),
+        preprocess: spec,
+        trunk_sha256: trunk.info.onnx_sha256.clone(),
+        prefix_trunk_sha256: prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
+        weights_sha256: pretrained.weights_sha256.clone(),
+        backend: pretrained.backend.name().into(),
+        kestrel_version: env!("CARGO_PKG_VERSION").into(),
+    }
+    .write(out)?;
     std::fs::write(out.join("labels.txt"), labels.join("\n") + "\n")?;
 
     let t0 = Instant::now();
@@ -515,44 +514,26 @@ pub struct TrainedDetector {
 impl TrainedDetector {
     /// Read `run/config.json` and `run/head.bpk`; the trunk comes from the cache (exported if needed).
     pub fn open(run: &Path, pretrained: &Pretrained, cache: &Path) -> anyhow::Result<Self> {
-        let config_path = run.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read {}: {e} (is {} a run directory from `kestrel train detect`?)",
-                config_path.display(),
-                run.display()
-            )
-        })?;
-        let config: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is malformed: {e}", config_path.display()))?;
-        anyhow::ensure!(
-            config["task"] == "detect",
-            "{} is not a detection run (task {})",
-            run.display(),
-            config["task"]
-        );
-        let options: DetectOptions = serde_json::from_value(config["options"].clone())
-            .map_err(|e| anyhow::anyhow!("{}: bad `options`: {e}", config_path.display()))?;
-        let labels: Vec<String> = serde_json::from_value(config["labels"].clone())
-            .map_err(|e| anyhow::anyhow!("{}: bad `labels`: {e}", config_path.display()))?;
+        let config = RunConfig::read(run)?;
+        let RunTask::Detect(options) = config.task.clone() else {
+            anyhow::bail!(
+                "{} is a `{}` run, not a detection run: pass a folder written by `kestrel train detect`",
+                run.display(),
+                config.task.name()
+            );
+        };
+        let labels = config.labels.clone();
         // A fine-tuned run reads the frozen prefix; its head carries the tuned blocks.
-        let (trunk_cut, sha_key) = match &options.fine_tune {
-            Some(ft) => (ft.prefix_cut(options.cut)?, "prefix_trunk_sha256"),
-            None => (options.cut, "trunk_sha256"),
+        let trunk_cut = match &options.fine_tune {
+            Some(ft) => ft.prefix_cut(options.cut)?,
+            None => options.cut,
         };
         let trunk = Trunk::open(
             &pretrained.cached_trunk(trunk_cut, options.preprocess(), cache)?,
             1,
             Threads::Single,
         )?;
-        if config[sha_key].as_str() != Some(trunk.info.onnx_sha256.as_str()) {
-            anyhow::bail!(
-                "{} was trained on trunk {} but this Kestrel exports {}: retrain the head with this version",
-                run.display(),
-                config[sha_key],
-                trunk.info.onnx_sha256
-            );
-        }
+        config.check_trunk(run, &trunk.info.onnx_sha256)?;
         let device = pretrained.device.clone();
         let out = options
             .cut
@@ -678,13 +659,6 @@ impl TrainedDetector {
 /// Objects of a picture in model-input pixels (re-exported for tests and the demo).
 pub fn objects_in_input(im: &AnnotatedImage, opts: &DetectOptions) -> Vec<Object> {
     to_input(im, opts.width, opts.height)
-}
-
-/// The `task` of a run folder's `config.json` (`classify`, `detect`), if it can be read.
-pub fn run_task(run: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(run.join("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["task"].as_str().map(str::to_string)
 }
 
 /// One picture's detections as `predict --json` prints them.

@@ -21,7 +21,8 @@ use super::loss::{GridTargets, Objectness, book_loss, book_target, grid_loss};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
 use crate::classify::finetune::RunningStats;
 use crate::classify::train::{
-    BatchLoss, EpochStats, FitSettings, Fitted, LrSchedule, OptimizerKind, fit_batches,
+    BatchLoss, EpochStats, FitSettings, Fitted, LrSchedule, OptimizerKind, TrainDefaults,
+    fit_batches,
 };
 use crate::data::Sample;
 use crate::mobilenet::InvertedResidual;
@@ -29,16 +30,56 @@ use crate::progress::Progress;
 use burn::module::Module;
 use kestrel_shared::CutPoint;
 
-/// Which detection head to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum DetectHeadKind {
-    /// The book's detector: one object per picture, `[class, left, right, top, bottom]`.
-    Single,
-    /// Several objects: objectness, classes and a box per cell.
-    Grid,
-    /// Several objects, centres only (FOMO-style), for the cheapest boards.
-    Centroids,
+/// Which detection head to train: the manifest's own type, so the two cannot drift.
+pub use kestrel_shared::manifest::DetectHeadKind;
+
+/// What `kestrel train detect` uses for an option the user did not give, for one head.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectDefaults {
+    /// Model input width.
+    pub width: u32,
+    /// Model input height.
+    pub height: u32,
+    /// Dense units (single) or convolution width (grid heads).
+    pub units: usize,
+    /// Shift augmentation in cells.
+    pub shift_cells: usize,
+    /// Training settings shared with classification.
+    pub train: TrainDefaults,
+}
+
+impl DetectDefaults {
+    /// The defaults of `head`: the book's single head works on 224x224 pictures with a dense 200
+    /// layer (unstable at 1e-3, hence 3e-4) and sees each scene anywhere in the picture (shift 64
+    /// cells), since its dense layer otherwise meets each position only a few times; grid heads
+    /// are convolutional and need no shift.
+    pub fn of(head: DetectHeadKind) -> Self {
+        let train = TrainDefaults {
+            lr: 1e-3,
+            lr_schedule: LrSchedule::Constant,
+            epochs: 30,
+            patience: 5,
+            fine_tune_blocks: 0,
+            fine_tune_epochs: 10,
+            fine_tune_lr_divisor: 10.0,
+        };
+        match head {
+            DetectHeadKind::Single => DetectDefaults {
+                width: 224,
+                height: 224,
+                units: 200,
+                shift_cells: 64,
+                train: TrainDefaults { lr: 3e-4, ..train },
+            },
+            DetectHeadKind::Grid | DetectHeadKind::Centroids => DetectDefaults {
+                width: 320,
+                height: 240,
+                units: 64,
+                shift_cells: 0,
+                train,
+            },
+        }
+    }
 }
 
 /// Settings of a detection head's training (written to the run's `config.json`).

@@ -1,0 +1,349 @@
+//! `kestrel train classify|detect`: the arguments (the flags both tasks share are declared once,
+//! in [`TrainingFlags`]), the per-task defaults applied, and the summary printed.
+
+use std::path::PathBuf;
+
+use kestrel_shared::CutPoint;
+
+use super::Context;
+use crate::classify::finetune::FineTuneConfig;
+use crate::classify::train::TrainDefaults;
+use crate::classify::{
+    ClassifyOptions, HeadKind, LrSchedule, OptimizerKind, TrainConfig, train_classify,
+};
+use crate::detect::loss::Objectness;
+use crate::detect::run::{DetectOptions, train_detect};
+use crate::detect::train::{
+    DecodeSettings, DetectDefaults, DetectFineTune, DetectHeadKind, DetectTrainConfig,
+};
+
+/// `kestrel train classify|detect`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TrainCommand {
+    /// Image classification from DATA/<label>/*.png (two-model approach: cached embeddings + head).
+    Classify(ClassifyArgs),
+    /// Object detection from a YOLO folder or COCO JSON (cached trunk feature maps + head).
+    Detect(DetectArgs),
+}
+
+/// Training flags both tasks take. Options without a value take the task's (and for detection
+/// the head's) default, given in each flag's help.
+#[derive(Debug, clap::Args)]
+pub struct TrainingFlags {
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub optimizer: OptimizerKind,
+    /// Learning rate (default 1e-3; 3e-4 for the single detection head, whose big dense layer is
+    /// unstable at 1e-3).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Learning-rate schedule: constant (default), or cosine (decays step by step to 1% of the
+    /// rate at the last epoch; set --epochs to the length you want and early stopping rarely
+    /// fires).
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<LrSchedule>,
+    /// Maximum epochs (default 30).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Seed (split, initialisation, shuffling, dropout).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Early stopping: epochs without a better validation loss (default 5; 0 = off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Share of the pictures held out for validation when the dataset has no validation split.
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Fail on an unreadable picture or a bad annotation instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Phase 2: after the head, fine-tune the top N inverted-residual blocks below the cut with
+    /// it (default 0 = off).
+    #[arg(long)]
+    pub fine_tune_blocks: Option<usize>,
+    /// Epochs of phase 2 (default 5 for classification, 10 for detection).
+    #[arg(long)]
+    pub fine_tune_epochs: Option<usize>,
+    /// Learning rate of phase 2 (default: a hundredth of --lr for classification, where BatchNorm
+    /// on fixed statistics makes larger steps undo the pretrained features; a tenth for detection).
+    #[arg(long)]
+    pub fine_tune_lr: Option<f64>,
+}
+
+/// The flags with the defaults of a task filled in.
+struct Resolved {
+    lr: f64,
+    lr_schedule: LrSchedule,
+    epochs: usize,
+    patience: usize,
+    fine_tune_blocks: usize,
+    fine_tune_epochs: usize,
+    fine_tune_lr: f64,
+}
+
+impl TrainingFlags {
+    fn resolve(&self, d: &TrainDefaults) -> Resolved {
+        let lr = self.lr.unwrap_or(d.lr);
+        Resolved {
+            lr,
+            lr_schedule: self.lr_schedule.unwrap_or(d.lr_schedule),
+            epochs: self.epochs.unwrap_or(d.epochs),
+            patience: self.patience.unwrap_or(d.patience),
+            fine_tune_blocks: self.fine_tune_blocks.unwrap_or(d.fine_tune_blocks),
+            fine_tune_epochs: self.fine_tune_epochs.unwrap_or(d.fine_tune_epochs),
+            fine_tune_lr: self.fine_tune_lr.unwrap_or(lr / d.fine_tune_lr_divisor),
+        }
+    }
+}
+
+/// Classification head choice on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HeadArg {
+    /// One linear layer.
+    Linear,
+    /// Dense (units, ReLU, dropout), then linear.
+    Dense,
+}
+
+/// Arguments of `kestrel train classify`.
+#[derive(Debug, clap::Args)]
+pub struct ClassifyArgs {
+    /// Dataset root: DATA/<label>/*, or DATA/train/<label>/* and DATA/val/<label>/*.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Trunk cut point.
+    #[arg(long, default_value = "pooled")]
+    pub cut: CutPoint,
+    /// Head: linear, or dense (units, ReLU, dropout) then linear.
+    #[arg(long, value_enum, default_value_t = HeadArg::Dense)]
+    pub head: HeadArg,
+    /// Hidden units of a dense head.
+    #[arg(long, default_value_t = 100)]
+    pub units: usize,
+    /// Dropout after the hidden layer of a dense head.
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f64,
+    /// Augmented views (random resized crop, flip, colour jitter) embedded per training picture,
+    /// besides the picture itself; cached like the pictures.
+    #[arg(long, default_value_t = 0)]
+    pub views: u32,
+    #[command(flatten)]
+    pub train: TrainingFlags,
+}
+
+impl ClassifyArgs {
+    /// The run's options, defaults applied.
+    pub fn options(&self) -> ClassifyOptions {
+        let t = &self.train;
+        let r = t.resolve(&TrainDefaults::CLASSIFY);
+        ClassifyOptions {
+            data: self.data.clone(),
+            cut: self.cut,
+            val_fraction: t.val_fraction,
+            strict: t.strict,
+            views: self.views,
+            train: TrainConfig {
+                head: match self.head {
+                    HeadArg::Linear => HeadKind::Linear,
+                    HeadArg::Dense => HeadKind::Dense {
+                        units: self.units,
+                        dropout: self.dropout,
+                    },
+                },
+                optimizer: t.optimizer,
+                lr: r.lr,
+                epochs: r.epochs,
+                batch_size: t.batch_size,
+                seed: t.seed,
+                patience: r.patience,
+                lr_schedule: r.lr_schedule,
+            },
+            fine_tune: (r.fine_tune_blocks > 0).then_some(FineTuneConfig {
+                blocks: r.fine_tune_blocks,
+                epochs: r.fine_tune_epochs,
+                lr: r.fine_tune_lr,
+                batch_size: t.batch_size,
+                seed: t.seed,
+            }),
+        }
+    }
+}
+
+/// Arguments of `kestrel train detect`.
+#[derive(Debug, clap::Args)]
+pub struct DetectArgs {
+    /// Dataset: a YOLO folder (images/, labels/, data.yaml) or a COCO JSON file / folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// single: the book's one-object detector; grid: several objects with boxes; centroids:
+    /// object centres only (FOMO-style).
+    #[arg(long, value_enum, default_value_t = DetectHeadKind::Grid)]
+    pub head: DetectHeadKind,
+    /// Model input width (default 224 for single, 320 otherwise); pictures are stretched to it.
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Model input height (default 224 for single, 240 otherwise).
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Trunk cut point: stride16 (features.13, default) or stride8 (features.6) for small objects.
+    #[arg(long, default_value = "stride16")]
+    pub cut: CutPoint,
+    /// Hidden units of the single head's dense layer (default 200) or the grid head's width (64).
+    #[arg(long)]
+    pub units: Option<usize>,
+    /// Lowest score `predict` reports (also the threshold of precision / recall in the metrics).
+    #[arg(long, default_value_t = 0.3)]
+    pub score_threshold: f32,
+    /// IoU above which NMS drops the weaker of two boxes of a class.
+    #[arg(long, default_value_t = 0.5)]
+    pub nms_iou: f32,
+    /// Most detections per picture.
+    #[arg(long, default_value_t = 100)]
+    pub max_detections: usize,
+    /// Augmentation: move each training scene by up to N cells of the feature map (N x stride
+    /// pixels) with its boxes, as far as keeps the objects inside (default 64 for single, i.e.
+    /// anywhere in the picture; 0 for grid heads, which are convolutional).
+    #[arg(long)]
+    pub shift_cells: Option<usize>,
+    /// Dropout on the single head's flattened feature map (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Grid head objectness: focal (target 1) or iou (target = the IoU of the cell's box, so the
+    /// best-fitting box scores highest).
+    #[arg(long, value_enum, default_value_t = Objectness::Focal)]
+    pub objectness: Objectness,
+    #[command(flatten)]
+    pub train: TrainingFlags,
+}
+
+impl DetectArgs {
+    /// The run's options, the head's defaults applied.
+    pub fn options(&self) -> DetectOptions {
+        let d = DetectDefaults::of(self.head);
+        let t = &self.train;
+        let r = t.resolve(&d.train);
+        DetectOptions {
+            data: self.data.clone(),
+            width: self.width.unwrap_or(d.width),
+            height: self.height.unwrap_or(d.height),
+            cut: self.cut,
+            val_fraction: t.val_fraction,
+            strict: t.strict,
+            train: DetectTrainConfig {
+                head: self.head,
+                units: self.units.unwrap_or(d.units),
+                optimizer: t.optimizer,
+                lr: r.lr,
+                epochs: r.epochs,
+                batch_size: t.batch_size,
+                seed: t.seed,
+                patience: r.patience,
+                shift_cells: self.shift_cells.unwrap_or(d.shift_cells),
+                dropout: self.dropout,
+                objectness: self.objectness,
+                lr_schedule: r.lr_schedule,
+            },
+            decode: DecodeSettings {
+                score_threshold: self.score_threshold,
+                nms_iou: self.nms_iou,
+                max_detections: self.max_detections,
+            },
+            fine_tune: (r.fine_tune_blocks > 0).then_some(DetectFineTune {
+                blocks: r.fine_tune_blocks,
+                epochs: r.fine_tune_epochs,
+                lr: r.fine_tune_lr,
+            }),
+        }
+    }
+}
+
+/// Train and print the summary.
+pub fn run(cmd: &TrainCommand, ctx: &Context) -> anyhow::Result<()> {
+    match cmd {
+        TrainCommand::Classify(a) => classify(a, ctx),
+        TrainCommand::Detect(a) => detect(a, ctx),
+    }
+}
+
+fn classify(a: &ClassifyArgs, ctx: &Context) -> anyhow::Result<()> {
+    let p = ctx.pretrained()?;
+    let s = train_classify(&p, &a.options(), &ctx.cache, &a.out, ctx.progress())?;
+    for sk in &s.skipped {
+        eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
+    }
+    if let Some(p1) = s.phase1_val_accuracy {
+        println!("phase 1 (head only) val accuracy {p1:.3}; after fine-tuning:");
+    }
+    println!(
+        "val accuracy {:.3} (loss {:.4}; head's best epoch {}); {} pictures used, {} skipped, {} embeddings from cache; run in {}",
+        s.val_accuracy,
+        s.val_loss,
+        s.best_epoch,
+        s.images_used,
+        s.skipped.len(),
+        s.cache_hits,
+        s.run.display()
+    );
+    Ok(())
+}
+
+fn detect(a: &DetectArgs, ctx: &Context) -> anyhow::Result<()> {
+    let p = ctx.pretrained()?;
+    let s = train_detect(&p, &a.options(), &ctx.cache, &a.out, ctx.progress())?;
+    for sk in &s.skipped {
+        eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
+    }
+    for issue in &s.annotation_issues {
+        eprintln!("skipped annotation {issue}");
+    }
+    let c = &s.val.coco;
+    if let Some(p1) = &s.phase1 {
+        match p1.mean_iou {
+            Some(iou) => println!(
+                "phase 1 (head only): val mean IoU {iou:.3}, class accuracy {:.3}; after fine-tuning:",
+                p1.class_accuracy.unwrap_or(f64::NAN)
+            ),
+            None => println!(
+                "phase 1 (head only): val mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3}; after fine-tuning:",
+                p1.coco.map50, p1.coco.map50_95
+            ),
+        }
+    }
+    if let Some(c) = s.val.centroids {
+        println!(
+            "val centre hits at score {}: precision {:.3}, recall {:.3}, F1 {:.3}",
+            a.score_threshold, c.precision, c.recall, c.f1
+        );
+    }
+    match (s.val.mean_iou, s.val.class_accuracy) {
+        (Some(iou), Some(acc)) => println!(
+            "val mean IoU {iou:.3}, class accuracy {acc:.3} (mAP@0.5 {:.3})",
+            c.map50
+        ),
+        _ => println!(
+            "val mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3}, precision {:.3} recall {:.3} at score {}",
+            c.map50, c.map50_95, c.precision, c.recall, c.score_threshold
+        ),
+    }
+    println!(
+        "best epoch {}; {} training and {} validation pictures, {} skipped, {} feature maps from cache; features {:.1} s, head {:.1} s; run in {}",
+        s.best_epoch,
+        s.train_images,
+        s.val_images,
+        s.skipped.len(),
+        s.cache_hits,
+        s.feature_seconds,
+        s.train_seconds,
+        a.out.display()
+    );
+    Ok(())
+}
