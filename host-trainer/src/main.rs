@@ -35,7 +35,7 @@ struct Cli {
     /// MobileNetV2 weights file (mobilenet_v2-b0353104.pth), for offline use.
     #[arg(long, global = true, env = "KESTREL_WEIGHTS")]
     weights: Option<PathBuf>,
-    /// burn backend.
+    /// burn backend (wgpu only in builds with the cargo feature `wgpu`).
     #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
     /// CPU threads for burn and for embedding pictures through the trunk (default: all cores).
@@ -132,7 +132,8 @@ enum Command {
         finetune_threads: Vec<usize>,
         /// burn engines of the fine-tuning bench (comma-separated): flex (Kestrel's fused ops),
         /// flex-burn-ops (burn's own conv2d + BatchNorm + clamp), flex-burn-matmul (1x1 convs as
-        /// reshape + matmul in burn's ops), ndarray (tens of seconds a step).
+        /// reshape + matmul in burn's ops), ndarray (tens of seconds a step); with the `wgpu`
+        /// feature also wgpu (burn's ops on the wgpu adapter; the thread count does not apply).
         #[arg(
             long,
             value_enum,
