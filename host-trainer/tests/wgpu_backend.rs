@@ -52,7 +52,7 @@ fn values(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
-/// Seeded classes: item `i` has class `i % classes` and `shift` added to its class's slice.
+/// Seeded classes: item `i` has class `i % classes` and 1 added to its class's slice of values.
 fn items(n: usize, len: usize, classes: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<usize>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let y: Vec<usize> = (0..n).map(|i| i % classes).collect();
