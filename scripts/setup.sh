@@ -8,13 +8,18 @@
 # need: the cross C toolchain and libc (gcc-aarch64-linux-gnu, libc6-arm64-cross), qemu-user
 # (`qemu-aarch64`, the test runner set in .cargo/config.toml) and Rust's aarch64-unknown-linux-gnu
 # target. Only what is missing is installed.
+#
+# --vulkan also installs the Vulkan loader and Mesa's software Vulkan driver (libvulkan1,
+# mesa-vulkan-drivers: lavapipe, a CPU "GPU"), on which the wgpu backend's test runs.
 set -euo pipefail
 
 AARCH64=0
+VULKAN=0
 for arg in "$@"; do
   case "$arg" in
     --aarch64) AARCH64=1 ;;
-    *) echo "setup: unknown option $arg (known: --aarch64)" >&2; exit 2 ;;
+    --vulkan) VULKAN=1 ;;
+    *) echo "setup: unknown option $arg (known: --aarch64, --vulkan)" >&2; exit 2 ;;
   esac
 done
 
@@ -23,6 +28,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 want_apt=(build-essential pkg-config clang libclang-dev nasm python3 python3-pip ca-certificates openssh-server openssh-client chromium)
 if [ "$AARCH64" -eq 1 ]; then want_apt+=(gcc-aarch64-linux-gnu libc6-arm64-cross qemu-user); fi
+if [ "$VULKAN" -eq 1 ]; then want_apt+=(libvulkan1 mesa-vulkan-drivers); fi
 need_apt=()
 for pkg in "${want_apt[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

@@ -3,7 +3,7 @@
 # then build `kestrel-edge` for aarch64 and run its tests (and kestrel-shared's) under qemu-aarch64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --aarch64
+bash scripts/setup.sh --aarch64 --vulkan
 cargo build --workspace --all-targets
 # The tests use the same weights cache as `kestrel`; fetch once up front so a failure is reported
 # plainly instead of inside a test.
@@ -11,6 +11,11 @@ cargo run -q -p kestrel-trainer --bin kestrel -- --quiet fetch-weights
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The wgpu backend (cargo feature `wgpu`, off in the builds above) against flex on tiny models, on
+# Mesa's software Vulkan driver (lavapipe); fails when no adapter comes up.
+start=$(date +%s)
+cargo test -p kestrel-trainer --features wgpu --test wgpu_backend
+echo "test: wgpu backend against flex (feature build included) took $(($(date +%s) - start)) s"
 
 # aarch64, the boards' architecture. The parity test compares the aarch64 build's embeddings with
 # x86 references made here: a small trunk (features.2, 28 KB) exported by `kestrel` and the

@@ -248,6 +248,11 @@ pub enum FinetuneEngine {
     FlexBurnMatmul,
     /// burn-ndarray (deprecated upstream; falls back to burn's ops; tens of seconds per step).
     Ndarray,
+    /// burn-wgpu with burn's own ops, on the wgpu adapter (only in builds with the `wgpu`
+    /// feature). The thread count does not apply: the GPU (or a software driver's own threads)
+    /// does the work.
+    #[cfg(feature = "wgpu")]
+    Wgpu,
 }
 
 impl FinetuneEngine {
@@ -258,12 +263,16 @@ impl FinetuneEngine {
             FinetuneEngine::FlexBurnOps => "burn-flex-burn-ops",
             FinetuneEngine::FlexBurnMatmul => "burn-flex-burn-matmul",
             FinetuneEngine::Ndarray => "burn-ndarray",
+            #[cfg(feature = "wgpu")]
+            FinetuneEngine::Wgpu => "burn-wgpu",
         }
     }
 
     fn backend(self) -> Backend {
         match self {
             FinetuneEngine::Ndarray => Backend::Ndarray,
+            #[cfg(feature = "wgpu")]
+            FinetuneEngine::Wgpu => Backend::Wgpu,
             _ => Backend::Flex,
         }
     }
@@ -348,6 +357,9 @@ pub fn finetune_report(weights: &Path, opts: &FinetuneOptions) -> anyhow::Result
                 FinetuneEngine::FlexBurnOps => OpsMode::BurnOps,
                 FinetuneEngine::FlexBurnMatmul => OpsMode::BurnMatmul,
                 FinetuneEngine::Flex | FinetuneEngine::Ndarray => OpsMode::Fused,
+                // The fused ops are burn-flex's: on wgpu the layers take burn's own ops anyway.
+                #[cfg(feature = "wgpu")]
+                FinetuneEngine::Wgpu => OpsMode::Fused,
             };
             let t = on_threads(threads, || crate::ops::with_mode(mode, step))??;
             rows.push(FinetuneRow {
@@ -414,7 +426,7 @@ pub fn finetune_step_ms(
     use crate::classify::{HeadConfig, HeadKind};
     use rand::SeedableRng;
 
-    let device = backend.device();
+    let device = backend.try_device()?;
     let ad = device.clone().autodiff();
     let head = HeadConfig {
         kind: HeadKind::Linear,

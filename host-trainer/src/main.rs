@@ -25,7 +25,7 @@ struct Cli {
     /// MobileNetV2 weights file (mobilenet_v2-b0353104.pth), for offline use.
     #[arg(long, global = true, env = "KESTREL_WEIGHTS")]
     weights: Option<PathBuf>,
-    /// burn backend.
+    /// burn backend (wgpu only in builds with the cargo feature `wgpu`).
     #[arg(long, global = true, value_enum, default_value_t = Backend::Flex)]
     backend: Backend,
     /// CPU threads for burn and for embedding pictures through the trunk (default: all cores).

@@ -27,7 +27,7 @@ pub struct Pretrained {
 impl Pretrained {
     /// Load verified weights into the full network on `backend`.
     pub fn load(weights: &Path, backend: Backend) -> anyhow::Result<Self> {
-        let device = backend.device();
+        let device = backend.try_device()?;
         let model = MobileNetV2Config::default().load(weights, &device)?;
         // Recorded in every export so a trunk names the exact weights it came from.
         let weights_sha256 = sha256_file(weights)?;

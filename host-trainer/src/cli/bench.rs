@@ -38,7 +38,8 @@ pub struct BenchArgs {
     pub finetune_threads: Vec<usize>,
     /// burn engines of the fine-tuning bench (comma-separated): flex (Kestrel's fused ops),
     /// flex-burn-ops (burn's own conv2d + BatchNorm + clamp), flex-burn-matmul (1x1 convs as
-    /// reshape + matmul in burn's ops), ndarray (tens of seconds a step).
+    /// reshape + matmul in burn's ops), ndarray (tens of seconds a step); with the `wgpu`
+    /// feature also wgpu (burn's ops on the wgpu adapter; the thread count does not apply).
     #[arg(
         long,
         value_enum,

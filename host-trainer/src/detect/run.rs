@@ -405,7 +405,7 @@ pub fn train_detect(
     )?;
     // Predictions on the validation pictures as COCO results, with the matching ground truth,
     // in the pictures' own pixels: pycocotools and other tools read them as they are.
-    let dets = detections_in_pictures(&head, eval_set, chw, opts);
+    let dets = detections_in_pictures(&head, eval_set, chw, opts, &device);
     std::fs::write(
         out.join("val_predictions.json"),
         serde_json::to_string(&coco_results_json(&dets))?,
@@ -453,12 +453,13 @@ fn detections_in_pictures(
     set: &FeatureSet,
     chw: [usize; 3],
     opts: &DetectOptions,
+    device: &burn::tensor::Device,
 ) -> Vec<Vec<Detection>> {
     let settings = DecodeSettings {
         score_threshold: AP_SCORE_THRESHOLD.min(opts.decode.score_threshold),
         ..opts.decode
     };
-    raw_outputs(head, &set.x, chw, &burn::tensor::Device::flex())
+    raw_outputs(head, &set.x, chw, device)
         .iter()
         .zip(&set.images)
         .map(|(r, im)| {
