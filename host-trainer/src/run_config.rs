@@ -186,6 +186,24 @@ impl RunConfig {
         std::fs::write(&path, text + "\n").map_err(|source| RunConfigError::Write { path, source })
     }
 
+    /// Read a classification run's configuration and its options (a detection run is refused).
+    pub fn read_classify(run: &Path) -> anyhow::Result<(Self, ClassifyOptions)> {
+        let config = Self::read(run)?;
+        match config.task.clone() {
+            RunTask::Classify(o) => Ok((config, o)),
+            other => Err(wrong_task(run, other.name(), "classify")),
+        }
+    }
+
+    /// Read a detection run's configuration and its options (a classification run is refused).
+    pub fn read_detect(run: &Path) -> anyhow::Result<(Self, DetectOptions)> {
+        let config = Self::read(run)?;
+        match config.task.clone() {
+            RunTask::Detect(o) => Ok((config, o)),
+            other => Err(wrong_task(run, other.name(), "detect")),
+        }
+    }
+
     /// sha256 of the trunk the trained part reads: the frozen prefix when blocks were
     /// fine-tuned, else the trunk up to the cut.
     pub fn input_trunk_sha256(&self) -> &str {
@@ -204,6 +222,13 @@ impl RunConfig {
         );
         Ok(())
     }
+}
+
+fn wrong_task(run: &Path, found: &str, wanted: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is a `{found}` run, not a `{wanted}` run: pass a folder written by `kestrel train {wanted}`",
+        run.display()
+    )
 }
 
 /// The task of a run folder (`classify`, `detect`), if its configuration can be read.
@@ -278,6 +303,11 @@ mod tests {
             "what is read is what was written"
         );
         assert_eq!(run_task(dir.path()), Some("detect"));
+        assert!(RunConfig::read_detect(dir.path()).is_ok());
+        let e = RunConfig::read_classify(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a `detect` run"), "{e}");
     }
 
     #[test]

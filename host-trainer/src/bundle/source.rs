@@ -17,7 +17,7 @@ use crate::detect::run::TrainedDetector;
 use crate::detect::train::DetectHead;
 use crate::mobilenet::NUM_BLOCKS;
 use crate::pretrained::Pretrained;
-use crate::run_config::{RunConfig, RunTask, run_task};
+use crate::run_config::{RunConfig, run_task};
 
 /// The pictures a run is validated on, with what is right for each.
 #[derive(Debug, Clone)]
@@ -89,9 +89,7 @@ pub fn open(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::Result
 
 fn open_classifier(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::Result<RunSource> {
     let c = TrainedClassifier::open(run, pretrained, cache)?;
-    let RunTask::Classify(opts) = RunConfig::read(run)?.task else {
-        anyhow::bail!("{} is not a classification run", run.display());
-    };
+    let (_, opts) = RunConfig::read_classify(run)?;
     let data = Dataset::scan(&opts.data, opts.val_fraction, opts.train.seed).map_err(|e| {
         anyhow::anyhow!(
             "{e} (the run's pictures are needed to calibrate and validate the bundle: {} must still exist)",

@@ -364,14 +364,7 @@ impl TrainedClassifier {
     /// Load `run` (written by [`train_classify`]); the trunk comes from the cache (exported again
     /// if needed) and must be the very one the head was trained on.
     pub fn open(run: &Path, pretrained: &Pretrained, cache: &Path) -> anyhow::Result<Self> {
-        let config = RunConfig::read(run)?;
-        let RunTask::Classify(opts) = config.task.clone() else {
-            anyhow::bail!(
-                "{} is a `{}` run, not a classification run: pass a folder written by `kestrel train classify`",
-                run.display(),
-                config.task.name()
-            );
-        };
+        let (config, opts) = RunConfig::read_classify(run)?;
         let labels = config.labels.clone();
         let spec = config.preprocess;
         let cut = opts

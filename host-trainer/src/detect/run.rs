@@ -515,14 +515,7 @@ pub struct TrainedDetector {
 impl TrainedDetector {
     /// Read `run/config.json` and `run/head.bpk`; the trunk comes from the cache (exported if needed).
     pub fn open(run: &Path, pretrained: &Pretrained, cache: &Path) -> anyhow::Result<Self> {
-        let config = RunConfig::read(run)?;
-        let RunTask::Detect(options) = config.task.clone() else {
-            anyhow::bail!(
-                "{} is a `{}` run, not a detection run: pass a folder written by `kestrel train detect`",
-                run.display(),
-                config.task.name()
-            );
-        };
+        let (config, options) = RunConfig::read_detect(run)?;
         let labels = config.labels.clone();
         // A fine-tuned run reads the frozen prefix; its head carries the tuned blocks.
         let trunk_cut = match &options.fine_tune {
