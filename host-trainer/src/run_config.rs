@@ -7,11 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
+use kestrel_edge::Trunk;
 use kestrel_shared::PreprocessSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::run::ClassifyOptions;
 use crate::detect::run::DetectOptions;
+use crate::pretrained::Pretrained;
 
 /// File name of the run configuration inside a run folder.
 pub const RUN_CONFIG_FILE: &str = "config.json";
@@ -138,6 +140,29 @@ struct VersionProbe {
 }
 
 impl RunConfig {
+    /// The configuration of a run starting now: `task` trained on `trunk` (and, in phase 2, on
+    /// `prefix`, the frozen part below the unfrozen blocks) from `pretrained`'s weights.
+    pub fn starting(
+        task: RunTask,
+        labels: &[String],
+        preprocess: PreprocessSpec,
+        trunk: &Trunk,
+        prefix: Option<&Trunk>,
+        pretrained: &Pretrained,
+    ) -> Self {
+        RunConfig {
+            config_version: RUN_CONFIG_VERSION,
+            task,
+            labels: labels.to_vec(),
+            preprocess,
+            trunk_sha256: trunk.info.onnx_sha256.clone(),
+            prefix_trunk_sha256: prefix.map(|p| p.info.onnx_sha256.clone()),
+            weights_sha256: pretrained.weights_sha256.clone(),
+            backend: pretrained.backend.name().into(),
+            kestrel_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
     /// Read `run/config.json`, refusing layouts this Kestrel does not know.
     pub fn read(run: &Path) -> Result<Self, RunConfigError> {
         let path = run.join(RUN_CONFIG_FILE);

@@ -16,7 +16,7 @@ use super::train::{EpochStats, TrainConfig, argmax_rows, head_logits, train_head
 use crate::data::Dataset;
 use crate::pretrained::Pretrained;
 use crate::progress::Progress;
-use crate::run_config::{RUN_CONFIG_VERSION, RunConfig, RunTask};
+use crate::run_config::{RunConfig, RunTask};
 
 /// File name of the head checkpoint (burnpack) inside a run directory.
 pub const HEAD_FILE: &str = "head.bpk";
@@ -159,17 +159,14 @@ pub fn train_classify(
         None => None,
     };
     // The configuration goes down before training starts, so a crashed run still says what it was.
-    RunConfig {
-        config_version: RUN_CONFIG_VERSION,
-        task: RunTask::Classify(opts.clone()),
-        labels: data.labels.clone(),
-        preprocess: spec,
-        trunk_sha256: trunk.info.onnx_sha256.clone(),
-        prefix_trunk_sha256: prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
-        weights_sha256: pretrained.weights_sha256.clone(),
-        backend: pretrained.backend.name().into(),
-        kestrel_version: env!("CARGO_PKG_VERSION").into(),
-    }
+    RunConfig::starting(
+        RunTask::Classify(opts.clone()),
+        &data.labels,
+        spec,
+        &trunk,
+        prefix.as_ref(),
+        pretrained,
+    )
     .write(out)?;
     std::fs::write(out.join("labels.txt"), data.labels.join("\n") + "\n")?;
 

@@ -29,7 +29,7 @@ use crate::classify::embed::{EmbeddingCache, Skipped};
 use crate::classify::train::EpochStats;
 use crate::data::annotations;
 use crate::progress::Progress;
-use crate::run_config::{RUN_CONFIG_VERSION, RunConfig, RunTask};
+use crate::run_config::{RunConfig, RunTask};
 
 /// File name of the head checkpoint inside a run.
 pub const HEAD_FILE: &str = "head.bpk";
@@ -277,17 +277,14 @@ pub fn train_detect(
         )?),
         None => None,
     };
-    RunConfig {
-        config_version: RUN_CONFIG_VERSION,
-        task: RunTask::Detect(opts.clone()),
-        labels: labels.clone(),
-        preprocess: spec,
-        trunk_sha256: trunk.info.onnx_sha256.clone(),
-        prefix_trunk_sha256: prefix.as_ref().map(|p| p.info.onnx_sha256.clone()),
-        weights_sha256: pretrained.weights_sha256.clone(),
-        backend: pretrained.backend.name().into(),
-        kestrel_version: env!("CARGO_PKG_VERSION").into(),
-    }
+    RunConfig::starting(
+        RunTask::Detect(opts.clone()),
+        &labels,
+        spec,
+        &trunk,
+        prefix.as_ref(),
+        pretrained,
+    )
     .write(out)?;
     std::fs::write(out.join("labels.txt"), labels.join("\n") + "\n")?;
 
