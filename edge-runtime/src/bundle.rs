@@ -612,6 +612,18 @@ pub fn inspect(path: &Path) -> Result<OptimizedOps, BundleError> {
     let mut matmuls = Vec::new();
     for node in optimized.nodes() {
         ops.push(node.op().name().to_string());
+        if let Some(q) = node.op_as::<crate::kernels::ops::KestrelQPointwise>() {
+            // Kestrel's int8 1x1 convolution: int8 weights against the input's codes (stored
+            // as unsigned bytes, code + 128), int32 sums.
+            matmuls.push(MatMulInfo {
+                node: node.name.clone(),
+                a: "I8".into(),
+                b: "U8".into(),
+                accumulator: "I32".into(),
+                kernel: format!("KestrelQPointwise ({})", q.isa.name()),
+            });
+            continue;
+        }
         let Some(mm) = node.op_as::<OptMatMul>() else {
             continue;
         };

@@ -8,6 +8,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::conv1x1::{MR, NC, Pointwise};
+use super::qconv1x1::{QIsa, QNR, QPointwise, padded};
 
 /// Pixels from which a pointwise convolution's threads split the plane's columns rather than
 /// its output channels (each then reads a part of the input instead of all of it).
@@ -19,6 +20,41 @@ struct SharedOut(*mut f32);
 unsafe impl Sync for SharedOut {}
 use super::conv3x3::{Dense3x3, Depthwise3x3};
 use super::simd::Isa;
+
+/// The output of a 1x1 convolution of `[inputs, outputs]` channels on `fact` (f32, the
+/// channels on axis 0, or 1 with `batched[0]`), with a batch axis when `batched[1]`.
+fn pointwise_fact(
+    fact: &TypedFact,
+    batched: [bool; 2],
+    [inputs, outputs]: [usize; 2],
+) -> TractResult<TVec<TypedFact>> {
+    ensure!(
+        fact.datum_type == f32::datum_type(),
+        "a Kestrel pointwise op takes f32"
+    );
+    let [bi, bo] = batched.map(usize::from);
+    ensure!(
+        fact.rank() == 3 + bi && fact.shape[bi] == inputs.to_dim(),
+        "a Kestrel pointwise op expects {inputs} channels on axis {bi} of a rank {} input, got {:?}",
+        3 + bi,
+        fact.shape
+    );
+    let n = if bi == 1 {
+        fact.shape[0].clone()
+    } else {
+        1.to_dim()
+    };
+    if bi != bo {
+        ensure!(
+            n == 1.to_dim(),
+            "a batch axis of 1 can be added or dropped, not {n}"
+        );
+    }
+    let mut shape: TVec<TDim> = if bo == 1 { tvec![n] } else { tvec![] };
+    shape.push(outputs.to_dim());
+    shape.extend(fact.shape.iter().skip(bi + 1).cloned());
+    Ok(tvec!(f32::fact(shape)))
+}
 
 /// Checks the input is f32 `[n, c, h, w]` (`batched`) or `[c, h, w]` with the planes this op
 /// was built for, and returns the output fact (`c_out` channels of `oh x ow`).
@@ -399,34 +435,11 @@ impl EvalOp for KestrelPointwise {
 
 impl TypedOp for KestrelPointwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let fact = inputs[0];
-        ensure!(
-            fact.datum_type == f32::datum_type(),
-            "KestrelPointwise takes f32"
-        );
-        let [bi, bo] = self.batched.map(usize::from);
-        ensure!(
-            fact.rank() == 3 + bi && fact.shape[bi] == self.conv.inputs.to_dim(),
-            "KestrelPointwise expects {} channels on axis {bi} of a rank {} input, got {:?}",
-            self.conv.inputs,
-            3 + bi,
-            fact.shape
-        );
-        let n = if bi == 1 {
-            fact.shape[0].clone()
-        } else {
-            1.to_dim()
-        };
-        if bi != bo {
-            ensure!(
-                n == 1.to_dim(),
-                "a batch axis of 1 can be added or dropped, not {n}"
-            );
-        }
-        let mut shape: TVec<TDim> = if bo == 1 { tvec![n] } else { tvec![] };
-        shape.push(self.conv.outputs.to_dim());
-        shape.extend(fact.shape.iter().skip(bi + 1).cloned());
-        Ok(tvec!(f32::fact(shape)))
+        pointwise_fact(
+            inputs[0],
+            self.batched,
+            [self.conv.inputs, self.conv.outputs],
+        )
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -441,6 +454,153 @@ impl TypedOp for KestrelPointwise {
         let c = &self.conv;
         Ok(tvec!((
             Cost::FMA(f32::datum_type()),
+            others * (c.inputs * c.outputs)
+        )))
+    }
+
+    tract_onnx::tract_core::as_op!();
+}
+
+/// An int8 1x1 convolution with its quantization and requantization fused
+/// ([`QPointwise`]): float in, float out, int8 products inside.
+#[derive(Debug, Clone)]
+pub struct KestrelQPointwise {
+    /// The convolution.
+    pub conv: Arc<QPointwise>,
+    /// Input and output with a batch axis.
+    pub batched: [bool; 2],
+    /// Whether a second input is added before the clamp.
+    pub residual: bool,
+    /// The kernels.
+    pub isa: QIsa,
+}
+
+impl PartialEq for KestrelQPointwise {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa
+            && self.batched == other.batched
+            && self.residual == other.residual
+            && *self.conv == *other.conv
+    }
+}
+impl Eq for KestrelQPointwise {}
+
+impl Op for KestrelQPointwise {
+    fn name(&self) -> StaticName {
+        "KestrelQPointwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let c = &self.conv;
+        Ok(vec![format!(
+            "{} -> {} channels{}, input x{} + {}, clamp [{}, {}], {}",
+            c.inputs,
+            c.outputs,
+            if self.residual { ", residual" } else { "" },
+            c.quant.scale,
+            c.quant.zero_point,
+            c.clamp.lo,
+            c.clamp.hi,
+            self.isa.name()
+        )])
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for KestrelQPointwise {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let c = &self.conv;
+        let input = &inputs[0];
+        let facts = self.output_facts(&[&TypedFact::shape_and_dt_of(input)])?;
+        let out_shape = facts[0]
+            .shape
+            .as_concrete()
+            .context("concrete shape")?
+            .to_vec();
+        let view = input.try_as_plain_ram()?;
+        let x = view.as_slice::<f32>()?;
+        let res_view = if self.residual {
+            ensure!(
+                inputs.len() == 2,
+                "KestrelQPointwise: residual input missing"
+            );
+            ensure!(inputs[1].shape() == &*out_shape, "residual shape");
+            Some(inputs[1].try_as_plain_ram()?)
+        } else {
+            None
+        };
+        let res = match &res_view {
+            Some(v) => Some(v.as_slice::<f32>()?),
+            None => None,
+        };
+        let n = if self.batched[0] { input.shape()[0] } else { 1 };
+        let pixels = x.len() / (n * c.inputs).max(1);
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let mut codes = vec![0u8; c.packed_len(pixels)];
+        {
+            let mut out_view = output.try_as_plain_ram_mut()?;
+            let out = out_view.as_slice_mut::<f32>()?;
+            let (xi, oi) = (c.inputs * pixels, c.outputs * pixels);
+            for i in 0..n {
+                let img = &x[i * xi..(i + 1) * xi];
+                let r = res.map(|r| &r[i * oi..(i + 1) * oi]);
+                let out = &mut out[i * oi..(i + 1) * oi];
+                tract_linalg::multithread::par_chunks_mut(
+                    &mut codes,
+                    padded(pixels) * 4,
+                    xi,
+                    |first, chunk| {
+                        c.quantize(self.isa, img, pixels, first, chunk);
+                        Ok(())
+                    },
+                )?;
+                // Threads take column ranges of every output channel.
+                let mut tiles: Vec<usize> = (0..pixels.div_ceil(QNR)).collect();
+                let base = SharedOut(out.as_mut_ptr());
+                let base = &base;
+                let codes = &codes;
+                tract_linalg::multithread::par_chunks_mut(
+                    &mut tiles,
+                    1,
+                    c.outputs * pixels * c.inputs,
+                    |first, chunk| {
+                        let cols = first * QNR..((first + chunk.len()) * QNR).min(pixels);
+                        // SAFETY: the chunks' column ranges are disjoint, and `out` is this
+                        // image's whole output.
+                        unsafe { c.run_columns(self.isa, codes, pixels, r, cols, base.0) };
+                        Ok(())
+                    },
+                )?;
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for KestrelQPointwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        pointwise_fact(
+            inputs[0],
+            self.batched,
+            [self.conv.inputs, self.conv.outputs],
+        )
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let axis = usize::from(self.batched[0]);
+        let others: TDim = inputs[0]
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != axis)
+            .map(|(_, d)| d.clone())
+            .product();
+        let c = &self.conv;
+        Ok(tvec!((
+            Cost::FMA(i8::datum_type()),
             others * (c.inputs * c.outputs)
         )))
     }

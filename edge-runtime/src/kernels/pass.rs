@@ -7,13 +7,17 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::quant::QuantizeLinearI8;
 
 use super::conv1x1::Pointwise;
 use super::conv3x3::{Clamp, Dense3x3, Depthwise3x3, Geometry, MAX_DENSE_INPUTS};
-use super::ops::{KestrelDense, KestrelDepthwise, KestrelPointwise};
+use super::ops::{KestrelDense, KestrelDepthwise, KestrelPointwise, KestrelQPointwise};
+use super::qconv1x1::{InputQuant, QIsa, QPointwise};
 use super::simd::Isa;
 
 /// What the pass replaced.
@@ -29,12 +33,14 @@ pub struct PassReport {
     pub clamps: usize,
     /// Residual additions fused into a pointwise convolution.
     pub residuals: usize,
+    /// int8 1x1 convolutions (quantize, integer product, rescale) now run by Kestrel.
+    pub int8_pointwise: usize,
 }
 
 impl PassReport {
     /// Convolutions now run by Kestrel, of every kind.
     pub fn convolutions(&self) -> usize {
-        self.depthwise + self.dense + self.pointwise
+        self.depthwise + self.dense + self.pointwise + self.int8_pointwise
     }
 }
 
@@ -201,11 +207,14 @@ fn add_after(model: &TypedModel, node: &TypedNode) -> Option<(usize, OutletId)> 
 }
 
 /// A 1x1 convolution as tract's declutter leaves it: an einsum of the activations (`[c, ...]` or
-/// `[n, c, ...]`) with constant `[o, c]` weights, then the bias `Add`; and what Kestrel fuses
-/// after it (a residual `Add` of the output's shape, then a clamp).
+/// `[n, c, ...]`) with constant `[o, c]` weights, then the bias `Add` (for int8, a
+/// `QuantizeLinear` before it and a cast and rescale after it); and what Kestrel fuses after it
+/// (a residual `Add` of the output's shape, then a clamp).
 struct PointwiseMatch {
     einsum: usize,
-    pw: Pointwise,
+    conv: PointwiseConv,
+    /// The op's (float) input.
+    input: OutletId,
     /// Input and output with a batch axis.
     batched: [bool; 2],
     /// Nodes replaced after the einsum, in order; the last one's output is the op's.
@@ -214,36 +223,47 @@ struct PointwiseMatch {
     clamps: usize,
 }
 
-/// The einsum at `node` as a Kestrel pointwise convolution, if it is one.
-fn as_pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<PointwiseMatch>> {
-    let Some(op) = node.op_as::<EinSum>() else {
-        return Ok(None);
-    };
-    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
-        return Ok(None);
-    }
+/// The two kinds of pointwise convolution Kestrel runs.
+enum PointwiseConv {
+    Float(Pointwise),
+    Int8(QPointwise, QIsa),
+}
+
+/// The shape of a 1x1 convolution's einsum: input and output channels and which side has a
+/// batch axis.
+struct EinsumLayout {
+    k: usize,
+    m: usize,
+    batched: [bool; 2],
+}
+
+/// Whether `op` at `node` reads `[n,] i rest, o i -> [n,] o rest` (channels mixed, every other
+/// axis kept) on concrete shapes, with `[o, i]` weights (or `[i]` for one output channel).
+fn einsum_layout(
+    model: &TypedModel,
+    node: &TypedNode,
+    op: &EinSum,
+    weights: &Tensor,
+) -> TractResult<Option<EinsumLayout>> {
     let input = model.outlet_fact(node.inputs[0])?;
     let output = model.outlet_fact(OutletId::new(node.id, 0))?;
-    let Some(weights) = konst(model, node.inputs[1]) else {
-        return Ok(None);
-    };
-    if input.datum_type != f32::datum_type() || weights.datum_type() != f32::datum_type() {
-        return Ok(None);
-    }
     let (Some(shape), Some(out_shape)) = (input.shape.as_concrete(), output.shape.as_concrete())
     else {
         return Ok(None);
     };
-    // The axes must read `[n,] i rest, o i -> [n,] o rest`: channels mixed, every other axis kept.
     let axes = op.axes.to_string();
     let Some((ins, out)) = axes.split_once("->") else {
         return Ok(None);
     };
     let ins: Vec<Vec<char>> = ins.split(',').map(|s| s.chars().collect()).collect();
     let out: Vec<char> = out.chars().collect();
-    let [x, w] = ins.as_slice() else {
+    // The quantized form has seven more inputs (bias, zero points, scales), all scalars here.
+    let (Some(x), Some(w)) = (ins.first(), ins.get(1)) else {
         return Ok(None);
     };
+    if ins[2..].iter().any(|a| !a.is_empty()) {
+        return Ok(None);
+    }
     // A batch axis on either side, or on one only where tract dropped it (then of size 1).
     let (bx, bo) = (x.len().saturating_sub(3), out.len().saturating_sub(3));
     if x.len() - bx != 3 || out.len() - bo != 3 || bx > 1 || bo > 1 {
@@ -278,49 +298,100 @@ fn as_pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Poin
     if weights.shape() != [m, k] && !(w.len() == 1 && m == 1 && weights.shape() == [k]) {
         return Ok(None);
     }
-    let wv = weights.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    // The bias, if tract kept one: a constant per output channel (or one for all).
-    let mut bias = vec![0f32; m];
-    let mut fused = vec![];
-    let mut last = node.id;
-    if let Some((add, other)) = add_after(model, node)
-        && let Some(b) = konst(model, other)
-        && b.datum_type() == f32::datum_type()
-        && model.outlet_fact(OutletId::new(add, 0))?.shape == output.shape
-    {
-        let bs = b.shape();
-        let per_channel = b.len() == m
-            && bs.len() <= out.len()
-            && bs.iter().rev().enumerate().all(|(j, &d)| {
-                let axis = out.len() - 1 - j;
-                d == 1 || (axis == bo && d == m)
-            });
-        if b.len() == 1 || per_channel {
-            let v = b.try_as_plain_ram()?.as_slice::<f32>()?;
-            for (o, b) in bias.iter_mut().enumerate() {
-                *b = v[if v.len() == 1 { 0 } else { o }];
-            }
-            fused.push(add);
-            last = add;
-        }
+    Ok(Some(EinsumLayout {
+        k,
+        m,
+        batched: [bx == 1, bo == 1],
+    }))
+}
+
+/// If the only reader of `last`'s output is the binary op `name` (`Add`, `Mul`) with a constant
+/// f32 per output channel (or one for all) that keeps the shape, that reader and the values
+/// (one per channel).
+fn channel_const_after(
+    model: &TypedModel,
+    last: usize,
+    name: &str,
+    layout: &EinsumLayout,
+) -> TractResult<Option<(usize, Vec<f32>)>> {
+    let node = model.node(last);
+    let succ = &node.outputs[0].successors;
+    if succ.len() != 1 || node.outputs.len() != 1 {
+        return Ok(None);
     }
-    // A residual: an Add of a same-shaped f32 tensor that is not a constant.
+    let next = model.node(succ[0].node);
+    match next.op_as::<TypedBinOp>() {
+        Some(bin) if bin.0.name() == name && next.inputs.len() == 2 => {}
+        _ => return Ok(None),
+    }
+    let output = model.outlet_fact(OutletId::new(last, 0))?;
+    let Some(b) = konst(model, next.inputs[1 - succ[0].slot]) else {
+        return Ok(None);
+    };
+    if b.datum_type() != f32::datum_type()
+        || model.outlet_fact(OutletId::new(next.id, 0))?.shape != output.shape
+    {
+        return Ok(None);
+    }
+    let (m, rank, bo) = (layout.m, output.rank(), usize::from(layout.batched[1]));
+    let bs = b.shape();
+    let per_channel = b.len() == m
+        && bs.len() <= rank
+        && bs.iter().rev().enumerate().all(|(j, &d)| {
+            let axis = rank - 1 - j;
+            d == 1 || (axis == bo && d == m)
+        });
+    if b.len() != 1 && !per_channel {
+        return Ok(None);
+    }
+    let v = b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    let values = (0..m)
+        .map(|o| v[if v.len() == 1 { 0 } else { o }])
+        .collect();
+    Ok(Some((next.id, values)))
+}
+
+/// After `last`, a residual: an Add of a same-shaped f32 tensor that is not a constant and is
+/// computed before `einsum` (so cannot depend on its output). The Add and the other input.
+fn residual_after(
+    model: &TypedModel,
+    last: usize,
+    einsum: usize,
+) -> TractResult<Option<(usize, OutletId)>> {
+    let output = model.outlet_fact(OutletId::new(last, 0))?;
+    let Some((add, other)) = add_after(model, model.node(last)) else {
+        return Ok(None);
+    };
+    let f = model.outlet_fact(other)?;
+    let order = model.eval_order()?;
+    let before = |n: usize| order.iter().position(|&x| x == n);
+    let fits = f.konst.is_none()
+        && before(other.node) < before(einsum)
+        && f.datum_type == f32::datum_type()
+        && f.shape == output.shape
+        && model.outlet_fact(OutletId::new(add, 0))?.shape == output.shape;
+    Ok(fits.then_some((add, other)))
+}
+
+/// What follows a convolution's bias in both kinds of pointwise ops: the residual `Add` and the
+/// clamp, appended to `fused` from `last`.
+struct Tail {
+    residual: Option<OutletId>,
+    clamp: Clamp,
+    clamps: usize,
+}
+
+fn tail_after(
+    model: &TypedModel,
+    mut last: usize,
+    einsum: usize,
+    fused: &mut Vec<usize>,
+) -> TractResult<Option<Tail>> {
     let mut residual = None;
-    if let Some((add, other)) = add_after(model, model.node(last)) {
-        let f = model.outlet_fact(other)?;
-        // Computed before the einsum, so it cannot depend on the einsum's output.
-        let order = model.eval_order()?;
-        let before = |n: usize| order.iter().position(|&x| x == n);
-        if f.konst.is_none()
-            && before(other.node) < before(node.id)
-            && f.datum_type == f32::datum_type()
-            && f.shape == output.shape
-            && model.outlet_fact(OutletId::new(add, 0))?.shape == output.shape
-        {
-            residual = Some(other);
-            fused.push(add);
-            last = add;
-        }
+    if let Some((add, other)) = residual_after(model, last, einsum)? {
+        residual = Some(other);
+        fused.push(add);
+        last = add;
     }
     let (clamp, clamps, _) = clamps_after(model, last);
     if clamp.lo > clamp.hi {
@@ -328,17 +399,173 @@ fn as_pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Poin
     }
     let n = clamps.len();
     fused.extend(clamps);
-    Ok(Some(PointwiseMatch {
-        einsum: node.id,
-        pw: Pointwise::new(k, m, &wv, &bias, clamp),
-        batched: [bx == 1, bo == 1],
-        fused,
+    Ok(Some(Tail {
         residual,
+        clamp,
         clamps: n,
     }))
 }
 
-/// Replaces the matched einsum and what follows it with one [`KestrelPointwise`].
+/// The einsum at `node` as a Kestrel pointwise convolution, if it is one.
+fn as_pointwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<PointwiseMatch>> {
+    let Some(op) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let Some(weights) = konst(model, node.inputs[1]) else {
+        return Ok(None);
+    };
+    if input.datum_type != f32::datum_type() || weights.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let Some(layout) = einsum_layout(model, node, op, &weights)? else {
+        return Ok(None);
+    };
+    let wv = weights.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    // The bias, if tract kept one.
+    let mut fused = vec![];
+    let mut last = node.id;
+    let mut bias = vec![0f32; layout.m];
+    if let Some((add, values)) = channel_const_after(model, last, "Add", &layout)? {
+        bias = values;
+        fused.push(add);
+        last = add;
+    }
+    let Some(tail) = tail_after(model, last, node.id, &mut fused)? else {
+        return Ok(None);
+    };
+    Ok(Some(PointwiseMatch {
+        einsum: node.id,
+        conv: PointwiseConv::Float(Pointwise::new(layout.k, layout.m, &wv, &bias, tail.clamp)),
+        input: node.inputs[0],
+        batched: layout.batched,
+        fused,
+        residual: tail.residual,
+        clamps: tail.clamps,
+    }))
+}
+
+/// A scalar constant input of `node`, as `T`.
+fn scalar<T: Datum + Copy>(model: &TypedModel, node: &TypedNode, slot: usize) -> Option<T> {
+    let k = konst(model, node.inputs[slot])?;
+    if k.len() != 1 || k.datum_type() != T::datum_type() {
+        return None;
+    }
+    k.try_as_plain_ram()
+        .ok()?
+        .as_slice::<T>()
+        .ok()
+        .map(|v| v[0])
+}
+
+/// The int8 einsum at `node` (an int8 bundle's `ConvInteger`) as a Kestrel int8 pointwise
+/// convolution, with the `QuantizeLinear` before it and the cast, rescale, bias, residual and
+/// clamp after it, if it is one: int8 codes of a float input, constant int8 `[o, i]` weights
+/// without a zero point, int32 sums, then a cast to f32 and a per-channel `Mul` and `Add`.
+fn as_qpointwise(
+    model: &TypedModel,
+    node: &TypedNode,
+    isa: QIsa,
+) -> TractResult<Option<PointwiseMatch>> {
+    let Some(op) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    if op.q_params != Some(i32::datum_type())
+        || op.operating_dt != i32::datum_type()
+        || node.inputs.len() != 9
+    {
+        return Ok(None);
+    }
+    // The codes come from a QuantizeLinearI8 of a float tensor.
+    let qnode = model.node(node.inputs[0].node);
+    let Some(quant) = qnode
+        .op_as::<ElementWiseOp>()
+        .and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
+    else {
+        return Ok(None);
+    };
+    if model.outlet_fact(qnode.inputs[0])?.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    let Some(weights) = konst(model, node.inputs[1]) else {
+        return Ok(None);
+    };
+    let zero_bias = konst(model, node.inputs[2]).is_some_and(|b| {
+        b.datum_type() == i32::datum_type()
+            && b.try_as_plain_ram()
+                .ok()
+                .and_then(|v| v.as_slice::<i32>().ok().map(|v| v.iter().all(|&x| x == 0)))
+                .unwrap_or(false)
+    });
+    let ones = [4, 6, 8]
+        .iter()
+        .all(|&s| scalar::<f32>(model, node, s) == Some(1.0));
+    let (Some(a0), Some(0), Some(0)) = (
+        scalar::<i32>(model, node, 3),
+        scalar::<i32>(model, node, 5),
+        scalar::<i32>(model, node, 7),
+    ) else {
+        return Ok(None);
+    };
+    if weights.datum_type() != i8::datum_type() || !zero_bias || !ones {
+        return Ok(None);
+    }
+    let Some(layout) = einsum_layout(model, node, op, &weights)? else {
+        return Ok(None);
+    };
+    // int32 -> f32, then the rescale and the bias.
+    let succ = &node.outputs[0].successors;
+    if succ.len() != 1 {
+        return Ok(None);
+    }
+    let cast = model.node(succ[0].node);
+    if cast
+        .op_as::<Cast>()
+        .is_none_or(|c| c.to != f32::datum_type())
+    {
+        return Ok(None);
+    }
+    let mut fused = vec![cast.id];
+    let Some((mul, scales)) = channel_const_after(model, cast.id, "Mul", &layout)? else {
+        return Ok(None);
+    };
+    fused.push(mul);
+    let Some((add, bias)) = channel_const_after(model, mul, "Add", &layout)? else {
+        return Ok(None);
+    };
+    fused.push(add);
+    let Some(tail) = tail_after(model, add, node.id, &mut fused)? else {
+        return Ok(None);
+    };
+    let w = weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec();
+    let conv = QPointwise::new(
+        layout.k,
+        layout.m,
+        &w,
+        InputQuant {
+            scale: quant.scale,
+            zero_point: quant.zero_point as i32,
+        },
+        a0,
+        (&scales, &bias),
+        tail.clamp,
+    );
+    Ok(Some(PointwiseMatch {
+        einsum: node.id,
+        conv: PointwiseConv::Int8(conv, isa),
+        input: qnode.inputs[0],
+        batched: layout.batched,
+        fused,
+        residual: tail.residual,
+        clamps: tail.clamps,
+    }))
+}
+
+/// Replaces the matched einsum and what follows it with one [`KestrelPointwise`] or
+/// [`KestrelQPointwise`].
 fn install_pointwise(
     model: &mut TypedModel,
     found: PointwiseMatch,
@@ -348,18 +575,34 @@ fn install_pointwise(
     let node = model.node(found.einsum);
     let name = format!("{}.kestrel", node.name);
     let mut patch = TypedModelPatch::new("kestrel-pointwise");
-    let mut taps = vec![patch.tap_model(model, node.inputs[0])?];
+    let mut taps = vec![patch.tap_model(model, found.input)?];
     if let Some(r) = found.residual {
         taps.push(patch.tap_model(model, r)?);
         report.residuals += 1;
     }
-    let op = KestrelPointwise {
-        conv: Arc::new(found.pw),
-        batched: found.batched,
-        residual: found.residual.is_some(),
-        isa,
+    let residual = found.residual.is_some();
+    let out = match found.conv {
+        PointwiseConv::Float(pw) => {
+            report.pointwise += 1;
+            let op = KestrelPointwise {
+                conv: Arc::new(pw),
+                batched: found.batched,
+                residual,
+                isa,
+            };
+            patch.wire_node(name, op, &taps)?[0]
+        }
+        PointwiseConv::Int8(pw, isa) => {
+            report.int8_pointwise += 1;
+            let op = KestrelQPointwise {
+                conv: Arc::new(pw),
+                batched: found.batched,
+                residual,
+                isa,
+            };
+            patch.wire_node(name, op, &taps)?[0]
+        }
     };
-    let out = patch.wire_node(name, op, &taps)?[0];
     let last = *found.fused.last().unwrap_or(&found.einsum);
     patch.shunt_outside(model, OutletId::new(last, 0), out)?;
     patch.obliterate(found.einsum)?;
@@ -368,14 +611,28 @@ fn install_pointwise(
     }
     patch.apply(model)?;
     model.compact()?;
-    report.pointwise += 1;
     report.clamps += found.clamps;
     Ok(())
 }
 
 /// Replaces every convolution Kestrel's kernels cover in `model` (decluttered, concrete shapes,
-/// NCHW or CHW) with a Kestrel op running on `isa`.
+/// NCHW or CHW) with a Kestrel op running on `isa`, and int8 pointwise convolutions where this
+/// CPU has a fast int8 path ([`QIsa::detect`]).
 pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
+    let qisa = if isa == Isa::Portable {
+        None
+    } else {
+        QIsa::detect()
+    };
+    install_with(model, isa, qisa)
+}
+
+/// [`install`] with the int8 path chosen by the caller (`None`: int8 stays tract's).
+pub fn install_with(
+    model: &mut TypedModel,
+    isa: Isa,
+    qisa: Option<QIsa>,
+) -> TractResult<PassReport> {
     let mut report = PassReport::default();
     // One convolution per patch, looking again from the start after each (a patch may renumber
     // the graph's nodes); a convolution that is left is never looked at twice.
@@ -389,6 +646,12 @@ pub fn install(model: &mut TypedModel, isa: Isa) -> TractResult<PassReport> {
             }
             if node.op_as::<EinSum>().is_some() {
                 if let Some(pw) = as_pointwise(model, node)? {
+                    found = Some(Found::Pointwise(pw));
+                    break;
+                }
+                if let Some(q) = qisa
+                    && let Some(pw) = as_qpointwise(model, node, q)?
+                {
                     found = Some(Found::Pointwise(pw));
                     break;
                 }
@@ -647,6 +910,128 @@ mod tests {
                         (a - b).abs() <= 1e-5 * (1.0 + a.abs()) + 1e-7 * cin as f32 * 16.0,
                         "{:?} value {}: tract {} vs kestrel {}", isa, i, a, b
                     );
+                }
+            }
+        }
+    }
+
+    /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
+    /// input, the int8 einsum with its nine inputs, cast, per-channel rescale and bias, then an
+    /// optional residual and ReLU6.
+    fn qmodel(
+        [n, cin, cout, h, w]: [usize; 5],
+        residual: bool,
+        relu6: bool,
+        seed: u64,
+    ) -> (TypedModel, Tensor) {
+        use tract_onnx::tract_core::ops::math::Mul;
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
+        let zp = (seed % 200) as i32 - 100;
+        let quant = tract_onnx::tract_core::ops::quant::quantize_linear_i8(
+            10.0 + (seed % 30) as f32,
+            zp as i8,
+        );
+        let q = m.wire_node("q", quant, &[x]).unwrap()[0];
+        let weights: Vec<i8> = values(cin * cout, seed + 1)
+            .iter()
+            .map(|v| (v * 31.9) as i8)
+            .collect();
+        let wq = m
+            .add_const("w", Tensor::from_shape(&[cout, cin], &weights).unwrap())
+            .unwrap();
+        let zero = m.add_const("zero", tensor0(0i32)).unwrap();
+        let a0 = m.add_const("a0", tensor0(zp)).unwrap();
+        let one = m.add_const("one", tensor0(1f32)).unwrap();
+        let einsum = EinSum::newq(
+            "NIHW,OI,,,,,,,->NOHW".parse().unwrap(),
+            i32::datum_type(),
+            i32::datum_type(),
+        );
+        let acc = m
+            .wire_node(
+                "conv",
+                einsum,
+                &[q, wq, zero, a0, one, zero, one, zero, one],
+            )
+            .unwrap()[0];
+        let mut y = m
+            .wire_node(
+                "cast",
+                Cast {
+                    to: f32::datum_type(),
+                },
+                &[acc],
+            )
+            .unwrap()[0];
+        let per_channel = |v: Vec<f32>| Tensor::from_shape(&[1, cout, 1, 1], &v).unwrap();
+        let scales = per_channel(
+            values(cout, seed + 2)
+                .iter()
+                .map(|v| 1e-3 * (v.abs() + 0.1))
+                .collect(),
+        );
+        let bias = per_channel(values(cout, seed + 3));
+        let s = m.add_const("s", scales).unwrap();
+        let b = m.add_const("b", bias).unwrap();
+        y = m
+            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
+            .unwrap()[0];
+        y = m
+            .wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
+            .unwrap()[0];
+        if residual {
+            y = m
+                .wire_node("residual", TypedBinOp(Box::new(Add), None), &[x, y])
+                .unwrap()[0];
+        }
+        if relu6 {
+            let lo = m.add_const("lo", tensor4(&[[[[0f32]]]])).unwrap();
+            let hi = m.add_const("hi", tensor4(&[[[[6f32]]]])).unwrap();
+            y = m
+                .wire_node("max", TypedBinOp(Box::new(Max), None), &[y, lo])
+                .unwrap()[0];
+            y = m
+                .wire_node("min", TypedBinOp(Box::new(Min), None), &[y, hi])
+                .unwrap()[0];
+        }
+        m.select_output_outlets(&[y]).unwrap();
+        let input =
+            Tensor::from_shape(&[n, cin, h, w], &values(n * cin * h * w, seed + 4)).unwrap();
+        (m, input)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Kestrel's int8 pointwise op computes exactly what tract's quantize, int8 einsum, cast,
+        /// rescale, bias, residual and clamp compute (bit for bit), with every int8 path, and the
+        /// pass fuses all of them.
+        #[test]
+        fn kestrel_int8_pointwise_equals_tract(
+            n in 1usize..3, cin in 1usize..80, cout in 1usize..30, h in 1usize..20,
+            w in 1usize..40, residual in any::<bool>(), relu6 in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let cout = if residual { cin } else { cout };
+            let run = |m: TypedModel, input: &Tensor| {
+                let out = m.into_optimized().unwrap().into_runnable().unwrap()
+                    .run(tvec!(input.clone().into_tvalue())).unwrap();
+                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+            };
+            let (m, input) = qmodel([n, cin, cout, h, w], residual, relu6, seed);
+            let want = run(m.clone().into_decluttered().unwrap(), &input);
+            let mut isas = vec![QIsa::Portable];
+            isas.extend(QIsa::detect());
+            for qisa in isas {
+                let mut ours = m.clone().into_decluttered().unwrap();
+                let report = install_with(&mut ours, Isa::Portable, Some(qisa)).unwrap();
+                prop_assert_eq!(report.int8_pointwise, 1, "{:?}", qisa);
+                prop_assert_eq!(report.residuals, usize::from(residual));
+                prop_assert_eq!(report.clamps, if relu6 { 2 } else { 0 });
+                let got = run(ours, &input);
+                prop_assert_eq!(want.len(), got.len());
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", qisa, i, a, b);
                 }
             }
         }
