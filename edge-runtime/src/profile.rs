@@ -75,7 +75,7 @@ pub fn kind_of(model: &TypedModel, node: &TypedNode) -> OpKind {
     };
     match name.as_ref() {
         "KestrelDepthwise3x3" | "DepthWiseConv" => return OpKind::Depthwise,
-        "KestrelDense3x3" => return OpKind::Stem,
+        "KestrelDense3x3" | "KestrelQDense3x3" => return OpKind::Stem,
         "KestrelPointwise" | "KestrelQPointwise" => return OpKind::Pointwise,
         "DirectSpatialConv" | "BlockedConv" | "ConvHir" | "Conv" => return conv_kind(node),
         n if is_im2col(n) => return conv_kind(node),

@@ -447,6 +447,23 @@ pub struct Dense3x3 {
     pub bias: Vec<f32>,
     /// Fused activation.
     pub clamp: Clamp,
+    /// An int8 convolution computed exactly in f32 (see [`Int8Dense`]), or `None`.
+    pub int8: Option<Int8Dense>,
+}
+
+/// An int8 bundle's stem (`QuantizeLinear`, `ConvInteger`, cast, rescale, bias) in f32: the
+/// input becomes its integer codes minus the zero point (zero in the padding, as ConvInteger
+/// pads with the zero point), the weights are int8 values; every product (at most 255 x 127)
+/// and sum of 9 x 4 of them is an integer below 2^24, so f32 computes tract's int32 sums exactly.
+/// The store then applies `sum * scale + bias` (two roundings, as tract's `Mul` then `Add`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Dense {
+    /// How the input is quantized.
+    pub quant: super::qconv1x1::InputQuant,
+    /// The zero point the integer product subtracts.
+    pub a0: i32,
+    /// Per output channel multiplier of the sums (the bias is [`Dense3x3::bias`]).
+    pub scale: Vec<f32>,
 }
 
 /// Output channels computed together: they share every input load.
@@ -487,6 +504,24 @@ impl Dense3x3 {
             self.inputs * self.geom.in_plane(),
             "image size"
         );
+        let codes: Vec<f32>;
+        let image = match &self.int8 {
+            Some(q) => {
+                codes = image
+                    .iter()
+                    .map(|&x| {
+                        let c = tract_onnx::tract_core::ops::quant::quantize_linear_f32_i8(
+                            x,
+                            q.quant.scale,
+                            q.quant.zero_point,
+                        );
+                        (c as i32 - q.a0) as f32
+                    })
+                    .collect();
+                &codes
+            }
+            None => image,
+        };
         let planes = match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => unsafe { pad_avx(self, image) },
@@ -603,6 +638,16 @@ unsafe fn dense_block<L: Lanes, const I: usize, const B: usize>(
             }
         }
         let bias: [L; B] = std::array::from_fn(|o| L::splat(d.bias[oc + o]));
+        // int8: sums start at zero, the store rescales and adds the bias.
+        let scale: Option<[L; B]> = d
+            .int8
+            .as_ref()
+            .map(|q| std::array::from_fn(|o| L::splat(q.scale[oc + o])));
+        let start = if scale.is_some() {
+            [L::splat(0.0); B]
+        } else {
+            bias
+        };
         let (lo, hi) = (L::splat(d.clamp.lo), L::splat(d.clamp.hi));
         let [ta, tb, tc] = padded[0].taps;
         for y in 0..g.oh {
@@ -616,9 +661,9 @@ unsafe fn dense_block<L: Lanes, const I: usize, const B: usize>(
             // DENSE_V vectors per step: DENSE_V x B independent chains of multiply-adds.
             let mut x = 0;
             while x < g.ow {
-                let mut acc = [[bias[0]; DENSE_V]; B];
+                let mut acc = [[start[0]; DENSE_V]; B];
                 for (o, acc) in acc.iter_mut().enumerate() {
-                    *acc = [bias[o]; DENSE_V];
+                    *acc = [start[o]; DENSE_V];
                 }
                 for (t, row) in rows.iter().enumerate().take(3 * I) {
                     let taps: [[L; 3]; DENSE_V] = std::array::from_fn(|v| {
@@ -648,7 +693,11 @@ unsafe fn dense_block<L: Lanes, const I: usize, const B: usize>(
                     }
                     for (oc, acc) in acc.iter().enumerate() {
                         let dst = out.add(oc * op + y * g.ow + o);
-                        store_part(acc[v].clamp(lo, hi), dst, g.ow - o);
+                        let y = match &scale {
+                            Some(s) => acc[v].mul(s[oc]).add(bias[oc]),
+                            None => acc[v],
+                        };
+                        store_part(y.clamp(lo, hi), dst, g.ow - o);
                     }
                 }
                 x += DENSE_V * L::N;
@@ -750,7 +799,7 @@ mod tests {
             }
             let dense = Dense3x3 {
                 geom: g, inputs, outputs: channels, weights: values(channels * inputs * 9, seed + 3),
-                bias: values(channels, seed + 4), clamp,
+                bias: values(channels, seed + 4), clamp, int8: None,
             };
             let img = &x[..inputs * g.in_plane()];
             let want = Reference {
@@ -845,6 +894,7 @@ mod timing {
                 weights: vec![0.1; 32 * 27],
                 bias: vec![0.0; 32],
                 clamp: Clamp { lo: 0.0, hi: 6.0 },
+                int8: None,
             };
             let x = vec![0.5f32; 3 * g.in_plane()];
             let mut out = vec![0f32; 32 * g.out_plane()];

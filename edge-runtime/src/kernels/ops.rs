@@ -214,7 +214,13 @@ impl Eq for KestrelDense {}
 
 impl Op for KestrelDense {
     fn name(&self) -> StaticName {
-        "KestrelDense3x3".into()
+        // The int8 stem (exact int8 arithmetic in f32) under its own name, so listings and
+        // profiles tell the two apart.
+        if self.conv.int8.is_some() {
+            "KestrelQDense3x3".into()
+        } else {
+            "KestrelDense3x3".into()
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {

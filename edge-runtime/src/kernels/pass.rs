@@ -15,7 +15,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::QuantizeLinearI8;
 
 use super::conv1x1::Pointwise;
-use super::conv3x3::{Clamp, Dense3x3, Depthwise3x3, Geometry, MAX_DENSE_INPUTS};
+use super::conv3x3::{Clamp, Dense3x3, Depthwise3x3, Geometry, Int8Dense, MAX_DENSE_INPUTS};
 use super::ops::{KestrelDense, KestrelDepthwise, KestrelPointwise, KestrelQPointwise};
 use super::qconv1x1::{InputQuant, QIsa, QPointwise};
 use super::simd::Isa;
@@ -35,12 +35,14 @@ pub struct PassReport {
     pub residuals: usize,
     /// int8 1x1 convolutions (quantize, integer product, rescale) now run by Kestrel.
     pub int8_pointwise: usize,
+    /// int8 stems (quantize, integer 3x3 convolution, rescale) now run by Kestrel.
+    pub int8_dense: usize,
 }
 
 impl PassReport {
     /// Convolutions now run by Kestrel, of every kind.
     pub fn convolutions(&self) -> usize {
-        self.depthwise + self.dense + self.pointwise + self.int8_pointwise
+        self.depthwise + self.dense + self.pointwise + self.int8_pointwise + self.int8_dense
     }
 }
 
@@ -55,20 +57,19 @@ fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
     model.outlet_fact(outlet).ok()?.konst.clone()
 }
 
-/// The convolution at `node` as a Kestrel kernel, if it is one they cover: f32, NCHW, OIHW
-/// constant weights, 3x3, stride 1 or 2 on both axes, no dilation, depthwise or on at most
-/// [`MAX_DENSE_INPUTS`] input channels.
-fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> {
-    let Some(conv) = node.op_as::<Conv>() else {
-        return Ok(None);
-    };
+/// The geometry of the 3x3 convolution at `node`, if Kestrel's kernels cover its layout: NCHW
+/// (or CHW), OIHW weights, 3x3, stride 1 or 2 on both axes, no dilation, concrete shapes. Its
+/// input channels too.
+fn conv3x3_geometry(
+    model: &TypedModel,
+    node: &TypedNode,
+    conv: &Conv,
+) -> TractResult<Option<(usize, Geometry)>> {
     let spec = &conv.pool_spec;
-    if conv.q_params.is_some()
-        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+    if !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
         || conv.kernel_fmt != KernelFormat::OIHW
         || spec.kernel_shape.as_slice() != [3, 3]
         || spec.dilations().iter().any(|&d| d != 1)
-        || node.inputs.len() != 3
     {
         return Ok(None);
     }
@@ -77,9 +78,6 @@ fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> 
         return Ok(None);
     }
     let input = model.outlet_fact(node.inputs[0])?;
-    if input.datum_type != f32::datum_type() {
-        return Ok(None);
-    }
     let Some(shape) = input.shape.as_concrete() else {
         return Ok(None);
     };
@@ -105,6 +103,25 @@ fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> 
     if (geom.oh, geom.ow) != (pads[0].convoluted, pads[1].convoluted) {
         return Ok(None);
     }
+    Ok(Some((cin, geom)))
+}
+
+/// The convolution at `node` as a Kestrel kernel, if it is one they cover: f32, the layout of
+/// [`conv3x3_geometry`], constant weights, depthwise or on at most [`MAX_DENSE_INPUTS`] input
+/// channels.
+fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    if conv.q_params.is_some()
+        || node.inputs.len() != 3
+        || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
+    {
+        return Ok(None);
+    }
+    let Some((cin, geom)) = conv3x3_geometry(model, node, conv)? else {
+        return Ok(None);
+    };
     let (Some(kernel), Some(bias)) = (konst(model, node.inputs[1]), konst(model, node.inputs[2]))
     else {
         return Ok(None);
@@ -137,6 +154,7 @@ fn as_kernel(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Kind>> 
             weights,
             bias,
             clamp: Clamp::NONE,
+            int8: None,
         })));
     }
     Ok(None)
@@ -461,25 +479,21 @@ fn scalar<T: Datum + Copy>(model: &TypedModel, node: &TypedNode, slot: usize) ->
         .map(|v| v[0])
 }
 
-/// The int8 einsum at `node` (an int8 bundle's `ConvInteger`) as a Kestrel int8 pointwise
-/// convolution, with the `QuantizeLinear` before it and the cast, rescale, bias, residual and
-/// clamp after it, if it is one: int8 codes of a float input, constant int8 `[o, i]` weights
-/// without a zero point, int32 sums, then a cast to f32 and a per-channel `Mul` and `Add`.
-fn as_qpointwise(
-    model: &TypedModel,
-    node: &TypedNode,
-    isa: QIsa,
-) -> TractResult<Option<PointwiseMatch>> {
-    let Some(op) = node.op_as::<EinSum>() else {
-        return Ok(None);
-    };
-    if op.q_params != Some(i32::datum_type())
-        || op.operating_dt != i32::datum_type()
-        || node.inputs.len() != 9
-    {
+/// The operands of an int8 product at `node` (an einsum or convolution with tract's nine
+/// quantized inputs) as an int8 bundle writes them: the codes of a float tensor
+/// (`QuantizeLinearI8`), constant int8 weights without zero point, no bias, unit scales, int32
+/// output. The float input, its quantization, the zero point subtracted (`a0`), the weights.
+struct Int8Operands {
+    input: OutletId,
+    quant: InputQuant,
+    a0: i32,
+    weights: Arc<Tensor>,
+}
+
+fn int8_operands(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Int8Operands>> {
+    if node.inputs.len() != 9 {
         return Ok(None);
     }
-    // The codes come from a QuantizeLinearI8 of a float tensor.
     let qnode = model.node(node.inputs[0].node);
     let Some(quant) = qnode
         .op_as::<ElementWiseOp>()
@@ -513,10 +527,32 @@ fn as_qpointwise(
     if weights.datum_type() != i8::datum_type() || !zero_bias || !ones {
         return Ok(None);
     }
-    let Some(layout) = einsum_layout(model, node, op, &weights)? else {
-        return Ok(None);
-    };
-    // int32 -> f32, then the rescale and the bias.
+    Ok(Some(Int8Operands {
+        input: qnode.inputs[0],
+        quant: InputQuant {
+            scale: quant.scale,
+            zero_point: quant.zero_point as i32,
+        },
+        a0,
+        weights,
+    }))
+}
+
+/// What follows an int8 product: its nodes (cast, `Mul`, `Add`), per output channel the
+/// multiplier and the bias.
+struct Rescale {
+    nodes: Vec<usize>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// After an int8 product at `node`: the cast of its int32 sums to f32, then a per-channel `Mul`
+/// (the rescale) and `Add` (the bias).
+fn rescale_after(
+    model: &TypedModel,
+    node: &TypedNode,
+    layout: &EinsumLayout,
+) -> TractResult<Option<Rescale>> {
     let succ = &node.outputs[0].successors;
     if succ.len() != 1 {
         return Ok(None);
@@ -528,40 +564,135 @@ fn as_qpointwise(
     {
         return Ok(None);
     }
-    let mut fused = vec![cast.id];
-    let Some((mul, scales)) = channel_const_after(model, cast.id, "Mul", &layout)? else {
+    let Some((mul, scales)) = channel_const_after(model, cast.id, "Mul", layout)? else {
         return Ok(None);
     };
-    fused.push(mul);
-    let Some((add, bias)) = channel_const_after(model, mul, "Add", &layout)? else {
+    let Some((add, bias)) = channel_const_after(model, mul, "Add", layout)? else {
         return Ok(None);
     };
-    fused.push(add);
-    let Some(tail) = tail_after(model, add, node.id, &mut fused)? else {
+    Ok(Some(Rescale {
+        nodes: vec![cast.id, mul, add],
+        scale: scales,
+        bias,
+    }))
+}
+
+/// The int8 einsum at `node` (an int8 bundle's `ConvInteger` on 1x1 kernels) as a Kestrel int8
+/// pointwise convolution, with the `QuantizeLinear` before it and the cast, rescale, bias,
+/// residual and clamp after it, if it is one.
+fn as_qpointwise(
+    model: &TypedModel,
+    node: &TypedNode,
+    isa: QIsa,
+) -> TractResult<Option<PointwiseMatch>> {
+    let Some(op) = node.op_as::<EinSum>() else {
         return Ok(None);
     };
-    let w = weights.try_as_plain_ram()?.as_slice::<i8>()?.to_vec();
+    if op.q_params != Some(i32::datum_type()) || op.operating_dt != i32::datum_type() {
+        return Ok(None);
+    }
+    let Some(operands) = int8_operands(model, node)? else {
+        return Ok(None);
+    };
+    let Some(layout) = einsum_layout(model, node, op, &operands.weights)? else {
+        return Ok(None);
+    };
+    let Some(Rescale {
+        nodes: mut fused,
+        scale: scales,
+        bias,
+    }) = rescale_after(model, node, &layout)?
+    else {
+        return Ok(None);
+    };
+    let last = *fused.last().expect("three nodes");
+    let Some(tail) = tail_after(model, last, node.id, &mut fused)? else {
+        return Ok(None);
+    };
+    let w = operands
+        .weights
+        .try_as_plain_ram()?
+        .as_slice::<i8>()?
+        .to_vec();
     let conv = QPointwise::new(
         layout.k,
         layout.m,
         &w,
-        InputQuant {
-            scale: quant.scale,
-            zero_point: quant.zero_point as i32,
-        },
-        a0,
+        operands.quant,
+        operands.a0,
         (&scales, &bias),
         tail.clamp,
     );
     Ok(Some(PointwiseMatch {
         einsum: node.id,
         conv: PointwiseConv::Int8(conv, isa),
-        input: qnode.inputs[0],
+        input: operands.input,
         batched: layout.batched,
         fused,
         residual: tail.residual,
         clamps: tail.clamps,
     }))
+}
+
+/// An int8 bundle's stem at `node` (`ConvInteger`, 3x3 on at most [`MAX_DENSE_INPUTS`] inputs,
+/// group 1) as Kestrel's dense 3x3 kernel in its exact int8 mode ([`Int8Dense`]), with the
+/// quantization before it and the cast, rescale and bias after it: the kernel, its float input
+/// and the nodes it replaces before the clamp.
+fn as_qdense(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(Dense3x3, OutletId, Vec<usize>)>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    if conv.q_params != Some(i32::datum_type()) || conv.group != 1 {
+        return Ok(None);
+    }
+    let Some(operands) = int8_operands(model, node)? else {
+        return Ok(None);
+    };
+    let Some((cin, geom)) = conv3x3_geometry(model, node, conv)? else {
+        return Ok(None);
+    };
+    let cout = conv.output_channels();
+    let w = &operands.weights;
+    if cin > MAX_DENSE_INPUTS || w.shape() != [cout, cin, 3, 3] {
+        return Ok(None);
+    }
+    let out_rank = model.outlet_fact(OutletId::new(node.id, 0))?.rank();
+    let layout = EinsumLayout {
+        k: cin,
+        m: cout,
+        batched: [out_rank == 4; 2],
+    };
+    let Some(Rescale {
+        nodes: fused,
+        scale,
+        bias,
+    }) = rescale_after(model, node, &layout)?
+    else {
+        return Ok(None);
+    };
+    let weights = w
+        .try_as_plain_ram()?
+        .as_slice::<i8>()?
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let dense = Dense3x3 {
+        geom,
+        inputs: cin,
+        outputs: cout,
+        weights,
+        bias,
+        clamp: Clamp::NONE,
+        int8: Some(Int8Dense {
+            quant: operands.quant,
+            a0: operands.a0,
+            scale,
+        }),
+    };
+    Ok(Some((dense, operands.input, fused)))
 }
 
 /// Replaces the matched einsum and what follows it with one [`KestrelPointwise`] or
@@ -659,7 +790,13 @@ pub fn install_with(
                 left.insert(node.name.clone());
             } else if node.op_as::<Conv>().is_some() {
                 if let Some(kind) = as_kernel(model, node)? {
-                    found = Some(Found::Conv3x3(id, kind));
+                    found = Some(Found::Conv3x3(id, kind, None));
+                    break;
+                }
+                if qisa.is_some()
+                    && let Some((dense, input, chain)) = as_qdense(model, node)?
+                {
+                    found = Some(Found::Conv3x3(id, Kind::Dense(dense), Some((input, chain))));
                     break;
                 }
                 tracing::debug!("{} stays tract's: {:?}", node.name, node.op());
@@ -669,8 +806,8 @@ pub fn install_with(
         match found {
             None => break,
             Some(Found::Pointwise(pw)) => install_pointwise(model, pw, isa, &mut report)?,
-            Some(Found::Conv3x3(id, kind)) => {
-                if !install_conv3x3(model, id, kind, isa, &mut report)? {
+            Some(Found::Conv3x3(id, kind, int8)) => {
+                if !install_conv3x3(model, id, kind, int8, isa, &mut report)? {
                     left.insert(model.node(id).name.clone());
                 }
             }
@@ -681,28 +818,35 @@ pub fn install_with(
 
 /// A convolution the pass takes over.
 enum Found {
-    Conv3x3(usize, Kind),
+    /// The convolution, the kernel, and for an int8 stem its float input and the nodes between
+    /// it and the clamp.
+    Conv3x3(usize, Kind, Option<(OutletId, Vec<usize>)>),
     Pointwise(PointwiseMatch),
 }
 
-/// Replaces the 3x3 convolution `id` and the clamp after it with one Kestrel op; false if the
-/// clamp is empty (left to tract).
+/// Replaces the 3x3 convolution `id` and the clamp after it with one Kestrel op (for an int8
+/// stem, `int8`: from its float input, the cast, rescale and bias too); false if the clamp is
+/// empty (left to tract).
 fn install_conv3x3(
     model: &mut TypedModel,
     id: usize,
     mut kind: Kind,
+    int8: Option<(OutletId, Vec<usize>)>,
     isa: Isa,
     report: &mut PassReport,
 ) -> TractResult<bool> {
     let node = model.node(id);
     let batched = model.outlet_fact(node.inputs[0])?.rank() == 4;
-    let (clamp, fused, last) = clamps_after(model, id);
+    let (input, mut fused) = int8.unwrap_or((node.inputs[0], vec![]));
+    let (clamp, clamps, last) = clamps_after(model, *fused.last().unwrap_or(&id));
     if clamp.lo > clamp.hi {
         return Ok(false);
     }
+    let n_clamps = clamps.len();
+    fused.extend(clamps);
     let name = format!("{}.kestrel", node.name);
     let mut patch = TypedModelPatch::new("kestrel-kernels");
-    let tap = patch.tap_model(model, node.inputs[0])?;
+    let tap = patch.tap_model(model, input)?;
     let out = match &mut kind {
         Kind::Depthwise(dw) => {
             dw.clamp = clamp;
@@ -716,7 +860,11 @@ fn install_conv3x3(
         }
         Kind::Dense(d) => {
             d.clamp = clamp;
-            report.dense += 1;
+            if d.int8.is_some() {
+                report.int8_dense += 1;
+            } else {
+                report.dense += 1;
+            }
             let op = KestrelDense {
                 conv: Arc::new(d.clone()),
                 batched,
@@ -725,7 +873,7 @@ fn install_conv3x3(
             patch.wire_node(name, op, &[tap])?[0]
         }
     };
-    report.clamps += fused.len();
+    report.clamps += n_clamps;
     patch.shunt_outside(model, OutletId::new(last, 0), out)?;
     patch.obliterate(id)?;
     for f in fused {
@@ -1032,6 +1180,127 @@ mod tests {
                 prop_assert_eq!(want.len(), got.len());
                 for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                     prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", qisa, i, a, b);
+                }
+            }
+        }
+    }
+
+    /// An int8 bundle's stem as tract declutters it: `QuantizeLinear`, the int8 3x3 convolution
+    /// with its nine inputs, cast, per-channel rescale and bias, ReLU6.
+    fn qstem(
+        [n, cin, cout, h, w]: [usize; 5],
+        stride: usize,
+        pads: [usize; 4],
+        seed: u64,
+    ) -> (TypedModel, Tensor) {
+        use tract_onnx::tract_core::ops::math::Mul;
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
+        let zp = (seed % 200) as i32 - 100;
+        let quant = tract_onnx::tract_core::ops::quant::quantize_linear_i8(
+            20.0 + (seed % 40) as f32,
+            zp as i8,
+        );
+        let q = m.wire_node("q", quant, &[x]).unwrap()[0];
+        let weights: Vec<i8> = values(cout * cin * 9, seed + 1)
+            .iter()
+            .map(|v| (v * 31.9) as i8)
+            .collect();
+        let wq = m
+            .add_const(
+                "w",
+                Tensor::from_shape(&[cout, cin, 3, 3], &weights).unwrap(),
+            )
+            .unwrap();
+        let zero = m.add_const("zero", tensor0(0i32)).unwrap();
+        let a0 = m.add_const("a0", tensor0(zp)).unwrap();
+        let one = m.add_const("one", tensor0(1f32)).unwrap();
+        let [top, left, bottom, right] = pads;
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![3, 3],
+                padding: PaddingSpec::Explicit(tvec![top, left], tvec![bottom, right]),
+                dilations: None,
+                strides: Some(tvec![stride, stride]),
+                input_channels: cin,
+                output_channels: cout,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: Some(i32::datum_type()),
+        };
+        let acc = m
+            .wire_node("conv", conv, &[q, wq, zero, a0, one, zero, one, zero, one])
+            .unwrap()[0];
+        let mut y = m
+            .wire_node(
+                "cast",
+                Cast {
+                    to: f32::datum_type(),
+                },
+                &[acc],
+            )
+            .unwrap()[0];
+        let per_channel = |v: Vec<f32>| Tensor::from_shape(&[1, cout, 1, 1], &v).unwrap();
+        let scales = per_channel(
+            values(cout, seed + 2)
+                .iter()
+                .map(|v| 1e-3 * (v.abs() + 0.1))
+                .collect(),
+        );
+        let s = m.add_const("s", scales).unwrap();
+        let b = m
+            .add_const("b", per_channel(values(cout, seed + 3)))
+            .unwrap();
+        y = m
+            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
+            .unwrap()[0];
+        y = m
+            .wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
+            .unwrap()[0];
+        let lo = m.add_const("lo", tensor4(&[[[[0f32]]]])).unwrap();
+        let hi = m.add_const("hi", tensor4(&[[[[6f32]]]])).unwrap();
+        y = m
+            .wire_node("max", TypedBinOp(Box::new(Max), None), &[y, lo])
+            .unwrap()[0];
+        y = m
+            .wire_node("min", TypedBinOp(Box::new(Min), None), &[y, hi])
+            .unwrap()[0];
+        m.select_output_outlets(&[y]).unwrap();
+        let input =
+            Tensor::from_shape(&[n, cin, h, w], &values(n * cin * h * w, seed + 4)).unwrap();
+        (m, input)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Kestrel's dense 3x3 kernel in its int8 mode computes exactly what tract's quantize,
+        /// int8 convolution (padded with the zero point), cast, rescale, bias and clamp compute,
+        /// bit for bit, on every float instruction set, and the pass fuses all of them.
+        #[test]
+        fn kestrel_int8_stem_equals_tract(
+            n in 1usize..3, cin in 1usize..=MAX_DENSE_INPUTS, cout in 1usize..12, h in 3usize..24,
+            w in 3usize..30, stride in 1usize..=2, pads in proptest::array::uniform4(0usize..=1),
+            seed in any::<u64>(),
+        ) {
+            let run = |m: TypedModel, input: &Tensor| {
+                let out = m.into_optimized().unwrap().into_runnable().unwrap()
+                    .run(tvec!(input.clone().into_tvalue())).unwrap();
+                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+            };
+            let (m, input) = qstem([n, cin, cout, h, w], stride, pads, seed);
+            let want = run(m.clone().into_decluttered().unwrap(), &input);
+            for isa in Isa::available() {
+                let mut ours = m.clone().into_decluttered().unwrap();
+                let report = install_with(&mut ours, isa, Some(QIsa::Portable)).unwrap();
+                prop_assert_eq!(report.int8_dense, 1, "{:?}", isa);
+                prop_assert_eq!(report.clamps, 2);
+                let got = run(ours, &input);
+                prop_assert_eq!(want.len(), got.len());
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", isa, i, a, b);
                 }
             }
         }

@@ -80,6 +80,8 @@ pub(crate) trait Lanes: Copy {
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     /// `self + a`.
     unsafe fn add(self, a: Self) -> Self;
+    /// `self * a`, rounded once (no fused addition).
+    unsafe fn mul(self, a: Self) -> Self;
     /// Writes the first `n` lanes (`n < N`) to `p`.
     #[inline(always)]
     unsafe fn store_first(self, p: *mut f32, n: usize) {
@@ -173,6 +175,10 @@ impl Lanes for f32 {
         self + a
     }
     #[inline(always)]
+    unsafe fn mul(self, a: Self) -> Self {
+        self * a
+    }
+    #[inline(always)]
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
         self.max(lo).min(hi)
     }
@@ -217,6 +223,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(self, a: Self) -> Self {
             unsafe { Avx(_mm256_add_ps(self.0, a.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, a: Self) -> Self {
+            unsafe { Avx(_mm256_mul_ps(self.0, a.0)) }
         }
         #[inline(always)]
         unsafe fn store_first(self, p: *mut f32, n: usize) {
@@ -349,6 +359,10 @@ mod arm {
             unsafe { Neon(vaddq_f32(self.0, a.0)) }
         }
         #[inline(always)]
+        unsafe fn mul(self, a: Self) -> Self {
+            unsafe { Neon(vmulq_f32(self.0, a.0)) }
+        }
+        #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
             unsafe { Neon(vminq_f32(vmaxq_f32(self.0, lo.0), hi.0)) }
         }
@@ -420,6 +434,10 @@ mod x86_512 {
         #[inline(always)]
         unsafe fn add(self, a: Self) -> Self {
             unsafe { Avx512(_mm512_add_ps(self.0, a.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, a: Self) -> Self {
+            unsafe { Avx512(_mm512_mul_ps(self.0, a.0)) }
         }
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
