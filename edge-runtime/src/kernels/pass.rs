@@ -1168,9 +1168,7 @@ mod tests {
             };
             let (m, input) = qmodel([n, cin, cout, h, w], residual, relu6, seed);
             let want = run(m.clone().into_decluttered().unwrap(), &input);
-            let mut isas = vec![QIsa::Portable];
-            isas.extend(QIsa::detect());
-            for qisa in isas {
+            for qisa in QIsa::available() {
                 let mut ours = m.clone().into_decluttered().unwrap();
                 let report = install_with(&mut ours, Isa::Portable, Some(qisa)).unwrap();
                 prop_assert_eq!(report.int8_pointwise, 1, "{:?}", qisa);
