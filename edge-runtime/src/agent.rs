@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kestrel_shared::manifest::{MANIFEST_FILE, Manifest};
+use kestrel_shared::manifest::{MANIFEST_FILE, Manifest, Release};
 use kestrel_shared::sign::{TrustError, TrustList};
 use kestrel_shared::wire::{
     self, ErrorCode, FileOffer, FrameDecoder, FrameError, Hello, Message, PROTOCOL_VERSION,
@@ -178,6 +178,9 @@ pub enum InstallError {
     /// The signature is refused.
     #[error("{0}")]
     Trust(#[from] TrustError),
+    /// The bundle is older than the current one and the operator did not allow a downgrade.
+    #[error("{0}")]
+    Downgrade(String),
     /// The store refused (missing blobs, bad hash, validation failed, name escaping the store...).
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -257,21 +260,31 @@ pub fn bundle_id(manifest_sha: &Sha256) -> String {
     manifest_sha.to_hex()[..16].to_string()
 }
 
+/// What an install accepts besides a well-formed bundle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallPolicy<'a> {
+    /// Keys the bundle must be signed by (None: any bundle, signed or not).
+    pub trust: Option<&'a TrustList>,
+    /// Accept a bundle older than the current one (`kestrel deploy --allow-downgrade`).
+    pub allow_downgrade: bool,
+}
+
 /// Installs bundle `id` from blobs already in the store: reads its manifest (strict schema), checks
-/// the signature against `trust`, then [`Store::install_bundle`] re-verifies every blob, assembles
-/// the bundle, and validates it with [`Bundle::open`] and then `switch` (the running loop loads it);
-/// only then does `current` move. On any error `current` stays where it was. Returns the manifest.
+/// the signature against the policy's trust list and that it is not older than the current bundle
+/// (unless allowed), then [`Store::install_bundle`] re-verifies every blob, assembles the bundle,
+/// and validates it with [`Bundle::open`] and then `switch` (the running loop loads it); only then
+/// does `current` move. On any error `current` stays where it was. Returns the manifest.
 pub fn install_from_store(
     store: &mut Store,
     id: &str,
     manifest_sha: &str,
-    trust: Option<&TrustList>,
+    policy: InstallPolicy<'_>,
     switch: &mut dyn FnMut(&Path) -> Result<(), String>,
 ) -> Result<Manifest, InstallError> {
     wire::check_name(id).map_err(StoreError::from)?;
     Sha256::from_hex(manifest_sha).map_err(StoreError::from)?;
     let manifest = read_manifest_blob(store, manifest_sha)?;
-    if let Some(list) = trust {
+    if let Some(list) = policy.trust {
         let key = list.verify(&manifest)?;
         tracing::info!(
             "bundle {id} is signed by trusted key {} {}",
@@ -279,12 +292,40 @@ pub fn install_from_store(
             key.comment
         );
     }
+    let current = store.current()?;
+    if current.as_deref() != Some(id) {
+        let reason = store
+            .current_path()?
+            .and_then(|dir| downgrade_reason(&dir, &manifest));
+        match reason {
+            Some(r) if !policy.allow_downgrade => return Err(InstallError::Downgrade(r)),
+            Some(_) => tracing::warn!(
+                "bundle {id} is older than the current one; installed because a downgrade was allowed"
+            ),
+            None => {}
+        }
+    }
     let files = bundle_files(&manifest, manifest_sha);
     store.install_bundle(id, &files, |dir: &Path| -> Result<(), String> {
         Bundle::open(dir).map_err(|e| e.to_string())?;
         switch(dir).map_err(|e| format!("the running loop could not switch to it: {e}"))
     })?;
     Ok(manifest)
+}
+
+/// Why `manifest` would be a downgrade from the bundle in `current_dir` ([`Release::downgrade`]);
+/// None when it is not, or when the current bundle's manifest cannot be read (a broken current
+/// bundle is no reason to refuse a replacement).
+pub fn downgrade_reason(current_dir: &Path, manifest: &Manifest) -> Option<String> {
+    match Manifest::read(current_dir) {
+        Ok(current) => Release::downgrade(manifest, &current),
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the current bundle's manifest ({e}); not comparing releases"
+            );
+            None
+        }
+    }
 }
 
 /// Checks the signature of the bundle in `dir` against `trust` (for bundles installed by others).
@@ -636,7 +677,12 @@ impl Agent {
             }
             Message::FileOffer(offer) => self.on_offer(offer),
             Message::Chunk(chunk) => self.on_chunk(&chunk),
-            Message::Install { bundle, manifest } => self.on_install(&bundle, &manifest, host),
+            Message::Install { bundle, manifest } => {
+                self.on_install(&bundle, &manifest, false, host)
+            }
+            Message::InstallAllowingDowngrade { bundle, manifest } => {
+                self.on_install(&bundle, &manifest, true, host)
+            }
             Message::Rollback => self.on_rollback(host),
             other => self.error(
                 ErrorCode::BadRequest,
@@ -766,13 +812,21 @@ impl Agent {
         }
     }
 
-    fn on_install(&mut self, id: &str, manifest: &Sha256, host: &mut dyn BundleHost) {
+    fn on_install(
+        &mut self,
+        id: &str,
+        manifest: &Sha256,
+        allow_downgrade: bool,
+        host: &mut dyn BundleHost,
+    ) {
         let trust = self.cfg.trust.clone();
         let sha = manifest.to_hex();
+        let policy = InstallPolicy {
+            trust: trust.as_ref(),
+            allow_downgrade,
+        };
         let result = match self.store() {
-            Ok(store) => {
-                install_from_store(store, id, &sha, trust.as_ref(), &mut |d| host.switch(d))
-            }
+            Ok(store) => install_from_store(store, id, &sha, policy, &mut |d| host.switch(d)),
             Err(e) => Err(e.into()),
         };
         let bundle = truncate(id.to_string(), wire::MAX_NAME);
@@ -890,20 +944,42 @@ impl Agent {
             Some(t) => check_bundle_trust(&dir, t),
             None => Ok(()),
         }
+        .and_then(|()| self.not_a_downgrade_behind_our_back(&id, &dir))
         .and_then(|()| host.switch(&dir));
         match verdict {
             Ok(()) => self.current = Some(id),
             Err(e) => {
                 tracing::error!("bundle {id} refused: {e}; moving `current` back");
-                let back = self
-                    .store()
-                    .and_then(|s| s.rollback(|_: &Path| Ok::<(), String>(())));
+                let mine = self.current.clone();
+                let back = self.store().and_then(|s| match mine {
+                    Some(mine) => s.restore(&mine).map(|()| mine),
+                    None => s.rollback(|_: &Path| Ok::<(), String>(())).map(|(p, ())| p),
+                });
                 match back {
-                    Ok((prev, ())) => self.current = Some(prev),
+                    Ok(prev) => self.current = Some(prev),
                     Err(e) => tracing::error!("cannot move `current` back: {e}"),
                 }
                 self.store = None;
             }
+        }
+    }
+
+    /// A `current` the store did not approve (someone renamed the link themselves) may not be
+    /// older than the bundle this agent runs: the store's own installs check that, and allowed
+    /// downgrades and rollbacks go through the store.
+    fn not_a_downgrade_behind_our_back(&self, id: &str, dir: &Path) -> Result<(), String> {
+        if crate::store::approved(&self.cfg.store).as_deref() == Some(id) {
+            return Ok(());
+        }
+        let Some(mine) = &self.current else {
+            return Ok(());
+        };
+        let new = Manifest::read(dir).map_err(|e| e.to_string())?;
+        match downgrade_reason(&self.cfg.store.join("bundles").join(mine), &new) {
+            Some(reason) => Err(format!(
+                "it was switched in behind the agent's back (not through the store) and {reason}"
+            )),
+            None => Ok(()),
         }
     }
 }

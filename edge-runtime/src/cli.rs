@@ -1,12 +1,25 @@
 //! The work behind `kestrel-edge`'s subcommands (the binary only parses arguments).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
 
 use crate::Trunk;
+
+/// Installs the log subscriber: `info` and above by default, so the board's journal shows what the
+/// agent does and its security warnings (`RUST_LOG` still wins); colour codes only on a terminal,
+/// never in journald or a log file.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// Embed each picture and write one JSON object per line; a bad picture is reported on stderr and
 /// in its line, and the others still run. Returns how many failed.

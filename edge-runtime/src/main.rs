@@ -58,10 +58,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    kestrel_edge::cli::init_logging();
     let started = std::time::Instant::now();
     match Cli::parse().command {
         Command::Run(args) => {

@@ -8,6 +8,7 @@
 //! DIR/bundles/<id>/.kestrel-store.json   the bundle's file list (name -> sha256)
 //! DIR/history.json               validated bundles, oldest first: rollback order, what prune keeps
 //! DIR/current -> bundles/<id>    the active bundle (relative symlink)
+//! DIR/approved                   the id the store itself last made current (see [`approved`])
 //! ```
 //!
 //! Bundle files are hard links rather than symlinks so a bundle directory is self-contained for
@@ -35,12 +36,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use kestrel_shared::wire::{BadHash, BadName, Sha256, check_name};
 use sha2::Digest;
 
+/// The bundle the store itself last made current in the store at `root` (install, rollback or
+/// restore), read without opening the store. When `current` names another bundle, someone
+/// switched it behind the store's back.
+pub fn approved(root: &Path) -> Option<String> {
+    let text = fs::read_to_string(root.join(APPROVED)).ok()?;
+    let id = text.trim().to_string();
+    check_name(&id).ok().map(|()| id)
+}
+
 /// Bundles kept by default: the current one and two to roll back to.
 pub const DEFAULT_KEEP: usize = 3;
 
 const RECORD: &str = ".kestrel-store.json";
 const HISTORY: &str = "history.json";
 const CURRENT: &str = "current";
+const APPROVED: &str = "approved";
 const TMP: &str = ".tmp-";
 
 /// A failed store operation; each names the path involved and what to do.
@@ -942,29 +953,47 @@ impl Store {
 
     /// Rewrites `history.json` atomically.
     fn write_history(&self, ids: &[String]) -> Result<()> {
-        let tmp = self.root.join(tmp_name("history"));
-        let mut guard = TmpGuard(Some(tmp.clone()));
         let json = serde_json::to_vec_pretty(ids).expect("strings serialize");
+        self.write_small(HISTORY, &json)
+    }
+
+    /// Replaces the store's file `name` with `bytes`: a temporary file, fsync, rename, fsync of
+    /// the directory.
+    fn write_small(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = self.root.join(tmp_name(name));
+        let mut guard = TmpGuard(Some(tmp.clone()));
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
-        f.write_all(&json)
+        f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .map_err(io_err("write", &tmp))?;
-        let path = self.root.join(HISTORY);
+        let path = self.root.join(name);
         fs::rename(&tmp, &path).map_err(io_err("move into place", &path))?;
         guard.disarm();
         fsync_dir(&self.root)
     }
 
+    /// Makes the recorded bundle `id` current again (the agent putting back its own bundle after
+    /// refusing one that was switched in behind its back).
+    pub fn restore(&mut self, id: &str) -> Result<()> {
+        check_name(id)?;
+        let dir = self.bundles_dir().join(id);
+        self.read_record(&dir)?;
+        self.switch_current(id)
+    }
+
     /// Points `current` at `bundles/<id>`: a new link under a temporary name renamed over it.
+    /// [`APPROVED`] names `id` first, so a `current` that differs from it was moved by someone
+    /// else (or the switch was interrupted, and `current` still names the bundle before).
     fn switch_current(&self, id: &str) -> Result<()> {
         let link = self.root.join(CURRENT);
         if matches!(lstat(&link)?, Some(m) if m.file_type().is_dir()) {
             return Err(StoreError::NotRegular { path: link });
         }
+        self.write_small(APPROVED, id.as_bytes())?;
         let tmp = self.root.join(tmp_name("current"));
         let mut guard = TmpGuard(Some(tmp.clone()));
         std::os::unix::fs::symlink(Path::new("bundles").join(id), &tmp)

@@ -4,8 +4,9 @@
 //! - `list --json`: blobs, bundles, `current` and free space, so only missing blobs travel;
 //! - `put-blob SHA`: stores a blob read from standard input (temporary file, fsync, sha256 checked
 //!   on the board, rename): a bad upload never becomes a blob;
-//! - `install --id ID --manifest SHA [--trust FILE]`: the same atomic, validated install as the
-//!   serial agent ([`install_from_store`]); a running agent notices the new `current` and switches;
+//! - `install --id ID --manifest SHA [--trust FILE] [--allow-downgrade]`: the same atomic,
+//!   validated install as the serial agent ([`install_from_store`]), which refuses a bundle older
+//!   than the current one unless allowed; a running agent notices the new `current` and switches;
 //! - `rollback`, `verify` (re-hash every blob).
 //!
 //! A running agent holds the store only while a serial deploy talks to it; these commands wait up
@@ -20,7 +21,7 @@ use kestrel_shared::listing::{ListedBundle, StoreListing};
 use kestrel_shared::sign::TrustList;
 use serde_json::json;
 
-use crate::agent::{MAX_BLOB, free_bytes, install_from_store};
+use crate::agent::{InstallPolicy, MAX_BLOB, free_bytes, install_from_store};
 use crate::bundle::Bundle;
 use crate::store::{DEFAULT_KEEP, Store, StoreError};
 
@@ -63,6 +64,9 @@ pub enum StoreCommand {
         /// Accept it only if signed by a key of this trust list.
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// Accept it even if it is older than the current bundle.
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Make the bundle installed before the current one current again.
     Rollback,
@@ -135,6 +139,7 @@ pub fn run_cli(args: StoreArgs) -> anyhow::Result<()> {
             id,
             manifest,
             trust,
+            allow_downgrade,
         } => {
             let trust = match trust {
                 Some(p) => Some(
@@ -146,7 +151,11 @@ pub fn run_cli(args: StoreArgs) -> anyhow::Result<()> {
                     None
                 }
             };
-            let m = install_from_store(&mut store, &id, &manifest, trust.as_ref(), &mut |_| Ok(()))
+            let policy = InstallPolicy {
+                trust: trust.as_ref(),
+                allow_downgrade,
+            };
+            let m = install_from_store(&mut store, &id, &manifest, policy, &mut |_| Ok(()))
                 .map_err(|e| {
                     let kept = match store.current() {
                         Ok(Some(c)) => format!("; bundle {c} stays current"),

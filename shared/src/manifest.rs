@@ -19,8 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::decode::GridSpec;
 use crate::{CutPoint, PreprocessSpec};
 
-/// Version of the manifest schema; a reader refuses other versions.
-pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
+/// Version of the manifest schema written; a reader accepts versions
+/// [`MANIFEST_OLDEST_SCHEMA_VERSION`] to this one. Version 2 added [`Release`].
+pub const MANIFEST_SCHEMA_VERSION: u32 = 2;
+/// The oldest schema version still read (a version-1 manifest has no [`Release`]).
+pub const MANIFEST_OLDEST_SCHEMA_VERSION: u32 = 1;
 /// File name of the manifest inside a bundle directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the frozen trunk inside a bundle.
@@ -61,9 +64,53 @@ pub struct Manifest {
     pub decode: Option<Decoding>,
     /// Validation metrics of the fp32 model and of the bundle as exported.
     pub metrics: ValidationMetrics,
+    /// When and in which order the bundle was made: a board refuses a bundle older than its
+    /// current one (anti-rollback). Absent in bundles of schema version 1, which count as oldest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
     /// Signature of the manifest (none until bundles are signed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+}
+
+/// When a bundle was made, and its place in the order of bundles: signed with the manifest, so a
+/// board can refuse an older bundle sent again (a downgrade, or the replay of a flawed bundle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Creation time, RFC 3339 in UTC (`2026-12-04T01:30:00Z`).
+    pub created: String,
+    /// Strictly increasing over the bundles a workstation exports: milliseconds since 1970 at
+    /// export, raised above the last sequence that workstation wrote if its clock went back.
+    pub sequence: u64,
+}
+
+impl Release {
+    /// The sequence of a manifest's release; 0 (oldest) when it has none.
+    pub fn sequence_of(manifest: &Manifest) -> u64 {
+        manifest.release.as_ref().map_or(0, |r| r.sequence)
+    }
+
+    /// How a manifest's release reads in messages.
+    pub fn describe(manifest: &Manifest) -> String {
+        match &manifest.release {
+            Some(r) => format!("made {}, sequence {}", r.created, r.sequence),
+            None => "made before releases were recorded, sequence 0".to_string(),
+        }
+    }
+
+    /// Why `new` may not replace `current` without the operator's say-so: `Some(reason)` when
+    /// `new` is older (a lower sequence); bundles with equal sequences (the same bundle) pass.
+    pub fn downgrade(new: &Manifest, current: &Manifest) -> Option<String> {
+        (Self::sequence_of(new) < Self::sequence_of(current)).then(|| {
+            format!(
+                "it is older than the current bundle ({} against {}): a downgrade is refused; \
+                 to go back on purpose use `kestrel rollback` or `kestrel deploy --allow-downgrade`",
+                Self::describe(new),
+                Self::describe(current)
+            )
+        })
+    }
 }
 
 /// What the model does.
@@ -439,7 +486,7 @@ pub enum ManifestError {
     },
     /// Written by an incompatible Kestrel.
     #[error(
-        "bundle manifest {path} has schema version {found}, this Kestrel reads version {expected}: export the bundle again with this version of `kestrel`"
+        "bundle manifest {path} has schema version {found}, this Kestrel reads versions 1 to {expected}: export the bundle with a matching version of `kestrel`, or upgrade kestrel-edge on the board (`kestrel install`)"
     )]
     Version {
         /// The file.
@@ -496,7 +543,9 @@ impl Manifest {
                 });
             }
             Some(v) => match v.as_u64() {
-                Some(found) if found == MANIFEST_SCHEMA_VERSION as u64 => {}
+                Some(found)
+                    if (MANIFEST_OLDEST_SCHEMA_VERSION as u64..=MANIFEST_SCHEMA_VERSION as u64)
+                        .contains(&found) => {}
                 Some(found) => {
                     return Err(ManifestError::Version {
                         path: path.to_string(),
@@ -799,6 +848,10 @@ pub(crate) mod tests {
                 max_abs_diff: 0.05,
                 agreement: 0.95,
             },
+            release: Some(Release {
+                created: "2026-12-04T01:30:00Z".into(),
+                sequence: 1_796_347_800_000,
+            }),
             signature: None,
         }
     }
@@ -849,14 +902,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_older_release_is_a_downgrade_and_the_same_one_is_not() {
+        let current = sample();
+        assert_eq!(Release::downgrade(&current, &current), None);
+        let mut older = sample();
+        older.release.as_mut().unwrap().sequence -= 1;
+        let reason = Release::downgrade(&older, &current).expect("older is refused");
+        assert!(reason.contains("--allow-downgrade"), "{reason}");
+        assert!(reason.contains("sequence 1796347799999"), "{reason}");
+        assert_eq!(Release::downgrade(&current, &older), None, "newer passes");
+        let mut unversioned = sample();
+        unversioned.release = None;
+        assert!(Release::downgrade(&unversioned, &current).is_some());
+        assert_eq!(Release::downgrade(&current, &unversioned), None);
+    }
+
+    #[test]
     fn version_missing_fields_and_garbage_are_typed_errors_naming_the_file() {
         let good = serde_json::to_value(sample()).unwrap();
 
         let mut v = good.clone();
-        v["schema_version"] = 2.into();
+        v["schema_version"] = 3.into();
         let e = err(&v);
-        assert!(matches!(e, ManifestError::Version { found: 2, .. }), "{e}");
+        assert!(matches!(e, ManifestError::Version { found: 3, .. }), "{e}");
         assert!(e.to_string().contains("b/manifest.json"));
+        assert!(e.to_string().contains("upgrade kestrel-edge"), "{e}");
+
+        // Version 1 (no release) is still read; its bundles count as the oldest.
+        let mut v = good.clone();
+        v["schema_version"] = 1.into();
+        v.as_object_mut().unwrap().remove("release");
+        let old = Manifest::from_json(&v.to_string(), "b/manifest.json").unwrap();
+        assert_eq!(Release::sequence_of(&old), 0);
+
+        let mut v = good.clone();
+        v["release"]["sequence"] = "soon".into();
+        assert!(
+            matches!(err(&v), ManifestError::Field { field, .. } if field == "release.sequence"),
+            "{}",
+            err(&v)
+        );
 
         let mut v = good.clone();
         v.as_object_mut().unwrap().remove("schema_version");

@@ -415,6 +415,14 @@ pub enum Message {
     /// Host -> board: switch back to the bundle installed before the current one; answered by
     /// [`Message::InstallResult`] naming the bundle that now runs.
     Rollback,
+    /// Host -> board: as [`Message::Install`], and accept the bundle even if it is older than the
+    /// current one (the operator asked for a downgrade: `kestrel deploy --allow-downgrade`).
+    InstallAllowingDowngrade {
+        /// Id of the bundle (a plain name, see [`check_name`]).
+        bundle: String,
+        /// sha256 of its manifest blob.
+        manifest: Sha256,
+    },
 }
 
 impl Message {
@@ -434,6 +442,7 @@ impl Message {
             Message::Telemetry(_) => "Telemetry",
             Message::HelloRequest => "HelloRequest",
             Message::Rollback => "Rollback",
+            Message::InstallAllowingDowngrade { .. } => "InstallAllowingDowngrade",
         }
     }
 
@@ -466,7 +475,9 @@ impl Message {
             | Message::Complete { .. }
             | Message::HelloRequest
             | Message::Rollback => Ok(()),
-            Message::Install { bundle, .. } => limit("Install.bundle", bundle.len(), MAX_NAME),
+            Message::Install { bundle, .. } | Message::InstallAllowingDowngrade { bundle, .. } => {
+                limit("Install.bundle", bundle.len(), MAX_NAME)
+            }
             Message::InstallResult {
                 bundle, message, ..
             } => {
@@ -1198,6 +1209,10 @@ mod tests {
             }),
             Message::HelloRequest,
             Message::Rollback,
+            Message::InstallAllowingDowngrade {
+                bundle: "b-2025".into(),
+                manifest: sha(5),
+            },
         ]
     }
 

@@ -266,9 +266,29 @@ pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_share
             max_abs_diff: 0.0,
             agreement: 1.0,
         },
+        release: None,
         signature: None,
     };
     manifest.write(&dir.join(MANIFEST_FILE)).unwrap();
+    manifest
+}
+
+/// [`tiny_bundle`] with a [`Release`](kestrel_shared::manifest::Release) of this sequence (made
+/// "now"), for anti-rollback tests: a higher sequence is a newer bundle.
+pub fn tiny_released_bundle(
+    dir: &Path,
+    trunk_seed: u64,
+    head_seed: u64,
+    sequence: u64,
+) -> kestrel_shared::Manifest {
+    let mut manifest = tiny_bundle(dir, trunk_seed, head_seed);
+    manifest.release = Some(kestrel_shared::manifest::Release {
+        created: format!("2026-12-04T00:00:{:02}Z", sequence % 60),
+        sequence,
+    });
+    manifest
+        .write(&dir.join(kestrel_shared::manifest::MANIFEST_FILE))
+        .unwrap();
     manifest
 }
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kestrel_e2e::{assert_store_blobs_intact, bin, tiny_bundle};
+use kestrel_e2e::{assert_store_blobs_intact, bin, tiny_bundle, tiny_released_bundle};
 use kestrel_edge::Bundle;
 use kestrel_edge::agent::{Agent, AgentConfig, AgentHandle, AgentStats, NoLoop};
 use kestrel_edge::transport::{Faults, Faulty, TTYPort, Transport, pty_pair};
@@ -391,23 +391,31 @@ fn bad_bundles_and_bad_frames_are_refused_and_the_board_keeps_its_model() {
             Err(_) => serde_json::to_vec_pretty(&v).unwrap(),
         }
     };
-    for (what, path) in [
-        ("dot-dot", "../x"),
-        ("absolute", "/etc/passwd"),
-        ("store record", ".kestrel-store.json"),
+    for (what, path, reason) in [
+        ("dot-dot", "../x", "`../x` must be a plain file name inside the bundle"),
+        (
+            "absolute",
+            "/etc/passwd",
+            "`/etc/passwd` must be a plain file name inside the bundle",
+        ),
+        (
+            "store record",
+            ".kestrel-store.json",
+            "refusing name \".kestrel-store.json\": it starts with a dot",
+        ),
     ] {
         let m = signed(&|v| v["files"]["head"]["path"] = path.into());
         refused(
             raw_install(&mut line, tmp.path(), &[("manifest.json", m)]),
             what,
-            "",
+            reason,
         );
     }
-    let m = signed(&|v| v["schema_version"] = 2.into());
+    let m = signed(&|v| v["schema_version"] = 3.into());
     refused(
         raw_install(&mut line, tmp.path(), &[("manifest.json", m)]),
-        "schema 2",
-        "schema version 2",
+        "schema 3",
+        "schema version 3",
     );
     // A blob offered under a name that escapes the store.
     let r = raw_install(&mut line, tmp.path(), &[("../../etc/x", b"x".to_vec())]);
@@ -497,6 +505,36 @@ fn a_full_store_refuses_with_a_clear_reason_and_keeps_the_model() {
     refused(deploy(&mut line, &b), "full store", "no space left");
     board.assert_good(&id);
     board.stop();
+}
+
+#[test]
+fn an_older_bundle_is_refused_unless_the_downgrade_is_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (new, old) = (tmp.path().join("new"), tmp.path().join("old"));
+    tiny_released_bundle(&new, 40, 41, 2_000);
+    tiny_released_bundle(&old, 40, 40, 1_000);
+    let (board, mut line) = Board::start(config(&tmp.path().join("store")));
+    let id = deploy(&mut line, &new).unwrap().bundle;
+    board.assert_good(&id);
+    refused(
+        deploy(&mut line, &old),
+        "older bundle",
+        "older than the current bundle (made 2026-12-04T00:00:40Z, sequence 1000 against made 2026-12-04T00:00:20Z, sequence 2000)",
+    );
+    board.assert_good(&id);
+    // Sending the current bundle again is not a downgrade.
+    deploy(&mut line, &new).unwrap();
+    board.assert_good(&id);
+    let allowing = SerialOptions {
+        allow_downgrade: true,
+        ..fast()
+    };
+    let bundle = LocalBundle::open(&old, true).unwrap();
+    let r = serial::deploy(&mut line, &bundle, &allowing, &Silent).unwrap();
+    board.assert_good(&r.bundle);
+    assert_eq!(r.bundle, bundle.id);
+    let stats = board.stop();
+    assert_eq!(stats.refused, 1, "{stats:?}");
 }
 
 /// The real agent binary on the slave end of `pty`.

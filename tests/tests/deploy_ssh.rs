@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use kestrel_e2e::{
     assert_store_blobs_intact, bin, run_ok, ssh_user as user, start_sshd, tiny_bundle,
+    tiny_released_bundle,
 };
 use kestrel_edge::agent::{Agent, AgentConfig, BundleHost};
 use kestrel_trainer::deploy::ssh::{self, SshOptions};
@@ -151,6 +152,78 @@ fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
     );
     assert!(out.contains(&bundle_b.id), "{out}");
     recorder.wait_for(&bundle_b.id);
+
+    // Anti-rollback: a newer bundle goes in; an older one sent afterwards is refused (the command
+    // exits non-zero and says why) unless the operator allows the downgrade.
+    let (d, e) = (tmp.path().join("d"), tmp.path().join("e"));
+    tiny_released_bundle(&d, 30, 33, 2_000);
+    tiny_released_bundle(&e, 30, 34, 1_000);
+    let bundle_d = LocalBundle::open(&d, true).unwrap();
+    ssh::deploy(&bundle_d, &opts, &Silent).unwrap();
+    recorder.wait_for(&bundle_d.id);
+    let deploy_e = |extra: &[&str]| {
+        Command::new(bin("kestrel"))
+            .args(["--quiet", "deploy"])
+            .arg(&e)
+            .args(["--ssh", &target, "--remote-bin"])
+            .arg(bin("kestrel-edge"))
+            .arg("--store")
+            .arg(&store)
+            .args(options.iter().flat_map(|o| ["--ssh-option", o.as_str()]))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = deploy_e(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    println!("older bundle over ssh: {stderr}");
+    assert!(!refused.status.success(), "a downgrade must fail");
+    assert!(
+        stderr.contains("older than the current bundle") && stderr.contains("sequence 2000"),
+        "{stderr}"
+    );
+    let listing = |store: &Path| {
+        kestrel_edge::store::Store::open(store)
+            .unwrap()
+            .current()
+            .unwrap()
+    };
+    assert_eq!(listing(&store).as_deref(), Some(bundle_d.id.as_str()));
+    let allowed = deploy_e(&["--allow-downgrade"]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    let bundle_e = LocalBundle::open(&e, true).unwrap();
+    recorder.wait_for(&bundle_e.id);
+
+    // An older bundle switched in behind the agent's back (the link renamed by hand, not through
+    // the store): the agent refuses it and puts its own bundle back.
+    let tmp_link = store.join("current.by-hand");
+    std::os::unix::fs::symlink(Path::new("bundles").join(&bundle_b.id), &tmp_link).unwrap();
+    std::fs::rename(&tmp_link, store.join("current")).unwrap();
+    let start = Instant::now();
+    while std::fs::read_link(store.join("current")).unwrap()
+        != Path::new("bundles").join(&bundle_e.id)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the agent did not put bundle {} back",
+            bundle_e.id
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .ends_with(&bundle_e.id),
+        "the agent never ran the older bundle"
+    );
 
     handle.stop();
     agent_thread.join().unwrap();

@@ -346,7 +346,14 @@ fn install_into_store(store_dir: &std::path::Path, bundle: &std::path::Path) -> 
         }
     }
     let id = bundle_id(&Sha256::from_hex(&manifest_sha).unwrap());
-    install_from_store(&mut store, &id, &manifest_sha, None, &mut |_| Ok(())).unwrap();
+    install_from_store(
+        &mut store,
+        &id,
+        &manifest_sha,
+        Default::default(),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
     id
 }
 

@@ -242,6 +242,9 @@ fn write_bundle(
         quantization,
         decode: src.decode,
         metrics,
+        release: Some(super::release::next_release(
+            kestrel_shared::sign::default_key_dir().as_deref(),
+        )),
         signature: None,
     };
     std::fs::create_dir_all(dir).map_err(|source| ExportBundleError::Write {

@@ -20,6 +20,7 @@ pub mod evaluate;
 pub mod export;
 pub mod layers;
 pub mod quant;
+pub mod release;
 pub mod source;
 
 pub use export::{BundleReport, ExportOptions, export_bundle, export_demo_detector, print_report};

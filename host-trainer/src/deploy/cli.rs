@@ -56,6 +56,10 @@ pub struct DeployArgs {
     /// SSH: a trust list on the board the bundle must satisfy at install.
     #[arg(long)]
     pub remote_trust: Option<String>,
+    /// Install the bundle even if it is older than the board's current one (boards refuse
+    /// downgrades otherwise; `kestrel rollback` goes back one bundle).
+    #[arg(long)]
+    pub allow_downgrade: bool,
     /// Print the deploy report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -135,6 +139,7 @@ pub fn deploy(args: &DeployArgs, progress: &dyn Progress) -> anyhow::Result<Depl
             let mut port = kestrel_edge::transport::open_serial(dev, args.link.baud)?;
             let opts = SerialOptions {
                 baud: args.link.baud,
+                allow_downgrade: args.allow_downgrade,
                 ..Default::default()
             };
             let r = super::serial::deploy(&mut port, &bundle, &opts, progress)
@@ -145,6 +150,7 @@ pub fn deploy(args: &DeployArgs, progress: &dyn Progress) -> anyhow::Result<Depl
         (None, Some(target)) => {
             let mut opts = args.link.ssh_options(target);
             opts.trust = args.remote_trust.clone();
+            opts.allow_downgrade = args.allow_downgrade;
             let r = super::ssh::deploy(&bundle, &opts, progress)
                 .with_context(|| format!("deploying {} to {target}", args.bundle.display()))?;
             print_report(&r, None, args.json)?;

@@ -30,6 +30,8 @@ pub struct SerialOptions {
     pub hello_timeout: Duration,
     /// How long to wait for the install result (the board loads the models first).
     pub install_timeout: Duration,
+    /// Ask the board to accept a bundle older than its current one.
+    pub allow_downgrade: bool,
 }
 
 impl Default for SerialOptions {
@@ -39,6 +41,7 @@ impl Default for SerialOptions {
             chunk: wire::DEFAULT_CHUNK,
             hello_timeout: Duration::from_secs(1),
             install_timeout: Duration::from_secs(60),
+            allow_downgrade: false,
         }
     }
 }
@@ -342,9 +345,11 @@ pub fn install(
     manifest: wire::Sha256,
     opts: &SerialOptions,
 ) -> Result<String, DeployError> {
-    let msg = Message::Install {
-        bundle: id.to_string(),
-        manifest,
+    let bundle = id.to_string();
+    let msg = if opts.allow_downgrade {
+        Message::InstallAllowingDowngrade { bundle, manifest }
+    } else {
+        Message::Install { bundle, manifest }
     };
     request(conn, msg, INSTALL_TRIES, opts.install_timeout)
 }

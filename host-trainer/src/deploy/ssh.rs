@@ -30,6 +30,8 @@ pub struct SshOptions {
     pub store: String,
     /// A trust list on the board the install must satisfy (the agent checks its own as well).
     pub trust: Option<String>,
+    /// Ask the board to accept a bundle older than its current one.
+    pub allow_downgrade: bool,
     /// The ssh program (`ssh` unless `KESTREL_SSH` says otherwise).
     pub program: String,
 }
@@ -69,6 +71,7 @@ impl SshOptions {
             remote_bin: "kestrel-edge".into(),
             store: "/var/lib/kestrel".into(),
             trust: None,
+            allow_downgrade: false,
             program: std::env::var("KESTREL_SSH").unwrap_or_else(|_| "ssh".into()),
         }
     }
@@ -239,6 +242,9 @@ pub fn deploy(
     let mut args = vec!["install", "--id", &bundle.id, "--manifest", &sha];
     if let Some(t) = &opts.trust {
         args.extend(["--trust", t.as_str()]);
+    }
+    if opts.allow_downgrade {
+        args.push("--allow-downgrade");
     }
     report.message = opts
         .run("install", &args)
