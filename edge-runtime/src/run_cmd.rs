@@ -192,7 +192,11 @@ pub fn sinks(
     if let Some(addr) = args.http {
         let view = LiveView::start(addr, args.http_token.clone(), model)?;
         if !addr.ip().is_loopback() && args.http_token.is_none() {
-            warn!("the live view on {addr} is reachable from the network without a token");
+            warn!(
+                "the live view on {} is reachable from the network without a token: pass \
+                 --http-token, or listen on 127.0.0.1",
+                view.local_addr()
+            );
         }
         eprintln!("live view: {}", view.url());
         sinks.push(Box::new(view));
