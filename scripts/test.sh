@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --aarch64 --vulkan
+# Tests that need an outside tool (sshd, Chromium, systemd-analyze) fail when it is missing, unless
+# KESTREL_SKIP_<TOOL>=1 asks to skip them: say so up front and at the end.
+skips() { env | grep -E '^KESTREL_(SKIP_[A-Z0-9_]+|PARITY_SKIP)=' | sort | tr '\n' ' ' || true; }
+SKIPS="$(skips)"
+echo "test: skipped on request: ${SKIPS:-nothing}"
 cargo build --workspace --all-targets
 # The tests use the same weights cache as `kestrel`; fetch once up front so a failure is reported
 # plainly instead of inside a test.
@@ -58,3 +63,7 @@ cargo test -p kestrel-edge -p kestrel-shared --target "$AARCH64"
 # Kestrel's NEON kernels against tract's own ops on the Pi 5's core as well.
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
   cargo test -p kestrel-edge --target "$AARCH64" --lib kernels
+# The aarch64 parity tests (fp32 and int8 bundles) on the Pi 5's core too.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
+  cargo test -p kestrel-edge --target "$AARCH64" --test aarch64_parity
+echo "test: all passed; skipped on request: ${SKIPS:-nothing}"

@@ -20,7 +20,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use kestrel_shared::wire::{
 use crate::bundle::Bundle;
 use crate::store::{Store, StoreError};
 use crate::transport::Transport;
+use crate::watchdog::{Notifier, Watchdog, period_from_env};
 
 /// Largest blob the agent accepts (a bundle file): 4 GiB.
 pub const MAX_BLOB: u64 = 4 << 30;
@@ -392,6 +393,36 @@ fn read_current(store: &Path) -> Option<String> {
 pub struct AgentHandle {
     telemetry: mpsc::SyncSender<Telemetry>,
     stop: Arc<AtomicBool>,
+    pulse: Pulse,
+}
+
+/// When the detection loop last processed a frame, shared with the agent for the watchdog.
+#[derive(Debug, Clone)]
+struct Pulse {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last frame, plus one; 0 while no loop runs.
+    last: Arc<AtomicU64>,
+}
+
+impl Pulse {
+    fn new() -> Pulse {
+        Pulse {
+            epoch: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How long ago the last frame was (None: no detection loop running).
+    fn age(&self) -> Option<Duration> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms - 1)),
+            ),
+        }
+    }
 }
 
 impl AgentHandle {
@@ -404,6 +435,17 @@ impl AgentHandle {
     /// Asks the agent to stop after its current step.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The detection loop processed a frame (what keeps systemd's watchdog fed).
+    pub fn frame_processed(&self) {
+        let ms = self.pulse.epoch.elapsed().as_millis() as u64 + 1;
+        self.pulse.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// The detection loop ended (on purpose): the watchdog no longer waits for its frames.
+    pub fn loop_ended(&self) {
+        self.pulse.last.store(0, Ordering::Relaxed);
     }
 }
 
@@ -441,6 +483,9 @@ pub struct Agent {
     stop: Arc<AtomicBool>,
     decoder: FrameDecoder,
     out: Vec<u8>,
+    pulse: Pulse,
+    notifier: Option<Notifier>,
+    watchdog: Option<Watchdog>,
     /// What the agent has done so far.
     pub stats: AgentStats,
     _agent_lock: std::fs::File,
@@ -475,6 +520,7 @@ impl Agent {
         let (tx, rx) = mpsc::sync_channel(TELEMETRY_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let now = Instant::now();
+        let pulse = Pulse::new();
         let agent = Agent {
             cfg,
             store: None,
@@ -487,6 +533,9 @@ impl Agent {
             stop: stop.clone(),
             decoder: FrameDecoder::new(),
             out: Vec::new(),
+            pulse: pulse.clone(),
+            notifier: None,
+            watchdog: None,
             stats: AgentStats::default(),
             _agent_lock: lock,
         };
@@ -495,6 +544,7 @@ impl Agent {
             AgentHandle {
                 telemetry: tx,
                 stop,
+                pulse,
             },
         ))
     }
@@ -546,8 +596,23 @@ impl Agent {
         if let Some(l) = link.as_deref_mut() {
             self.send_hello(l)?;
         }
+        self.notifier = Notifier::from_env();
+        if let Some(n) = &self.notifier {
+            self.watchdog = period_from_env().map(Watchdog::new);
+            if let Err(e) = n.notify("READY=1") {
+                tracing::warn!("cannot notify systemd: {e}");
+            }
+            tracing::info!(
+                "systemd notified (ready{})",
+                match &self.watchdog {
+                    Some(w) => format!(", watchdog every {:.1} s", w.period.as_secs_f64()),
+                    None => String::new(),
+                }
+            );
+        }
         let mut buf = vec![0u8; 4096];
         while !self.stop.load(Ordering::SeqCst) {
+            self.feed_watchdog();
             match link.as_deref_mut() {
                 Some(l) => {
                     let n = l
@@ -576,6 +641,18 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// `WATCHDOG=1` when due ([`Watchdog::due`]).
+    fn feed_watchdog(&mut self) {
+        let (Some(n), Some(w)) = (&self.notifier, &mut self.watchdog) else {
+            return;
+        };
+        if w.due(Instant::now(), self.pulse.age())
+            && let Err(e) = n.notify("WATCHDOG=1")
+        {
+            tracing::warn!("cannot notify systemd's watchdog: {e}");
+        }
     }
 
     fn push(&mut self, msg: &Message) {

@@ -99,6 +99,13 @@ pub fn telemetry(result: &FrameResult, stats: &StatsSnapshot) -> Telemetry {
     }
 }
 
+impl Drop for TelemetrySink {
+    /// The loop that owned this sink has ended: the watchdog stops waiting for frames.
+    fn drop(&mut self) {
+        self.handle.loop_ended();
+    }
+}
+
 impl Sink for TelemetrySink {
     fn name(&self) -> &str {
         "telemetry"
@@ -110,6 +117,7 @@ impl Sink for TelemetrySink {
         _image: &RgbImage,
         stats: &StatsSnapshot,
     ) -> Result<(), SinkError> {
+        self.handle.frame_processed();
         if self.last.is_some_and(|t| t.elapsed() < self.every) {
             return Ok(());
         }

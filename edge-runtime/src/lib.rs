@@ -22,6 +22,7 @@ pub mod store;
 pub mod store_cli;
 pub mod transport;
 pub mod trunk;
+pub mod watchdog;
 
 pub use bundle::{Bundle, BundleError, BundleOptions};
 pub use model::{EdgeError, ModelOutput, OnnxModel, Threads};

@@ -461,15 +461,15 @@ fn run_with_limit(cmd: &mut Command, limit: Duration) -> String {
 #[test]
 fn headless_chromium_renders_the_live_page() {
     let Some(browser) = chromium() else {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        // A missing browser fails the test unless the skip is asked for (and then printed).
+        let skip = std::env::var("KESTREL_SKIP_CHROMIUM").is_ok_and(|v| v == "1");
         assert!(
-            !ci,
-            "CI is set but Chromium is missing: install the `chromium` package (scripts/setup.sh)"
+            skip,
+            "Chromium is missing: install the `chromium` package (scripts/setup.sh does) or set \
+             KESTREL_CHROMIUM to a browser, or set KESTREL_SKIP_CHROMIUM=1 to skip this test"
         );
-        eprintln!(
-            "SKIPPED headless_chromium_renders_the_live_page: no chromium in PATH \
-             (apt-get install chromium, or set KESTREL_CHROMIUM); with CI=true this fails"
-        );
+        println!("SKIPPED: chromium is missing and KESTREL_SKIP_CHROMIUM=1");
+        eprintln!("SKIPPED: chromium is missing and KESTREL_SKIP_CHROMIUM=1");
         return;
     };
     let view = LiveView::start(any_port(), Some("tok en".into()), "shapes-detector").unwrap();

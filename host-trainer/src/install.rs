@@ -15,8 +15,11 @@
 //!    identical binary is not sent again.
 //! 3. the host's public key (`kestrel keygen`) is appended to `<store_dir>/trust.txt` unless it is
 //!    already listed (`--no-trust` installs an agent without a trust list, with a warning).
-//! 4. a systemd unit running `kestrel-edge agent` with the board's settings is written through a
-//!    temporary file and a rename.
+//! 4. the service user is created when missing (a system user without login; install stops with
+//!    what to do when it cannot be created), and a systemd unit running `kestrel-edge agent` with
+//!    the board's settings is written through a temporary file and a rename ([`unit_file`]:
+//!    `Type=notify` with a watchdog, the board file's device groups that exist on the board,
+//!    sandboxing).
 //! 5. with systemd on the board (`/run/systemd/system` and `systemctl`), the unit is enabled and
 //!    (re)started; without it, or with `--no-systemd` or `--prefix`, the unit is only written and
 //!    the command that starts the agent by hand is printed.
@@ -220,27 +223,85 @@ pub fn agent_command(
     c
 }
 
-/// The systemd unit that runs the agent.
-pub fn unit_file(board: &Board, paths: &RemotePaths, trust: bool, source: Option<&str>) -> String {
-    let exec: Vec<String> = agent_command(board, paths, trust, source)
+/// Seconds systemd waits for the agent's watchdog notification before restarting it.
+pub const WATCHDOG_SECS: u32 = 30;
+
+/// What the unit says besides the board's settings.
+#[derive(Debug, Clone, Default)]
+pub struct UnitOptions {
+    /// The trust list is installed (`--trust` in the agent's command).
+    pub trust: bool,
+    /// The detection loop's source, if the agent runs one.
+    pub source: Option<String>,
+    /// The board file's groups that exist on the board (the only ones the unit names).
+    pub groups: Vec<String>,
+}
+
+/// The systemd unit that runs the agent: `Type=notify` with a watchdog (the agent notifies while
+/// its loops turn), the board's memory limit, the service user with the device groups the board
+/// has, the store as its only writable place, and the rest of the system read-only, devices
+/// limited to the camera, serial port and GPIO chip.
+pub fn unit_file(board: &Board, paths: &RemotePaths, opts: &UnitOptions) -> String {
+    let exec: Vec<String> = agent_command(board, paths, opts.trust, opts.source.as_deref())
         .iter()
         .map(|w| unit_word(w))
         .collect();
+    // The store: systemd creates and owns a state directory under /var/lib itself.
+    let store = match paths.store.strip_prefix("/var/lib/") {
+        Some(name) if !name.is_empty() && !name.contains("..") => format!(
+            "StateDirectory={}\nStateDirectoryMode=0750\n",
+            unit_word(name.trim_end_matches('/'))
+        ),
+        _ => format!("ReadWritePaths={}\n", unit_word(&paths.store)),
+    };
+    let groups = if opts.groups.is_empty() {
+        "# none of the board file's device groups exists on the board\n".to_string()
+    } else {
+        format!("SupplementaryGroups={}\n", opts.groups.join(" "))
+    };
+    let mut devices = vec![
+        "DeviceAllow=char-video4linux rw".to_string(),
+        format!("DeviceAllow={} rw", unit_word(&board.serial.device)),
+    ];
+    if let Some(g) = &board.gpio {
+        devices.push(format!(
+            "DeviceAllow={} rw",
+            unit_word(&g.chip_path().display().to_string())
+        ));
+    }
     format!(
         "# Written by `kestrel install --board {name}`; rerunning it rewrites this file.\n\
          [Unit]\n\
          Description=Kestrel edge agent ({desc})\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
+         StartLimitIntervalSec=120\n\
+         StartLimitBurst=10\n\
          \n\
          [Service]\n\
+         Type=notify\n\
+         NotifyAccess=main\n\
          ExecStart={exec}\n\
+         # The agent notifies while its loop turns and the detection loop sees frames.\n\
+         WatchdogSec={WATCHDOG_SECS}\n\
          Restart=on-failure\n\
          RestartSec=2\n\
          MemoryMax={mem}M\n\
          User={user}\n\
          # camera, GPIO line, serial port\n\
-         SupplementaryGroups=video gpio dialout\n\
+         {groups}\
+         {store}\
+         NoNewPrivileges=yes\n\
+         ProtectSystem=strict\n\
+         ProtectHome=yes\n\
+         PrivateTmp=yes\n\
+         ProtectKernelTunables=yes\n\
+         ProtectKernelModules=yes\n\
+         ProtectControlGroups=yes\n\
+         RestrictSUIDSGID=yes\n\
+         LockPersonality=yes\n\
+         DevicePolicy=closed\n\
+         {devices}\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
@@ -249,6 +310,7 @@ pub fn unit_file(board: &Board, paths: &RemotePaths, trust: bool, source: Option
         exec = exec.join(" "),
         mem = board.memory_limit_mb,
         user = board.install.user,
+        devices = devices.join("\n"),
     )
 }
 
@@ -492,12 +554,20 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
              $S mkdir -p {bdir} {store} {udir}; \
              if [ -f {bin} ]; then echo \"sha=$(sha256sum {bin} | cut -d' ' -f1)\"; fi; \
              if id -u {user} >/dev/null 2>&1; then echo user=yes; else echo user=no; fi; \
+             for g in {groups}; do if grep -q \"^$g:\" /etc/group; then echo \"group=$g\"; fi; done; \
              if test -d /run/systemd/system && command -v systemctl >/dev/null 2>&1; then echo systemd=yes; else echo systemd=no; fi",
             bdir = q(&parent(&paths.binary)),
             store = q(&paths.store),
             udir = q(&parent(&paths.unit)),
             bin = q(&paths.binary),
             user = q(&board.install.user),
+            groups = board
+                .install
+                .groups
+                .iter()
+                .map(|g| q(g))
+                .collect::<Vec<_>>()
+                .join(" "),
         ),
         None,
     )?;
@@ -507,8 +577,52 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
             .map(str::trim)
     };
-    let user_exists = fact("user") == Some("yes");
+    let mut user_exists = fact("user") == Some("yes");
     let has_systemd = fact("systemd") == Some("yes");
+    let groups: Vec<String> = facts
+        .lines()
+        .filter_map(|l| l.strip_prefix("group="))
+        .map(|g| g.trim().to_string())
+        .collect();
+    let missing_groups: Vec<&String> = board
+        .install
+        .groups
+        .iter()
+        .filter(|g| !groups.contains(g))
+        .collect();
+    if !missing_groups.is_empty() {
+        println!(
+            "note: the board has no group {:?}: the service gets only {:?}",
+            missing_groups, groups
+        );
+    }
+
+    // The service user: a system user without a login, its home the store.
+    if !user_exists && args.prefix.is_none() {
+        let user = &board.install.user;
+        remote
+            .run(
+                "creating the service user",
+                &format!(
+                    "set -e; {sudo} if command -v useradd >/dev/null 2>&1; then \
+                       $S useradd --system --no-create-home --home-dir {home} --shell /usr/sbin/nologin {u}; \
+                     else $S adduser -S -D -H -h {home} {u}; fi",
+                    home = q(&paths.store),
+                    u = q(user),
+                ),
+                None,
+            )
+            .with_context(|| {
+                format!(
+                    "the service user {user:?} does not exist on the board and could not be \
+                     created: run `kestrel install` as root or with passwordless sudo on the board, \
+                     or create it there (`sudo useradd --system --no-create-home --shell \
+                     /usr/sbin/nologin {user}`) and install again"
+                )
+            })?;
+        println!("created the service user {user:?} on the board");
+        user_exists = true;
+    }
 
     // The binary: upload, check, keep the old one, rename over.
     let binary_sent = fact("sha") != Some(sha.as_str());
@@ -570,7 +684,15 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
     }
 
     // The unit.
-    let unit = unit_file(&board, &paths, key.is_some(), args.source.as_deref());
+    let unit = unit_file(
+        &board,
+        &paths,
+        &UnitOptions {
+            trust: key.is_some(),
+            source: args.source.clone(),
+            groups,
+        },
+    );
     let unit_tmp = std::env::temp_dir().join(format!("kestrel-unit-{}", std::process::id()));
     std::fs::write(&unit_tmp, &unit).with_context(|| format!("writing {}", unit_tmp.display()))?;
     let written = remote.run(
@@ -625,8 +747,9 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
     };
     if !user_exists {
         println!(
-            "note: user {:?} does not exist on the board; the unit runs the agent as that user: \
-             create it (e.g. `useradd --system --groups video,gpio,dialout {}`) and `chown -R {} {}`",
+            "note: user {:?} does not exist on the board (--prefix: not created); the unit runs the \
+             agent as that user: create it (`useradd --system --no-create-home --shell \
+             /usr/sbin/nologin {}`) and `chown -R {} {}`",
             board.install.user, board.install.user, board.install.user, paths.store
         );
     }
@@ -698,8 +821,11 @@ mod tests {
         let unit = unit_file(
             &board,
             &RemotePaths::new(&board, None),
-            true,
-            Some("camera:0"),
+            &UnitOptions {
+                trust: true,
+                source: Some("camera:0".into()),
+                groups: vec!["video".into(), "dialout".into()],
+            },
         );
         assert!(unit.contains(
             "ExecStart=/usr/local/bin/kestrel-edge agent --store /var/lib/kestrel --trust \
@@ -708,6 +834,20 @@ mod tests {
         ));
         assert!(unit.contains("MemoryMax=1024M\n"));
         assert!(unit.contains("User=kestrel\n"));
+        assert!(
+            unit.contains("SupplementaryGroups=video dialout\n"),
+            "{unit}"
+        );
+        assert!(unit.contains("StateDirectory=kestrel\n"), "{unit}");
+        assert!(unit.contains("Type=notify\n") && unit.contains("WatchdogSec=30\n"));
+        assert!(unit.contains("DeviceAllow=/dev/serial0 rw\nDeviceAllow=/dev/gpiochip0 rw\n"));
+        // Outside /var/lib the store is named writable instead.
+        let staged = unit_file(&board, &p, &UnitOptions::default());
+        assert!(
+            staged.contains("ReadWritePaths=/tmp/x/var/lib/kestrel\n"),
+            "{staged}"
+        );
+        assert!(!staged.contains("SupplementaryGroups"), "{staged}");
     }
 
     #[test]

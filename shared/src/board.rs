@@ -152,6 +152,19 @@ pub struct Serial {
     pub baud: u32,
 }
 
+/// A Linux user or group name as `useradd` takes it: lowercase letters, digits, `_` and `-`,
+/// starting with a letter or `_`, at most 32 characters.
+fn is_unix_name(name: &str) -> bool {
+    name.len() <= 32
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+}
+
 /// Where and how the runtime is installed on the board.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +177,15 @@ pub struct Install {
     pub service_name: String,
     /// Unprivileged user the service runs as (never `root`).
     pub user: String,
+    /// Groups the service needs for the board's devices (camera, GPIO, serial port); `kestrel
+    /// install` gives the service only those that exist on the board.
+    #[serde(default = "default_groups")]
+    pub groups: Vec<String>,
+}
+
+/// The groups of Raspberry Pi OS and Debian for the camera, GPIO and serial port.
+pub fn default_groups() -> Vec<String> {
+    ["video", "gpio", "dialout"].map(String::from).to_vec()
 }
 
 impl Install {
@@ -554,21 +576,20 @@ impl Board {
                 ),
             );
         }
-        let user_ok = inst.user.len() <= 32
-            && inst
-                .user
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && inst
-                .user
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+        let user_ok = is_unix_name(&inst.user);
         if !user_ok {
             return err(
                 "install.user",
                 format!("`{}` is not a Linux user name", inst.user),
             );
+        }
+        for (i, g) in inst.groups.iter().enumerate() {
+            if !is_unix_name(g) {
+                return err(
+                    &format!("install.groups[{i}]"),
+                    format!("`{g}` is not a Linux group name"),
+                );
+            }
         }
         if inst.user == "root" {
             return err(

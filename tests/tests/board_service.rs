@@ -1,11 +1,13 @@
 //! The board as a service: what `kestrel-edge` writes to the journal by default (its security
-//! warnings, no colour codes) when started the way systemd starts it (no RUST_LOG, stderr a pipe).
+//! warnings, no colour codes) when started the way systemd starts it (no RUST_LOG, stderr a pipe),
+//! the unit `kestrel install` writes (checked by `systemd-analyze verify`), and the agent's
+//! notifications to systemd (ready, then the watchdog).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kestrel_e2e::{bin, tiny_bundle};
+use kestrel_e2e::{assert_systemd_accepts, bin, tiny_bundle};
 
 /// Runs `cmd` with stderr piped and RUST_LOG unset until a stderr line contains `wanted` (or
 /// `limit` passes, or the process ends), then kills it; returns all stderr read.
@@ -100,4 +102,96 @@ fn a_live_view_open_to_the_network_without_a_token_is_warned_by_default() {
         "{log}"
     );
     assert_plain(&log);
+}
+
+/// The groups of `wanted` that this machine's /etc/group lists (what install keeps on a board).
+fn existing_groups(wanted: &[String]) -> Vec<String> {
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    wanted
+        .iter()
+        .filter(|g| groups.lines().any(|l| l.starts_with(&format!("{g}:"))))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn systemd_accepts_the_unit_of_every_builtin_board() {
+    use kestrel_trainer::install::{RemotePaths, UnitOptions, unit_file};
+    let tmp = tempfile::tempdir().unwrap();
+    for board in kestrel_shared::board::load_builtin_boards().unwrap() {
+        let mut paths = RemotePaths::new(&board, None);
+        // verify wants ExecStart's program to exist: the x86 build stands in for the board's.
+        paths.binary = bin("kestrel-edge").display().to_string();
+        let opts = UnitOptions {
+            trust: true,
+            source: Some("camera:0".into()),
+            groups: existing_groups(&board.install.groups),
+        };
+        let unit = unit_file(&board, &paths, &opts);
+        for line in [
+            "Type=notify\n",
+            "WatchdogSec=30\n",
+            "StateDirectory=kestrel\n",
+            "NoNewPrivileges=yes\n",
+            "ProtectSystem=strict\n",
+            "ProtectHome=yes\n",
+            "PrivateTmp=yes\n",
+            "DevicePolicy=closed\n",
+        ] {
+            assert!(
+                unit.contains(line),
+                "{}: {line:?} missing\n{unit}",
+                board.name
+            );
+        }
+        let dir = tmp.path().join(&board.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(board.install.unit_file_name());
+        std::fs::write(&file, &unit).unwrap();
+        assert_systemd_accepts(&file);
+    }
+}
+
+/// Under systemd (`NOTIFY_SOCKET`, `WATCHDOG_USEC`) the agent says READY=1 once it serves, then
+/// WATCHDOG=1 several times per period.
+#[test]
+fn the_agent_notifies_systemd_ready_then_feeds_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket_path = tmp.path().join("notify");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(bin("kestrel-edge"))
+        .args(["agent", "--store"])
+        .arg(tmp.path().join("store"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    while got.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill();
+                panic!(
+                    "no notification after {:?} ({e}); got {got:?}",
+                    start.elapsed()
+                );
+            }
+        };
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let elapsed = start.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!("notifications: {got:?} in {elapsed:?}");
+    assert_eq!(got[0], "READY=1", "{got:?}");
+    assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
 }

@@ -392,7 +392,11 @@ fn bad_bundles_and_bad_frames_are_refused_and_the_board_keeps_its_model() {
         }
     };
     for (what, path, reason) in [
-        ("dot-dot", "../x", "`../x` must be a plain file name inside the bundle"),
+        (
+            "dot-dot",
+            "../x",
+            "`../x` must be a plain file name inside the bundle",
+        ),
         (
             "absolute",
             "/etc/passwd",

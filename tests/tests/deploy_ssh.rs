@@ -1,6 +1,6 @@
 //! `kestrel deploy --ssh` against a real OpenSSH server on 127.0.0.1 (a throwaway host key and
 //! user key in a temporary directory), with a running agent that follows the store's `current`.
-//! Skipped with a message when `sshd` is not installed, unless CI is set (then it fails).
+//! Without `sshd` the test fails, unless `KESTREL_SKIP_SSHD=1` (then it is skipped, and says so).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,13 +2,15 @@
 //! sshd), with `--prefix` so every path lands in a temporary directory. There is no systemd here:
 //! the unit is checked as a file and the output must say that systemd was not found.
 //! The "board" is this machine, so an x86 `kestrel-edge` is installed with `--allow-foreign-arch`.
-//! Skipped with a message when `sshd` is not installed, unless CI is set (then it fails).
+//! Without `sshd` the test fails, unless `KESTREL_SKIP_SSHD=1` (then it is skipped, and says so).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use kestrel_e2e::{bin, loopback_ssh_options, run_ok, ssh_user, start_sshd, tiny_bundle};
+use kestrel_e2e::{
+    assert_systemd_accepts, bin, loopback_ssh_options, run_ok, ssh_user, start_sshd, tiny_bundle,
+};
 
 fn install(
     config: &Path,
@@ -114,12 +116,29 @@ fn install_over_ssh_writes_binary_unit_and_trust_and_upgrades_in_place() {
         "RestartSec=2\n",
         "MemoryMax=1024M\n",
         "User=kestrel\n",
-        "SupplementaryGroups=video gpio dialout\n",
         "After=network-online.target\n",
         "WantedBy=multi-user.target\n",
+        "Type=notify\n",
+        "WatchdogSec=30\n",
+        &format!("ReadWritePaths={}\n", store.display()),
     ] {
         assert!(unit.contains(line), "{line:?} missing from\n{unit}");
     }
+    // Only the board file's groups that exist on the "board" (this machine).
+    let etc_group = std::fs::read_to_string("/etc/group").unwrap();
+    let present: Vec<&str> = ["video", "gpio", "dialout"]
+        .into_iter()
+        .filter(|g| etc_group.lines().any(|l| l.starts_with(&format!("{g}:"))))
+        .collect();
+    match present.is_empty() {
+        true => assert!(!unit.contains("SupplementaryGroups="), "{unit}"),
+        false => assert!(
+            unit.contains(&format!("SupplementaryGroups={}\n", present.join(" "))),
+            "{present:?}\n{unit}"
+        ),
+    }
+    // The unit as written to the board is one systemd accepts.
+    assert_systemd_accepts(&prefix.join("etc/systemd/system/kestrel-edge.service"));
 
     // Rerun with another binary: upgraded in place, the old one kept, the key listed once.
     let second = tmp.path().join("kestrel-edge-2");
