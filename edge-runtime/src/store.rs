@@ -45,6 +45,47 @@ pub fn approved(root: &Path) -> Option<String> {
     check_name(&id).ok().map(|()| id)
 }
 
+/// Every step of receiving and installing at which a crash is tested: with
+/// `KESTREL_FAIL_POINT=<name>` in its environment, a process kills itself (SIGKILL) on reaching
+/// that step, and the store must come back consistent (tests/tests/crash_safety.rs).
+pub const FAIL_POINTS: &[&str] = &[
+    // Serial uploads (`write_partial`, `finish_partial`).
+    "partial-last-byte-written",
+    "partial-before-fsync",
+    "partial-before-rename",
+    "partial-after-rename",
+    "partial-after-dir-fsync",
+    // SSH uploads (`install_blob`).
+    "upload-before-fsync",
+    "upload-before-rename",
+    "upload-after-rename",
+    // Installs (`install_bundle`, `assemble`, `switch_current`).
+    "assemble-linked",
+    "assemble-before-rename",
+    "assemble-after-rename",
+    "install-validated",
+    "install-history-written",
+    "switch-approved-written",
+    "switch-before-rename",
+    "switch-after-rename",
+    "install-done",
+];
+
+/// A crash test's hook: kills this process with SIGKILL when `KESTREL_FAIL_POINT` names `point`
+/// (one of [`FAIL_POINTS`]); does nothing otherwise.
+fn fail_point(point: &'static str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("KESTREL_FAIL_POINT").ok());
+    if armed.as_deref() == Some(point) {
+        debug_assert!(FAIL_POINTS.contains(&point));
+        eprintln!("kestrel: fail point {point} reached: killing this process (KESTREL_FAIL_POINT)");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 /// Bundles kept by default: the current one and two to roll back to.
 pub const DEFAULT_KEEP: usize = 3;
 
@@ -521,6 +562,9 @@ impl Store {
             let _ = file.set_len(have);
             return Err(io_err("write", &path)(e));
         }
+        if end == size {
+            fail_point("partial-last-byte-written");
+        }
         Ok(end)
     }
 
@@ -546,6 +590,7 @@ impl Store {
             return Err(StoreError::Incomplete { path, have, size });
         }
         let mut file = open_regular(&path, &read_options())?;
+        fail_point("partial-before-fsync");
         file.sync_all().map_err(io_err("sync", &path))?;
         let found = hash_file(&mut file, &path)?;
         if found != sha {
@@ -558,9 +603,12 @@ impl Store {
         }
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err("set permissions of", &path))?;
+        fail_point("partial-before-rename");
         fs::rename(&path, &target).map_err(io_err("move into place", &target))?;
+        fail_point("partial-after-rename");
         fsync_dir(&self.blobs_dir())?;
         fsync_dir(&self.partial_dir())?;
+        fail_point("partial-after-dir-fsync");
         Ok(target)
     }
 
@@ -591,6 +639,7 @@ impl Store {
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
         }
+        fail_point("upload-before-fsync");
         file.sync_all().map_err(io_err("sync", &tmp))?;
         let found = hex::encode(hasher.finalize());
         if found != sha {
@@ -602,8 +651,10 @@ impl Store {
         }
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err("set permissions of", &tmp))?;
+        fail_point("upload-before-rename");
         fs::rename(&tmp, &target).map_err(io_err("move into place", &target))?;
         guard.disarm();
+        fail_point("upload-after-rename");
         fsync_dir(&self.blobs_dir())?;
         Ok(target)
     }
@@ -667,11 +718,14 @@ impl Store {
                 });
             }
         };
+        fail_point("install-validated");
         let mut history = self.history()?;
         history.retain(|h| h != id);
         history.push(id.to_string());
         self.write_history(&history)?;
+        fail_point("install-history-written");
         self.switch_current(id)?;
+        fail_point("install-done");
         if let Err(e) = self.prune() {
             tracing::warn!("bundle {id} installed, but pruning old bundles failed: {e}");
         }
@@ -888,6 +942,7 @@ impl Store {
                 &link,
             ))?;
         }
+        fail_point("assemble-linked");
         let record = tmp.join(RECORD);
         let json = serde_json::to_vec_pretty(files).expect("a map of strings serializes");
         let mut f = OpenOptions::new()
@@ -900,8 +955,10 @@ impl Store {
             .map_err(io_err("write", &record))?;
         fsync_dir(&tmp)?;
         let dir = bundles.join(id);
+        fail_point("assemble-before-rename");
         fs::rename(&tmp, &dir).map_err(io_err("move into place", &dir))?;
         guard.disarm();
+        fail_point("assemble-after-rename");
         fsync_dir(&bundles)
     }
 
@@ -994,12 +1051,15 @@ impl Store {
             return Err(StoreError::NotRegular { path: link });
         }
         self.write_small(APPROVED, id.as_bytes())?;
+        fail_point("switch-approved-written");
         let tmp = self.root.join(tmp_name("current"));
         let mut guard = TmpGuard(Some(tmp.clone()));
         std::os::unix::fs::symlink(Path::new("bundles").join(id), &tmp)
             .map_err(io_err("create link", &tmp))?;
+        fail_point("switch-before-rename");
         fs::rename(&tmp, &link).map_err(io_err("switch", &link))?;
         guard.disarm();
+        fail_point("switch-after-rename");
         fsync_dir(&self.root)
     }
 
