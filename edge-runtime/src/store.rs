@@ -71,12 +71,25 @@ pub const FAIL_POINTS: &[&str] = &[
     "install-done",
 ];
 
+/// The test hook `KESTREL_FAIL_POINT` names (read once).
+fn armed_fail_point() -> Option<&'static str> {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var("KESTREL_FAIL_POINT").ok())
+        .as_deref()
+}
+
+/// A failing disk's test hook: with `KESTREL_FAIL_POINT=eio:partial-write`, every serial upload
+/// chunk after the first fails with EIO (an I/O error mid-blob).
+fn injected_eio(point: &'static str) -> Option<io::Error> {
+    (armed_fail_point().and_then(|p| p.strip_prefix("eio:")) == Some(point))
+        .then(|| io::Error::from_raw_os_error(libc::EIO))
+}
+
 /// A crash test's hook: kills this process with SIGKILL when `KESTREL_FAIL_POINT` names `point`
 /// (one of [`FAIL_POINTS`]); does nothing otherwise.
 fn fail_point(point: &'static str) {
-    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let armed = ARMED.get_or_init(|| std::env::var("KESTREL_FAIL_POINT").ok());
-    if armed.as_deref() == Some(point) {
+    if armed_fail_point() == Some(point) {
         debug_assert!(FAIL_POINTS.contains(&point));
         eprintln!("kestrel: fail point {point} reached: killing this process (KESTREL_FAIL_POINT)");
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
@@ -558,7 +571,11 @@ impl Store {
             o.append(true);
             open_regular(&path, &o)?
         };
-        if let Err(e) = file.write_all(data) {
+        let written = match injected_eio("partial-write") {
+            Some(e) if offset > 0 => Err(e),
+            _ => file.write_all(data),
+        };
+        if let Err(e) = written {
             let _ = file.set_len(have);
             return Err(io_err("write", &path)(e));
         }

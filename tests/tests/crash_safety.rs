@@ -303,3 +303,150 @@ fn a_kill_at_every_step_of_receive_and_install_leaves_a_consistent_store() {
     println!("{}", table.join("\n"));
     assert!(table.len() >= FAIL_POINTS.len());
 }
+
+/// A real agent on a pty, with `env`; the test keeps the master end.
+fn spawn_agent(
+    store: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, kestrel_edge::transport::TTYPort) {
+    let (master, slave) = pty_pair().unwrap();
+    let slave_name = slave.describe();
+    drop(slave);
+    let mut cmd = Command::new(bin("kestrel-edge"));
+    cmd.args(["agent", "--store"])
+        .arg(store)
+        .args(["--serial", &slave_name, "--telemetry-interval", "0.5"])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap(), master)
+}
+
+/// Deploys until the agent answers (it opens its end of the line after starting).
+fn deploy_when_up(
+    line: &mut dyn Transport,
+    bundle: &LocalBundle,
+) -> Result<kestrel_trainer::deploy::DeployReport, kestrel_trainer::deploy::DeployError> {
+    let start = std::time::Instant::now();
+    loop {
+        match serial::deploy(line, bundle, &options(), &Silent) {
+            Err(kestrel_trainer::deploy::DeployError::Refused(m)) => {
+                return Err(kestrel_trainer::deploy::DeployError::Refused(m));
+            }
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An I/O error in the middle of a blob (an injected EIO on the second chunk): the deploy fails
+/// with the board's reason, the agent keeps running its model, and a later deploy resumes at the
+/// bytes stored before the error.
+#[test]
+fn an_io_error_mid_blob_is_reported_and_the_upload_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    tiny_bundle(&a, 1, 1);
+    tiny_bundle(&b, 2, 2);
+    let store = tmp.path().join("store");
+    let id_a = install_in_process(&store, &a);
+    let bundle_b = LocalBundle::open(&b, true).unwrap();
+    let (mut agent, mut line) = spawn_agent(&store, &[("KESTREL_FAIL_POINT", "eio:partial-write")]);
+    let err = deploy_when_up(&mut line, &bundle_b)
+        .unwrap_err()
+        .to_string();
+    println!("deploy with a failing disk: {err}");
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent keeps running"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert_eq!(assert_consistent(&store, &[&id_a], "after EIO"), id_a);
+    let (mut agent, mut line) = spawn_agent(&store, &[]);
+    let r = deploy_when_up(&mut line, &bundle_b).unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let trunk = r.blobs.iter().find(|x| x.name == "trunk.onnx").unwrap();
+    println!(
+        "resumed: trunk.onnx from byte {} of {} ({} sent)",
+        trunk.start_offset, trunk.size, trunk.bytes_sent
+    );
+    assert!(
+        trunk.start_offset > 0,
+        "the stored bytes are kept: {trunk:?}"
+    );
+    assert_eq!(
+        assert_consistent(&store, &[&bundle_b.id], "after the resume"),
+        bundle_b.id
+    );
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A real full disk: the store on a 320 KiB tmpfs that holds one tiny bundle (about 150 KB) but
+/// not a second with another trunk. The deploy is refused as "no space left", nothing is
+/// corrupted, and the board keeps its bundle.
+#[test]
+fn a_real_full_disk_refuses_the_deploy_and_keeps_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("small");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=320k", "tmpfs"])
+        .arg(&mount)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !kestrel_e2e::tool_available(
+        "tmpfs",
+        mounted,
+        "run the tests as root (mounting a small tmpfs needs it)",
+    ) {
+        return;
+    }
+    let _guard = Tmpfs(mount.clone());
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    tiny_bundle(&a, 3, 3);
+    tiny_bundle(&b, 4, 4);
+    let store = mount.join("store");
+    let id_a = install_in_process(&store, &a);
+    let (mut agent, mut line) = spawn_agent(&store, &[]);
+    let err = deploy_when_up(&mut line, &LocalBundle::open(&b, true).unwrap())
+        .unwrap_err()
+        .to_string();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    println!("deploy to a full disk: {err}");
+    assert!(err.contains("no space left on the board"), "{err}");
+    assert_eq!(assert_consistent(&store, &[&id_a], "full disk"), id_a);
+    // The SSH path writes without asking first: the kernel's own ENOSPC, mid-blob.
+    let trunk = LocalBundle::open(&b, true).unwrap().files()[0].clone();
+    let out = store_command(
+        &store,
+        &["put-blob", &trunk.sha256.to_hex()],
+        Some(&b.join(&trunk.name)),
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("put-blob to a full disk: {stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no space left on the board while writing"),
+        "{stderr}"
+    );
+    assert_eq!(assert_consistent(&store, &[&id_a], "full disk, ssh"), id_a);
+}
