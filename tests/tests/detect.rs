@@ -310,7 +310,7 @@ fn fine_tuned_grid_detector_never_ends_worse_and_exports() {
         "--shift-cells",
         "2",
         "--epochs",
-        "4",
+        "16",
         "--patience",
         "0",
         "--fine-tune-blocks",
@@ -333,7 +333,7 @@ fn fine_tuned_grid_detector_never_ends_worse_and_exports() {
         val_losses("history.csv"),
         val_losses("finetune-history.csv"),
     );
-    assert_eq!((phase1.len(), phase2.len()), (4, 2));
+    assert_eq!((phase1.len(), phase2.len()), (16, 2));
     let config = json(&run1.join("config.json"));
     assert_eq!(config["options"]["train"]["objectness"], "iou");
     assert_eq!(config["options"]["train"]["shift_cells"], 2);
@@ -362,6 +362,20 @@ fn fine_tuned_grid_detector_never_ends_worse_and_exports() {
     );
     let manifest = json(&bundle.join("manifest.json"));
     assert_eq!(manifest["fine_tuned_blocks"], 2, "{out}");
+    // The export measures the float bundle in tract on the same validation set burn used: the
+    // same boxes up to float rounding, so the same mAP (a score within 1e-5 of a threshold could
+    // flip one box: 0.01 allows one of the ~40 boxes of these 20 scenes).
+    let tract_map = manifest["metrics"]["bundle"]["map50"].as_f64().unwrap();
+    let burn_map = m["map50"].as_f64().unwrap();
+    println!("mAP@0.5: burn {burn_map}, the bundle in tract {tract_map}");
+    assert!(
+        burn_map > 0.0,
+        "a detector that finds nothing proves nothing here"
+    );
+    assert!(
+        (tract_map - burn_map).abs() <= 0.01,
+        "burn {burn_map}, tract {tract_map}"
+    );
     let picture = data.join("images/val/000000.png");
     let (pred, _) = run_ok(
         kestrel(&cache)
