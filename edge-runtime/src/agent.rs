@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use kestrel_shared::manifest::{MANIFEST_FILE, Manifest, Release};
 use kestrel_shared::sign::{TrustError, TrustList};
 use kestrel_shared::wire::{
-    self, ErrorCode, FileOffer, FrameDecoder, FrameError, Hello, Message, PROTOCOL_VERSION,
+    self, Ack, ErrorCode, FileOffer, FrameDecoder, FrameError, Hello, Message, PROTOCOL_VERSION,
     Receiver, Sha256, Telemetry,
 };
 
@@ -476,6 +476,9 @@ pub struct Agent {
     store: Option<Store>,
     last_host_message: Instant,
     upload: Option<Upload>,
+    /// The blob last stored: chunks of it still in flight are answered as complete (the host may
+    /// have lost the last acknowledgement and resends).
+    completed: Option<FileOffer>,
     current: Option<String>,
     telemetry: mpsc::Receiver<Telemetry>,
     last_telemetry: Instant,
@@ -526,6 +529,7 @@ impl Agent {
             store: None,
             last_host_message: now,
             upload: None,
+            completed: None,
             current,
             telemetry: rx,
             last_telemetry: now,
@@ -831,6 +835,7 @@ impl Agent {
         match done {
             Ok(_) => {
                 self.stats.blobs += 1;
+                self.completed = Some(offer.clone());
                 tracing::info!("{} stored and verified", offer.name);
                 self.push(&Message::Complete {
                     sha256: offer.sha256,
@@ -841,6 +846,18 @@ impl Agent {
     }
 
     fn on_chunk(&mut self, chunk: &wire::Chunk) {
+        if self.upload.is_none()
+            && let Some(done) = self.completed.as_ref().filter(|o| o.sha256 == chunk.sha256)
+        {
+            let (sha256, size) = (done.sha256, done.size);
+            self.push(&Message::Ack(Ack {
+                sha256,
+                next_offset: size,
+                held: Vec::new(),
+            }));
+            self.push(&Message::Complete { sha256 });
+            return;
+        }
         let Some(up) = self.upload.as_mut() else {
             tracing::debug!(
                 "chunk at {} with no upload in progress: ignored",
@@ -860,10 +877,9 @@ impl Agent {
             }
         };
         let (ack, complete) = (accepted.ack, accepted.complete);
-        let write = accepted.write.map(|(at, data)| (at, data.len()));
         let offer = up.offer.clone();
-        if let Some((at, len)) = write {
-            let data = &chunk.data[chunk.data.len() - len..];
+        if let Some((at, data)) = accepted.write {
+            let len = data.len();
             let sha = offer.sha256.to_hex();
             let quota = self.cfg.quota;
             let root = self.cfg.store.clone();
@@ -876,7 +892,7 @@ impl Agent {
             }
             if let Err(e) = self
                 .store()
-                .and_then(|s| s.write_partial(&sha, offer.size, at, data))
+                .and_then(|s| s.write_partial(&sha, offer.size, at, &data))
             {
                 self.upload = None;
                 return self.error(store_code(&e), e.to_string());

@@ -2,10 +2,12 @@
 //! host's side of the wire protocol ([`kestrel_shared::wire`]) over any [`Transport`].
 //!
 //! A deploy asks the board for its [`Hello`] (blobs it stores), offers only the blobs it lacks,
-//! sends each in chunks within the window the board grants (go-back-N: a lost or corrupt frame is
-//! repaired by a duplicate acknowledgement or a timeout), starts where the board's partial upload
-//! stands when a transfer was interrupted, then asks the board to install the bundle and reports
-//! its answer. Retransmission timeouts follow the baud rate: a window must have time to drain.
+//! sends each in chunks within the window the board grants (selective repeat: the board holds
+//! chunks that arrive after a gap and says so, only lost chunks travel again, and chunk sizes
+//! follow the measured error rate; see [`kestrel_shared::wire::Sender`]), starts where the board's
+//! partial upload stands when a transfer was interrupted, then asks the board to install the
+//! bundle and reports its answer. Retransmission timeouts follow the baud rate: a window must
+//! have time to drain. Without a terminal the progress is a line every few seconds.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -244,6 +246,11 @@ pub fn send_blob(
                     Some(Message::Ack(a)) if a.sha256 == offer.sha256 => {
                         let before = sender.acked();
                         sender.on_ack(&a)?;
+                        task.message(&format!(
+                            "chunk {} B, {} resent",
+                            sender.chunk_size(),
+                            crate::progress::human_bytes(sender.resent_bytes())
+                        ));
                         task.advance(sender.acked() - before);
                     }
                     Some(Message::Error { message, .. }) => {
