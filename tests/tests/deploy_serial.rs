@@ -526,12 +526,20 @@ fn a_full_store_refuses_with_a_clear_reason_and_keeps_the_model() {
 }
 
 #[test]
-fn an_older_bundle_is_refused_unless_the_downgrade_is_allowed() {
+fn an_older_signed_bundle_is_refused_unless_the_downgrade_is_allowed() {
     let tmp = tempfile::tempdir().unwrap();
     let (new, old) = (tmp.path().join("new"), tmp.path().join("old"));
     tiny_released_bundle(&new, 40, 41, 2_000);
     tiny_released_bundle(&old, 40, 40, 1_000);
-    let (board, mut line) = Board::start(config(&tmp.path().join("store")));
+    // Both validly signed by a key the board trusts: the signature is not what refuses the old one.
+    let key = SecretKey::from_seed([11; 32]);
+    key.sign_bundle(&new).unwrap();
+    key.sign_bundle(&old).unwrap();
+    let trust_path = tmp.path().join("trust");
+    std::fs::write(&trust_path, key.public().to_line("release key") + "\n").unwrap();
+    let mut cfg = config(&tmp.path().join("store"));
+    cfg.trust = Some(TrustList::read(&trust_path).unwrap());
+    let (board, mut line) = Board::start(cfg);
     let id = deploy(&mut line, &new).unwrap().bundle;
     board.assert_good(&id);
     refused(

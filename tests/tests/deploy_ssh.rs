@@ -229,3 +229,80 @@ fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
     agent_thread.join().unwrap();
     assert_store_blobs_intact(&store);
 }
+
+/// The agent's own trust list also guards bundles installed behind its back: an unsigned bundle
+/// put current by the store commands an SSH deploy runs, without `--trust`, is refused by the
+/// running agent, which puts its own bundle back. (The commands run here directly: over SSH they
+/// are the same commands, as the test above shows.)
+#[test]
+fn an_untrusted_bundle_installed_behind_the_agents_back_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let key = kestrel_shared::sign::SecretKey::from_seed([12; 32]);
+    let trust_path = tmp.path().join("trust");
+    std::fs::write(&trust_path, key.public().to_line("board key") + "\n").unwrap();
+    let (good, bad) = (tmp.path().join("good"), tmp.path().join("bad"));
+    tiny_bundle(&good, 50, 50);
+    key.sign_bundle(&good).unwrap();
+    tiny_bundle(&bad, 50, 51);
+    let store_cmd = |args: &[&str], stdin: Option<&Path>| {
+        let mut c = Command::new(bin("kestrel-edge"));
+        c.arg("store").arg("--store").arg(&store).args(args);
+        if let Some(p) = stdin {
+            c.stdin(std::fs::File::open(p).unwrap());
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let install = |dir: &Path| {
+        let b = LocalBundle::open(dir, true).unwrap();
+        for f in b.files() {
+            store_cmd(&["put-blob", &f.sha256.to_hex()], Some(&dir.join(&f.name)));
+        }
+        store_cmd(
+            &[
+                "install",
+                "--id",
+                &b.id,
+                "--manifest",
+                &b.manifest_file.sha256.to_hex(),
+            ],
+            None,
+        );
+        b.id
+    };
+    let good_id = install(&good);
+    let mut cfg = AgentConfig::new(store.clone());
+    cfg.poll = Duration::from_millis(100);
+    cfg.trust = Some(kestrel_shared::sign::TrustList::read(&trust_path).unwrap());
+    let (mut agent, handle) = Agent::new(cfg).unwrap();
+    let recorder = Recorder::default();
+    let mut host = recorder.clone();
+    let agent_thread = std::thread::spawn(move || agent.run(None, &mut host).unwrap());
+    recorder.wait_for(&good_id);
+    let bad_id = install(&bad);
+    let current = || std::fs::read_link(store.join("current")).unwrap();
+    let start = Instant::now();
+    while current() != Path::new("bundles").join(&good_id) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the agent left the unsigned bundle {bad_id} current"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| !p.ends_with(&bad_id)),
+        "the agent never ran the unsigned bundle"
+    );
+    handle.stop();
+    agent_thread.join().unwrap();
+}
