@@ -5,8 +5,9 @@
 //! `known_hosts` apply, like `kestrel deploy --ssh`):
 //!
 //! 1. the board's `kestrel-edge`: `--edge-bin PATH`, else the cross-built one in the target
-//!    directory (release, then debug), else built with `cargo build --release -p kestrel-edge
-//!    --target <board target>` when run inside the workspace. The file must be an ELF for the
+//!    directory (the `board` profile: LTO, one codegen unit, stripped; then release, then debug),
+//!    else built with `cargo build --profile board -p kestrel-edge --target <board target>` when
+//!    run inside the workspace. The file must be an ELF for the
 //!    board's machine (`e_machine` 183 for aarch64); `--allow-foreign-arch` skips that check (the
 //!    tests install an x86 binary on a loopback "board").
 //! 2. the install directories are created; the binary is streamed to a temporary name, its sha256
@@ -418,7 +419,7 @@ fn find_or_build(target: &str) -> anyhow::Result<PathBuf> {
         (None, None) => None,
     };
     if let Some(dir) = &target_dir {
-        for profile in ["release", "debug"] {
+        for profile in ["board", "release", "debug"] {
             let p = dir.join(target).join(profile).join("kestrel-edge");
             if p.is_file() {
                 println!("using {}", p.display());
@@ -429,16 +430,17 @@ fn find_or_build(target: &str) -> anyhow::Result<PathBuf> {
     let (Some(root), Some(dir)) = (root, target_dir) else {
         bail!(
             "no kestrel-edge for {target} found, and this is not the Kestrel workspace: build it \
-             there with `cargo build --release -p kestrel-edge --target {target}` (with the \
+             there with `cargo build --profile board -p kestrel-edge --target {target}` (with the \
              target's linker, see .cargo/config.toml) and pass it with --edge-bin PATH"
         );
     };
-    println!("building kestrel-edge for {target} (cargo build --release)...");
+    println!("building kestrel-edge for {target} (cargo build --profile board: LTO, stripped)...");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "board",
             "-p",
             "kestrel-edge",
             "--target",
@@ -449,11 +451,11 @@ fn find_or_build(target: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!(
-            "`cargo build --release -p kestrel-edge --target {target}` failed ({status}): install \
+            "`cargo build --profile board -p kestrel-edge --target {target}` failed ({status}): install \
              the target (`rustup target add {target}`) and its linker, or pass --edge-bin PATH"
         );
     }
-    let p = dir.join(target).join("release").join("kestrel-edge");
+    let p = dir.join(target).join("board").join("kestrel-edge");
     if !p.is_file() {
         bail!("cargo built, but {} is missing", p.display());
     }

@@ -158,6 +158,10 @@ fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
     let (d, e) = (tmp.path().join("d"), tmp.path().join("e"));
     tiny_released_bundle(&d, 30, 33, 2_000);
     tiny_released_bundle(&e, 30, 34, 1_000);
+    // Both validly signed: the age alone refuses the older one.
+    let release_key = kestrel_shared::sign::SecretKey::from_seed([13; 32]);
+    release_key.sign_bundle(&d).unwrap();
+    release_key.sign_bundle(&e).unwrap();
     let bundle_d = LocalBundle::open(&d, true).unwrap();
     ssh::deploy(&bundle_d, &opts, &Silent).unwrap();
     recorder.wait_for(&bundle_d.id);
