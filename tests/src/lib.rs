@@ -292,6 +292,42 @@ pub fn tiny_released_bundle(
     manifest
 }
 
+/// `kestrel-edge store --store STORE ARGS` (what `kestrel deploy --ssh` runs on a board), with
+/// `stdin` from a file and extra environment variables; its output, whatever the status.
+pub fn edge_store(
+    store: &Path,
+    args: &[&str],
+    stdin: Option<&Path>,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(bin("kestrel-edge"));
+    cmd.arg("store")
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(match stdin {
+            Some(p) => std::process::Stdio::from(std::fs::File::open(p).unwrap()),
+            None => std::process::Stdio::null(),
+        });
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Waits up to 5 s for the store at `store` to name bundle `id` current (an agent reacting to a
+/// change behind its back); panics with `why` otherwise.
+pub fn wait_for_current(store: &Path, id: &str, why: &str) {
+    let start = std::time::Instant::now();
+    while std::fs::read_link(store.join("current")).ok().as_deref()
+        != Some(Path::new("bundles").join(id).as_path())
+    {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "{why}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Every blob of the store at `root` has the content its name says (sha256).
 pub fn assert_store_blobs_intact(root: &Path) {
     for e in std::fs::read_dir(root.join("blobs")).unwrap() {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kestrel_e2e::{assert_store_blobs_intact, bin, tiny_bundle};
+use kestrel_e2e::{assert_store_blobs_intact, bin, edge_store, tiny_bundle};
 use kestrel_edge::Bundle;
 use kestrel_edge::agent::{InstallPolicy, bundle_id, install_from_store};
 use kestrel_edge::store::{FAIL_POINTS, Store};
@@ -119,20 +119,11 @@ fn options() -> SerialOptions {
 /// Deploys `bundle` over a pty to a real agent armed with `point`; returns the agent's stderr
 /// after it died (it must have been killed by SIGKILL at that point).
 fn serial_crash(store: &Path, bundle: &LocalBundle, point: Option<&str>) -> Option<String> {
-    let (master, slave) = pty_pair().unwrap();
-    let slave_name = slave.describe();
-    drop(slave);
-    let mut line = master;
-    let mut cmd = Command::new(bin("kestrel-edge"));
-    cmd.args(["agent", "--store"])
-        .arg(store)
-        .args(["--serial", &slave_name, "--telemetry-interval", "0.5"])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped());
-    if let Some(p) = point {
-        cmd.env("KESTREL_FAIL_POINT", p);
-    }
-    let mut agent = cmd.spawn().unwrap();
+    let env: Vec<(&str, &str)> = point
+        .map(|p| ("KESTREL_FAIL_POINT", p))
+        .into_iter()
+        .collect();
+    let (mut agent, mut line) = spawn_agent(store, &env, Stdio::piped());
     let start = std::time::Instant::now();
     let result = loop {
         let r = serial::deploy(&mut line, bundle, &options(), &Silent);
@@ -176,65 +167,47 @@ fn killed_at(point: &str, out: std::process::Output) -> String {
     stderr
 }
 
-/// `kestrel-edge store ARGS` with `stdin` and `point` armed.
+/// `kestrel-edge store ARGS` with `stdin`, and `point` armed.
 fn store_command(
     store: &Path,
     args: &[&str],
     stdin: Option<&Path>,
     point: Option<&str>,
 ) -> std::process::Output {
-    let mut cmd = Command::new(bin("kestrel-edge"));
-    cmd.arg("store")
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(match stdin {
-            Some(p) => Stdio::from(std::fs::File::open(p).unwrap()),
-            None => Stdio::null(),
-        });
-    if let Some(p) = point {
-        cmd.env("KESTREL_FAIL_POINT", p);
+    match point {
+        Some(p) => edge_store(store, args, stdin, &[("KESTREL_FAIL_POINT", p)]),
+        None => edge_store(store, args, stdin, &[]),
     }
-    cmd.output().unwrap()
 }
 
 /// Every blob, then the install, through the store commands; stops at the first command killed
 /// by `point` (returns true) or completes (false).
 fn store_commands_crash(store: &Path, dir: &Path, point: Option<&str>) -> bool {
-    let bundle = LocalBundle::open(dir, true).unwrap();
-    for f in bundle.files() {
-        let sha = f.sha256.to_hex();
-        let out = store_command(store, &["put-blob", &sha], Some(&dir.join(&f.name)), point);
+    // Whether the command was killed at the fail point; any other failure fails the test.
+    let killed = |out: std::process::Output, what: &str| -> bool {
         if out.status.signal().is_some() {
             killed_at(point.unwrap(), out);
             return true;
         }
         assert!(
             out.status.success(),
-            "put-blob {}: {}",
-            f.name,
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        false
+    };
+    let bundle = LocalBundle::open(dir, true).unwrap();
+    for f in bundle.files() {
+        let sha = f.sha256.to_hex();
+        let out = store_command(store, &["put-blob", &sha], Some(&dir.join(&f.name)), point);
+        if killed(out, &format!("put-blob {}", f.name)) {
+            return true;
+        }
     }
     let sha = bundle.manifest_file.sha256.to_hex();
     let id = bundle_id(&Sha256::from_hex(&sha).unwrap());
-    let out = store_command(
-        store,
-        &["install", "--id", &id, "--manifest", &sha],
-        None,
-        point,
-    );
-    if out.status.signal().is_some() {
-        killed_at(point.unwrap(), out);
-        return true;
-    }
-    assert!(
-        out.status.success(),
-        "install: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    false
+    let args = ["install", "--id", &id, "--manifest", &sha];
+    killed(store_command(store, &args, None, point), "install")
 }
 
 fn path_of(point: &str) -> &'static [Route] {
@@ -308,6 +281,7 @@ fn a_kill_at_every_step_of_receive_and_install_leaves_a_consistent_store() {
 fn spawn_agent(
     store: &Path,
     env: &[(&str, &str)],
+    stderr: Stdio,
 ) -> (std::process::Child, kestrel_edge::transport::TTYPort) {
     let (master, slave) = pty_pair().unwrap();
     let slave_name = slave.describe();
@@ -317,7 +291,7 @@ fn spawn_agent(
         .arg(store)
         .args(["--serial", &slave_name, "--telemetry-interval", "0.5"])
         .env("RUST_LOG", "warn")
-        .stderr(Stdio::null());
+        .stderr(stderr);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -356,7 +330,11 @@ fn an_io_error_mid_blob_is_reported_and_the_upload_resumes() {
     let store = tmp.path().join("store");
     let id_a = install_in_process(&store, &a);
     let bundle_b = LocalBundle::open(&b, true).unwrap();
-    let (mut agent, mut line) = spawn_agent(&store, &[("KESTREL_FAIL_POINT", "eio:partial-write")]);
+    let (mut agent, mut line) = spawn_agent(
+        &store,
+        &[("KESTREL_FAIL_POINT", "eio:partial-write")],
+        Stdio::null(),
+    );
     let err = deploy_when_up(&mut line, &bundle_b)
         .unwrap_err()
         .to_string();
@@ -369,7 +347,7 @@ fn an_io_error_mid_blob_is_reported_and_the_upload_resumes() {
     agent.kill().unwrap();
     agent.wait().unwrap();
     assert_eq!(assert_consistent(&store, &[&id_a], "after EIO"), id_a);
-    let (mut agent, mut line) = spawn_agent(&store, &[]);
+    let (mut agent, mut line) = spawn_agent(&store, &[], Stdio::null());
     let r = deploy_when_up(&mut line, &bundle_b).unwrap();
     agent.kill().unwrap();
     agent.wait().unwrap();
@@ -424,7 +402,7 @@ fn a_real_full_disk_refuses_the_deploy_and_keeps_the_model() {
     tiny_bundle(&b, 4, 4);
     let store = mount.join("store");
     let id_a = install_in_process(&store, &a);
-    let (mut agent, mut line) = spawn_agent(&store, &[]);
+    let (mut agent, mut line) = spawn_agent(&store, &[], Stdio::null());
     let err = deploy_when_up(&mut line, &LocalBundle::open(&b, true).unwrap())
         .unwrap_err()
         .to_string();

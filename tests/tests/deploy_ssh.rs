@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kestrel_e2e::{
-    assert_store_blobs_intact, bin, run_ok, ssh_user as user, start_sshd, tiny_bundle,
-    tiny_released_bundle,
+    assert_store_blobs_intact, bin, edge_store, run_ok, ssh_user as user, start_sshd, tiny_bundle,
+    tiny_released_bundle, wait_for_current,
 };
 use kestrel_edge::agent::{Agent, AgentConfig, BundleHost};
 use kestrel_trainer::deploy::ssh::{self, SshOptions};
@@ -207,17 +207,11 @@ fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
     let tmp_link = store.join("current.by-hand");
     std::os::unix::fs::symlink(Path::new("bundles").join(&bundle_b.id), &tmp_link).unwrap();
     std::fs::rename(&tmp_link, store.join("current")).unwrap();
-    let start = Instant::now();
-    while std::fs::read_link(store.join("current")).unwrap()
-        != Path::new("bundles").join(&bundle_e.id)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the agent did not put bundle {} back",
-            bundle_e.id
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_current(
+        &store,
+        &bundle_e.id,
+        "the agent did not put its own bundle back",
+    );
     assert!(
         recorder
             .0
@@ -250,12 +244,7 @@ fn an_untrusted_bundle_installed_behind_the_agents_back_is_refused() {
     key.sign_bundle(&good).unwrap();
     tiny_bundle(&bad, 50, 51);
     let store_cmd = |args: &[&str], stdin: Option<&Path>| {
-        let mut c = Command::new(bin("kestrel-edge"));
-        c.arg("store").arg("--store").arg(&store).args(args);
-        if let Some(p) = stdin {
-            c.stdin(std::fs::File::open(p).unwrap());
-        }
-        let out = c.output().unwrap();
+        let out = edge_store(&store, args, stdin, &[]);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -289,15 +278,11 @@ fn an_untrusted_bundle_installed_behind_the_agents_back_is_refused() {
     let agent_thread = std::thread::spawn(move || agent.run(None, &mut host).unwrap());
     recorder.wait_for(&good_id);
     let bad_id = install(&bad);
-    let current = || std::fs::read_link(store.join("current")).unwrap();
-    let start = Instant::now();
-    while current() != Path::new("bundles").join(&good_id) {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the agent left the unsigned bundle {bad_id} current"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_current(
+        &store,
+        &good_id,
+        "the agent left the unsigned bundle current",
+    );
     assert!(
         recorder
             .0
