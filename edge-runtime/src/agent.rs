@@ -592,7 +592,23 @@ impl Agent {
         mut link: Option<&mut dyn Transport>,
         host: &mut dyn BundleHost,
     ) -> Result<(), AgentError> {
-        if let Some(dir) = self.current_dir()
+        // A `current` moved while no agent ran, and not by the store: judged now as if it had moved
+        // under a running agent, against the bundle the store last made current.
+        let approved = crate::store::approved(&self.cfg.store)
+            .filter(|a| self.cfg.store.join("bundles").join(a).is_dir());
+        let mut started = false;
+        if let Some(approved) = approved.filter(|a| self.current.as_deref() != Some(a.as_str())) {
+            tracing::warn!(
+                "`current` names {} but the store last made {approved} current: checking it",
+                self.current.as_deref().unwrap_or("nothing")
+            );
+            self.current = Some(approved.clone());
+            self.judge_current(host);
+            // Accepted: the host already runs it.
+            started = self.current.as_deref() != Some(approved.as_str());
+        }
+        if !started
+            && let Some(dir) = self.current_dir()
             && let Err(e) = host.switch(&dir)
         {
             tracing::error!("the current bundle {} does not start: {e}", dir.display());
@@ -1026,6 +1042,13 @@ impl Agent {
             return;
         }
         self.last_poll = Instant::now();
+        self.judge_current(host);
+    }
+
+    /// When `current` names another bundle than the one this agent runs: switch to it if the trust
+    /// list accepts it, it is not a downgrade behind the store's back, and the host runs it; else
+    /// put the agent's own bundle back.
+    fn judge_current(&mut self, host: &mut dyn BundleHost) {
         let seen = read_current(&self.cfg.store);
         if seen == self.current || seen.is_none() {
             return;

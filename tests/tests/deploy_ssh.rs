@@ -295,3 +295,73 @@ fn an_untrusted_bundle_installed_behind_the_agents_back_is_refused() {
     handle.stop();
     agent_thread.join().unwrap();
 }
+
+/// A `current` switched by hand while no agent ran: the agent judges it when it starts, against
+/// the bundle the store last made current, and puts that one back when the moved one is older.
+#[test]
+fn an_older_bundle_switched_in_while_the_agent_was_stopped_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (old, new) = (tmp.path().join("old"), tmp.path().join("new"));
+    tiny_released_bundle(&old, 60, 60, 1_000);
+    tiny_released_bundle(&new, 60, 61, 2_000);
+    let install = |dir: &Path| {
+        let b = LocalBundle::open(dir, true).unwrap();
+        for f in b.files() {
+            let out = edge_store(
+                &store,
+                &["put-blob", &f.sha256.to_hex()],
+                Some(&dir.join(&f.name)),
+                &[],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let sha = b.manifest_file.sha256.to_hex();
+        let out = edge_store(
+            &store,
+            &["install", "--id", &b.id, "--manifest", &sha],
+            None,
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b.id
+    };
+    let old_id = install(&old);
+    let new_id = install(&new);
+    // By hand, no agent running.
+    let link = store.join("current.by-hand");
+    std::os::unix::fs::symlink(Path::new("bundles").join(&old_id), &link).unwrap();
+    std::fs::rename(&link, store.join("current")).unwrap();
+
+    let mut cfg = AgentConfig::new(store.clone());
+    cfg.poll = Duration::from_millis(100);
+    let (mut agent, handle) = Agent::new(cfg).unwrap();
+    let recorder = Recorder::default();
+    let mut host = recorder.clone();
+    let agent_thread = std::thread::spawn(move || agent.run(None, &mut host).unwrap());
+    recorder.wait_for(&new_id);
+    wait_for_current(
+        &store,
+        &new_id,
+        "the agent did not put the newer bundle back",
+    );
+    assert!(
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| !p.ends_with(&old_id)),
+        "the agent never ran the older bundle"
+    );
+    handle.stop();
+    agent_thread.join().unwrap();
+}
