@@ -66,4 +66,10 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /
 # The aarch64 parity tests (fp32 and int8 bundles) on the Pi 5's core too.
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
   cargo test -p kestrel-edge --target "$AARCH64" --test aarch64_parity
+# The board build (no default features: no ONNX reader, one JPEG decoder) runs the bundles' NNEF
+# files and must give the x86 detections too.
+start=$(date +%s)
+cargo test -p kestrel-edge --no-default-features --target "$AARCH64" --test aarch64_parity \
+  bundle_detections
+echo "test: aarch64 board-feature build and parity took $(($(date +%s) - start)) s"
 echo "test: all passed; skipped on request: ${SKIPS:-nothing}"

@@ -169,8 +169,9 @@ pub fn spawn(
 /// deploys).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentLoopArgs {
-    /// Run the detection loop on this source (camera[:N], dir:, mjpeg:, yuyv:) with the current
-    /// bundle, swapping in every newly installed one.
+    /// Run the detection loop on this source (camera for the board's camera, camera:N,
+    /// camera:/dev/videoN, libcamera[:N], dir:, mjpeg:, yuyv:) with the current bundle, swapping
+    /// in every newly installed one.
     #[arg(long)]
     pub source: Option<crate::source::SourceSpec>,
     /// Pace a replay at this many frames per second.
@@ -212,6 +213,7 @@ pub fn attach(
     let Some(source) = args.source.clone() else {
         return Ok(None);
     };
+    let source = source.with_board(board.map(|b| &b.camera));
     let stop = Arc::new(AtomicBool::new(false));
     let camera = match board {
         Some(b) => crate::source::CameraSettings {

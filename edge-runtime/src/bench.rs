@@ -8,7 +8,9 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::bundle::BundleOptions;
 use crate::kernels::{Isa, Kernels};
+use crate::model::ModelFormat;
 use crate::profile::{OpKind, Profile, profile};
 use crate::run_cmd::threads;
 use crate::runtime::{Detector, peak_rss_mb};
@@ -115,21 +117,46 @@ pub struct OrtResult {
     pub p95_ms: f64,
 }
 
+/// Loading the bundle from one format of its trunk and head (after the measured run, so the
+/// peak RSS above is the runtime's alone).
+#[derive(Debug, Clone, Serialize)]
+pub struct FormatLoad {
+    /// `NNEF` or `ONNX`.
+    pub format: String,
+    /// Median over the loads of opening the bundle (read, check, parse, optimise), ms.
+    pub load_ms: f64,
+    /// Each load, ms (the formats alternate).
+    pub loads_ms: Vec<f64>,
+}
+
 /// What `bench` measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     /// Threads used.
     pub threads: usize,
+    /// Which files ran: `NNEF` (what boards run) or `ONNX` (bundles without NNEF).
+    pub format: String,
     /// Opening the bundle: reading, sha256 checks, tract parsing and optimisation, ms.
     pub load_ms: f64,
+    /// From nothing to the first frame's result: opening the bundle, then decoding,
+    /// preprocessing and running the first frame (a board's start-up), ms.
+    pub first_result_ms: f64,
+    /// Load times of each format the bundle has and this build reads, when it has two.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<FormatLoad>,
     /// Trunk + head latency, median, ms.
     pub p50_ms: f64,
     /// Trunk + head latency, 95th percentile, ms.
     pub p95_ms: f64,
     /// Peak resident memory of this process, MB.
     pub peak_rss_mb: Option<f64>,
-    /// Per-frame work outside inference, medians in ms: MJPEG decode, preprocess, postprocess.
+    /// Per-frame work outside inference, medians in ms: MJPEG decode (mozjpeg, the runtime's
+    /// decoder), preprocess, postprocess.
     pub decode_ms: f64,
+    /// The same frame decoded by zune-jpeg (image's pure-Rust decoder), median ms: the
+    /// alternative to mozjpeg (builds with the `jpeg-compare` feature).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zune_decode_ms: Option<f64>,
     /// Resize + normalise, ms.
     pub preprocess_ms: f64,
     /// Output decoding (threshold, NMS, box mapping), ms.
@@ -165,10 +192,8 @@ pub fn synthetic_frame() -> Vec<u8> {
             ((x + y) % 256) as u8 / 2,
         ])
     });
-    let mut out = Vec::new();
     // Quality 85: what UVC cameras typically send.
-    let _ = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(&img);
-    out
+    crate::jpeg::encode(&img, 85).unwrap_or_default()
 }
 
 /// Run the benchmark.
@@ -184,18 +209,16 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         crate::Threads::Multi(n) => n,
     };
     let choices = args.kernels.choices();
-    let mut detectors = Vec::new();
-    let mut load_ms = 0.0;
-    for (i, &k) in choices.iter().enumerate() {
-        let t = Instant::now();
-        let d = Detector::open_with(&args.bundle, threads_used, k)
-            .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))?;
-        if i == 0 {
-            load_ms = t.elapsed().as_secs_f64() * 1e3;
-        }
-        detectors.push(d);
-    }
-
+    let open = |kernels: Kernels, format: Option<ModelFormat>| {
+        let opts = BundleOptions {
+            threads: threads_used,
+            kernels,
+            format,
+            ..Default::default()
+        };
+        Detector::open_with(&args.bundle, &opts)
+            .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))
+    };
     let jpeg = match &args.frame {
         Some(p) => std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
         None => synthetic_frame(),
@@ -210,6 +233,27 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         height: h,
         format: RawFormat::Mjpeg,
         data: jpeg,
+    };
+    // Start-up as a board lives it: the bundle opened, then the first frame's result.
+    let t = Instant::now();
+    let first = open(choices[0], None)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    first.infer(&decode(&raw)?, &mut Stats::new(first.name()))?;
+    let first_result_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut detectors = vec![first];
+    for &k in &choices[1..] {
+        detectors.push(open(k, None)?);
+    }
+    let files = &detectors[0].bundle().manifest.files;
+    let format = ModelFormat::of(Path::new(&files.on_board()[0].1.path))
+        .map_or("?".to_string(), |f| f.to_string());
+    let other_formats: Vec<ModelFormat> = if files.nnef.is_some() {
+        [ModelFormat::Nnef, ModelFormat::Onnx]
+            .into_iter()
+            .filter(|f| f.supported())
+            .collect()
+    } else {
+        Vec::new()
     };
     let model = detectors[0]
         .bundle()
@@ -289,6 +333,30 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .join(", ");
     let peak = peak_rss_mb();
     drop(detectors);
+    let zune_decode_ms = zune_decode_ms(&raw.data, args.iterations.max(1) * rounds)?;
+    // Load times per format, alternating, three loads each (kernels as in the timed run).
+    let mut formats: Vec<FormatLoad> = other_formats
+        .iter()
+        .map(|f| FormatLoad {
+            format: f.to_string(),
+            load_ms: 0.0,
+            loads_ms: Vec::new(),
+        })
+        .collect();
+    if formats.len() > 1 {
+        for _ in 0..3 {
+            for (i, &f) in other_formats.iter().enumerate() {
+                let t = Instant::now();
+                drop(open(choices[0], Some(f))?);
+                formats[i].loads_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        for f in &mut formats {
+            f.load_ms = percentile(&f.loads_ms, 0.5);
+        }
+    } else {
+        formats.clear();
+    }
     let onnxruntime = (!ort_rounds.is_empty()).then(|| {
         let mid = ort_rounds
             .iter()
@@ -306,11 +374,15 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     });
     Ok(BenchReport {
         threads: n_threads,
+        format,
         load_ms,
+        first_result_ms,
+        formats,
         p50_ms: p50,
         p95_ms: results[0].p95_ms,
         peak_rss_mb: peak,
         decode_ms: decode_p50,
+        zune_decode_ms,
         preprocess_ms: snap.latency.preprocess.p50_ms,
         postprocess_ms: snap.latency.postprocess.p50_ms,
         overhead_ratio: overhead / p50.max(1e-9),
@@ -320,6 +392,25 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         onnxruntime,
         kernels: results,
     })
+}
+
+/// Median ms of decoding `jpeg` with zune-jpeg (through `image`), `runs` times.
+#[cfg(feature = "jpeg-compare")]
+fn zune_decode_ms(jpeg: &[u8], runs: usize) -> anyhow::Result<Option<f64>> {
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let img = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?.to_rgb8();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(img);
+    }
+    Ok(Some(percentile(&ms, 0.5)))
+}
+
+/// Without the `jpeg-compare` feature (board builds) there is no second decoder to time.
+#[cfg(not(feature = "jpeg-compare"))]
+fn zune_decode_ms(_jpeg: &[u8], _runs: usize) -> anyhow::Result<Option<f64>> {
+    Ok(None)
 }
 
 /// Profiles the bundle's trunk and head on a synthetic input (the head on the trunk's output).
@@ -379,7 +470,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("bundle     {} ({})", args.bundle.display(), r.precision);
     println!("threads    {}", r.threads);
-    println!("load       {:.0} ms", r.load_ms);
+    println!(
+        "load       {:.0} ms ({} files); first result {:.0} ms after the start",
+        r.load_ms, r.format, r.first_result_ms
+    );
+    for f in &r.formats {
+        let each: Vec<String> = f.loads_ms.iter().map(|ms| format!("{ms:.0}")).collect();
+        println!(
+            "  from {}: load {:.0} ms median ({} ms)",
+            f.format,
+            f.load_ms,
+            each.join(", ")
+        );
+    }
     for k in &r.kernels {
         println!(
             "inference  p50 {:.2} ms, p95 {:.2} ms (trunk + head, tract with {} kernels; {} convolutions Kestrel's)",
@@ -395,6 +498,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         r.postprocess_ms,
         r.overhead_ratio * 100.0
     );
+    if let Some(z) = r.zune_decode_ms {
+        println!(
+            "  the same frame with zune-jpeg (pure Rust): {z:.2} ms, {:.2}x mozjpeg's",
+            z / r.decode_ms.max(1e-9)
+        );
+    }
     if let Some(m) = r.peak_rss_mb {
         println!("peak RSS   {m:.1} MB");
     }

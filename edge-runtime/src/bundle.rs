@@ -1,9 +1,10 @@
-//! A model bundle on the board: `manifest.json`, `trunk.onnx`, `head.onnx` and `model.onnx`,
+//! A model bundle on the board: `manifest.json`, trunk and head (`trunk.nnef.tar` and
+//! `head.nnef.tar`, or `trunk.onnx` and `head.onnx` in bundles without NNEF) and `model.onnx`,
 //! written by `kestrel export`, checked and run with tract.
 //!
 //! [`Bundle::open`] refuses a bundle it cannot trust, with an error naming the file and what to
 //! do, and never panics: a missing file, a size or sha256 that is not the manifest's, an unknown
-//! manifest schema version, a truncated or non-ONNX model, a trunk whose output does not fit the
+//! manifest schema version, a truncated or unreadable model, a trunk whose output does not fit the
 //! head's input, labels that do not fit the head's output. The shapes are those tract computes
 //! from the files themselves, not only what the manifest claims.
 
@@ -16,13 +17,11 @@ use kestrel_shared::manifest::{MANIFEST_FILE, Manifest, ManifestError, ModelFile
 use kestrel_shared::trunk::TRUNK_SCHEMA_VERSION;
 use kestrel_shared::{Detection, TrunkInfo, filter_and_nms};
 use serde_json::json;
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
-use tract_onnx::tract_core::tract_linalg::WeightType;
-use tract_onnx::tract_hir::infer::Factoid;
+use tract_nnef::tract_core::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
+use tract_nnef::tract_core::tract_linalg::WeightType;
 
 use crate::kernels::Kernels;
-use crate::model::{EdgeError, ModelOutput, OnnxModel, Threads};
+use crate::model::{EdgeError, Model, ModelFormat, ModelOutput, Threads};
 use crate::trunk::Trunk;
 
 /// A bundle that cannot be used. Every variant names the file involved.
@@ -73,11 +72,11 @@ pub enum BundleError {
         /// The manifest's.
         expected: String,
     },
-    /// tract cannot read a file as an ONNX model.
+    /// tract cannot read a file as a model (ONNX or NNEF, as its name says).
     #[error(
-        "{path} is not a usable ONNX model ({reason}); the file is damaged or not a model: export the bundle again"
+        "{path} is not a usable model ({reason}); the file is damaged or not a model: export the bundle again"
     )]
-    NotOnnx {
+    NotModel {
         /// The file.
         path: PathBuf,
         /// tract's explanation.
@@ -129,6 +128,14 @@ pub enum BundleError {
         /// Shape in the manifest.
         expected: Vec<usize>,
     },
+    /// NNEF was asked for and the bundle has none.
+    #[error(
+        "{manifest} lists no NNEF files (trunk.nnef.tar, head.nnef.tar): the bundle was exported by an older kestrel; export it again"
+    )]
+    NoNnef {
+        /// The manifest.
+        manifest: PathBuf,
+    },
     /// Running a model failed, or it was not loaded.
     #[error(transparent)]
     Run(#[from] EdgeError),
@@ -145,6 +152,10 @@ pub struct BundleOptions {
     pub merged: bool,
     /// Which convolution kernels run the models.
     pub kernels: Kernels,
+    /// Which trunk and head files to run: `None` for what a board runs (NNEF when the bundle has
+    /// it, [`kestrel_shared::manifest::BundleFiles::on_board`]); `Some(Onnx)` for the ONNX pair
+    /// (to compare the two); `Some(Nnef)` insists on NNEF.
+    pub format: Option<ModelFormat>,
 }
 
 impl Default for BundleOptions {
@@ -154,6 +165,7 @@ impl Default for BundleOptions {
             threads: Threads::Single,
             merged: false,
             kernels: Kernels::from_env(),
+            format: None,
         }
     }
 }
@@ -165,12 +177,12 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
-    /// `trunk.onnx`, with a description built from the manifest.
+    /// The trunk (`trunk.nnef.tar` or `trunk.onnx`), with a description built from the manifest.
     pub trunk: Trunk,
-    /// `head.onnx`.
-    pub head: OnnxModel,
+    /// The head (`head.nnef.tar` or `head.onnx`).
+    pub head: Model,
     /// `model.onnx`, when loaded ([`BundleOptions::merged`]).
-    pub model: Option<OnnxModel>,
+    pub model: Option<Model>,
 }
 
 /// Read a listed file and check its size and sha256.
@@ -208,24 +220,24 @@ fn verified_bytes(
     Ok((path, bytes))
 }
 
-/// Load a model with tract; anything tract refuses, or panics on, is "not ONNX".
+/// Load a model with tract; anything tract refuses, or panics on, is "not a model".
 fn load(
     path: &Path,
     bytes: &[u8],
     batch: usize,
     opts: &BundleOptions,
-) -> Result<OnnxModel, BundleError> {
+) -> Result<Model, BundleError> {
     let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        OnnxModel::from_bytes_with(bytes, path, batch, opts.threads, opts.kernels)
+        Model::from_bytes_with(bytes, path, batch, opts.threads, opts.kernels)
     }));
     match loaded {
         Ok(Ok(m)) => Ok(m),
-        Ok(Err(EdgeError::Load { reason, .. })) => Err(BundleError::NotOnnx {
+        Ok(Err(EdgeError::Load { reason, .. })) => Err(BundleError::NotModel {
             path: path.to_path_buf(),
             reason,
         }),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(BundleError::NotOnnx {
+        Err(_) => Err(BundleError::NotModel {
             path: path.to_path_buf(),
             reason: "tract panicked while reading it".into(),
         }),
@@ -233,10 +245,10 @@ fn load(
 }
 
 /// Shape of `model`'s output for a batch of zeros (batch first, as planned).
-fn output_shape(model: &OnnxModel) -> Result<Vec<usize>, BundleError> {
+fn output_shape(model: &Model) -> Result<Vec<usize>, BundleError> {
     let n: usize = model.input_shape().iter().product();
     let out = std::panic::catch_unwind(AssertUnwindSafe(|| model.run(&vec![0.0; n]))).map_err(
-        |_| BundleError::NotOnnx {
+        |_| BundleError::NotModel {
             path: model.path().to_path_buf(),
             reason: "tract panicked while running it".into(),
         },
@@ -253,7 +265,8 @@ fn one(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-/// The description of a bundle's trunk, as [`Trunk`] wants it.
+/// The description of a bundle's trunk, as [`Trunk`] wants it. It names the trunk by its ONNX
+/// file, whichever file runs: the NNEF one is the same graph, and embedding caches stay keyed alike.
 pub fn trunk_info(m: &Manifest) -> TrunkInfo {
     let t = &m.files.trunk;
     TrunkInfo {
@@ -273,7 +286,7 @@ pub fn trunk_info(m: &Manifest) -> TrunkInfo {
 }
 
 /// Run `model` on `items` (each `per` values) in batches of its planned size, the last padded.
-fn run_batched(model: &OnnxModel, items: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, BundleError> {
+fn run_batched(model: &Model, items: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, BundleError> {
     let batch = model.batch();
     let per: usize = model.input_shape().iter().skip(1).product();
     let mut out = Vec::with_capacity(items.len());
@@ -317,9 +330,19 @@ impl Bundle {
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = Manifest::read(&manifest_path)?;
         let files = &manifest.files;
+        let [(_, trunk_file), (_, head_file)] = match opts.format {
+            None => files.on_board(),
+            Some(ModelFormat::Onnx) => files.onnx_pair(),
+            Some(ModelFormat::Nnef) if files.nnef.is_some() => files.on_board(),
+            Some(ModelFormat::Nnef) => {
+                return Err(BundleError::NoNnef {
+                    manifest: manifest_path,
+                });
+            }
+        };
         // Integrity first: every file, before spending time in tract.
-        let (trunk_path, trunk_bytes) = verified_bytes(&dir, "trunk", &files.trunk)?;
-        let (head_path, head_bytes) = verified_bytes(&dir, "head", &files.head)?;
+        let (trunk_path, trunk_bytes) = verified_bytes(&dir, "trunk", trunk_file)?;
+        let (head_path, head_bytes) = verified_bytes(&dir, "head", head_file)?;
         // model.onnx only when asked for: boards run trunk + head and deploys do not send it.
         let merged = if opts.merged {
             Some(verified_bytes(&dir, "model", &files.model)?)
@@ -361,25 +384,25 @@ impl Bundle {
                 &trunk_path,
                 "the trunk's input",
                 one(trunk.input_shape()),
-                &files.trunk.input.shape,
+                &trunk_file.input.shape,
             ),
             (
                 &trunk_path,
                 "the trunk's output",
                 trunk_out,
-                &files.trunk.output.shape,
+                &trunk_file.output.shape,
             ),
             (
                 &head_path,
                 "the head's input",
                 head_in,
-                &files.head.input.shape,
+                &head_file.input.shape,
             ),
             (
                 &head_path,
                 "the head's output",
                 head_out.clone(),
-                &files.head.output.shape,
+                &head_file.output.shape,
             ),
         ];
         for (path, what, found, expected) in declared {
@@ -453,8 +476,7 @@ impl Bundle {
             .manifest
             .input
             .preprocess
-            .load_and_apply(path)
-            .map_err(EdgeError::from)?;
+            .apply(&crate::jpeg::load_picture(path).map_err(EdgeError::from)?);
         Ok(self.run(std::slice::from_ref(&x))?.remove(0))
     }
 
@@ -485,11 +507,16 @@ impl Bundle {
     }
 
     /// A JSON description: the manifest, and per file the operators tract runs and the input
-    /// types of its matrix products.
+    /// types of its matrix products (`present: false` for files a deploy did not send).
     pub fn info_json(&self) -> serde_json::Value {
         let mut files = serde_json::Map::new();
         for (role, f) in self.manifest.files.all() {
             let path = self.dir.join(&f.path);
+            if !path.is_file() {
+                // A deployed bundle holds only what the board runs (the NNEF pair).
+                files.insert(role.to_string(), json!({"path": path, "present": false}));
+                continue;
+            }
             let v = match inspect(&path) {
                 Ok(ops) => json!({
                     "path": path,
@@ -569,45 +596,18 @@ fn weight_type(w: WeightType) -> String {
     }
 }
 
-/// Load a model file into tract (batch 1), optimise it, and list what tract will run, with the
-/// operand types of every matrix product (how to check that an int8 head really multiplies in
-/// 8 bits).
+/// Load a model file (ONNX or NNEF) into tract (batch 1), optimise it, and list what tract will
+/// run, with the operand types of every matrix product (how to check that an int8 head really
+/// multiplies in 8 bits).
 pub fn inspect(path: &Path) -> Result<OptimizedOps, BundleError> {
+    // The same loading and optimisation the runtime does, Kestrel's kernels included.
+    let opts = BundleOptions::default();
     let bytes = std::fs::read(path).map_err(|source| BundleError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let not_onnx = |e: TractError| BundleError::NotOnnx {
-        path: path.to_path_buf(),
-        reason: format!("{e:#}"),
-    };
-    let optimized =
-        std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<TypedModel, BundleError> {
-            let mut m = tract_onnx::onnx()
-                .model_for_read(&mut &*bytes)
-                .map_err(not_onnx)?;
-            let fact = m.input_fact(0).map_err(not_onnx)?.clone();
-            let dims: Vec<usize> = fact
-                .shape
-                .dims()
-                .enumerate()
-                .map(|(i, d)| {
-                    d.concretize()
-                        .and_then(|d| d.as_i64())
-                        .map_or(1, |v| if i == 0 { 1 } else { v as usize })
-                })
-                .collect();
-            m.set_input_fact(0, f32::fact(&dims).into())
-                .map_err(not_onnx)?;
-            // The same optimisation the runtime does, Kestrel's kernels included.
-            crate::model::optimize(m, Kernels::from_env())
-                .map(|(m, _)| m)
-                .map_err(not_onnx)
-        }))
-        .map_err(|_| BundleError::NotOnnx {
-            path: path.to_path_buf(),
-            reason: "tract panicked while reading it".into(),
-        })??;
+    let model = load(path, &bytes, 1, &opts)?;
+    let optimized = model.plan().model();
     let mut ops = Vec::new();
     let mut matmuls = Vec::new();
     for node in optimized.nodes() {

@@ -1,16 +1,20 @@
 //! Kestrel's on-board runtime: runs exported models with tract.
 //!
 //! This crate never depends on burn: what the host trains is exported to ONNX and run here, and the
-//! host itself computes its training embeddings through [`OnnxModel`] so both sides compute the same
+//! host itself computes its training embeddings through [`Model`] so both sides compute the same
 //! numbers with the same code.
 
 pub mod agent;
 pub mod agent_loop;
 pub mod bench;
 pub mod bundle;
+pub mod cameras;
 pub mod cli;
+pub mod jpeg;
 pub mod kernels;
+pub mod libcamera;
 pub mod model;
+pub mod nnef;
 pub mod profile;
 pub mod run_cmd;
 pub mod runtime;
@@ -25,5 +29,5 @@ pub mod trunk;
 pub mod watchdog;
 
 pub use bundle::{Bundle, BundleError, BundleOptions};
-pub use model::{EdgeError, ModelOutput, OnnxModel, Threads};
+pub use model::{EdgeError, Model, ModelFormat, ModelOutput, Threads};
 pub use trunk::Trunk;

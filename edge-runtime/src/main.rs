@@ -23,6 +23,9 @@ enum Command {
     Run(Box<kestrel_edge::run_cmd::RunArgs>),
     /// Save frames from the source into OUT/LABEL/ to collect training pictures on the board.
     Capture(kestrel_edge::run_cmd::CaptureArgs),
+    /// List the cameras this board can open: V4L2 devices with their formats and sizes, and
+    /// libcamera (Raspberry Pi camera module) cameras with their sensor modes.
+    Cameras(kestrel_edge::cameras::CamerasArgs),
     /// Measure load time, latency p50/p95 and peak memory of a bundle (optionally against
     /// onnxruntime on the same model.onnx).
     Bench(kestrel_edge::bench::BenchArgs),
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Capture(args) => {
             kestrel_edge::run_cmd::capture(&args)?;
         }
+        Command::Cameras(args) => kestrel_edge::cameras::run(&args)?,
         Command::Bench(args) => kestrel_edge::bench::run(&args)?,
         Command::Agent(args) => kestrel_edge::agent::run_cli(args)?,
         Command::Store(args) => kestrel_edge::store_cli::run_cli(args)?,

@@ -1,10 +1,11 @@
-//! Loading an ONNX model into tract, optimising it once, and running batches.
+//! Loading a model into tract (NNEF, tract's own format, or ONNX), optimising it once, and
+//! running batches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
+use tract_nnef::prelude::*;
+use tract_nnef::tract_core::internal::DimLike;
 
 use crate::kernels::{Kernels, PassReport};
 
@@ -74,13 +75,52 @@ pub enum Threads {
     Multi(usize),
 }
 
+/// The format of a model file, told by its name: `*.onnx` or `*.nnef.tar`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// ONNX: what other runtimes read; needs tract's ONNX front-end (cargo feature `onnx`).
+    Onnx,
+    /// NNEF in a tar archive, as tract-nnef writes it: what boards read.
+    Nnef,
+}
+
+impl ModelFormat {
+    /// The format `path`'s name says, if any.
+    pub fn of(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?;
+        if name.ends_with(".onnx") {
+            Some(ModelFormat::Onnx)
+        } else if name.ends_with(".nnef.tar") {
+            Some(ModelFormat::Nnef)
+        } else {
+            None
+        }
+    }
+
+    /// True when this build of kestrel-edge can read the format.
+    pub fn supported(self) -> bool {
+        match self {
+            ModelFormat::Onnx => cfg!(feature = "onnx"),
+            ModelFormat::Nnef => true,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelFormat::Onnx => "ONNX",
+            ModelFormat::Nnef => "NNEF",
+        })
+    }
+}
+
 /// tract's optimisation with Kestrel's kernels: decluttered first, so they replace the
 /// convolutions they cover before tract lowers the rest to its own kernels.
 pub(crate) fn optimize(
-    model: InferenceModel,
+    mut typed: TypedModel,
     kernels: Kernels,
 ) -> TractResult<(TypedModel, PassReport)> {
-    let mut typed = model.into_typed()?;
     let replaced = match kernels {
         Kernels::Tract => PassReport::default(),
         Kernels::Kestrel(isa) => {
@@ -88,7 +128,7 @@ pub(crate) fn optimize(
             // depthwise convolutions, and the 1x1 convolutions around them, to channels-last.
             // Kestrel's kernels are channels-first: they go in before axes move (tract's other
             // declutter passes first), and tract cannot move axes through them afterwards.
-            let mut first = tract_onnx::tract_core::optim::Optimizer::declutter();
+            let mut first = tract_nnef::tract_core::optim::Optimizer::declutter();
             first
                 .passes
                 .retain(|p| !format!("{p:?}").contains("ChangeAxes"));
@@ -98,6 +138,106 @@ pub(crate) fn optimize(
     };
     typed.declutter()?;
     Ok((typed.into_optimized()?, replaced))
+}
+
+/// Read an NNEF model with the batch dimension fixed to `batch`; also returns the input shape.
+fn nnef_typed(
+    bytes: &[u8],
+    path: &Path,
+    batch: usize,
+) -> Result<(TypedModel, Vec<usize>), EdgeError> {
+    let load_err = |e: TractError| EdgeError::Load {
+        path: path.to_path_buf(),
+        reason: chain(&e),
+    };
+    let model = crate::nnef::nnef()
+        .model_for_read(&mut &*bytes)
+        .map_err(load_err)?;
+    let fact = model.input_fact(0).map_err(load_err)?.clone();
+    let mut symbols = std::collections::HashMap::new();
+    let mut concrete = Vec::with_capacity(fact.rank());
+    for (i, d) in fact.shape.iter().enumerate() {
+        match (d.to_usize(), d) {
+            (Ok(v), _) if i > 0 || v == batch => concrete.push(v),
+            (_, TDim::Sym(s)) if i == 0 => {
+                symbols.insert(s.clone(), TDim::Val(batch as i64));
+                concrete.push(batch);
+            }
+            (Ok(v), _) => {
+                return Err(EdgeError::Load {
+                    path: path.to_path_buf(),
+                    reason: format!("the model is made for batches of {v}, not {batch}"),
+                });
+            }
+            _ => {
+                return Err(EdgeError::Load {
+                    path: path.to_path_buf(),
+                    reason: format!("input dimension {i} is not fixed ({d})"),
+                });
+            }
+        }
+    }
+    if concrete.is_empty() {
+        return Err(EdgeError::Load {
+            path: path.to_path_buf(),
+            reason: "the model input has no known shape".into(),
+        });
+    }
+    let model = if symbols.is_empty() {
+        model
+    } else {
+        model.set_symbols(&symbols).map_err(load_err)?
+    };
+    Ok((model, concrete))
+}
+
+/// Read an ONNX model with the batch dimension fixed to `batch` (the exporter leaves it
+/// symbolic, tract plans statically); also returns the input shape.
+#[cfg(feature = "onnx")]
+fn onnx_typed(
+    bytes: &[u8],
+    path: &Path,
+    batch: usize,
+) -> Result<(TypedModel, Vec<usize>), EdgeError> {
+    use tract_onnx::prelude::{Framework, InferenceModelExt};
+    use tract_onnx::tract_hir::infer::Factoid;
+    let load_err = |e: TractError| EdgeError::Load {
+        path: path.to_path_buf(),
+        reason: chain(&e),
+    };
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &*bytes)
+        .map_err(load_err)?;
+    let fact = model.input_fact(0).map_err(load_err)?.clone();
+    let shape = fact.shape.dims().cloned().collect::<Vec<_>>();
+    let mut concrete = Vec::with_capacity(shape.len());
+    for (i, d) in shape.iter().enumerate() {
+        match d
+            .concretize()
+            .and_then(|d| d.as_i64())
+            .and_then(|v| usize::try_from(v).ok())
+        {
+            Some(v) => concrete.push(v),
+            None if i == 0 => concrete.push(batch),
+            None => {
+                return Err(EdgeError::Load {
+                    path: path.to_path_buf(),
+                    reason: format!("input dimension {i} is not fixed ({d:?})"),
+                });
+            }
+        }
+    }
+    if concrete.is_empty() {
+        return Err(EdgeError::Load {
+            path: path.to_path_buf(),
+            reason: "the model input has no known shape".into(),
+        });
+    }
+    concrete[0] = batch;
+    model
+        .set_input_fact(0, f32::fact(&concrete).into())
+        .map_err(load_err)?;
+    Ok((model.into_typed().map_err(load_err)?, concrete))
 }
 
 /// tract's error with all its context, outermost first.
@@ -114,8 +254,8 @@ pub struct ModelOutput {
     pub data: Vec<f32>,
 }
 
-/// An ONNX model with one float input, optimised by tract for a fixed batch size.
-pub struct OnnxModel {
+/// A model with one float input, optimised by tract for a fixed batch size.
+pub struct Model {
     path: PathBuf,
     plan: Arc<TypedRunnableModel>,
     input_shape: Vec<usize>,
@@ -124,23 +264,24 @@ pub struct OnnxModel {
     replaced: PassReport,
 }
 
-impl std::fmt::Debug for OnnxModel {
+impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnnxModel")
+        f.debug_struct("Model")
             .field("path", &self.path)
             .field("input_shape", &self.input_shape)
             .finish()
     }
 }
 
-impl OnnxModel {
-    /// Load `path`, fix the batch dimension to `batch`, and optimise the graph once, with the
-    /// process's kernel choice ([`Kernels::from_env`]).
+impl Model {
+    /// Load `path` (its name tells the format: [`ModelFormat::of`]), fix the batch dimension to
+    /// `batch`, and optimise the graph once, with the process's kernel choice
+    /// ([`Kernels::from_env`]).
     pub fn load(path: &Path, batch: usize, threads: Threads) -> Result<Self, EdgeError> {
         Self::load_with(path, batch, threads, Kernels::from_env())
     }
 
-    /// Like [`OnnxModel::load`], with the convolution kernels given (benchmarks compare them).
+    /// Like [`Model::load`], with the convolution kernels given (benchmarks compare them).
     pub fn load_with(
         path: &Path,
         batch: usize,
@@ -154,7 +295,7 @@ impl OnnxModel {
         Self::from_bytes_with(&bytes, path, batch, threads, kernels)
     }
 
-    /// Like [`OnnxModel::load`], from bytes already in memory (`path` is only used in messages).
+    /// Like [`Model::load`], from bytes already in memory (`path` is only used in messages).
     pub fn from_bytes(
         bytes: &[u8],
         path: &Path,
@@ -164,7 +305,7 @@ impl OnnxModel {
         Self::from_bytes_with(bytes, path, batch, threads, Kernels::from_env())
     }
 
-    /// Like [`OnnxModel::from_bytes`], with the convolution kernels given.
+    /// Like [`Model::from_bytes`], with the convolution kernels given.
     pub fn from_bytes_with(
         bytes: &[u8],
         path: &Path,
@@ -176,40 +317,27 @@ impl OnnxModel {
             path: path.to_path_buf(),
             reason: chain(&e),
         };
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut &*bytes)
-            .map_err(load_err)?;
-        // Fix the batch dimension (the exporter leaves it symbolic) so tract can plan statically.
-        let fact = model.input_fact(0).map_err(load_err)?.clone();
-        let shape = fact.shape.dims().cloned().collect::<Vec<_>>();
-        let mut concrete = Vec::with_capacity(shape.len());
-        for (i, d) in shape.iter().enumerate() {
-            match d
-                .concretize()
-                .and_then(|d| d.as_i64())
-                .and_then(|v| usize::try_from(v).ok())
-            {
-                Some(v) => concrete.push(v),
-                None if i == 0 => concrete.push(batch),
-                None => {
-                    return Err(EdgeError::Load {
-                        path: path.to_path_buf(),
-                        reason: format!("input dimension {i} is not fixed ({d:?})"),
-                    });
-                }
+        let format = ModelFormat::of(path).ok_or_else(|| EdgeError::Load {
+            path: path.to_path_buf(),
+            reason: "the file name ends neither in .onnx nor in .nnef.tar".into(),
+        })?;
+        let (typed, concrete) = match format {
+            ModelFormat::Nnef => nnef_typed(bytes, path, batch)?,
+            #[cfg(feature = "onnx")]
+            ModelFormat::Onnx => onnx_typed(bytes, path, batch)?,
+            #[cfg(not(feature = "onnx"))]
+            ModelFormat::Onnx => {
+                return Err(EdgeError::Load {
+                    path: path.to_path_buf(),
+                    reason: "this kestrel-edge is a board build without the ONNX reader: it runs \
+                             the bundle's NNEF files (trunk.nnef.tar, head.nnef.tar), which \
+                             bundles exported by this version of kestrel carry; export the \
+                             bundle again"
+                        .into(),
+                });
             }
-        }
-        if concrete.is_empty() {
-            return Err(EdgeError::Load {
-                path: path.to_path_buf(),
-                reason: "the model input has no known shape".into(),
-            });
-        }
-        concrete[0] = batch;
-        model
-            .set_input_fact(0, f32::fact(&concrete).into())
-            .map_err(load_err)?;
-        let (typed, replaced) = optimize(model, kernels).map_err(load_err)?;
+        };
+        let (typed, replaced) = optimize(typed, kernels).map_err(load_err)?;
         let options = match threads {
             Threads::Single => RunOptions::default(),
             Threads::Multi(n) => RunOptions {
@@ -220,7 +348,7 @@ impl OnnxModel {
         let plan = typed
             .into_runnable_with_options(&options)
             .map_err(load_err)?;
-        Ok(OnnxModel {
+        Ok(Model {
             path: path.to_path_buf(),
             plan,
             input_shape: concrete,

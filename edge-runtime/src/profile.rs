@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
-use crate::model::{EdgeError, OnnxModel};
+use crate::model::{EdgeError, Model};
 
 /// The kinds of work a MobileNetV2 bundle does, as the profile reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -162,7 +162,7 @@ impl Profile {
 
 /// Runs `model` on `input` `iterations` times (after two warm-up runs) timing every node, and
 /// reports the mean per run by kind and by operator.
-pub fn profile(model: &OnnxModel, input: &[f32], iterations: usize) -> Result<Profile, EdgeError> {
+pub fn profile(model: &Model, input: &[f32], iterations: usize) -> Result<Profile, EdgeError> {
     let run_err = |e: TractError| EdgeError::Run {
         path: model.path().to_path_buf(),
         reason: format!("{e:#}"),
@@ -180,7 +180,7 @@ pub fn profile(model: &OnnxModel, input: &[f32], iterations: usize) -> Result<Pr
                 tvec!(tensor.clone().into_tvalue()),
                 |ctx, op_state, node, inputs| {
                     let t = Instant::now();
-                    let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    let r = tract_nnef::tract_core::plan::eval(ctx, op_state, node, inputs);
                     if keep {
                         per_node[node.id] += t.elapsed().as_secs_f64() * 1e3;
                     }

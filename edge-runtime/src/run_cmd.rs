@@ -19,9 +19,11 @@ use crate::source::{CameraSettings, Replay, SourceSpec, decode};
 /// Where frames come from and how they are played.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
-    /// camera[:INDEX] (V4L2), dir:PATH (pictures in name order), mjpeg:FILE (concatenated JPEG
-    /// frames) or yuyv:FILE:WxH (raw YUYV frames).
-    #[arg(long, default_value = "camera:0")]
+    /// camera (the --board file's camera, else V4L2 camera 0), camera:INDEX or camera:/dev/videoN
+    /// (V4L2), libcamera[:INDEX] (a Raspberry Pi camera module through rpicam-vid), dir:PATH
+    /// (pictures in name order), mjpeg:FILE (concatenated JPEG frames) or yuyv:FILE:WxH (raw YUYV
+    /// frames). `kestrel-edge cameras` lists the cameras.
+    #[arg(long, default_value = "camera")]
     pub source: SourceSpec,
     /// Pace a replay at this many frames per second (default: as fast as inference goes, every
     /// frame processed).
@@ -55,6 +57,12 @@ impl SourceArgs {
             .map(Board::resolve)
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// The source to open: `--source`, with plain `camera` made the board file's camera (its
+    /// V4L2 device, or libcamera with `driver = "libcamera"`).
+    pub fn spec(&self, board: Option<&Board>) -> SourceSpec {
+        self.source.clone().with_board(board.map(|b| &b.camera))
     }
 
     /// Camera settings: command line over board file over defaults.
@@ -257,7 +265,7 @@ pub fn run(args: &RunArgs, started: Instant) -> anyhow::Result<LoopSummary> {
         _ => SlotMode::Newest,
     });
     let capture = Capture::start(
-        args.source.source.clone(),
+        args.source.spec(board.as_ref()),
         args.source.replay(),
         args.source.camera(board.as_ref())?,
         mode,
@@ -319,7 +327,7 @@ pub fn capture(args: &CaptureArgs) -> anyhow::Result<Vec<PathBuf>> {
     let board = args.source.board()?;
     let stop = stop_on_signals()?;
     let capture = Capture::start(
-        args.source.source.clone(),
+        args.source.spec(board.as_ref()),
         args.source.replay(),
         args.source.camera(board.as_ref())?,
         None,
@@ -349,8 +357,8 @@ pub fn capture(args: &CaptureArgs) -> anyhow::Result<Vec<PathBuf>> {
         last = Some(Instant::now());
         let path = dir.join(format!("{}-{next:05}.jpg", args.label));
         next += 1;
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92).encode_image(&image)?;
+        let out = crate::jpeg::encode(&image, 92)
+            .map_err(|e| anyhow::anyhow!("cannot encode {}: {e}", path.display()))?;
         write_atomic(&path, &out)?;
         eprintln!(
             "{}: saved {} ({}/{})",

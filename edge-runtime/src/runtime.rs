@@ -21,7 +21,6 @@ use kestrel_shared::manifest::Task;
 use tracing::{info, warn};
 
 use crate::bundle::{Bundle, BundleError, BundleOptions};
-use crate::kernels::Kernels;
 use crate::model::Threads;
 use crate::sink::{Classification, FrameResult, LabeledDetection, Sink};
 use crate::source::{CameraSettings, RawFrame, Replay, SourceError, SourceSpec, decode};
@@ -211,18 +210,24 @@ pub struct Detector {
 impl Detector {
     /// Open and check a bundle (see [`Bundle::open`]) for frame-by-frame inference.
     pub fn open(path: &Path, threads: Threads) -> Result<Self, BundleError> {
-        Self::open_with(path, threads, Kernels::from_env())
+        Self::open_with(
+            path,
+            &BundleOptions {
+                threads,
+                ..BundleOptions::default()
+            },
+        )
     }
 
-    /// Like [`Detector::open`], with the convolution kernels given (benchmarks compare them).
-    pub fn open_with(path: &Path, threads: Threads, kernels: Kernels) -> Result<Self, BundleError> {
+    /// Like [`Detector::open`], with the options given (benchmarks compare kernels and formats);
+    /// the batch is always one frame.
+    pub fn open_with(path: &Path, opts: &BundleOptions) -> Result<Self, BundleError> {
         let bundle = Bundle::open_with(
             path,
             &BundleOptions {
                 batch: 1,
-                threads,
                 merged: false,
-                kernels,
+                ..*opts
             },
         )?;
         let score_threshold = bundle
@@ -486,9 +491,7 @@ mod tests {
         let mut stream = Vec::new();
         for i in 0..n {
             let img = RgbImage::from_pixel(32, 24, image::Rgb([i.wrapping_mul(20), 0, 0]));
-            image::codecs::jpeg::JpegEncoder::new(&mut stream)
-                .encode_image(&img)
-                .unwrap();
+            stream.extend(crate::jpeg::encode(&img, 75).unwrap());
         }
         let p = dir.join("v.mjpeg");
         std::fs::write(&p, stream).unwrap();

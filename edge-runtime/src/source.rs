@@ -1,4 +1,5 @@
-//! Where frames come from: a camera (nokhwa, V4L2) or a replay of recorded frames, behind one
+//! Where frames come from: a camera (V4L2 through nokhwa, or a Raspberry Pi camera through
+//! libcamera's `rpicam-vid`, see [`crate::libcamera`]) or a replay of recorded frames, behind one
 //! [`FrameSource`] trait, and the one decode path ([`decode`], nokhwa's decoder) they all share.
 //!
 //! A source yields raw camera bytes ([`RawFrame`]: MJPEG, YUYV or RGB as the camera sends them);
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
-use kestrel_shared::board::PixelFormat;
+use kestrel_shared::board::{self, CameraDriver, PixelFormat};
 use nokhwa::Buffer;
 use nokhwa::pixel_format::RgbFormat;
 use nokhwa::utils::{FrameFormat, Resolution};
@@ -70,7 +71,7 @@ pub struct RawFrame {
 pub enum SourceError {
     /// The `--source` text is not understood.
     #[error(
-        "bad source {spec:?}: {reason} (use camera[:INDEX], dir:PATH, mjpeg:FILE or yuyv:FILE:WxH)"
+        "bad source {spec:?}: {reason} (use camera[:INDEX], camera:/dev/videoN, libcamera[:INDEX], dir:PATH, mjpeg:FILE or yuyv:FILE:WxH)"
     )]
     Spec {
         /// What was given.
@@ -102,6 +103,25 @@ pub enum SourceError {
         /// nokhwa's explanation.
         reason: String,
     },
+    /// A V4L2 device path does not name a capture node (`camera:/dev/...`, the board's
+    /// `camera.device`).
+    #[error(
+        "camera {path}: {reason} (give /dev/videoN, or a link to one such as /dev/v4l/by-id/...; `kestrel-edge cameras` lists them)"
+    )]
+    Device {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A libcamera camera (through `rpicam-vid`) cannot be started.
+    #[error("libcamera camera {camera}: {reason}")]
+    Libcamera {
+        /// Camera number, as `rpicam-hello --list-cameras` numbers them.
+        camera: u32,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
 }
 
 /// A frame could not be decoded (it is counted and skipped).
@@ -122,8 +142,9 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// Decode a raw frame to RGB with nokhwa's decoder, the one a live camera frame goes through.
-/// Never panics on bad bytes (the JPEG decoder's panics are caught).
+/// Decode a raw frame to RGB, as a live camera frame is: JPEG (MJPEG frames and JPEG files) with
+/// the board's one JPEG codec ([`crate::jpeg`], mozjpeg), YUYV and RGB with nokhwa's converters,
+/// other picture files with `image`. Never panics on bad bytes (the decoders' panics are caught).
 pub fn decode(raw: &RawFrame) -> Result<RgbImage, DecodeError> {
     let err = |reason: String| DecodeError {
         index: raw.index,
@@ -133,6 +154,11 @@ pub fn decode(raw: &RawFrame) -> Result<RgbImage, DecodeError> {
         bytes: raw.data.len(),
         reason,
     };
+    let jpeg = raw.format == RawFormat::Mjpeg
+        || (raw.format == RawFormat::Encoded && crate::jpeg::is_jpeg(&raw.data));
+    if jpeg {
+        return crate::jpeg::decode(&raw.data).map_err(err);
+    }
     let Some(format) = raw.format.nokhwa() else {
         return image::load_from_memory(&raw.data)
             .map(|i| i.to_rgb8())
@@ -201,8 +227,17 @@ impl Default for CameraSettings {
 /// What `--source` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
-    /// `camera[:INDEX]`.
+    /// `camera`: the board file's camera (its `[camera]` driver and device, see
+    /// [`SourceSpec::with_board`]); V4L2 camera 0 without a board file.
+    DefaultCamera,
+    /// `camera:INDEX`: V4L2 camera `/dev/videoINDEX`.
     Camera(u32),
+    /// `camera:/dev/videoN`: a V4L2 device by its path (or a link to it, such as
+    /// `/dev/v4l/by-id/...`), resolved when opened.
+    Device(PathBuf),
+    /// `libcamera[:INDEX]`: a Raspberry Pi camera module through `rpicam-vid` (camera 0 by
+    /// default, numbered as `rpicam-hello --list-cameras` does).
+    Libcamera(u32),
     /// `dir:PATH`: picture files in name order.
     Dir(PathBuf),
     /// `mjpeg:FILE`: concatenated JPEG frames.
@@ -221,11 +256,27 @@ impl std::str::FromStr for SourceSpec {
         };
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
         match kind {
-            "camera" if rest.is_empty() => Ok(SourceSpec::Camera(0)),
+            "camera" if !s.contains(':') => Ok(SourceSpec::DefaultCamera),
+            "camera" if rest.starts_with('/') => {
+                if !rest.starts_with("/dev/") {
+                    return Err(bad("a camera device path is under /dev/, e.g. /dev/video0"));
+                }
+                Ok(
+                    match rest.strip_prefix("/dev/video").map(str::parse::<u32>) {
+                        Some(Ok(n)) => SourceSpec::Camera(n),
+                        _ => SourceSpec::Device(rest.into()),
+                    },
+                )
+            }
             "camera" => rest
                 .parse()
                 .map(SourceSpec::Camera)
-                .map_err(|_| bad("the camera index must be a number")),
+                .map_err(|_| bad("the camera index must be a number or a /dev/videoN path")),
+            "libcamera" if !s.contains(':') => Ok(SourceSpec::Libcamera(0)),
+            "libcamera" => rest
+                .parse()
+                .map(SourceSpec::Libcamera)
+                .map_err(|_| bad("the libcamera camera index must be a number")),
             "dir" | "mjpeg" if rest.is_empty() => Err(bad("a path is needed")),
             "dir" => Ok(SourceSpec::Dir(rest.into())),
             "mjpeg" => Ok(SourceSpec::Mjpeg(rest.into())),
@@ -255,6 +306,22 @@ pub struct Replay {
 }
 
 impl SourceSpec {
+    /// Plain `camera` made concrete by the board file's `[camera]`: its V4L2 `device`, or its
+    /// libcamera camera `index` with `driver = "libcamera"`; V4L2 camera 0 without a board.
+    /// Every other source is returned as it is.
+    pub fn with_board(self, camera: Option<&board::Camera>) -> SourceSpec {
+        match (self, camera) {
+            (SourceSpec::DefaultCamera, Some(c)) => match c.driver {
+                CameraDriver::Libcamera => SourceSpec::Libcamera(c.index),
+                CameraDriver::V4l2 => format!("camera:{}", c.device)
+                    .parse()
+                    .unwrap_or_else(|_| SourceSpec::Device(c.device.clone().into())),
+            },
+            (SourceSpec::DefaultCamera, None) => SourceSpec::Camera(0),
+            (spec, _) => spec,
+        }
+    }
+
     /// Open the source. `stop` ends a camera's reconnection attempts.
     pub fn open(
         &self,
@@ -263,7 +330,16 @@ impl SourceSpec {
         stop: Arc<AtomicBool>,
     ) -> Result<Box<dyn FrameSource>, SourceError> {
         Ok(match self {
+            SourceSpec::DefaultCamera => Box::new(CameraSource::new(0, camera, stop)),
             SourceSpec::Camera(index) => Box::new(CameraSource::new(*index, camera, stop)),
+            SourceSpec::Device(path) => {
+                let index = v4l2_index(path)?;
+                info!("camera {} is /dev/video{index}", path.display());
+                Box::new(CameraSource::new(index, camera, stop))
+            }
+            SourceSpec::Libcamera(index) => Box::new(crate::libcamera::LibcameraSource::new(
+                *index, camera, stop,
+            )?),
             SourceSpec::Dir(p) => Box::new(Paced::new(DirFrames::open(p)?, replay)),
             SourceSpec::Mjpeg(p) => Box::new(Paced::new(MjpegFrames::open(p)?, replay)),
             SourceSpec::Yuyv(p, w, h) => Box::new(Paced::new(YuyvFrames::open(p, *w, *h)?, replay)),
@@ -504,6 +580,135 @@ pub fn split_mjpeg(data: &[u8]) -> Vec<std::ops::Range<usize>> {
         }
     }
     frames
+}
+
+/// The V4L2 index N of a capture device path: `/dev/videoN` itself, or a link to it (udev's
+/// `/dev/v4l/by-id/...` and `/dev/v4l/by-path/...` names stay put when cameras are re-plugged).
+pub fn v4l2_index(path: &Path) -> Result<u32, SourceError> {
+    let bad = |reason: String| SourceError::Device {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let index_of = |p: &Path| {
+        p.to_str()
+            .and_then(|s| s.strip_prefix("/dev/video"))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
+    if let Some(n) = index_of(path) {
+        return Ok(n);
+    }
+    // Follow the links by hand (udev's are relative, `../../video0`), so a link names its node
+    // even while the camera is unplugged.
+    let mut real = path.to_path_buf();
+    for _ in 0..16 {
+        let Ok(target) = std::fs::read_link(&real) else {
+            break;
+        };
+        let joined = real.parent().unwrap_or(Path::new("/")).join(target);
+        real = PathBuf::new();
+        for c in joined.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    real.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => real.push(c),
+            }
+        }
+    }
+    if let Some(n) = index_of(&real) {
+        return Ok(n);
+    }
+    match std::fs::metadata(&real) {
+        Ok(_) => Err(bad(format!(
+            "it is {}, not a V4L2 video node",
+            real.display()
+        ))),
+        Err(e) => Err(bad(format!("cannot resolve it: {e}"))),
+    }
+}
+
+/// Offsets of the first JPEG start-of-image marker (`FF D8`) in `data`.
+fn find_soi(data: &[u8]) -> Option<usize> {
+    data.windows(2).position(|w| w == [0xFF, 0xD8])
+}
+
+/// Splits an MJPEG byte stream that arrives in pieces (a pipe from `rpicam-vid`) into its JPEG
+/// pictures, as [`split_mjpeg`] does for a whole file: pictures split across reads are
+/// reassembled, bytes between pictures are dropped. Memory is bounded: a picture still open after
+/// `max_frame` bytes (garbage that happens to start with `FF D8`, or a truncated picture) is
+/// given up and the search resumes at the next start marker, so no input grows the buffer beyond
+/// `max_frame` plus one read.
+#[derive(Debug)]
+pub struct MjpegSplitter {
+    buf: Vec<u8>,
+    max_frame: usize,
+    discarded: u64,
+}
+
+impl MjpegSplitter {
+    /// A splitter that gives up on pictures larger than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        MjpegSplitter {
+            buf: Vec::new(),
+            max_frame: max_frame.max(4),
+            discarded: 0,
+        }
+    }
+
+    /// Add the next bytes of the stream; returns the pictures they completed, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let mut consumed = 0;
+            for r in split_mjpeg(&self.buf) {
+                if r.len() <= self.max_frame {
+                    out.push(self.buf[r.clone()].to_vec());
+                } else {
+                    self.discarded += r.len() as u64;
+                }
+                self.discarded += (r.start - consumed) as u64;
+                consumed = r.end;
+            }
+            // What follows the last picture: keep from the next start marker (or a lone last
+            // 0xFF, which may be the first half of one).
+            let rest = &self.buf[consumed..];
+            let mut keep = match find_soi(rest) {
+                Some(p) => consumed + p,
+                None => self.buf.len() - usize::from(rest.last() == Some(&0xFF)),
+            };
+            let resync = self.buf.len() - keep > self.max_frame;
+            if resync {
+                // A picture that never ends: give up on it, look for the next start.
+                keep = match find_soi(&self.buf[keep + 2..]) {
+                    Some(p) => keep + 2 + p,
+                    None => self.buf.len() - 1,
+                };
+            }
+            self.discarded += (keep - consumed) as u64;
+            self.buf.drain(..keep);
+            if !resync {
+                return out;
+            }
+        }
+    }
+
+    /// Forget a picture in progress (its writer went away; the next stream starts afresh).
+    pub fn reset(&mut self) {
+        self.discarded += self.buf.len() as u64;
+        self.buf.clear();
+    }
+
+    /// Bytes held for a picture in progress.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes dropped so far: between pictures, oversized or unfinished pictures.
+    pub fn discarded(&self) -> u64 {
+        self.discarded
+    }
 }
 
 /// `mjpeg:FILE`: concatenated JPEG frames. The file is indexed once; frames are read as played,
@@ -772,22 +977,35 @@ impl FrameSource for CameraSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::codecs::jpeg::JpegEncoder;
 
     fn jpeg(w: u32, h: u32, shade: u8) -> Vec<u8> {
         let img = RgbImage::from_fn(w, h, |x, _| image::Rgb([shade, (x % 256) as u8, 40]));
-        let mut out = Vec::new();
-        JpegEncoder::new_with_quality(&mut out, 90)
-            .encode_image(&img)
-            .unwrap();
-        out
+        crate::jpeg::encode(&img, 90).unwrap()
     }
 
     #[test]
     fn spec_parsing() {
         assert_eq!(
             "camera".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Camera(0)
+            SourceSpec::DefaultCamera
+        );
+        assert_eq!(
+            "camera:/dev/video3".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Camera(3)
+        );
+        assert_eq!(
+            "camera:/dev/v4l/by-id/usb-cam-video-index0"
+                .parse::<SourceSpec>()
+                .unwrap(),
+            SourceSpec::Device("/dev/v4l/by-id/usb-cam-video-index0".into())
+        );
+        assert_eq!(
+            "libcamera".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Libcamera(0)
+        );
+        assert_eq!(
+            "libcamera:1".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Libcamera(1)
         );
         assert_eq!(
             "camera:2".parse::<SourceSpec>().unwrap(),
@@ -797,10 +1015,80 @@ mod tests {
             "yuyv:/a:b/c.raw:640x480".parse::<SourceSpec>().unwrap(),
             SourceSpec::Yuyv("/a:b/c.raw".into(), 640, 480)
         );
-        for bad in ["camera:x", "yuyv:f:641x480", "yuyv:f", "dir:", "video:x"] {
+        for bad in [
+            "camera:x",
+            "camera:",
+            "camera:/tmp/video0",
+            "libcamera:x",
+            "libcamera:",
+            "yuyv:f:641x480",
+            "yuyv:f",
+            "dir:",
+            "video:x",
+        ] {
             let e = bad.parse::<SourceSpec>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn plain_camera_is_the_board_files_camera() {
+        let pi4 = kestrel_shared::Board::builtin("raspberry-pi-4").unwrap();
+        let csi = kestrel_shared::Board::builtin("raspberry-pi-5-csi").unwrap();
+        let camera = || "camera".parse::<SourceSpec>().unwrap();
+        assert_eq!(camera().with_board(None), SourceSpec::Camera(0));
+        assert_eq!(
+            camera().with_board(Some(&pi4.camera)),
+            SourceSpec::Camera(0)
+        );
+        assert_eq!(
+            camera().with_board(Some(&csi.camera)),
+            SourceSpec::Libcamera(0)
+        );
+        let mut usb = pi4.camera.clone();
+        usb.device = "/dev/video2".into();
+        assert_eq!(camera().with_board(Some(&usb)), SourceSpec::Camera(2));
+        usb.device = "/dev/v4l/by-id/usb-x-video-index0".into();
+        assert_eq!(
+            camera().with_board(Some(&usb)),
+            SourceSpec::Device(usb.device.clone().into())
+        );
+        // An explicit choice is kept whatever the board says.
+        assert_eq!(
+            SourceSpec::Camera(1).with_board(Some(&csi.camera)),
+            SourceSpec::Camera(1)
+        );
+        assert_eq!(
+            SourceSpec::Libcamera(1).with_board(Some(&pi4.camera)),
+            SourceSpec::Libcamera(1)
+        );
+    }
+
+    #[test]
+    fn device_paths_resolve_to_their_video_node() {
+        assert_eq!(v4l2_index(Path::new("/dev/video7")).unwrap(), 7);
+        let dir = tempfile::tempdir().unwrap();
+        // A link to /dev/video4 is video 4, whether or not the camera is plugged in; udev's links
+        // are relative and may be chained.
+        let link = dir.path().join("usb-cam-video-index0");
+        std::os::unix::fs::symlink("/dev/video4", &link).unwrap();
+        assert_eq!(v4l2_index(&link).unwrap(), 4);
+        let by_id = dir.path().join("by-id");
+        std::fs::create_dir(&by_id).unwrap();
+        std::os::unix::fs::symlink("../usb-cam-video-index0", by_id.join("cam")).unwrap();
+        assert_eq!(v4l2_index(&by_id.join("cam")).unwrap(), 4);
+        let e = v4l2_index(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/null") && e.contains("not a V4L2 video node"),
+            "{e}"
+        );
+        let e = v4l2_index(Path::new("/dev/v4l/by-id/absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot resolve") && e.contains("kestrel-edge cameras"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use kestrel_shared::hash::sha256_hex;
 use kestrel_shared::{PreprocessSpec, TrunkInfo};
 
-use crate::model::{EdgeError, ModelOutput, OnnxModel, Threads};
+use crate::model::{EdgeError, Model, ModelOutput, Threads};
 
 /// File name of a trunk's description inside its directory.
 pub const TRUNK_JSON: &str = "trunk.json";
@@ -16,7 +16,7 @@ pub struct Trunk {
     /// What the trunk is and how to feed it.
     pub info: TrunkInfo,
     /// The optimised model.
-    pub model: OnnxModel,
+    pub model: Model,
 }
 
 impl Trunk {
@@ -43,7 +43,7 @@ impl Trunk {
                 expected: info.onnx_sha256.clone(),
             });
         }
-        let model = OnnxModel::from_bytes(&bytes, &onnx, batch, threads)?;
+        let model = Model::from_bytes(&bytes, &onnx, batch, threads)?;
         Ok(Trunk { info, model })
     }
 
@@ -80,7 +80,10 @@ impl Trunk {
 
     /// Read, decode, preprocess and embed one picture file.
     pub fn embed_file(&self, path: &Path) -> Result<Vec<f32>, EdgeError> {
-        let x = self.info.preprocess.load_and_apply(path)?;
+        let x = self
+            .info
+            .preprocess
+            .apply(&crate::jpeg::load_picture(path)?);
         Ok(self.embed(std::slice::from_ref(&x))?.remove(0))
     }
 }

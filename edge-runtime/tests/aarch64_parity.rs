@@ -300,3 +300,60 @@ fn bundle_matches(dir: &std::path::Path, bundle: &str) {
     );
     assert!(compared > 0, "{bundle}: no detection to compare");
 }
+
+/// NNEF (what boards run) against the ONNX files it was converted from, on this architecture:
+/// the bundles `scripts/test.sh` exports (fp32 and int8), their frames through both pairs, raw
+/// outputs within 1e-5 of the largest output. Runs on x86 too (same-architecture check). Needs the
+/// ONNX reader (the `onnx` feature; board builds have none and are checked by the test above).
+#[cfg(feature = "onnx")]
+#[test]
+#[cfg_attr(
+    target_arch = "x86_64",
+    ignore = "needs the bundles scripts/test.sh makes (KESTREL_PARITY_DIR); it runs this with --include-ignored"
+)]
+fn nnef_outputs_equal_onnx_outputs() {
+    use kestrel_edge::bundle::BundleOptions;
+    use kestrel_edge::source::{DirFrames, Recording, decode};
+    use kestrel_edge::{Bundle, ModelFormat};
+
+    let Some(dir) = std::env::var_os("KESTREL_PARITY_DIR") else {
+        if std::env::var("KESTREL_PARITY_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: NNEF/ONNX parity opted out with KESTREL_PARITY_SKIP=1");
+            return;
+        }
+        panic!("KESTREL_PARITY_DIR is not set: scripts/test.sh makes the bundles");
+    };
+    let dir = PathBuf::from(dir);
+    let mut frames = DirFrames::open(&dir.join("frames")).unwrap();
+    let spec = |b: &Bundle| b.manifest.input.preprocess;
+    for bundle in ["bundle", "bundle-int8"] {
+        let open = |format| {
+            let opts = BundleOptions {
+                format: Some(format),
+                ..BundleOptions::default()
+            };
+            Bundle::open_with(&dir.join(bundle), &opts).unwrap()
+        };
+        let (nnef, onnx) = (open(ModelFormat::Nnef), open(ModelFormat::Onnx));
+        assert!(nnef.trunk.model.path().ends_with("trunk.nnef.tar"));
+        assert!(onnx.trunk.model.path().ends_with("trunk.onnx"));
+        let inputs: Vec<Vec<f32>> = (0..frames.len())
+            .map(|i| spec(&nnef).apply(&decode(&frames.raw_frame(i).unwrap()).unwrap()))
+            .collect();
+        let (a, b) = (nnef.run(&inputs).unwrap(), onnx.run(&inputs).unwrap());
+        let (a, b) = (a.concat(), b.concat());
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let (diff, at) = max_abs_diff(&a, &b);
+        eprintln!(
+            "{bundle} on {}: NNEF vs ONNX, {} values, max abs difference {diff:e} (largest output {scale})",
+            std::env::consts::ARCH,
+            a.len()
+        );
+        assert!(
+            diff <= 1e-5 * scale,
+            "{bundle}: value {at} is {} from NNEF but {} from ONNX",
+            a[at],
+            b[at]
+        );
+    }
+}

@@ -6,8 +6,9 @@
 //!
 //! 1. the board's `kestrel-edge`: `--edge-bin PATH`, else the cross-built one in the target
 //!    directory (the `board` profile: LTO, one codegen unit, stripped; then release, then debug),
-//!    else built with `cargo build --profile board -p kestrel-edge --target <board target>` when
-//!    run inside the workspace. The file must be an ELF for the
+//!    else built with [`board_build_args`] (`cargo build --profile board -p kestrel-edge
+//!    --no-default-features --target <board target>`: no ONNX reader, the board runs the bundles'
+//!    NNEF files) when run inside the workspace. The file must be an ELF for the
 //!    board's machine (`e_machine` 183 for aarch64); `--allow-foreign-arch` skips that check (the
 //!    tests install an x86 binary on a loopback "board").
 //! 2. the install directories are created; the binary is streamed to a temporary name, its sha256
@@ -264,6 +265,12 @@ pub fn unit_file(board: &Board, paths: &RemotePaths, opts: &UnitOptions) -> Stri
         "DeviceAllow=char-video4linux rw".to_string(),
         format!("DeviceAllow={} rw", unit_word(&board.serial.device)),
     ];
+    if board.camera.driver == kestrel_shared::board::CameraDriver::Libcamera {
+        // rpicam-vid (a child of the agent, in its cgroup) opens the media controller and
+        // allocates frame buffers from the DMA heaps besides the video4linux nodes.
+        devices.push("DeviceAllow=char-media rw".to_string());
+        devices.push("DeviceAllow=char-dma_heap rw".to_string());
+    }
     if let Some(g) = &board.gpio {
         devices.push(format!(
             "DeviceAllow={} rw",
@@ -411,6 +418,24 @@ pub fn edge_binary(args: &InstallArgs, board: &Board) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
+/// Cargo arguments of the board build: the `board` profile (LTO, one codegen unit, stripped,
+/// panics unwind so a bad frame or file is an error, not a dead agent) and kestrel-edge without
+/// its default features (no ONNX reader: boards run the bundles' NNEF files).
+pub fn board_build_args(target: &str) -> Vec<String> {
+    [
+        "build",
+        "--profile",
+        "board",
+        "-p",
+        "kestrel-edge",
+        "--no-default-features",
+        "--target",
+        target,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn find_or_build(target: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let target_dir = match (std::env::var_os("CARGO_TARGET_DIR"), &root) {
@@ -427,32 +452,26 @@ fn find_or_build(target: &str) -> anyhow::Result<PathBuf> {
             }
         }
     }
+    let args = board_build_args(target);
+    let command = format!("cargo {}", args.join(" "));
     let (Some(root), Some(dir)) = (root, target_dir) else {
         bail!(
             "no kestrel-edge for {target} found, and this is not the Kestrel workspace: build it \
-             there with `cargo build --profile board -p kestrel-edge --target {target}` (with the \
-             target's linker, see .cargo/config.toml) and pass it with --edge-bin PATH"
+             there with `{command}` (with the target's linker, see .cargo/config.toml) and pass it \
+             with --edge-bin PATH"
         );
     };
-    println!("building kestrel-edge for {target} (cargo build --profile board: LTO, stripped)...");
+    println!("building kestrel-edge for {target} ({command}: LTO, stripped, no ONNX reader)...");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--profile",
-            "board",
-            "-p",
-            "kestrel-edge",
-            "--target",
-            target,
-        ])
+        .args(&args)
         .current_dir(&root)
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!(
-            "`cargo build --profile board -p kestrel-edge --target {target}` failed ({status}): install \
-             the target (`rustup target add {target}`) and its linker, or pass --edge-bin PATH"
+            "`{command}` failed ({status}): install the target (`rustup target add {target}`) and \
+             its linker, or pass --edge-bin PATH"
         );
     }
     let p = dir.join(target).join("board").join("kestrel-edge");
@@ -843,6 +862,14 @@ mod tests {
         assert!(unit.contains("StateDirectory=kestrel\n"), "{unit}");
         assert!(unit.contains("Type=notify\n") && unit.contains("WatchdogSec=30\n"));
         assert!(unit.contains("DeviceAllow=/dev/serial0 rw\nDeviceAllow=/dev/gpiochip0 rw\n"));
+        assert!(!unit.contains("char-media"), "{unit}");
+        // A libcamera board also lets rpicam-vid reach the media controller and DMA heaps.
+        let csi = Board::builtin("raspberry-pi-5-csi").unwrap();
+        let unit = unit_file(&csi, &RemotePaths::new(&csi, None), &UnitOptions::default());
+        assert!(
+            unit.contains("DeviceAllow=char-media rw\nDeviceAllow=char-dma_heap rw\n"),
+            "{unit}"
+        );
         // Outside /var/lib the store is named writable instead.
         let staged = unit_file(&board, &p, &UnitOptions::default());
         assert!(

@@ -40,6 +40,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../boards/raspberry-pi-5.toml"),
     ),
     (
+        "raspberry-pi-5-csi",
+        include_str!("../../boards/raspberry-pi-5-csi.toml"),
+    ),
+    (
         "raspberry-pi-zero-2w",
         include_str!("../../boards/raspberry-pi-zero-2w.toml"),
     ),
@@ -84,8 +88,17 @@ pub struct Board {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Camera {
-    /// V4L2 device, e.g. `/dev/video0`.
+    /// How frames are captured: `v4l2` (USB cameras, the default) or `libcamera` (Raspberry Pi
+    /// camera modules on the CSI connector, through `rpicam-vid`).
+    #[serde(default)]
+    pub driver: CameraDriver,
+    /// V4L2 device, e.g. `/dev/video0` (or a `/dev/v4l/by-id/...` link); used with `v4l2`.
+    #[serde(default = "default_camera_device")]
     pub device: String,
+    /// libcamera camera number as `rpicam-hello --list-cameras` shows it (the Pi 5 has two CSI
+    /// connectors); used with `libcamera`, 0 when left out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub index: u32,
     /// Frame width, pixels.
     pub width: u32,
     /// Frame height, pixels.
@@ -94,6 +107,37 @@ pub struct Camera {
     pub fps: u32,
     /// Pixel format to ask the camera for.
     pub format: PixelFormat,
+}
+
+/// How a board captures camera frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraDriver {
+    /// Video4Linux: USB (UVC) cameras, and CSI cameras through the bcm2835 V4L2 driver on older
+    /// Pi OS releases (`v4l2`).
+    #[default]
+    V4l2,
+    /// libcamera through `rpicam-vid` (`libcamera`): Raspberry Pi camera modules on Raspberry
+    /// Pi OS Bookworm and later, the only way to reach them on a Pi 5.
+    Libcamera,
+}
+
+impl fmt::Display for CameraDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CameraDriver::V4l2 => "v4l2",
+            CameraDriver::Libcamera => "libcamera",
+        })
+    }
+}
+
+/// The V4L2 device a board file without `camera.device` uses.
+pub fn default_camera_device() -> String {
+    "/dev/video0".into()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Pixel format of camera frames.
@@ -488,6 +532,30 @@ impl Board {
                 format!("`{}` is not a device path (/dev/...)", cam.device),
             );
         }
+        match cam.driver {
+            CameraDriver::V4l2 if cam.index != 0 => {
+                return err(
+                    "camera.index",
+                    "is the libcamera camera number: set driver = \"libcamera\", or choose a V4L2 camera with `device`".into(),
+                );
+            }
+            CameraDriver::Libcamera if cam.index > 15 => {
+                return err(
+                    "camera.index",
+                    format!(
+                        "{} is not a camera number (0 ..= 15, as `rpicam-hello --list-cameras` shows)",
+                        cam.index
+                    ),
+                );
+            }
+            CameraDriver::Libcamera if cam.format != PixelFormat::Mjpeg => {
+                return err(
+                    "camera.format",
+                    "libcamera frames come from rpicam-vid as MJPEG: set format = \"mjpeg\"".into(),
+                );
+            }
+            _ => {}
+        }
         for (field, v) in [("camera.width", cam.width), ("camera.height", cam.height)] {
             if !(16..=8192).contains(&v) {
                 return err(field, format!("{v} pixels is out of range (16 ..= 8192)"));
@@ -629,7 +697,8 @@ pub fn boards_in(dir: &Path) -> Result<Vec<Board>, BoardError> {
             paths.push(path);
         }
     }
-    paths.sort();
+    // By name (the stem): `raspberry-pi-5-csi.toml` sorts before `raspberry-pi-5.toml` as a path.
+    paths.sort_by(|a, b| a.file_stem().cmp(&b.file_stem()));
     paths.iter().map(|p| Board::load(p)).collect()
 }
 
@@ -656,6 +725,10 @@ pub fn boards_table(boards: &[Board]) -> String {
             (None, None) => format!("{} cores", b.cores),
         };
         let c = &b.camera;
+        let camera = match c.driver {
+            CameraDriver::V4l2 => c.device.clone(),
+            CameraDriver::Libcamera => format!("libcamera:{}", c.index),
+        };
         let gpio = match &b.gpio {
             Some(g) if g.active_low => format!("{}:{} (active low)", g.chip, g.line),
             Some(g) => format!("{}:{}", g.chip, g.line),
@@ -667,10 +740,7 @@ pub fn boards_table(boards: &[Board]) -> String {
             cpu,
             format!("{} of {}", b.threads, b.cores),
             format!("{} of {} MB", b.memory_limit_mb, b.memory_mb),
-            format!(
-                "{} {}x{}@{} {}",
-                c.device, c.width, c.height, c.fps, c.format
-            ),
+            format!("{camera} {}x{}@{} {}", c.width, c.height, c.fps, c.format),
             gpio,
             format!("{} {}", b.serial.device, b.serial.baud),
             b.description.clone(),
@@ -759,6 +829,7 @@ mod tests {
             "generic-aarch64",
             "raspberry-pi-4",
             "raspberry-pi-5",
+            "raspberry-pi-5-csi",
             "raspberry-pi-zero-2w",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
@@ -948,6 +1019,55 @@ mod tests {
         assert_field_error(&odd, "camera.width");
         // The same odd width is fine in MJPEG.
         Board::parse(&pi4_with("width = 640", "width = 641"), "x").unwrap();
+    }
+
+    #[test]
+    fn camera_driver_defaults_to_v4l2_and_libcamera_is_checked() {
+        // Files without `driver` (every board file before it existed) stay V4L2 on their device.
+        let plain = Board::parse(&pi4_with("driver = \"v4l2\"\n", ""), "x").unwrap();
+        assert_eq!(plain.camera.driver, CameraDriver::V4l2);
+        assert_eq!(
+            (plain.camera.device.as_str(), plain.camera.index),
+            ("/dev/video0", 0)
+        );
+        assert_eq!(plain, Board::builtin("raspberry-pi-4").unwrap());
+
+        let csi = Board::builtin("raspberry-pi-5-csi").unwrap();
+        assert_eq!(csi.camera.driver, CameraDriver::Libcamera);
+        assert_eq!(csi.camera.index, 0);
+        let libcamera = |extra: &str| {
+            pi4_with(
+                "driver = \"v4l2\"",
+                &format!("driver = \"libcamera\"{extra}"),
+            )
+        };
+        assert_eq!(
+            Board::parse(&libcamera("\nindex = 1"), "x")
+                .unwrap()
+                .camera
+                .index,
+            1
+        );
+        assert_field_error(&libcamera("\nindex = 16"), "camera.index");
+        // A V4L2 camera is chosen by its device; the libcamera number there is a mistake.
+        let msg = assert_field_error(
+            &pi4_with("driver = \"v4l2\"", "driver = \"v4l2\"\nindex = 1"),
+            "camera.index",
+        );
+        assert!(msg.contains("libcamera"), "{msg}");
+        let msg = assert_field_error(
+            &libcamera("").replace("\"mjpeg\"", "\"yuyv\""),
+            "camera.format",
+        );
+        assert!(msg.contains("rpicam-vid"), "{msg}");
+        let msg = assert_field_error(
+            &pi4_with("driver = \"v4l2\"", "driver = \"uvc\""),
+            "camera.driver",
+        );
+        assert!(msg.contains("v4l2") && msg.contains("libcamera"), "{msg}");
+        // The table names the libcamera camera instead of an unused device.
+        let table = boards_table(&[csi]);
+        assert!(table.contains("libcamera:0 640x480@30 mjpeg"), "{table}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! A bundle is a directory holding `trunk.onnx` (the frozen trunk up to the cut), `head.onnx`
 //! (everything that was trained, int8 by default), `model.onnx` (both merged into one graph, for
-//! other runtimes) and this manifest. The manifest says how to feed the models (input size, layout,
+//! other runtimes), trunk and head again in tract's NNEF format (`trunk.nnef.tar`,
+//! `head.nnef.tar`: what boards run, read without an ONNX parser) and this manifest. The manifest says how to feed the models (input size, layout,
 //! colour order, resize mode, normalisation), what comes out (tensor names and shapes, labels,
 //! how detections are decoded), pins every file by sha256 and size, records how the head was
 //! quantized and what that cost on the validation set, and leaves room for a signature.
@@ -20,8 +21,9 @@ use crate::decode::GridSpec;
 use crate::{CutPoint, PreprocessSpec};
 
 /// Version of the manifest schema written; a reader accepts versions
-/// [`MANIFEST_OLDEST_SCHEMA_VERSION`] to this one. Version 2 added [`Release`].
-pub const MANIFEST_SCHEMA_VERSION: u32 = 2;
+/// [`MANIFEST_OLDEST_SCHEMA_VERSION`] to this one. Version 2 added [`Release`], version 3 the
+/// NNEF files ([`BundleFiles::nnef`]).
+pub const MANIFEST_SCHEMA_VERSION: u32 = 3;
 /// The oldest schema version still read (a version-1 manifest has no [`Release`]).
 pub const MANIFEST_OLDEST_SCHEMA_VERSION: u32 = 1;
 /// File name of the manifest inside a bundle directory.
@@ -32,6 +34,10 @@ pub const TRUNK_FILE: &str = "trunk.onnx";
 pub const HEAD_FILE: &str = "head.onnx";
 /// File name of trunk and head merged into one graph.
 pub const MODEL_FILE: &str = "model.onnx";
+/// File name of the frozen trunk in NNEF (tract's format, a tar archive).
+pub const TRUNK_NNEF_FILE: &str = "trunk.nnef.tar";
+/// File name of the trained part in NNEF.
+pub const HEAD_NNEF_FILE: &str = "head.nnef.tar";
 
 /// Everything a runtime needs to run a bundle, and what it was measured to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,22 +262,50 @@ pub struct BundleFiles {
     pub head: ModelFile,
     /// Trunk and head in one graph: picture in, raw outputs out.
     pub model: ModelFile,
+    /// Trunk and head in NNEF, the same graphs as `trunk.onnx` and `head.onnx` (absent in bundles
+    /// of schema versions 1 and 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nnef: Option<NnefFiles>,
+}
+
+/// Trunk and head in tract's NNEF format: what a board runs when the bundle has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NnefFiles {
+    /// `trunk.nnef.tar`.
+    pub trunk: ModelFile,
+    /// `head.nnef.tar`.
+    pub head: ModelFile,
 }
 
 impl BundleFiles {
-    /// The three entries with their role names.
-    pub fn all(&self) -> [(&'static str, &ModelFile); 3] {
-        [
+    /// Every file with its role name (`trunk`, `head`, `model`, `nnef.trunk`, `nnef.head`).
+    pub fn all(&self) -> Vec<(&'static str, &ModelFile)> {
+        let mut all = vec![
             ("trunk", &self.trunk),
             ("head", &self.head),
             ("model", &self.model),
-        ]
+        ];
+        if let Some(n) = &self.nnef {
+            all.extend([("nnef.trunk", &n.trunk), ("nnef.head", &n.head)]);
+        }
+        all
     }
 
-    /// The files a board needs: trunk and head. `model.onnx` (the same network in one graph, for
-    /// other runtimes) holds a copy of the trunk, so deploys never send it: a retrained head then
-    /// costs only `head.onnx` and the manifest on the line. The manifest still pins its hash.
+    /// The files a board needs: trunk and head, in NNEF when the bundle has them (every
+    /// kestrel-edge reads NNEF; board builds read nothing else), else the ONNX pair. Deploys send
+    /// only these: `model.onnx` (the same network in one graph, for other runtimes) holds a copy
+    /// of the trunk, and a retrained head then costs only the head and the manifest on the line.
+    /// The manifest still pins every file's hash.
     pub fn on_board(&self) -> [(&'static str, &ModelFile); 2] {
+        match &self.nnef {
+            Some(n) => [("trunk", &n.trunk), ("head", &n.head)],
+            None => [("trunk", &self.trunk), ("head", &self.head)],
+        }
+    }
+
+    /// The ONNX trunk and head (what other runtimes, and the workstation's checks, read).
+    pub fn onnx_pair(&self) -> [(&'static str, &ModelFile); 2] {
         [("trunk", &self.trunk), ("head", &self.head)]
     }
 }
@@ -694,6 +728,17 @@ impl Manifest {
                 model.output.shape, head.output.shape
             ));
         }
+        if let Some(n) = &self.files.nnef {
+            for (role, nnef, onnx) in [("trunk", &n.trunk, trunk), ("head", &n.head, head)] {
+                if nnef.input != onnx.input || nnef.output != onnx.output {
+                    return bad(format!(
+                        "files.nnef.{role} takes {:?} and gives {:?}, but files.{role} takes {:?} \
+                         and gives {:?}: they must be the same graph",
+                        nnef.input, nnef.output, onnx.input, onnx.output
+                    ));
+                }
+            }
+        }
         let channels = self.expected_head_channels();
         let out = &head.output.shape;
         if out.len() < 2 || out[1] != channels {
@@ -802,8 +847,12 @@ pub(crate) mod tests {
             weights_sha256: "cd".repeat(32),
             files: BundleFiles {
                 trunk: file(TRUNK_FILE, Precision::Float32, picture.clone(), map.clone()),
-                head: file(HEAD_FILE, Precision::Int8, map, out.clone()),
-                model: file(MODEL_FILE, Precision::Int8, picture, out),
+                head: file(HEAD_FILE, Precision::Int8, map.clone(), out.clone()),
+                model: file(MODEL_FILE, Precision::Int8, picture.clone(), out.clone()),
+                nnef: Some(NnefFiles {
+                    trunk: file(TRUNK_NNEF_FILE, Precision::Float32, picture, map.clone()),
+                    head: file(HEAD_NNEF_FILE, Precision::Int8, map, out),
+                }),
             },
             quantization: Quantization {
                 mode: QuantizeMode::Head,
@@ -876,6 +925,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_board_gets_the_nnef_pair_when_the_bundle_has_one() {
+        let m = sample();
+        let names =
+            |files: [(&'static str, &ModelFile); 2]| files.map(|(r, f)| (r, f.path.clone()));
+        assert_eq!(
+            names(m.files.on_board()),
+            [
+                ("trunk", TRUNK_NNEF_FILE.to_string()),
+                ("head", HEAD_NNEF_FILE.to_string())
+            ]
+        );
+        assert_eq!(
+            names(m.files.onnx_pair()),
+            [
+                ("trunk", TRUNK_FILE.to_string()),
+                ("head", HEAD_FILE.to_string())
+            ]
+        );
+        let roles: Vec<_> = m.files.all().iter().map(|(r, _)| *r).collect();
+        assert_eq!(roles, ["trunk", "head", "model", "nnef.trunk", "nnef.head"]);
+    }
+
+    #[test]
     fn the_format_reads_as_documented() {
         let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
         assert_eq!(
@@ -922,18 +994,22 @@ pub(crate) mod tests {
         let good = serde_json::to_value(sample()).unwrap();
 
         let mut v = good.clone();
-        v["schema_version"] = 3.into();
+        v["schema_version"] = 4.into();
         let e = err(&v);
-        assert!(matches!(e, ManifestError::Version { found: 3, .. }), "{e}");
+        assert!(matches!(e, ManifestError::Version { found: 4, .. }), "{e}");
         assert!(e.to_string().contains("b/manifest.json"));
         assert!(e.to_string().contains("upgrade kestrel-edge"), "{e}");
 
-        // Version 1 (no release) is still read; its bundles count as the oldest.
+        // Version 1 (no release, no NNEF) is still read; its bundles count as the oldest, and a
+        // board runs their ONNX files.
         let mut v = good.clone();
         v["schema_version"] = 1.into();
         v.as_object_mut().unwrap().remove("release");
+        v["files"].as_object_mut().unwrap().remove("nnef");
         let old = Manifest::from_json(&v.to_string(), "b/manifest.json").unwrap();
         assert_eq!(Release::sequence_of(&old), 0);
+        assert_eq!(old.files.on_board()[0].1.path, TRUNK_FILE);
+        assert_eq!(old.files.all().len(), 3);
 
         let mut v = good.clone();
         v["release"]["sequence"] = "soon".into();
@@ -998,6 +1074,16 @@ pub(crate) mod tests {
                 Box::new(|m| m.files.head.path = "../head.onnx".into()),
             ),
             ("sha256", Box::new(|m| m.files.trunk.sha256 = "abc".into())),
+            (
+                "files.nnef.head.path",
+                Box::new(|m| m.files.nnef.as_mut().unwrap().head.path = "x/h.nnef.tar".into()),
+            ),
+            (
+                "must be the same graph",
+                Box::new(|m| {
+                    m.files.nnef.as_mut().unwrap().trunk.output.shape = vec![1, 32, 8, 10]
+                }),
+            ),
             (
                 "head's input shape",
                 Box::new(|m| m.files.head.input.shape = vec![1, 32, 8, 10]),

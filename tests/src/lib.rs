@@ -160,9 +160,9 @@ pub const TINY_CHANNELS: usize = 64;
 /// Writes a tiny but valid classification bundle into `dir` (in milliseconds, no weights or
 /// training needed) and returns its manifest: a 16x16 RGB input, a trunk of two 3x3 convolutions
 /// (about 150 KB, its weights from `trunk_seed`), global pooling to 64 features, a linear head to
-/// three labels (its weights from `head_seed`), and the merged model. It passes `Bundle::open`.
-/// Two bundles with the same `trunk_seed` share `trunk.onnx` byte for byte, as a retrained head
-/// does.
+/// three labels (its weights from `head_seed`), the merged model, and trunk and head in NNEF. It
+/// passes `Bundle::open`. Two bundles with the same `trunk_seed` share `trunk.onnx` and
+/// `trunk.nnef.tar` byte for byte, as a retrained head does.
 pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_shared::Manifest {
     use kestrel_shared::manifest::*;
     use kestrel_trainer::onnx::{Attr, GraphBuilder, write_model};
@@ -223,6 +223,18 @@ pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_share
             output,
         }
     };
+    // NNEF pair as `kestrel export` writes it: what a board runs and a deploy sends.
+    let nnef = |name: &str, onnx: &ModelFile| {
+        let bytes = kestrel_edge::nnef::onnx_to_nnef(&std::fs::read(dir.join(&onnx.path)).unwrap())
+            .unwrap();
+        std::fs::write(dir.join(name), &bytes).unwrap();
+        ModelFile {
+            path: name.into(),
+            sha256: kestrel_shared::hash::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            ..onnx.clone()
+        }
+    };
     let picture = TensorInfo::float("input", vec![1, 3, 16, 16]);
     let features = TensorInfo::float("features", vec![1, c]);
     let logits = TensorInfo::float("logits", vec![1, labels.len()]);
@@ -247,10 +259,18 @@ pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_share
         fine_tuned_blocks: 0,
         architecture: "tiny-test".into(),
         weights_sha256: "00".repeat(32),
-        files: BundleFiles {
-            trunk: file(TRUNK_FILE, &trunk, picture.clone(), features.clone()),
-            head: file(HEAD_FILE, &head, features, logits.clone()),
-            model: file(MODEL_FILE, &model, picture, logits),
+        files: {
+            let trunk = file(TRUNK_FILE, &trunk, picture.clone(), features.clone());
+            let head = file(HEAD_FILE, &head, features, logits.clone());
+            BundleFiles {
+                nnef: Some(NnefFiles {
+                    trunk: nnef(TRUNK_NNEF_FILE, &trunk),
+                    head: nnef(HEAD_NNEF_FILE, &head),
+                }),
+                trunk,
+                head,
+                model: file(MODEL_FILE, &model, picture, logits),
+            }
         },
         quantization: Quantization {
             mode: QuantizeMode::None,

@@ -12,10 +12,10 @@ use std::process::Command;
 
 use kestrel_e2e::{bin, kestrel, python, run_ok, weights};
 use kestrel_edge::bundle::inspect;
-use kestrel_edge::{Bundle, BundleError, BundleOptions, Threads};
+use kestrel_edge::{Bundle, BundleError, BundleOptions, ModelFormat, Threads};
 use kestrel_shared::manifest::{
-    CalibrationMethod, HEAD_FILE, MANIFEST_FILE, MODEL_FILE, Manifest, ManifestError, Precision,
-    QuantizeMode, TRUNK_FILE,
+    CalibrationMethod, HEAD_FILE, HEAD_NNEF_FILE, MANIFEST_FILE, MODEL_FILE, Manifest,
+    ManifestError, Precision, QuantizeMode, TRUNK_FILE, TRUNK_NNEF_FILE,
 };
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use kestrel_trainer::bundle::evaluate::same_detections;
@@ -30,6 +30,9 @@ use kestrel_trainer::{Backend, Pretrained};
 const FP32_TOL: f32 = 1e-4;
 /// int8 head against the float model, as a fraction of the largest float output.
 const INT8_TOL: f32 = 0.08;
+/// NNEF (what boards run) against the ONNX file it was converted from, relative to the largest
+/// output: the same graph, so at most float rounding.
+const NNEF_TOL: f32 = 1e-5;
 
 /// stdout of a command that must succeed.
 fn run_ok_stdout(c: &mut Command) -> String {
@@ -119,7 +122,14 @@ fn int8_head_multiplies_in_8_bits_is_small_and_keeps_its_accuracy() {
             .arg(&bundle)
             .args(["--calibration", "20"]),
     );
-    for f in [TRUNK_FILE, HEAD_FILE, MODEL_FILE, MANIFEST_FILE] {
+    for f in [
+        TRUNK_FILE,
+        HEAD_FILE,
+        MODEL_FILE,
+        TRUNK_NNEF_FILE,
+        HEAD_NNEF_FILE,
+        MANIFEST_FILE,
+    ] {
         assert!(bundle.join(f).is_file(), "{f} missing: {stdout}");
     }
     assert!(stdout.contains("accuracy fp32"), "{stdout}");
@@ -131,7 +141,8 @@ fn int8_head_multiplies_in_8_bits_is_small_and_keeps_its_accuracy() {
     assert_eq!(m.quantization.layers.len(), 2, "dense head: hidden + out");
     assert_eq!(m.labels, ["circle", "cross", "square", "triangle"]);
 
-    // After tract's optimisation, every matrix product of the head takes 8-bit operands.
+    // After tract's optimisation, every matrix product of the head takes 8-bit operands, read
+    // from ONNX or from NNEF (what the board runs): the same operators either way.
     let head = inspect(&bundle.join(HEAD_FILE)).unwrap();
     println!("head ops: {:?}", head.op_counts());
     for mm in &head.matmuls {
@@ -144,9 +155,15 @@ fn int8_head_multiplies_in_8_bits_is_small_and_keeps_its_accuracy() {
         head.matmuls
     );
     assert!(head.ops.iter().any(|o| o.starts_with("QuantizeLinear")));
+    let head_nnef = inspect(&bundle.join(HEAD_NNEF_FILE)).unwrap();
+    assert_eq!(head_nnef.op_counts(), head.op_counts());
+    assert_eq!(head_nnef.matmuls.len(), 2, "{:?}", head_nnef.matmuls);
+    assert!(head_nnef.matmuls.iter().all(|m| m.is_8bit()));
     // The float trunk's are float, of course.
     let trunk = inspect(&bundle.join(TRUNK_FILE)).unwrap();
     assert!(trunk.matmuls.iter().all(|m| !m.is_8bit()));
+    let trunk_nnef = inspect(&bundle.join(TRUNK_NNEF_FILE)).unwrap();
+    assert_eq!(trunk_nnef.op_counts(), trunk.op_counts());
 
     // Size: the int8 head is at most 30% of the float one.
     let fp32 = tmp.path().join("fp32");
@@ -385,7 +402,16 @@ fn check_agreement(p: &Pretrained, run: &Path, cache: &Path, tmp: &Path) {
     let spec = m.input.preprocess;
     let images = pictures(run, &spec, 6);
     let fp32 = Bundle::open_with(&fp32_dir, &opts).unwrap();
+    // What the board runs (NNEF) against the ONNX pair it was converted from.
+    let onnx_opts = BundleOptions {
+        format: Some(ModelFormat::Onnx),
+        ..opts
+    };
     let split = fp32.run(&images).unwrap();
+    let split_onnx = Bundle::open_with(&fp32_dir, &onnx_opts)
+        .unwrap()
+        .run(&images)
+        .unwrap();
     let merged = fp32.run_merged(&images).unwrap();
     let ort = onnxruntime(&fp32_dir.join(MODEL_FILE), &images, &spec, tmp);
     let burn = burn_outputs(p, run, cache, &images);
@@ -396,12 +422,18 @@ fn check_agreement(p: &Pretrained, run: &Path, cache: &Path, tmp: &Path) {
             max_diff(&split, &merged),
         ),
         ("tract model.onnx vs onnxruntime", max_diff(&merged, &ort)),
+        ("tract NNEF vs tract ONNX", max_diff(&split, &split_onnx)),
         ("burn vs onnxruntime", max_diff(&burn, &ort)),
     ];
     println!("{name} fp32: {diffs:?}");
     // Absolute for outputs up to 1; relative above (the book's head outputs pixels, up to 224,
     // where one float32 step is already 1.5e-5).
     let scale = burn.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+    let nnef_vs_onnx = max_diff(&split, &split_onnx);
+    assert!(
+        nnef_vs_onnx <= NNEF_TOL * scale,
+        "{name} fp32 NNEF vs ONNX: {nnef_vs_onnx}"
+    );
     for (what, d) in diffs {
         assert!(
             d <= FP32_TOL * scale,
@@ -413,6 +445,16 @@ fn check_agreement(p: &Pretrained, run: &Path, cache: &Path, tmp: &Path) {
     let m8 = export(p, run, &int8_dir, cache, QuantizeMode::Head);
     let int8 = Bundle::open_with(&int8_dir, &opts).unwrap();
     let split8 = int8.run(&images).unwrap();
+    let split8_onnx = Bundle::open_with(&int8_dir, &onnx_opts)
+        .unwrap()
+        .run(&images)
+        .unwrap();
+    // The same int8 graph from either file: the same codes, the same outputs.
+    let nnef_vs_onnx = max_diff(&split8, &split8_onnx);
+    assert!(
+        nnef_vs_onnx <= NNEF_TOL * scale,
+        "{name} int8 NNEF vs ONNX: {nnef_vs_onnx}"
+    );
     let merged8 = int8.run_merged(&images).unwrap();
     let ort8 = onnxruntime(&int8_dir.join(MODEL_FILE), &images, &spec, tmp);
     let int8_vs_fp32 = max_diff(&split8, &split);
@@ -612,9 +654,12 @@ fn replace_and_repin(dir: &Path, file: &str, bytes: &[u8]) {
     let path = dir.join(MANIFEST_FILE);
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let role = file.trim_end_matches(".onnx");
-    v["files"][role]["sha256"] = kestrel_shared::hash::sha256_hex(bytes).into();
-    v["files"][role]["size"] = bytes.len().into();
+    let entry = match file.strip_suffix(".nnef.tar") {
+        Some(role) => &mut v["files"]["nnef"][role],
+        None => &mut v["files"][file.trim_end_matches(".onnx")],
+    };
+    entry["sha256"] = kestrel_shared::hash::sha256_hex(bytes).into();
+    entry["size"] = bytes.len().into();
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
 
@@ -681,15 +726,15 @@ fn bad_bundles_are_refused_with_clear_errors_and_no_panic() {
         "{e}"
     );
 
-    // A missing file.
-    let (dir, e) = case(&|d| std::fs::remove_file(d.join(HEAD_FILE)).unwrap());
+    // A missing file (the board runs the NNEF pair).
+    let (dir, e) = case(&|d| std::fs::remove_file(d.join(HEAD_NNEF_FILE)).unwrap());
     assert!(
         matches!(&e, BundleError::Missing { role, .. } if role == "head"),
         "{e}"
     );
     assert!(
         e.to_string()
-            .contains(&dir.join(HEAD_FILE).display().to_string())
+            .contains(&dir.join(HEAD_NNEF_FILE).display().to_string())
     );
     let (_, e) = case(&|d| std::fs::remove_file(d.join(MANIFEST_FILE)).unwrap());
     assert!(
@@ -699,13 +744,13 @@ fn bad_bundles_are_refused_with_clear_errors_and_no_panic() {
 
     // A sha256 mismatch: one byte changed, same size.
     let (_, e) = case(&|d| {
-        let mut b = std::fs::read(d.join(HEAD_FILE)).unwrap();
+        let mut b = std::fs::read(d.join(HEAD_NNEF_FILE)).unwrap();
         let last = b.len() - 1;
         b[last] ^= 0x55;
-        std::fs::write(d.join(HEAD_FILE), b).unwrap();
+        std::fs::write(d.join(HEAD_NNEF_FILE), b).unwrap();
     });
     assert!(matches!(e, BundleError::Checksum { .. }), "{e}");
-    assert!(e.to_string().contains("head.onnx"));
+    assert!(e.to_string().contains("head.nnef.tar"));
 
     // An unknown manifest schema version.
     let (_, e) = case(&|d| edit_manifest(d, |v| v["schema_version"] = 99.into()));
@@ -720,26 +765,41 @@ fn bad_bundles_are_refused_with_clear_errors_and_no_panic() {
 
     // A truncated file: its size gives it away...
     let (_, e) = case(&|d| {
-        let b = std::fs::read(d.join(TRUNK_FILE)).unwrap();
-        std::fs::write(d.join(TRUNK_FILE), &b[..b.len() / 3]).unwrap();
+        let b = std::fs::read(d.join(TRUNK_NNEF_FILE)).unwrap();
+        std::fs::write(d.join(TRUNK_NNEF_FILE), &b[..b.len() / 3]).unwrap();
     });
     assert!(matches!(e, BundleError::Size { .. }), "{e}");
     assert!(e.to_string().contains("truncated"));
-    // ...and re-pinned in the manifest, tract refuses it.
+    // ...and re-pinned in the manifest, tract refuses it...
     let (_, e) = case(&|d| {
-        let b = std::fs::read(d.join(TRUNK_FILE)).unwrap();
-        replace_and_repin(d, TRUNK_FILE, &b[..b.len() / 3]);
+        let b = std::fs::read(d.join(TRUNK_NNEF_FILE)).unwrap();
+        replace_and_repin(d, TRUNK_NNEF_FILE, &b[..b.len() / 3]);
     });
-    assert!(matches!(e, BundleError::NotOnnx { .. }), "{e}");
-    assert!(e.to_string().contains("trunk.onnx"));
-    // A file that is not ONNX at all.
-    let (_, e) = case(&|d| replace_and_repin(d, HEAD_FILE, b"{\"this is\": \"json\"}"));
-    assert!(matches!(e, BundleError::NotOnnx { .. }), "{e}");
+    assert!(matches!(e, BundleError::NotModel { .. }), "{e}");
+    assert!(e.to_string().contains(TRUNK_NNEF_FILE), "{e}");
+    // ...and so it does the ONNX trunk when asked to run the ONNX pair (a board, which runs the
+    // NNEF pair, never reads it).
+    let onnx_cut = tmp.path().join("onnx-cut");
+    copy(&good, &onnx_cut);
+    let b = std::fs::read(onnx_cut.join(TRUNK_FILE)).unwrap();
+    replace_and_repin(&onnx_cut, TRUNK_FILE, &b[..b.len() / 3]);
+    Bundle::open(&onnx_cut).unwrap();
+    let onnx = BundleOptions {
+        format: Some(ModelFormat::Onnx),
+        ..BundleOptions::default()
+    };
+    let e = Bundle::open_with(&onnx_cut, &onnx).unwrap_err();
+    assert!(matches!(e, BundleError::NotModel { .. }), "{e}");
+    assert!(e.to_string().contains(TRUNK_FILE), "{e}");
+    // A file that is not a model at all.
+    let (_, e) = case(&|d| replace_and_repin(d, HEAD_NNEF_FILE, b"{\"this is\": \"json\"}"));
+    assert!(matches!(e, BundleError::NotModel { .. }), "{e}");
 
     // A trunk whose output does not fit the head's input (another cut).
     let (_, e) = case(&|d| {
         let b = std::fs::read(other_trunk.join("trunk.onnx")).unwrap();
-        replace_and_repin(d, TRUNK_FILE, &b);
+        let nnef = kestrel_edge::nnef::onnx_to_nnef(&b).unwrap();
+        replace_and_repin(d, TRUNK_NNEF_FILE, &nnef);
     });
     assert!(
         matches!(&e, BundleError::TrunkHead { trunk_output, head_input, .. }
@@ -765,6 +825,7 @@ fn bad_bundles_are_refused_with_clear_errors_and_no_panic() {
             for role in ["head", "model"] {
                 v["files"][role]["output"]["shape"] = serde_json::json!([1, 3]);
             }
+            v["files"]["nnef"]["head"]["output"]["shape"] = serde_json::json!([1, 3]);
         })
     });
     assert!(

@@ -351,9 +351,9 @@ fn an_io_error_mid_blob_is_reported_and_the_upload_resumes() {
     let r = deploy_when_up(&mut line, &bundle_b).unwrap();
     agent.kill().unwrap();
     agent.wait().unwrap();
-    let trunk = r.blobs.iter().find(|x| x.name == "trunk.onnx").unwrap();
+    let trunk = r.blobs.iter().find(|x| x.name == "trunk.nnef.tar").unwrap();
     println!(
-        "resumed: trunk.onnx from byte {} of {} ({} sent)",
+        "resumed: trunk.nnef.tar from byte {} of {} ({} sent)",
         trunk.start_offset, trunk.size, trunk.bytes_sent
     );
     assert!(

@@ -112,9 +112,11 @@ fn full_deploy_then_a_retrained_head_sends_only_what_changed() {
         full.payload_bytes, total,
         "everything travels the first time"
     );
-    // trunk, head and manifest: model.onnx (trunk and head in one graph) never goes to a board.
-    assert_eq!(full.sent().len(), 3);
-    assert!(!full.sent().contains(&"model.onnx"), "{:?}", full.sent());
+    // The NNEF trunk and head and the manifest: the ONNX files (for other runtimes, and
+    // model.onnx, trunk and head in one graph) never go to a board.
+    let mut sent = full.sent();
+    sent.sort();
+    assert_eq!(sent, ["head.nnef.tar", "manifest.json", "trunk.nnef.tar"]);
     let eff = full.efficiency();
     println!(
         "full bundle: {} payload bytes, {} line bytes, wire efficiency {eff:.4}, {:.3} s over the pty, {:.1} s at {BAUD} baud; board: {}",
@@ -129,19 +131,23 @@ fn full_deploy_then_a_retrained_head_sends_only_what_changed() {
 
     let head_only = deploy(&mut line, &b).unwrap();
     let bundle_b = LocalBundle::open(&b, true).unwrap();
-    assert_eq!(sent_bytes(&head_only, "trunk.onnx"), 0, "the trunk stays");
+    assert_eq!(
+        sent_bytes(&head_only, "trunk.nnef.tar"),
+        0,
+        "the trunk stays"
+    );
     let mut sent = head_only.sent();
     sent.sort();
-    assert_eq!(sent, ["head.onnx", "manifest.json"]);
+    assert_eq!(sent, ["head.nnef.tar", "manifest.json"]);
     let changed: u64 = bundle_b
         .files()
         .iter()
-        .filter(|f| f.name != "trunk.onnx")
+        .filter(|f| f.name != "trunk.nnef.tar")
         .map(|f| f.size)
         .sum();
     assert_eq!(head_only.payload_bytes, changed);
     println!(
-        "head-only redeploy: {} payload bytes (head.onnx and manifest.json), {} line bytes, {:.1} s at {BAUD} baud",
+        "head-only redeploy: {} payload bytes (head.nnef.tar and manifest.json), {} line bytes, {:.1} s at {BAUD} baud",
         head_only.payload_bytes,
         head_only.line_bytes_out,
         head_only.seconds_at(BAUD)
@@ -241,9 +247,9 @@ fn cable_pulled_mid_transfer_resumes_at_the_stored_offset() {
     let store = tmp.path().join("store");
     let (board, line) = Board::start(config(&store));
     let bundle = LocalBundle::open(&a, true).unwrap();
-    // Files go models first: trunk.onnx (about 150 KB) is cut after 60 KB on the line.
+    // Files go models first: trunk.nnef.tar (about 150 KB) is cut after 60 KB on the line.
     let first = bundle.files()[0].clone();
-    assert_eq!(first.name, "trunk.onnx");
+    assert_eq!(first.name, "trunk.nnef.tar");
     let mut cut = Faulty::new(
         line,
         Faults {
@@ -267,7 +273,7 @@ fn cable_pulled_mid_transfer_resumes_at_the_stored_offset() {
     let second = serial::deploy(&mut line, &bundle, &fast(), &Silent).unwrap();
     let trunk = &second.blobs[0];
     println!(
-        "second attempt: trunk.onnx resumed at {} of {} bytes, sent {}",
+        "second attempt: trunk.nnef.tar resumed at {} of {} bytes, sent {}",
         trunk.start_offset, trunk.size, trunk.bytes_sent
     );
     assert_eq!(
@@ -379,9 +385,9 @@ fn bad_bundles_and_bad_frames_are_refused_and_the_board_keeps_its_model() {
     // A file whose content is not the manifest's hash (the host's own check turned off).
     let d = variant("badhash", 9);
     key.sign_bundle(&d).unwrap();
-    let mut head = std::fs::read(d.join("head.onnx")).unwrap();
+    let mut head = std::fs::read(d.join("head.nnef.tar")).unwrap();
     head[100] ^= 0xff;
-    std::fs::write(d.join("head.onnx"), head).unwrap();
+    std::fs::write(d.join("head.nnef.tar"), head).unwrap();
     assert!(
         LocalBundle::open(&d, true).is_err(),
         "the host notices first"
@@ -422,18 +428,19 @@ fn bad_bundles_and_bad_frames_are_refused_and_the_board_keeps_its_model() {
             "refusing name \".kestrel-store.json\": it starts with a dot",
         ),
     ] {
-        let m = signed(&|v| v["files"]["head"]["path"] = path.into());
+        // The head the board installs: the NNEF one.
+        let m = signed(&|v| v["files"]["nnef"]["head"]["path"] = path.into());
         refused(
             raw_install(&mut line, tmp.path(), &[("manifest.json", m)]),
             what,
             reason,
         );
     }
-    let m = signed(&|v| v["schema_version"] = 3.into());
+    let m = signed(&|v| v["schema_version"] = 4.into());
     refused(
         raw_install(&mut line, tmp.path(), &[("manifest.json", m)]),
-        "schema 3",
-        "schema version 3",
+        "schema 4",
+        "schema version 4",
     );
     // A blob offered under a name that escapes the store.
     let r = raw_install(&mut line, tmp.path(), &[("../../etc/x", b"x".to_vec())]);
@@ -449,7 +456,7 @@ fn bad_bundles_and_bad_frames_are_refused_and_the_board_keeps_its_model() {
     let head_sha = vb
         .files()
         .iter()
-        .find(|f| f.name == "head.onnx")
+        .find(|f| f.name == "head.nnef.tar")
         .unwrap()
         .sha256;
     std::os::unix::fs::symlink(

@@ -111,7 +111,7 @@ fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
         .filter(|b| b["bytes_sent"].as_u64() > Some(0))
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert!(!sent.contains(&"trunk.onnx"), "{sent:?}");
+    assert!(!sent.contains(&"trunk.nnef.tar"), "{sent:?}");
     assert_eq!(sent.len(), 2, "head and manifest only: {sent:?}");
     let bundle_b = LocalBundle::open(&b, true).unwrap();
     recorder.wait_for(&bundle_b.id);

@@ -217,7 +217,7 @@ fn bad_bundle_and_bad_source_are_clear_errors() {
         let p = e.unwrap().path();
         std::fs::copy(&p, broken.join(p.file_name().unwrap())).unwrap();
     }
-    let head = broken.join("head.onnx");
+    let head = broken.join("head.nnef.tar");
     let mut bytes = std::fs::read(&head).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&head, bytes).unwrap();
@@ -228,7 +228,7 @@ fn bad_bundle_and_bad_source_are_clear_errors() {
         .args(["--source", "dir:/nonexistent"]));
     assert!(!ok);
     assert!(
-        err.contains("head.onnx") && err.contains("truncated"),
+        err.contains("head.nnef.tar") && err.contains("truncated"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
@@ -337,7 +337,7 @@ fn install_into_store(store_dir: &std::path::Path, bundle: &std::path::Path) -> 
     use kestrel_shared::wire::Sha256;
     let mut store = kestrel_edge::store::Store::open(store_dir).unwrap();
     let mut manifest_sha = String::new();
-    for name in ["manifest.json", "trunk.onnx", "head.onnx", "model.onnx"] {
+    for name in ["manifest.json", "trunk.nnef.tar", "head.nnef.tar"] {
         let bytes = std::fs::read(bundle.join(name)).unwrap();
         let sha = Sha256::of(&bytes).to_hex();
         store.install_blob(&sha, &bytes[..]).unwrap();

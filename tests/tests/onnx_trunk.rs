@@ -186,10 +186,10 @@ fn damaged_trunks_are_refused_with_the_file_named() {
     // Garbage bytes loaded directly: tract's refusal is reported with the path.
     let garbage = dir.path().join("garbage.onnx");
     std::fs::write(&garbage, b"definitely not protobuf \x00\x01\x02").unwrap();
-    let err = kestrel_edge::OnnxModel::load(&garbage, 1, Threads::Single).unwrap_err();
+    let err = kestrel_edge::Model::load(&garbage, 1, Threads::Single).unwrap_err();
     assert!(matches!(err, EdgeError::Load { .. }), "{err}");
     assert!(err.to_string().contains("garbage.onnx"));
-    let err = kestrel_edge::OnnxModel::load(&dir.path().join("missing.onnx"), 1, Threads::Single)
+    let err = kestrel_edge::Model::load(&dir.path().join("missing.onnx"), 1, Threads::Single)
         .unwrap_err();
     assert!(matches!(err, EdgeError::Read { .. }));
 

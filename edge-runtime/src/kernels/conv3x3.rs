@@ -510,7 +510,7 @@ impl Dense3x3 {
                 codes = image
                     .iter()
                     .map(|&x| {
-                        let c = tract_onnx::tract_core::ops::quant::quantize_linear_f32_i8(
+                        let c = tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
                             x,
                             q.quant.scale,
                             q.quant.zero_point,

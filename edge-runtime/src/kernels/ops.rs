@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::*;
+use tract_nnef::prelude::*;
+use tract_nnef::tract_core::internal::*;
 
 use super::conv1x1::{MR, NC, Pointwise};
 use super::qconv1x1::{QIsa, QNR, QPointwise, padded};
@@ -134,11 +134,11 @@ impl Op for KestrelDepthwise {
         Validation::Rounding
     }
 
-    tract_onnx::tract_core::op_as_typed_op!();
+    tract_nnef::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for KestrelDepthwise {
-    tract_onnx::tract_core::op_out_of_plan!();
+    tract_nnef::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
@@ -190,7 +190,7 @@ impl TypedOp for KestrelDepthwise {
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
     }
 
-    tract_onnx::tract_core::as_op!();
+    tract_nnef::tract_core::as_op!();
 }
 
 /// A dense 3x3 convolution on a few input channels, with bias and clamp fused (replaces tract's
@@ -240,11 +240,11 @@ impl Op for KestrelDense {
         Validation::Rounding
     }
 
-    tract_onnx::tract_core::op_as_typed_op!();
+    tract_nnef::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for KestrelDense {
-    tract_onnx::tract_core::op_out_of_plan!();
+    tract_nnef::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
@@ -303,7 +303,7 @@ impl TypedOp for KestrelDense {
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
     }
 
-    tract_onnx::tract_core::as_op!();
+    tract_nnef::tract_core::as_op!();
 }
 
 /// A 1x1 convolution with bias, clamp and optionally the residual addition fused (replaces
@@ -354,11 +354,11 @@ impl Op for KestrelPointwise {
         Validation::Rounding
     }
 
-    tract_onnx::tract_core::op_as_typed_op!();
+    tract_nnef::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for KestrelPointwise {
-    tract_onnx::tract_core::op_out_of_plan!();
+    tract_nnef::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c = &self.conv;
@@ -464,7 +464,7 @@ impl TypedOp for KestrelPointwise {
         )))
     }
 
-    tract_onnx::tract_core::as_op!();
+    tract_nnef::tract_core::as_op!();
 }
 
 /// An int8 1x1 convolution with its quantization and requantization fused
@@ -511,11 +511,11 @@ impl Op for KestrelQPointwise {
         )])
     }
 
-    tract_onnx::tract_core::op_as_typed_op!();
+    tract_nnef::tract_core::op_as_typed_op!();
 }
 
 impl EvalOp for KestrelQPointwise {
-    tract_onnx::tract_core::op_out_of_plan!();
+    tract_nnef::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c = &self.conv;
@@ -611,5 +611,5 @@ impl TypedOp for KestrelQPointwise {
         )))
     }
 
-    tract_onnx::tract_core::as_op!();
+    tract_nnef::tract_core::as_op!();
 }

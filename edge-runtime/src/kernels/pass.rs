@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cast::Cast;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::nn::DataFormat;
-use tract_onnx::tract_core::ops::quant::QuantizeLinearI8;
+use tract_nnef::prelude::*;
+use tract_nnef::tract_core::ops::binary::TypedBinOp;
+use tract_nnef::tract_core::ops::cast::Cast;
+use tract_nnef::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_nnef::tract_core::ops::einsum::EinSum;
+use tract_nnef::tract_core::ops::element_wise::ElementWiseOp;
+use tract_nnef::tract_core::ops::nn::DataFormat;
+use tract_nnef::tract_core::ops::quant::QuantizeLinearI8;
 
 use super::conv1x1::Pointwise;
 use super::conv3x3::{Clamp, Dense3x3, Depthwise3x3, Geometry, Int8Dense, MAX_DENSE_INPUTS};
@@ -888,8 +888,8 @@ fn install_conv3x3(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::math::{Add, Max, Min};
+    use tract_nnef::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_nnef::tract_core::ops::math::{Add, Max, Min};
 
     /// One convolution as tract builds it from ONNX, with an optional ReLU6 after it.
     struct Case {
@@ -1072,11 +1072,11 @@ mod tests {
         relu6: bool,
         seed: u64,
     ) -> (TypedModel, Tensor) {
-        use tract_onnx::tract_core::ops::math::Mul;
+        use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
         let zp = (seed % 200) as i32 - 100;
-        let quant = tract_onnx::tract_core::ops::quant::quantize_linear_i8(
+        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(
             10.0 + (seed % 30) as f32,
             zp as i8,
         );
@@ -1191,11 +1191,11 @@ mod tests {
         pads: [usize; 4],
         seed: u64,
     ) -> (TypedModel, Tensor) {
-        use tract_onnx::tract_core::ops::math::Mul;
+        use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
         let zp = (seed % 200) as i32 - 100;
-        let quant = tract_onnx::tract_core::ops::quant::quantize_linear_i8(
+        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(
             20.0 + (seed % 40) as f32,
             zp as i8,
         );

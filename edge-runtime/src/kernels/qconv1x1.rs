@@ -315,7 +315,7 @@ fn quantize_group(
         for (j, b) in px.iter_mut().enumerate() {
             *b = match rows[j] {
                 Some(r) if n < pixels => {
-                    let q = tract_onnx::tract_core::ops::quant::quantize_linear_f32_i8(
+                    let q = tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
                         r[n],
                         quant.scale,
                         quant.zero_point,
@@ -731,7 +731,7 @@ mod tests {
         let q: Vec<i32> = x
             .iter()
             .map(|&v| {
-                tract_onnx::tract_core::ops::quant::quantize_linear_f32_i8(
+                tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
                     v,
                     s.quant.scale,
                     s.quant.zero_point,

@@ -3,8 +3,7 @@
 //! Text uses a built-in 5x7 bitmap font (printable ASCII), scaled x2, so the board needs no font
 //! files and the binary no font crate.
 
-use image::codecs::jpeg::JpegEncoder;
-use image::{ImageError, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
 
 use crate::sink::FrameResult;
 
@@ -166,11 +165,9 @@ pub fn text_width(text: &str) -> u32 {
     (text.chars().count() as i64 * ADVANCE - SCALE).max(0) as u32
 }
 
-/// `image` as a baseline JPEG of the given quality (1..=100).
-pub(crate) fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, ImageError> {
-    let mut out = Vec::with_capacity(image.as_raw().len() / 8);
-    JpegEncoder::new_with_quality(&mut out, quality).encode_image(image)?;
-    Ok(out)
+/// `image` as a baseline JPEG of the given quality (1..=100), with the board's JPEG codec.
+pub(crate) fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    crate::jpeg::encode(image, quality)
 }
 
 /// Drawing with clipping: coordinates may fall outside the picture.
@@ -367,7 +364,7 @@ mod tests {
         let img = gray(33, 17);
         let bytes = encode_jpeg(&img, 75).unwrap();
         assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
-        let back = image::load_from_memory(&bytes).unwrap();
+        let back = crate::jpeg::decode(&bytes).unwrap();
         assert_eq!((back.width(), back.height()), (33, 17));
     }
 }

@@ -105,7 +105,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     /// The annotated JPEG of `latest` (or of a newer frame already encoded).
-    fn jpeg(&self, latest: &Latest) -> Result<Arc<Vec<u8>>, image::ImageError> {
+    fn jpeg(&self, latest: &Latest) -> Result<Arc<Vec<u8>>, String> {
         let mut cache = lock(&self.encoded);
         if let Some((g, jpeg)) = &*cache
             && *g >= latest.generation

@@ -157,7 +157,8 @@ mod tests {
                 "frame-00000009.jpg"
             ]
         );
-        let back = image::open(dir.join("frame-00000006.jpg")).unwrap();
+        let back =
+            crate::jpeg::decode(&std::fs::read(dir.join("frame-00000006.jpg")).unwrap()).unwrap();
         assert_eq!((back.width(), back.height()), (48, 32));
     }
 

@@ -4,12 +4,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kestrel_edge::{Bundle, OnnxModel, Threads, Trunk};
+use kestrel_edge::{Bundle, Model, Threads, Trunk};
 use kestrel_shared::hash::sha256_hex;
 use kestrel_shared::manifest::{
-    BundleFiles, Calibration, CalibrationMethod, ColorOrder, HEAD_FILE, InputSpec, Layout,
-    MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, MODEL_FILE, Manifest, MetricSet, ModelFile, Precision,
-    Quantization, QuantizeMode, QuantizedLayer, TRUNK_FILE, Task, TensorInfo, ValidationMetrics,
+    BundleFiles, Calibration, CalibrationMethod, ColorOrder, HEAD_FILE, HEAD_NNEF_FILE, InputSpec,
+    Layout, MANIFEST_FILE, MANIFEST_SCHEMA_VERSION, MODEL_FILE, Manifest, MetricSet, ModelFile,
+    NnefFiles, Precision, Quantization, QuantizeMode, QuantizedLayer, TRUNK_FILE, TRUNK_NNEF_FILE,
+    Task, TensorInfo, ValidationMetrics,
 };
 use prost::Message;
 use serde::Serialize;
@@ -158,11 +159,30 @@ fn records(file: &str, net: &Net, plan: &QuantPlan) -> Vec<QuantizedLayer> {
         .collect()
 }
 
-/// The three models of a bundle, encoded.
+/// The models of a bundle, encoded: the three ONNX files and trunk and head again in NNEF.
 struct Models {
     trunk: Vec<u8>,
     head: Vec<u8>,
     model: Vec<u8>,
+    trunk_nnef: Vec<u8>,
+    head_nnef: Vec<u8>,
+}
+
+impl Models {
+    /// Encode the ONNX graphs and convert trunk and head to NNEF (deterministically, so the same
+    /// trunk always has the same NNEF hash and a board that has it is not sent it again).
+    fn new(trunk: Vec<u8>, head: &ModelProto, model: &ModelProto) -> anyhow::Result<Self> {
+        let head = head.encode_to_vec();
+        Ok(Models {
+            trunk_nnef: kestrel_edge::nnef::onnx_to_nnef(&trunk)
+                .map_err(|e| anyhow::anyhow!("converting the trunk to NNEF: {e:#}"))?,
+            head_nnef: kestrel_edge::nnef::onnx_to_nnef(&head)
+                .map_err(|e| anyhow::anyhow!("converting the head to NNEF: {e:#}"))?,
+            model: model.encode_to_vec(),
+            trunk,
+            head,
+        })
+    }
 }
 
 /// Write the models and a manifest (with `metrics`) into `dir`.
@@ -228,16 +248,32 @@ fn write_bundle(
                 HEAD_FILE,
                 &models.head,
                 head_int8,
-                trunk_out,
+                trunk_out.clone(),
                 head_out.clone(),
             ),
             model: file(
                 MODEL_FILE,
                 &models.model,
                 trunk_int8 || head_int8,
-                trunk_in,
-                head_out,
+                trunk_in.clone(),
+                head_out.clone(),
             ),
+            nnef: Some(NnefFiles {
+                trunk: file(
+                    TRUNK_NNEF_FILE,
+                    &models.trunk_nnef,
+                    trunk_int8,
+                    trunk_in,
+                    trunk_out.clone(),
+                ),
+                head: file(
+                    HEAD_NNEF_FILE,
+                    &models.head_nnef,
+                    head_int8,
+                    trunk_out.clone(),
+                    head_out,
+                ),
+            }),
         },
         quantization,
         decode: src.decode,
@@ -254,12 +290,14 @@ fn write_bundle(
     write(&dir.join(TRUNK_FILE), &models.trunk)?;
     write(&dir.join(HEAD_FILE), &models.head)?;
     write(&dir.join(MODEL_FILE), &models.model)?;
+    write(&dir.join(TRUNK_NNEF_FILE), &models.trunk_nnef)?;
+    write(&dir.join(HEAD_NNEF_FILE), &models.head_nnef)?;
     write(&dir.join(MANIFEST_FILE), manifest.to_json().as_bytes())?;
     Ok(manifest)
 }
 
 /// Median milliseconds of `model` on zeros, after one warm-up run.
-fn median_ms(model: &OnnxModel, runs: usize) -> anyhow::Result<f64> {
+fn median_ms(model: &Model, runs: usize) -> anyhow::Result<f64> {
     let input = vec![0f32; model.input_shape().iter().product()];
     model.run(&input)?;
     let mut times = Vec::with_capacity(runs);
@@ -358,7 +396,7 @@ pub fn export_bundle(
         let bytes = proto.encode_to_vec();
         let mut info = fp32_trunk.info.clone();
         info.onnx_sha256 = sha256_hex(&bytes);
-        let model = OnnxModel::from_bytes(&bytes, &out.join(TRUNK_FILE), 1, Threads::Single)?;
+        let model = Model::from_bytes(&bytes, &out.join(TRUNK_FILE), 1, Threads::Single)?;
         (proto, bytes, Trunk { info, model })
     } else {
         let t = Trunk::open(&trunk_dir, 1, Threads::Single)?;
@@ -390,11 +428,7 @@ pub fn export_bundle(
         layers_q.extend(records("head", &src.head, &plan));
         emit(&src.head, &head_io, Some(&plan), false, meta("head"))
     };
-    let models = Models {
-        model: merge(&trunk_proto, &head_proto).encode_to_vec(),
-        trunk: trunk_bytes,
-        head: head_proto.encode_to_vec(),
-    };
+    let models = Models::new(trunk_bytes, &head_proto, &merge(&trunk_proto, &head_proto))?;
     let quantization = Quantization {
         mode: opts.quantize,
         calibration: (opts.quantize != QuantizeMode::None).then_some(Calibration {
@@ -424,11 +458,11 @@ pub fn export_bundle(
     // Measure the bundle, and the float model beside it, as the board runs them.
     let bundle = Bundle::open(out)?;
     let measured = evaluate_bundle(&bundle, &src.val, &emb_cache, progress)?;
-    let fp32_models = Models {
-        model: merge(&fp32_trunk_proto, &fp32_head).encode_to_vec(),
-        trunk: fp32_trunk_bytes,
-        head: fp32_head.encode_to_vec(),
-    };
+    let fp32_models = Models::new(
+        fp32_trunk_bytes,
+        &fp32_head,
+        &merge(&fp32_trunk_proto, &fp32_head),
+    )?;
     let reference_dir = tempfile::tempdir()?;
     let (reference, fp32_bundle): (Evaluation, Bundle) = if opts.quantize == QuantizeMode::None {
         (measured.clone(), Bundle::open(out)?)
@@ -555,6 +589,14 @@ pub fn print_report(r: &BundleReport, out: &mut dyn Write) -> std::io::Result<()
         "  model.onnx  {:>10}  trunk and head in one graph",
         mb(f.model.size)
     )?;
+    if let Some(n) = &f.nnef {
+        writeln!(
+            out,
+            "  trunk.nnef.tar {:>7}, head.nnef.tar {}: the same trunk and head in NNEF, what boards run",
+            mb(n.trunk.size),
+            mb(n.head.size)
+        )?;
+    }
     let v = &m.metrics;
     let lines: Vec<String> = [
         ("accuracy", v.fp32.accuracy, v.bundle.accuracy),
