@@ -72,4 +72,11 @@ start=$(date +%s)
 cargo test -p kestrel-edge --no-default-features --target "$AARCH64" --test aarch64_parity \
   bundle_detections
 echo "test: aarch64 board-feature build and parity took $(($(date +%s) - start)) s"
+# A board build needs no nasm (mozjpeg's aarch64 SIMD is C): build the JPEG library for aarch64
+# from scratch with nasm made unrunnable (a private mount namespace; root only, as CI runs).
+NASM_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kestrel-nonasm.XXXXXX")"
+unshare -m sh -c 'mount --bind /dev/null "$(command -v nasm)" && ! nasm -v 2>/dev/null &&
+  CARGO_TARGET_DIR="$1" cargo build -q -p mozjpeg-sys --target "$2"' sh "$NASM_DIR" "$AARCH64"
+rm -rf "$NASM_DIR"
+echo "test: mozjpeg for aarch64 built without nasm"
 echo "test: all passed; skipped on request: ${SKIPS:-nothing}"

@@ -615,6 +615,17 @@ fn quantize_all_gives_an_int8_trunk_that_agrees_with_fp32() {
             .count()
             == 13
     );
+    // The board runs the NNEF trunk: Kestrel's int8 kernels must take it over just as they take
+    // the ONNX one (tract's NNEF writer types the codes differently; the pass looks through it).
+    let trunk_nnef = inspect(&out.join(TRUNK_NNEF_FILE)).unwrap();
+    assert_eq!(trunk_nnef.op_counts(), trunk.op_counts());
+    let kinds = |o: &kestrel_edge::bundle::OptimizedOps| -> Vec<String> {
+        o.matmuls
+            .iter()
+            .map(|m| format!("{} x {} -> {} ({})", m.a, m.b, m.accumulator, m.kernel))
+            .collect()
+    };
+    assert_eq!(kinds(&trunk_nnef), kinds(&trunk));
     let v = &m.metrics;
     let (a, b) = (v.fp32.map50.unwrap(), v.bundle.map50.unwrap());
     println!(

@@ -494,7 +494,18 @@ fn int8_operands(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Int
     if node.inputs.len() != 9 {
         return Ok(None);
     }
-    let qnode = model.node(node.inputs[0].node);
+    let mut qnode = model.node(node.inputs[0].node);
+    // A model read from NNEF has the codes cast to a quantized type carrying the product's zero
+    // point with scale 1 (tract's NNEF writer adds the cast): the same bytes, so look through it.
+    if let Some(cast) = qnode.op_as::<Cast>()
+        && cast.to.unquantized() == i8::datum_type()
+        && cast.to.qparams().is_some_and(|q| {
+            Some(q.zp_scale()) == scalar::<i32>(model, node, 3).map(|a0| (a0, 1.0))
+        })
+        && model.outlet_fact(qnode.inputs[0])?.datum_type == i8::datum_type()
+    {
+        qnode = model.node(qnode.inputs[0].node);
+    }
     let Some(quant) = qnode
         .op_as::<ElementWiseOp>()
         .and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
@@ -524,7 +535,15 @@ fn int8_operands(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Int
     ) else {
         return Ok(None);
     };
-    if weights.datum_type() != i8::datum_type() || !zero_bias || !ones {
+    // int8 weights; from NNEF they are typed as quantized int8 with zero point 0 and scale 1:
+    // the same values.
+    let plain_i8 = match weights.datum_type().qparams() {
+        None => weights.datum_type() == i8::datum_type(),
+        Some(q) => {
+            weights.datum_type().unquantized() == i8::datum_type() && q.zp_scale() == (0, 1.0)
+        }
+    };
+    if !plain_i8 || !zero_bias || !ones {
         return Ok(None);
     }
     Ok(Some(Int8Operands {
@@ -1186,7 +1205,19 @@ mod tests {
     /// An int8 bundle's stem as tract declutters it: `QuantizeLinear`, the int8 3x3 convolution
     /// with its nine inputs, cast, per-channel rescale and bias, ReLU6.
     fn qstem(
+        shape: [usize; 5],
+        stride: usize,
+        pads: [usize; 4],
+        seed: u64,
+    ) -> (TypedModel, Tensor) {
+        qconv(shape, 3, stride, pads, seed)
+    }
+
+    /// [`qstem`] with a `k`x`k` kernel (1: an int8 bundle's pointwise convolution as ONNX's
+    /// `ConvInteger` gives it, before tract turns it into an einsum).
+    fn qconv(
         [n, cin, cout, h, w]: [usize; 5],
+        k: usize,
         stride: usize,
         pads: [usize; 4],
         seed: u64,
@@ -1200,14 +1231,14 @@ mod tests {
             zp as i8,
         );
         let q = m.wire_node("q", quant, &[x]).unwrap()[0];
-        let weights: Vec<i8> = values(cout * cin * 9, seed + 1)
+        let weights: Vec<i8> = values(cout * cin * k * k, seed + 1)
             .iter()
             .map(|v| (v * 31.9) as i8)
             .collect();
         let wq = m
             .add_const(
                 "w",
-                Tensor::from_shape(&[cout, cin, 3, 3], &weights).unwrap(),
+                Tensor::from_shape(&[cout, cin, k, k], &weights).unwrap(),
             )
             .unwrap();
         let zero = m.add_const("zero", tensor0(0i32)).unwrap();
@@ -1217,7 +1248,7 @@ mod tests {
         let conv = Conv {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NCHW,
-                kernel_shape: tvec![3, 3],
+                kernel_shape: tvec![k, k],
                 padding: PaddingSpec::Explicit(tvec![top, left], tvec![bottom, right]),
                 dilations: None,
                 strides: Some(tvec![stride, stride]),
@@ -1300,6 +1331,51 @@ mod tests {
                 for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                     prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", isa, i, a, b);
                 }
+            }
+        }
+    }
+
+    /// `m` written by tract's NNEF writer with Kestrel's registry and read back: the form a board
+    /// loads from a bundle's `.nnef.tar` (the writer types int8 codes as quantized types).
+    fn through_nnef(m: &TypedModel) -> TypedModel {
+        let nnef = crate::nnef::nnef();
+        let tar = nnef
+            .write_to_tar_with_config(m, Vec::new(), false, true)
+            .unwrap();
+        nnef.model_for_read(&mut &tar[..]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Read back from NNEF, an int8 bundle's stem and pointwise convolutions still become
+        /// Kestrel's int8 ops, and compute bit for bit what tract computes on the original graph.
+        #[test]
+        fn int8_convolutions_read_from_nnef_take_kestrel_kernels(
+            n in 1usize..3, cin in 2usize..=MAX_DENSE_INPUTS, cout in 1usize..12, h in 3usize..20,
+            w in 3usize..24, stride in 1usize..=2, pads in proptest::array::uniform4(0usize..=1),
+            pointwise in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let run = |m: TypedModel, input: &Tensor| {
+                let out = m.into_optimized().unwrap().into_runnable().unwrap()
+                    .run(tvec!(input.clone().into_tvalue())).unwrap();
+                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+            };
+            let (k, stride, pads, cin) =
+                if pointwise { (1, 1, [0; 4], cin * 9) } else { (3, stride, pads, cin) };
+            let (m, input) = qconv([n, cin, cout, h, w], k, stride, pads, seed);
+            let want = run(m.clone().into_decluttered().unwrap(), &input);
+            let mut ours = through_nnef(&m).into_decluttered().unwrap();
+            let report = install_with(&mut ours, Isa::Portable, Some(QIsa::Portable)).unwrap();
+            prop_assert_eq!(
+                (report.int8_dense, report.int8_pointwise),
+                if pointwise { (0, 1) } else { (1, 0) }
+            );
+            prop_assert_eq!(report.clamps, 2);
+            let got = run(ours, &input);
+            prop_assert_eq!(want.len(), got.len());
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                prop_assert!(a.to_bits() == b.to_bits(), "value {}: tract {} vs kestrel {}", i, a, b);
             }
         }
     }
