@@ -146,10 +146,7 @@ fn nnef_typed(
     path: &Path,
     batch: usize,
 ) -> Result<(TypedModel, Vec<usize>), EdgeError> {
-    let load_err = |e: TractError| EdgeError::Load {
-        path: path.to_path_buf(),
-        reason: chain(&e),
-    };
+    let load_err = |e: TractError| load_error(path, chain(&e));
     let model = crate::nnef::nnef()
         .model_for_read(&mut &*bytes)
         .map_err(load_err)?;
@@ -164,24 +161,21 @@ fn nnef_typed(
                 concrete.push(batch);
             }
             (Ok(v), _) => {
-                return Err(EdgeError::Load {
-                    path: path.to_path_buf(),
-                    reason: format!("the model is made for batches of {v}, not {batch}"),
-                });
+                return Err(load_error(
+                    path,
+                    format!("the model is made for batches of {v}, not {batch}"),
+                ));
             }
             _ => {
-                return Err(EdgeError::Load {
-                    path: path.to_path_buf(),
-                    reason: format!("input dimension {i} is not fixed ({d})"),
-                });
+                return Err(load_error(
+                    path,
+                    format!("input dimension {i} is not fixed ({d})"),
+                ));
             }
         }
     }
     if concrete.is_empty() {
-        return Err(EdgeError::Load {
-            path: path.to_path_buf(),
-            reason: "the model input has no known shape".into(),
-        });
+        return Err(load_error(path, "the model input has no known shape"));
     }
     let model = if symbols.is_empty() {
         model
@@ -201,10 +195,7 @@ fn onnx_typed(
 ) -> Result<(TypedModel, Vec<usize>), EdgeError> {
     use tract_onnx::prelude::{Framework, InferenceModelExt};
     use tract_onnx::tract_hir::infer::Factoid;
-    let load_err = |e: TractError| EdgeError::Load {
-        path: path.to_path_buf(),
-        reason: chain(&e),
-    };
+    let load_err = |e: TractError| load_error(path, chain(&e));
     let mut model = tract_onnx::onnx()
         .model_for_read(&mut &*bytes)
         .map_err(load_err)?;
@@ -220,24 +211,29 @@ fn onnx_typed(
             Some(v) => concrete.push(v),
             None if i == 0 => concrete.push(batch),
             None => {
-                return Err(EdgeError::Load {
-                    path: path.to_path_buf(),
-                    reason: format!("input dimension {i} is not fixed ({d:?})"),
-                });
+                return Err(load_error(
+                    path,
+                    format!("input dimension {i} is not fixed ({d:?})"),
+                ));
             }
         }
     }
     if concrete.is_empty() {
-        return Err(EdgeError::Load {
-            path: path.to_path_buf(),
-            reason: "the model input has no known shape".into(),
-        });
+        return Err(load_error(path, "the model input has no known shape"));
     }
     concrete[0] = batch;
     model
         .set_input_fact(0, f32::fact(&concrete).into())
         .map_err(load_err)?;
     Ok((model.into_typed().map_err(load_err)?, concrete))
+}
+
+/// A model that cannot be loaded, and why.
+fn load_error(path: &Path, reason: impl Into<String>) -> EdgeError {
+    EdgeError::Load {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// tract's error with all its context, outermost first.
@@ -313,13 +309,9 @@ impl Model {
         threads: Threads,
         kernels: Kernels,
     ) -> Result<Self, EdgeError> {
-        let load_err = |e: TractError| EdgeError::Load {
-            path: path.to_path_buf(),
-            reason: chain(&e),
-        };
-        let format = ModelFormat::of(path).ok_or_else(|| EdgeError::Load {
-            path: path.to_path_buf(),
-            reason: "the file name ends neither in .onnx nor in .nnef.tar".into(),
+        let load_err = |e: TractError| load_error(path, chain(&e));
+        let format = ModelFormat::of(path).ok_or_else(|| {
+            load_error(path, "the file name ends neither in .onnx nor in .nnef.tar")
         })?;
         let (typed, concrete) = match format {
             ModelFormat::Nnef => nnef_typed(bytes, path, batch)?,
@@ -327,14 +319,13 @@ impl Model {
             ModelFormat::Onnx => onnx_typed(bytes, path, batch)?,
             #[cfg(not(feature = "onnx"))]
             ModelFormat::Onnx => {
-                return Err(EdgeError::Load {
-                    path: path.to_path_buf(),
-                    reason: "this kestrel-edge is a board build without the ONNX reader: it runs \
+                return Err(load_error(
+                    path,
+                    "this kestrel-edge is a board build without the ONNX reader: it runs \
                              the bundle's NNEF files (trunk.nnef.tar, head.nnef.tar), which \
                              bundles exported by this version of kestrel carry; export the \
-                             bundle again"
-                        .into(),
-                });
+                             bundle again",
+                ));
             }
         };
         let (typed, replaced) = optimize(typed, kernels).map_err(load_err)?;

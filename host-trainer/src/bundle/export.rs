@@ -185,18 +185,28 @@ impl Models {
     }
 }
 
+/// What every bundle of one export shares: the run, the weights, the graphs' inputs and outputs.
+struct ExportContext<'a> {
+    src: &'a RunSource,
+    weights_sha256: &'a str,
+    trunk_io: &'a GraphIo,
+    head_io: &'a GraphIo,
+}
+
 /// Write the models and a manifest (with `metrics`) into `dir`.
-#[allow(clippy::too_many_arguments)]
 fn write_bundle(
     dir: &Path,
-    src: &RunSource,
-    weights_sha256: &str,
+    cx: &ExportContext,
     models: &Models,
-    io: (&GraphIo, &GraphIo),
     quantization: Quantization,
     metrics: ValidationMetrics,
 ) -> Result<Manifest, ExportBundleError> {
-    let (trunk_io, head_io) = io;
+    let ExportContext {
+        src,
+        weights_sha256,
+        trunk_io,
+        head_io,
+    } = *cx;
     let (trunk_int8, head_int8) = match quantization.mode {
         QuantizeMode::None => (false, false),
         QuantizeMode::Head => (false, true),
@@ -445,15 +455,13 @@ pub fn export_bundle(
         max_abs_diff: 0.0,
         agreement: 1.0,
     };
-    write_bundle(
-        out,
-        &src,
-        &pretrained.weights_sha256,
-        &models,
-        (&trunk_io, &head_io),
-        quantization.clone(),
-        placeholder.clone(),
-    )?;
+    let cx = ExportContext {
+        src: &src,
+        weights_sha256: &pretrained.weights_sha256,
+        trunk_io: &trunk_io,
+        head_io: &head_io,
+    };
+    write_bundle(out, &cx, &models, quantization.clone(), placeholder.clone())?;
 
     // Measure the bundle, and the float model beside it, as the board runs them.
     let bundle = Bundle::open(out)?;
@@ -469,10 +477,8 @@ pub fn export_bundle(
     } else {
         write_bundle(
             reference_dir.path(),
-            &src,
-            &pretrained.weights_sha256,
+            &cx,
             &fp32_models,
-            (&trunk_io, &head_io),
             Quantization {
                 mode: QuantizeMode::None,
                 calibration: None,
@@ -492,15 +498,7 @@ pub fn export_bundle(
         max_abs_diff: max_abs_diff(&reference.raw, &measured.raw),
         agreement: agreement(&reference, &measured, src.labels.len(), detector),
     };
-    let manifest = write_bundle(
-        out,
-        &src,
-        &pretrained.weights_sha256,
-        &models,
-        (&trunk_io, &head_io),
-        quantization,
-        metrics,
-    )?;
+    let manifest = write_bundle(out, &cx, &models, quantization, metrics)?;
     let runs = 10;
     let latency = Latency {
         trunk_fp32_ms: median_ms(&fp32_bundle.trunk.model, runs)?,
