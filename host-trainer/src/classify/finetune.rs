@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::train::{
-    EpochStats, FitSettings, LrSchedule, OptimizerKind, fit, logits_in_batches, loss_and_accuracy,
-    stack,
+    EpochStats, FitSettings, FitStart, LrSchedule, OptimizerKind, fit, logits_in_batches,
+    loss_and_accuracy, stack,
 };
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
 
@@ -162,13 +162,17 @@ pub fn fine_tune(
         optimizer: OptimizerKind::Adam,
         schedule: LrSchedule::Constant,
     };
+    // The untrained top competes: phase 2 never ends worse than it began.
+    let from = FitStart {
+        model: prepare(start, &ad),
+        rng: &mut rng,
+        start_is_candidate: true,
+    };
     let fitted = fit(
         settings,
-        prepare(start, &ad),
+        from,
         train_y,
         &ad,
-        &mut rng,
-        true,
         &mut |m: &TopModel, idx, rng| m.forward_train(stack(train_x, idx, &shape, &ad), rng),
         &mut |m: &TopModel| loss_and_accuracy(&top_logits(m, val_x, shape, device), val_y, classes),
         on_epoch,

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::head::{Head, HeadConfig};
 use super::train::{
-    EpochStats, Fitted, TrainConfig, fit, logits_in_batches, loss_and_accuracy, stack,
+    EpochStats, FitStart, Fitted, TrainConfig, fit, logits_in_batches, loss_and_accuracy, stack,
 };
 use crate::mobilenet::{MobileNetV2, MobileNetV2Config};
 
@@ -73,13 +73,16 @@ pub fn train_one_model(
         classes,
     }
     .init(&ad, &mut rng);
+    let start = FitStart {
+        model: OneModel { trunk, head },
+        rng: &mut rng,
+        start_is_candidate: false,
+    };
     Ok(fit(
         cfg.fit_settings(),
-        OneModel { trunk, head },
+        start,
         train_y,
         &ad,
-        &mut rng,
-        false,
         &mut |m: &OneModel, idx, rng| {
             let features = m
                 .trunk

@@ -312,16 +312,12 @@ pub struct BatchLoss {
 /// with the lowest validation loss kept, early stopping.
 ///
 /// `forward` gives training logits for a batch of training indices (on the autodiff device);
-/// `validate` gives validation loss and accuracy of an inference snapshot. When `start_is_candidate`,
-/// the untrained model competes too (phase 2 must never end worse than it began).
-#[allow(clippy::too_many_arguments)]
+/// `validate` gives validation loss and accuracy of an inference snapshot.
 pub fn fit<M: Module>(
     settings: FitSettings,
-    model: M,
+    start: FitStart<'_, M>,
     train_y: &[usize],
     ad: &Device,
-    rng: &mut ChaCha8Rng,
-    start_is_candidate: bool,
     forward: &mut dyn FnMut(&M, &[usize], &mut ChaCha8Rng) -> Tensor<2>,
     validate: &mut dyn FnMut(&M) -> (f64, f64),
     on_epoch: &mut dyn FnMut(&EpochStats),
@@ -329,10 +325,8 @@ pub fn fit<M: Module>(
     let loss_fn = CrossEntropyLossConfig::new().init(ad);
     fit_batches(
         settings,
-        model,
+        start,
         train_y.len(),
-        rng,
-        start_is_candidate,
         &mut |m, idx, rng| {
             let logits = forward(m, idx, rng);
             let targets = labels(train_y, idx, ad);
@@ -354,19 +348,32 @@ pub fn fit<M: Module>(
     )
 }
 
+/// Where a fit starts: the model, the randomness it draws from, and whether the untrained model
+/// competes for "best" (phase 2 must never end worse than it began).
+pub struct FitStart<'r, M> {
+    /// The model before training.
+    pub model: M,
+    /// Shuffling, dropout and augmentation draw from it.
+    pub rng: &'r mut ChaCha8Rng,
+    /// Validate the untrained model and keep it if no epoch beats it.
+    pub start_is_candidate: bool,
+}
+
 /// [`fit`] for any loss: `batch` computes the loss of a batch of training indices (classification,
 /// the detectors' custom losses). `validate` returns (validation loss, validation score).
-#[allow(clippy::too_many_arguments)]
 pub fn fit_batches<M: Module>(
     settings: FitSettings,
-    mut model: M,
+    start: FitStart<'_, M>,
     n_train: usize,
-    rng: &mut ChaCha8Rng,
-    start_is_candidate: bool,
     batch: &mut dyn FnMut(&M, &[usize], &mut ChaCha8Rng) -> BatchLoss,
     validate: &mut dyn FnMut(&M) -> (f64, f64),
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> Fitted<M> {
+    let FitStart {
+        mut model,
+        rng,
+        start_is_candidate,
+    } = start;
     let mut optim = settings.optimizer.init();
     let mut order: Vec<usize> = (0..n_train).collect();
     let steps_per_epoch = n_train.div_ceil(settings.batch_size.max(1));
@@ -485,13 +492,16 @@ pub fn train_head(
         classes,
     };
     let model = head_cfg.init(&ad, &mut rng);
+    let start = FitStart {
+        model,
+        rng: &mut rng,
+        start_is_candidate: false,
+    };
     let fitted = fit(
         cfg.fit_settings(),
-        model,
+        start,
         train_y,
         &ad,
-        &mut rng,
-        false,
         &mut |m: &Head, idx, rng| {
             m.forward_train(stack(train_x, idx, &[train_x[0].len()], &ad), rng)
         },

@@ -21,7 +21,7 @@ use super::loss::{GridTargets, Objectness, book_loss, book_target, grid_loss};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
 use crate::classify::finetune::RunningStats;
 use crate::classify::train::{
-    BatchLoss, EpochStats, FitSettings, Fitted, LrSchedule, OptimizerKind, TrainDefaults,
+    BatchLoss, EpochStats, FitSettings, FitStart, Fitted, LrSchedule, OptimizerKind, TrainDefaults,
     fit_batches,
 };
 use crate::data::Sample;
@@ -575,10 +575,12 @@ fn fit_head(
                 best_epoch,
             } = fit_batches(
                 settings,
-                *head,
+                FitStart {
+                    model: *head,
+                    rng,
+                    start_is_candidate,
+                },
                 train.x.len(),
-                rng,
-                start_is_candidate,
                 &mut |m: &SingleHead, idx, rng| {
                     let (x, objects) = shifted_batch(train, idx, chw, &aug, rng, ad);
                     let all: Vec<usize> = (0..idx.len()).collect();
@@ -605,10 +607,12 @@ fn fit_head(
                 best_epoch,
             } = fit_batches(
                 settings,
-                *head,
+                FitStart {
+                    model: *head,
+                    rng,
+                    start_is_candidate,
+                },
                 train.x.len(),
-                rng,
-                start_is_candidate,
                 &mut |m: &GridHead, idx, rng| {
                     let (x, objects) = shifted_batch(train, idx, chw, &grid_aug, rng, ad);
                     let objs: Vec<&[Object]> = objects.iter().map(Vec::as_slice).collect();
