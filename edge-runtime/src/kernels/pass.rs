@@ -1082,6 +1082,23 @@ mod tests {
         }
     }
 
+    /// `m` optimised and run on `input`: its first output's values.
+    fn run_f32(m: TypedModel, input: &Tensor) -> Vec<f32> {
+        let out = m
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(input.clone().into_tvalue()))
+            .unwrap();
+        out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
     /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
     /// input, the int8 einsum with its nine inputs, cast, per-channel rescale and bias, then an
     /// optional residual and ReLU6.
@@ -1180,20 +1197,15 @@ mod tests {
             w in 1usize..40, residual in any::<bool>(), relu6 in any::<bool>(), seed in any::<u64>(),
         ) {
             let cout = if residual { cin } else { cout };
-            let run = |m: TypedModel, input: &Tensor| {
-                let out = m.into_optimized().unwrap().into_runnable().unwrap()
-                    .run(tvec!(input.clone().into_tvalue())).unwrap();
-                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
-            };
             let (m, input) = qmodel([n, cin, cout, h, w], residual, relu6, seed);
-            let want = run(m.clone().into_decluttered().unwrap(), &input);
+            let want = run_f32(m.clone().into_decluttered().unwrap(), &input);
             for qisa in QIsa::available() {
                 let mut ours = m.clone().into_decluttered().unwrap();
                 let report = install_with(&mut ours, Isa::Portable, Some(qisa)).unwrap();
                 prop_assert_eq!(report.int8_pointwise, 1, "{:?}", qisa);
                 prop_assert_eq!(report.residuals, usize::from(residual));
                 prop_assert_eq!(report.clamps, if relu6 { 2 } else { 0 });
-                let got = run(ours, &input);
+                let got = run_f32(ours, &input);
                 prop_assert_eq!(want.len(), got.len());
                 for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                     prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", qisa, i, a, b);
@@ -1314,19 +1326,14 @@ mod tests {
             w in 3usize..30, stride in 1usize..=2, pads in proptest::array::uniform4(0usize..=1),
             seed in any::<u64>(),
         ) {
-            let run = |m: TypedModel, input: &Tensor| {
-                let out = m.into_optimized().unwrap().into_runnable().unwrap()
-                    .run(tvec!(input.clone().into_tvalue())).unwrap();
-                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
-            };
             let (m, input) = qstem([n, cin, cout, h, w], stride, pads, seed);
-            let want = run(m.clone().into_decluttered().unwrap(), &input);
+            let want = run_f32(m.clone().into_decluttered().unwrap(), &input);
             for isa in Isa::available() {
                 let mut ours = m.clone().into_decluttered().unwrap();
                 let report = install_with(&mut ours, isa, Some(QIsa::Portable)).unwrap();
                 prop_assert_eq!(report.int8_dense, 1, "{:?}", isa);
                 prop_assert_eq!(report.clamps, 2);
-                let got = run(ours, &input);
+                let got = run_f32(ours, &input);
                 prop_assert_eq!(want.len(), got.len());
                 for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                     prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", isa, i, a, b);
@@ -1356,15 +1363,10 @@ mod tests {
             w in 3usize..24, stride in 1usize..=2, pads in proptest::array::uniform4(0usize..=1),
             pointwise in any::<bool>(), seed in any::<u64>(),
         ) {
-            let run = |m: TypedModel, input: &Tensor| {
-                let out = m.into_optimized().unwrap().into_runnable().unwrap()
-                    .run(tvec!(input.clone().into_tvalue())).unwrap();
-                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
-            };
             let (k, stride, pads, cin) =
                 if pointwise { (1, 1, [0; 4], cin * 9) } else { (3, stride, pads, cin) };
             let (m, input) = qconv([n, cin, cout, h, w], k, stride, pads, seed);
-            let want = run(m.clone().into_decluttered().unwrap(), &input);
+            let want = run_f32(m.clone().into_decluttered().unwrap(), &input);
             let mut ours = through_nnef(&m).into_decluttered().unwrap();
             let report = install_with(&mut ours, Isa::Portable, Some(QIsa::Portable)).unwrap();
             prop_assert_eq!(
@@ -1372,7 +1374,7 @@ mod tests {
                 if pointwise { (0, 1) } else { (1, 0) }
             );
             prop_assert_eq!(report.clamps, 2);
-            let got = run(ours, &input);
+            let got = run_f32(ours, &input);
             prop_assert_eq!(want.len(), got.len());
             for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                 prop_assert!(a.to_bits() == b.to_bits(), "value {}: tract {} vs kestrel {}", i, a, b);
