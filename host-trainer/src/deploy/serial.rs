@@ -207,6 +207,7 @@ pub fn send_blob(
         bytes_sent: 0,
     };
     let mut data: Option<Vec<u8>> = None;
+    let mut offered = false;
     for _ in 0..OFFER_TRIES {
         // The offer and its reply.
         conn.send(&[Message::FileOffer(offer.clone())])?;
@@ -223,7 +224,12 @@ pub fn send_blob(
             }
         }
         let Some(reply) = reply else { continue };
-        report.start_offset = reply.have_bytes;
+        // Where the transfer started is the first reply's word: after a lost `Complete` the offer
+        // is repeated and the board, now holding the whole blob, answers `have_bytes == size`.
+        if !offered {
+            report.start_offset = reply.have_bytes;
+            offered = true;
+        }
         if reply.have_bytes < file.size {
             let bytes = match data.take() {
                 Some(d) => d,
