@@ -13,6 +13,13 @@ cargo build --workspace --all-targets
 # The tests use the same weights cache as `kestrel`; fetch once up front so a failure is reported
 # plainly instead of inside a test.
 cargo run -q -p kestrel-trainer --bin kestrel -- --quiet fetch-weights
+# The trainer needs only the inference core of kestrel-edge (this build of it, alone, has no board
+# I/O): no camera, live view, GPIO or mozjpeg crate may creep back into its dependencies.
+if cargo tree -p kestrel-trainer -e normal --prefix none \
+  | grep -E '^(nokhwa|v4l|mozjpeg|tiny_http|linux-embedded-hal|gpio-cdev)[ -]'; then
+  echo "test: kestrel-trainer depends on the board's I/O crates above (see edge-runtime/Cargo.toml's features)" >&2
+  exit 1
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
@@ -66,11 +73,11 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /
 # The aarch64 parity tests (fp32 and int8 bundles) on the Pi 5's core too.
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
   cargo test -p kestrel-edge --target "$AARCH64" --test aarch64_parity
-# The board build (no default features: no ONNX reader, one JPEG decoder) runs the bundles' NNEF
-# files and must give the x86 detections too.
+# The board build (the `board` features without the defaults: no ONNX reader, one JPEG codec) runs
+# the bundles' NNEF files and must give the x86 detections too.
 start=$(date +%s)
-cargo test -p kestrel-edge --no-default-features --target "$AARCH64" --test aarch64_parity \
-  bundle_detections
+cargo test -p kestrel-edge --no-default-features --features board --target "$AARCH64" \
+  --test aarch64_parity bundle_detections
 echo "test: aarch64 board-feature build and parity took $(($(date +%s) - start)) s"
 # A board build needs no nasm (mozjpeg's aarch64 SIMD is C): build the JPEG library for aarch64
 # from scratch with nasm made unrunnable (a private mount namespace; root only, as CI runs).

@@ -239,11 +239,11 @@ pub fn attach(
         sinks.push(Box::new(crate::sink::JsonLines::new(std::io::stdout())));
     }
     if let Some(addr) = args.http {
-        sinks.push(Box::new(crate::sinks::LiveView::start(
+        sinks.push(crate::run_cmd::live_view(
             addr,
             args.http_token.clone(),
             "agent",
-        )?));
+        )?);
     }
     let (tx, rx) = mpsc::channel();
     let thread = spawn(capture, rx, sinks, stop.clone(), LoopOptions::default())?;

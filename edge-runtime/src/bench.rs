@@ -154,7 +154,7 @@ pub struct BenchReport {
     /// decoder), preprocess, postprocess.
     pub decode_ms: f64,
     /// The same frame decoded by zune-jpeg (image's pure-Rust decoder), median ms: the
-    /// alternative to mozjpeg (builds with the `jpeg-compare` feature).
+    /// alternative to mozjpeg (builds with the `image-jpeg` and `mozjpeg` features).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zune_decode_ms: Option<f64>,
     /// Resize + normalise, ms.
@@ -395,7 +395,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 }
 
 /// Median ms of decoding `jpeg` with zune-jpeg (through `image`), `runs` times.
-#[cfg(feature = "jpeg-compare")]
+#[cfg(all(feature = "image-jpeg", feature = "mozjpeg"))]
 fn zune_decode_ms(jpeg: &[u8], runs: usize) -> anyhow::Result<Option<f64>> {
     let mut ms = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -407,8 +407,9 @@ fn zune_decode_ms(jpeg: &[u8], runs: usize) -> anyhow::Result<Option<f64>> {
     Ok(Some(percentile(&ms, 0.5)))
 }
 
-/// Without the `jpeg-compare` feature (board builds) there is no second decoder to time.
-#[cfg(not(feature = "jpeg-compare"))]
+/// Without both codecs (board builds carry only mozjpeg, the trainer only zune-jpeg) there is no
+/// second decoder to time.
+#[cfg(not(all(feature = "image-jpeg", feature = "mozjpeg")))]
 fn zune_decode_ms(_jpeg: &[u8], _runs: usize) -> anyhow::Result<Option<f64>> {
     Ok(None)
 }

@@ -4,14 +4,18 @@
 //! Why not the pure-Rust zune-jpeg (no C build, no nasm): measured on 640x480 MJPEG it decodes
 //! 1.3-1.5x slower on x86 and needs 1.65x the aarch64 instructions per frame (Cortex-A72 count
 //! under qemu, 21.3 M against 12.9 M), and decoding is the largest per-frame cost after inference.
-//! `kestrel-edge bench` measures both when built with the `jpeg-compare` feature (workstation
+//! `kestrel-edge bench` measures both when built with the `image-jpeg` feature (workstation
 //! builds). On aarch64 mozjpeg builds without nasm (its SIMD there is C intrinsics).
+//!
+//! Builds without the `mozjpeg` feature (the trainer, which needs no camera) decode and encode
+//! JPEG with `image`'s codec instead, through the same two functions.
 
+#[cfg(feature = "mozjpeg")]
 use std::panic::AssertUnwindSafe;
 
 use image::RgbImage;
 
-/// Read and decode a picture file: JPEG with mozjpeg, other formats with `image`
+/// Read and decode a picture file: JPEG with [`decode`], other formats with `image`
 /// ([`kestrel_shared::PreprocessSpec::load`]); errors name the file.
 pub fn load_picture(path: &std::path::Path) -> Result<RgbImage, kestrel_shared::PreprocessError> {
     use kestrel_shared::PreprocessError;
@@ -38,6 +42,7 @@ pub fn is_jpeg(data: &[u8]) -> bool {
 
 /// Decode a JPEG (baseline or progressive, with or without Huffman tables as UVC cameras send
 /// them) to RGB. Never panics: mozjpeg reports libjpeg's fatal errors as panics, which are caught.
+#[cfg(feature = "mozjpeg")]
 pub fn decode(data: &[u8]) -> Result<RgbImage, String> {
     let run = || -> std::io::Result<RgbImage> {
         let mut d = mozjpeg::Decompress::new_mem(data)?.rgb()?;
@@ -59,8 +64,20 @@ pub fn decode(data: &[u8]) -> Result<RgbImage, String> {
     }
 }
 
+/// Decode a JPEG to RGB with `image`'s codec (builds without mozjpeg; with neither codec this
+/// says which feature to enable).
+#[cfg(not(feature = "mozjpeg"))]
+pub fn decode(data: &[u8]) -> Result<RgbImage, String> {
+    match image::load_from_memory_with_format(data, image::ImageFormat::Jpeg) {
+        Ok(img) if img.width() > 0 && img.height() > 0 => Ok(img.to_rgb8()),
+        Ok(_) => Err("the picture is empty".into()),
+        Err(e) => Err(format!("{e}{NO_CODEC_HINT}")),
+    }
+}
+
 /// Encode RGB as a baseline JPEG of `quality` (1-100) with libjpeg's fastest settings (a live
 /// view encodes every frame).
+#[cfg(feature = "mozjpeg")]
 pub fn encode(img: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
     let run = || -> std::io::Result<Vec<u8>> {
         let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
@@ -82,7 +99,35 @@ pub fn encode(img: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
     }
 }
 
-#[cfg(test)]
+/// Encode RGB as a baseline JPEG of `quality` (1-100) with `image`'s codec (builds without
+/// mozjpeg).
+#[cfg(all(not(feature = "mozjpeg"), feature = "image-jpeg"))]
+pub fn encode(img: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+        .encode_image(img)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A build with neither JPEG codec cannot encode.
+#[cfg(not(any(feature = "mozjpeg", feature = "image-jpeg")))]
+pub fn encode(img: &RgbImage, _quality: u8) -> Result<Vec<u8>, String> {
+    Err(format!(
+        "cannot encode a {}x{} JPEG{NO_CODEC_HINT}",
+        img.width(),
+        img.height()
+    ))
+}
+
+/// What a build with neither JPEG codec says about JPEG.
+#[cfg(not(any(feature = "mozjpeg", feature = "image-jpeg")))]
+const NO_CODEC_HINT: &str =
+    " (this kestrel-edge has no JPEG codec: build it with the `mozjpeg` or `image-jpeg` feature)";
+#[cfg(all(not(feature = "mozjpeg"), feature = "image-jpeg"))]
+const NO_CODEC_HINT: &str = "";
+
+#[cfg(all(test, any(feature = "mozjpeg", feature = "image-jpeg")))]
 mod tests {
     use super::*;
 

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod agent_loop;
 pub mod bench;
 pub mod bundle;
+#[cfg(feature = "camera")]
 pub mod cameras;
 pub mod cli;
 pub mod jpeg;

@@ -25,6 +25,7 @@ enum Command {
     Capture(kestrel_edge::run_cmd::CaptureArgs),
     /// List the cameras this board can open: V4L2 devices with their formats and sizes, and
     /// libcamera (Raspberry Pi camera module) cameras with their sensor modes.
+    #[cfg(feature = "camera")]
     Cameras(kestrel_edge::cameras::CamerasArgs),
     /// Measure load time, latency p50/p95 and peak memory of a bundle (optionally against
     /// onnxruntime on the same model.onnx).
@@ -70,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Capture(args) => {
             kestrel_edge::run_cmd::capture(&args)?;
         }
+        #[cfg(feature = "camera")]
         Command::Cameras(args) => kestrel_edge::cameras::run(&args)?,
         Command::Bench(args) => kestrel_edge::bench::run(&args)?,
         Command::Agent(args) => kestrel_edge::agent::run_cli(args)?,

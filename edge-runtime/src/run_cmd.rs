@@ -13,7 +13,11 @@ use tracing::{info, warn};
 use crate::model::Threads;
 use crate::runtime::{Capture, Detector, LoopOptions, LoopSummary, SlotMode, run_loop};
 use crate::sink::{JsonLines, Sink};
-use crate::sinks::{IndicatorConfig, LabelIndicator, LiveView, Snapshots};
+#[cfg(all(target_os = "linux", feature = "gpio"))]
+use crate::sinks::LabelIndicator;
+#[cfg(feature = "http")]
+use crate::sinks::LiveView;
+use crate::sinks::{IndicatorConfig, Snapshots};
 use crate::source::{CameraSettings, Replay, SourceSpec, decode};
 
 /// Where frames come from and how they are played.
@@ -198,16 +202,7 @@ pub fn sinks(
         sinks.push(gpio_sink(args, board, config)?);
     }
     if let Some(addr) = args.http {
-        let view = LiveView::start(addr, args.http_token.clone(), model)?;
-        if !addr.ip().is_loopback() && args.http_token.is_none() {
-            warn!(
-                "the live view on {} is reachable from the network without a token: pass \
-                 --http-token, or listen on 127.0.0.1",
-                view.local_addr()
-            );
-        }
-        eprintln!("live view: {}", view.url());
-        sinks.push(Box::new(view));
+        sinks.push(live_view(addr, args.http_token.clone(), model)?);
     }
     if let Some(dir) = &args.save {
         sinks.push(Box::new(Snapshots::new(dir, args.every.max(1))?));
@@ -215,7 +210,7 @@ pub fn sinks(
     Ok(sinks)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 fn gpio_sink(
     args: &RunArgs,
     board: Option<&Board>,
@@ -236,13 +231,46 @@ fn gpio_sink(
     Ok(Box::new(LabelIndicator::new(pin, config)?))
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "gpio")))]
 fn gpio_sink(
     _args: &RunArgs,
     _board: Option<&Board>,
     _config: IndicatorConfig,
 ) -> anyhow::Result<Box<dyn Sink>> {
-    anyhow::bail!("GPIO lines can only be driven on Linux")
+    anyhow::bail!(crate::sinks::GpioError::Unsupported)
+}
+
+/// The live view on `addr` as a sink: prints its address, and warns when it is open to the
+/// network without a token.
+#[cfg(feature = "http")]
+pub fn live_view(
+    addr: SocketAddr,
+    token: Option<String>,
+    model: &str,
+) -> anyhow::Result<Box<dyn Sink + Send>> {
+    let open = token.is_none();
+    let view = LiveView::start(addr, token, model)?;
+    if !addr.ip().is_loopback() && open {
+        warn!(
+            "the live view on {} is reachable from the network without a token: pass \
+             --http-token, or listen on 127.0.0.1",
+            view.local_addr()
+        );
+    }
+    eprintln!("live view: {}", view.url());
+    Ok(Box::new(view))
+}
+
+/// Builds without the `http` feature have no live view.
+#[cfg(not(feature = "http"))]
+pub fn live_view(
+    addr: SocketAddr,
+    _token: Option<String>,
+    _model: &str,
+) -> anyhow::Result<Box<dyn Sink + Send>> {
+    anyhow::bail!(
+        "--http {addr}: this kestrel-edge was built without the live view (the `http` feature); use the board build"
+    )
 }
 
 /// `kestrel-edge run`.

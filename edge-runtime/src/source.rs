@@ -1,6 +1,7 @@
 //! Where frames come from: a camera (V4L2 through nokhwa, or a Raspberry Pi camera through
 //! libcamera's `rpicam-vid`, see [`crate::libcamera`]) or a replay of recorded frames, behind one
-//! [`FrameSource`] trait, and the one decode path ([`decode`], nokhwa's decoder) they all share.
+//! [`FrameSource`] trait, and the one decode path ([`decode`]) they all share. V4L2 cameras need
+//! the `camera` feature; replays and the Pi camera's `rpicam-vid` stream do not.
 //!
 //! A source yields raw camera bytes ([`RawFrame`]: MJPEG, YUYV or RGB as the camera sends them);
 //! decoding happens on the inference side, so a replayed MJPEG file exercises exactly the code a
@@ -10,15 +11,20 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+#[cfg(feature = "camera")]
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use image::RgbImage;
 use kestrel_shared::board::{self, CameraDriver, PixelFormat};
-use nokhwa::Buffer;
+#[cfg(feature = "camera")]
 use nokhwa::pixel_format::RgbFormat;
+#[cfg(feature = "camera")]
 use nokhwa::utils::{FrameFormat, Resolution};
-use tracing::{info, warn};
+#[cfg(feature = "camera")]
+use tracing::info;
+use tracing::warn;
 
 /// Largest frame a replay file may hold (a 4K RGB frame is 25 MB): bounds what one read allocates.
 pub const MAX_FRAME_BYTES: u64 = 64 * 1024 * 1024;
@@ -34,17 +40,6 @@ pub enum RawFormat {
     Rgb,
     /// A picture file in another format (PNG, BMP, WebP) from a `dir:` replay.
     Encoded,
-}
-
-impl RawFormat {
-    fn nokhwa(self) -> Option<FrameFormat> {
-        match self {
-            RawFormat::Mjpeg => Some(FrameFormat::MJPEG),
-            RawFormat::Yuyv => Some(FrameFormat::YUYV),
-            RawFormat::Rgb => Some(FrameFormat::RAWRGB),
-            RawFormat::Encoded => None,
-        }
-    }
 }
 
 /// One frame as the source delivered it, not yet decoded.
@@ -114,6 +109,11 @@ pub enum SourceError {
         /// What is wrong.
         reason: String,
     },
+    /// A V4L2 camera was asked of a build without the `camera` feature.
+    #[error(
+        "this kestrel-edge was built without V4L2 cameras (the `camera` feature): use the board build (`kestrel install` makes one), or a replay source"
+    )]
+    NoCameraSupport,
     /// A libcamera camera (through `rpicam-vid`) cannot be started.
     #[error("libcamera camera {camera}: {reason}")]
     Libcamera {
@@ -143,8 +143,8 @@ pub struct DecodeError {
 }
 
 /// Decode a raw frame to RGB, as a live camera frame is: JPEG (MJPEG frames and JPEG files) with
-/// the board's one JPEG codec ([`crate::jpeg`], mozjpeg), YUYV and RGB with nokhwa's converters,
-/// other picture files with `image`. Never panics on bad bytes (the decoders' panics are caught).
+/// the board's one JPEG codec ([`crate::jpeg`]), YUYV with [`yuyv_to_rgb`], RGB as it is, other
+/// picture files with `image`. Never panics on bad bytes (the JPEG decoder's panics are caught).
 pub fn decode(raw: &RawFrame) -> Result<RgbImage, DecodeError> {
     let err = |reason: String| DecodeError {
         index: raw.index,
@@ -159,32 +159,48 @@ pub fn decode(raw: &RawFrame) -> Result<RgbImage, DecodeError> {
     if jpeg {
         return crate::jpeg::decode(&raw.data).map_err(err);
     }
-    let Some(format) = raw.format.nokhwa() else {
-        return image::load_from_memory(&raw.data)
-            .map(|i| i.to_rgb8())
-            .map_err(|e| err(e.to_string()));
-    };
+    let pixels = raw.width as usize * raw.height as usize;
     let expected = match raw.format {
-        RawFormat::Yuyv => Some(raw.width as usize * raw.height as usize * 2),
-        RawFormat::Rgb => Some(raw.width as usize * raw.height as usize * 3),
-        _ => None,
+        RawFormat::Yuyv => pixels * 2,
+        RawFormat::Rgb => pixels * 3,
+        _ => {
+            return image::load_from_memory(&raw.data)
+                .map(|i| i.to_rgb8())
+                .map_err(|e| err(e.to_string()));
+        }
     };
-    if let Some(n) = expected
-        && raw.data.len() != n
-    {
-        return Err(err(format!("expected {n} bytes")));
+    if raw.data.len() != expected {
+        return Err(err(format!("expected {expected} bytes")));
     }
-    if raw.width == 0 || raw.height == 0 {
+    if pixels == 0 {
         return Err(err("empty frame".into()));
     }
-    let buffer = Buffer::new(Resolution::new(raw.width, raw.height), &raw.data, format);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        buffer.decode_image::<RgbFormat>()
-    })) {
-        Ok(Ok(img)) => Ok(img),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Err(_) => Err(err("the decoder panicked".into())),
+    let rgb = match raw.format {
+        RawFormat::Yuyv if pixels % 2 == 1 => {
+            return Err(err("YUYV needs an even number of pixels".into()));
+        }
+        RawFormat::Yuyv => yuyv_to_rgb(&raw.data),
+        _ => raw.data.clone(),
+    };
+    RgbImage::from_raw(raw.width, raw.height, rgb).ok_or_else(|| err("wrong size".into()))
+}
+
+/// YUYV 4:2:2 (Y0 U Y1 V: two pixels per four bytes) to packed RGB, with the integer BT.601
+/// conversion V4L2 drivers and nokhwa use (studio range: Y 16-235, U and V centred on 128).
+pub fn yuyv_to_rgb(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 2 * 3);
+    for q in data.chunks_exact(4) {
+        let (d, e) = (i32::from(q[1]) - 128, i32::from(q[3]) - 128);
+        for y in [q[0], q[2]] {
+            let c = (i32::from(y) - 16) * 298;
+            out.extend([
+                ((c + 409 * e + 128) >> 8).clamp(0, 255) as u8,
+                ((c - 100 * d - 208 * e + 128) >> 8).clamp(0, 255) as u8,
+                ((c + 516 * d + 128) >> 8).clamp(0, 255) as u8,
+            ]);
+        }
     }
+    out
 }
 
 /// Something that delivers frames, one at a time, in order.
@@ -330,12 +346,19 @@ impl SourceSpec {
         stop: Arc<AtomicBool>,
     ) -> Result<Box<dyn FrameSource>, SourceError> {
         Ok(match self {
+            #[cfg(feature = "camera")]
             SourceSpec::DefaultCamera => Box::new(CameraSource::new(0, camera, stop)),
+            #[cfg(feature = "camera")]
             SourceSpec::Camera(index) => Box::new(CameraSource::new(*index, camera, stop)),
+            #[cfg(feature = "camera")]
             SourceSpec::Device(path) => {
                 let index = v4l2_index(path)?;
                 info!("camera {} is /dev/video{index}", path.display());
                 Box::new(CameraSource::new(index, camera, stop))
+            }
+            #[cfg(not(feature = "camera"))]
+            SourceSpec::DefaultCamera | SourceSpec::Camera(_) | SourceSpec::Device(_) => {
+                return Err(SourceError::NoCameraSupport);
             }
             SourceSpec::Libcamera(index) => Box::new(crate::libcamera::LibcameraSource::new(
                 *index, camera, stop,
@@ -851,6 +874,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A V4L2 camera through nokhwa. When it disappears (unplugged, driver reset) the source says so,
 /// retries with exponential backoff up to [`MAX_BACKOFF`], and carries on when it returns.
+#[cfg(feature = "camera")]
 pub struct CameraSource {
     index: u32,
     settings: CameraSettings,
@@ -860,6 +884,7 @@ pub struct CameraSource {
     next: u64,
 }
 
+#[cfg(feature = "camera")]
 impl CameraSource {
     /// A camera to open on first use.
     pub fn new(index: u32, settings: CameraSettings, stop: Arc<AtomicBool>) -> Self {
@@ -901,6 +926,7 @@ impl CameraSource {
     }
 }
 
+#[cfg(feature = "camera")]
 impl FrameSource for CameraSource {
     fn next_frame(&mut self) -> Result<Option<RawFrame>, SourceError> {
         let mut backoff = Duration::from_millis(250);
@@ -1107,8 +1133,25 @@ mod tests {
         assert_eq!(jpeg_size(&b), Some((32, 16)));
     }
 
+    /// Kestrel's YUYV conversion gives nokhwa's bytes (what decoded camera frames before it), on
+    /// random frames: replays recorded with nokhwa-era builds decode the same.
+    #[cfg(feature = "camera")]
+    mod yuyv_like_nokhwa {
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn same_bytes(data in proptest::collection::vec(any::<u8>(), 0..64usize)
+                .prop_map(|mut d| { d.truncate(d.len() / 4 * 4); d })) {
+                let ours = super::super::yuyv_to_rgb(&data);
+                let theirs = nokhwa::utils::yuyv422_to_rgb(&data, false).unwrap();
+                prop_assert_eq!(ours, theirs);
+            }
+        }
+    }
+
     #[test]
-    fn nokhwa_decodes_mjpeg_and_yuyv_and_refuses_garbage() {
+    fn decodes_mjpeg_and_yuyv_and_refuses_garbage() {
         let j = jpeg(64, 48, 128);
         let raw = |format, width, height, data| RawFrame {
             index: 3,
@@ -1135,6 +1178,9 @@ mod tests {
             raw(RawFormat::Mjpeg, 64, 48, broken),
             raw(RawFormat::Mjpeg, 64, 48, vec![0xFF, 0xD8, 1, 2, 3]),
             raw(RawFormat::Yuyv, 4, 2, vec![0; 5]),
+            raw(RawFormat::Yuyv, 3, 1, vec![0; 6]),
+            raw(RawFormat::Rgb, 4, 2, vec![0; 23]),
+            raw(RawFormat::Rgb, 0, 0, vec![]),
             raw(RawFormat::Encoded, 0, 0, b"not a picture".to_vec()),
         ] {
             let e = decode(&bad).unwrap_err();

@@ -7,8 +7,8 @@
 //! 1. the board's `kestrel-edge`: `--edge-bin PATH`, else the cross-built one in the target
 //!    directory (the `board` profile: LTO, one codegen unit, stripped; then release, then debug),
 //!    else built with [`board_build_args`] (`cargo build --profile board -p kestrel-edge
-//!    --no-default-features --target <board target>`: no ONNX reader, the board runs the bundles'
-//!    NNEF files) when run inside the workspace. The file must be an ELF for the
+//!    --no-default-features --features board --target <board target>`: the board's I/O without
+//!    an ONNX reader, the board runs the bundles' NNEF files) when run inside the workspace. The file must be an ELF for the
 //!    board's machine (`e_machine` 183 for aarch64); `--allow-foreign-arch` skips that check (the
 //!    tests install an x86 binary on a loopback "board").
 //! 2. the install directories are created; the binary is streamed to a temporary name, its sha256
@@ -429,6 +429,8 @@ pub fn board_build_args(target: &str) -> Vec<String> {
         "-p",
         "kestrel-edge",
         "--no-default-features",
+        "--features",
+        "board",
         "--target",
         target,
     ]

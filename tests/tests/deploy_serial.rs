@@ -254,16 +254,15 @@ impl<T: Transport> Transport for LoseComplete<T> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(end) = self.pending.iter().rposition(|&b| b == 0) {
-                if !self.lost {
-                    if let Some(at) = self
+                if !self.lost
+                    && let Some(at) = self
                         .pending
                         .windows(self.frame.len())
                         .position(|w| w == self.frame.as_slice())
-                    {
-                        self.pending.drain(at..at + self.frame.len());
-                        self.lost = true;
-                        continue;
-                    }
+                {
+                    self.pending.drain(at..at + self.frame.len());
+                    self.lost = true;
+                    continue;
                 }
                 let n = (end + 1).min(buf.len());
                 buf[..n].copy_from_slice(&self.pending[..n]);

@@ -7,7 +7,7 @@
 //! machine.
 
 use std::fmt::Debug;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -217,13 +217,16 @@ pub enum GpioError {
         /// Its label.
         found: String,
     },
-    /// GPIO character devices exist only on Linux.
-    #[error("GPIO output needs Linux's GPIO character device (/dev/gpiochipN)")]
+    /// GPIO character devices exist only on Linux, and only builds with the `gpio` feature drive
+    /// them.
+    #[error(
+        "GPIO output needs Linux's GPIO character device (/dev/gpiochipN) and a kestrel-edge built with the `gpio` feature (the board build)"
+    )]
     Unsupported,
 }
 
 /// A hint for an error of `chip`, from the I/O error kind or the errno in its message.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 fn hint(err: &(dyn std::error::Error + 'static), chip: &Path, line: Option<u32>) -> String {
     let mut cur = Some(err);
     while let Some(e) = cur {
@@ -265,7 +268,7 @@ fn hint(err: &(dyn std::error::Error + 'static), chip: &Path, line: Option<u32>)
 
 /// Line `line` of the GPIO chip at `chip` (e.g. `/dev/gpiochip0`), requested as an output
 /// driven low, under the consumer name `consumer` (what `gpioinfo` shows).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 pub fn open_cdev(
     chip: &Path,
     line: u32,
@@ -274,7 +277,7 @@ pub fn open_cdev(
     request(chip, line, consumer, false)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 fn request(
     chip_path: &Path,
     line: u32,
@@ -310,7 +313,7 @@ fn request(
 /// The indicator line a board file describes: its chip (found by `chip_label` when the kernel
 /// numbered the chips differently), its line, active-low handled by the kernel so that "on" is
 /// always [`Indicator::set`]`(true)`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 pub fn open_board(
     gpio: &kestrel_shared::board::Gpio,
     consumer: &str,
@@ -339,8 +342,9 @@ pub fn open_board(
     request(&path, gpio.line, consumer, gpio.active_low)
 }
 
-/// GPIO character devices exist only on Linux: always [`GpioError::Unsupported`] here.
-#[cfg(not(target_os = "linux"))]
+/// Without Linux's GPIO character devices or the `gpio` feature: always
+/// [`GpioError::Unsupported`].
+#[cfg(not(all(target_os = "linux", feature = "gpio")))]
 pub fn open_board(
     _gpio: &kestrel_shared::board::Gpio,
     _consumer: &str,
@@ -348,17 +352,17 @@ pub fn open_board(
     Err(GpioError::Unsupported)
 }
 
-/// Stand-in pin type off Linux, where no line can be opened.
-#[cfg(not(target_os = "linux"))]
+/// Stand-in pin type where no line can be opened (not Linux, or no `gpio` feature).
+#[cfg(not(all(target_os = "linux", feature = "gpio")))]
 #[derive(Debug)]
 pub enum NoPin {}
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "gpio")))]
 impl embedded_hal::digital::ErrorType for NoPin {
     type Error = core::convert::Infallible;
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "gpio")))]
 impl OutputPin for NoPin {
     fn set_low(&mut self) -> Result<(), Self::Error> {
         match *self {}

@@ -4,12 +4,14 @@
 
 pub mod draw;
 pub mod gpio;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod snapshot;
 
 pub use draw::annotate;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "gpio"))]
 pub use gpio::open_cdev;
 pub use gpio::{GpioError, Indicator, IndicatorConfig, LabelIndicator, PinIndicator, open_board};
+#[cfg(feature = "http")]
 pub use http::{LiveView, LiveViewError};
 pub use snapshot::{SnapshotError, Snapshots};
