@@ -13,7 +13,7 @@ use kestrel_trainer::Backend;
 use kestrel_trainer::backend::wgpu_adapter;
 use kestrel_trainer::classify::finetune::{FineTuneConfig, TopModel, fine_tune};
 use kestrel_trainer::classify::{
-    EpochStats, HeadConfig, HeadKind, LrSchedule, OptimizerKind, TrainConfig, train_head,
+    EpochStats, Examples, HeadConfig, HeadKind, LrSchedule, OptimizerKind, TrainConfig, train_head,
 };
 use kestrel_trainer::mobilenet::{MobileNetV2Config, NUM_BLOCKS};
 use kestrel_trainer::ops::{OpsMode, with_mode};
@@ -122,7 +122,13 @@ fn head_training_matches_flex() {
     };
     let run = |d: &Device| {
         let t = Instant::now();
-        let r = train_head(&cfg, 4, &tx, &ty, &vx, &vy, d, &mut |_| {});
+        let data = Examples {
+            train_x: &tx,
+            train_y: &ty,
+            val_x: &vx,
+            val_y: &vy,
+        };
+        let r = train_head(&cfg, 4, data, d, &mut |_| {});
         (r.history, t.elapsed())
     };
     let (flex, tf) = run(&Device::flex());
@@ -166,7 +172,13 @@ fn fine_tuning_one_block_matches_flex() {
     };
     let run = |start: TopModel, d: &Device| {
         let t = Instant::now();
-        let r = fine_tune(&cfg, start, 3, shape, &tx, &ty, &vx, &vy, d, &mut |_| {});
+        let data = Examples {
+            train_x: &tx,
+            train_y: &ty,
+            val_x: &vx,
+            val_y: &vy,
+        };
+        let r = fine_tune(&cfg, start, 3, shape, data, d, &mut |_| {});
         (r.history, t.elapsed())
     };
     let on_gpu = top.clone();

@@ -6,7 +6,7 @@ use kestrel_e2e::weights;
 use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use kestrel_trainer::classify::onemodel::train_one_model;
-use kestrel_trainer::classify::{HeadKind, OptimizerKind, TrainConfig, train_head};
+use kestrel_trainer::classify::{Examples, HeadKind, OptimizerKind, TrainConfig, train_head};
 use kestrel_trainer::data::Dataset;
 use kestrel_trainer::data::synth::{SynthClassify, write_classify};
 use kestrel_trainer::{Backend, MobileNetV2, Pretrained};
@@ -76,10 +76,12 @@ fn frozen_trunk_stays_bit_identical_and_both_approaches_agree() {
         &cfg,
         4,
         (224, 224),
-        &train_px,
-        &train_y,
-        &val_px,
-        &val_y,
+        Examples {
+            train_x: &train_px,
+            train_y: &train_y,
+            val_x: &val_px,
+            val_y: &val_y,
+        },
         &p.device,
         &mut |_| {},
     )
@@ -102,10 +104,12 @@ fn frozen_trunk_stays_bit_identical_and_both_approaches_agree() {
     let two = train_head(
         &cfg,
         4,
-        &train_e,
-        &train_y,
-        &val_e,
-        &val_y,
+        Examples {
+            train_x: &train_e,
+            train_y: &train_y,
+            val_x: &val_e,
+            val_y: &val_y,
+        },
         &p.device,
         &mut |_| {},
     );

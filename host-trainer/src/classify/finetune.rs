@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::train::{
-    EpochStats, FitSettings, FitStart, LrSchedule, OptimizerKind, fit, logits_in_batches,
+    EpochStats, Examples, FitSettings, FitStart, LrSchedule, OptimizerKind, fit, logits_in_batches,
     loss_and_accuracy, stack,
 };
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
@@ -139,19 +139,21 @@ pub fn top_logits(
 
 /// Train the top blocks and the head on cached prefix features. `start` is the model built by
 /// [`TopModel::from_pretrained`]; it competes as epoch 0, so phase 2 never ends worse than it began.
-#[allow(clippy::too_many_arguments)]
 pub fn fine_tune(
     cfg: &FineTuneConfig,
     start: TopModel,
     classes: usize,
     shape: [usize; 3],
-    train_x: &[Vec<f32>],
-    train_y: &[usize],
-    val_x: &[Vec<f32>],
-    val_y: &[usize],
+    data: Examples<'_>,
     device: &Device,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> FineTuneResult {
+    let Examples {
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+    } = data;
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let settings = FitSettings {

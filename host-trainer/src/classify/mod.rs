@@ -12,4 +12,6 @@ pub mod train;
 pub use embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
 pub use head::{Head, HeadConfig, HeadKind};
 pub use run::{ClassifyOptions, RunSummary, train_classify};
-pub use train::{EpochStats, LrSchedule, OptimizerKind, TrainConfig, TrainResult, train_head};
+pub use train::{
+    EpochStats, Examples, LrSchedule, OptimizerKind, TrainConfig, TrainResult, train_head,
+};

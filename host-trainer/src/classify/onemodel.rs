@@ -15,7 +15,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::head::{Head, HeadConfig};
 use super::train::{
-    EpochStats, FitStart, Fitted, TrainConfig, fit, logits_in_batches, loss_and_accuracy, stack,
+    EpochStats, Examples, FitStart, Fitted, TrainConfig, fit, logits_in_batches, loss_and_accuracy,
+    stack,
 };
 use crate::mobilenet::{MobileNetV2, MobileNetV2Config};
 
@@ -49,19 +50,21 @@ pub fn one_model_logits(
 
 /// Train a head on top of the frozen pretrained trunk, end to end on preprocessed pictures.
 /// The head starts from the same seeded initialisation as [`super::train::train_head`].
-#[allow(clippy::too_many_arguments)]
 pub fn train_one_model(
     weights: &Path,
     cfg: &TrainConfig,
     classes: usize,
     hw: (usize, usize),
-    train_x: &[Vec<f32>],
-    train_y: &[usize],
-    val_x: &[Vec<f32>],
-    val_y: &[usize],
+    data: Examples<'_>,
     device: &Device,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> anyhow::Result<Fitted<OneModel>> {
+    let Examples {
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+    } = data;
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let trunk = MobileNetV2Config::default()

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
 use super::finetune::{FineTuneConfig, TopModel, fine_tune, top_logits};
-use super::train::{EpochStats, TrainConfig, argmax_rows, head_logits, train_head};
+use super::train::{EpochStats, Examples, TrainConfig, argmax_rows, head_logits, train_head};
 use crate::data::Dataset;
 use crate::pretrained::Pretrained;
 use crate::progress::Progress;
@@ -196,10 +196,12 @@ pub fn train_classify(
     let result = train_head(
         &opts.train,
         classes,
-        &train.x,
-        &train.y,
-        &val.x,
-        &val.y,
+        Examples {
+            train_x: &train.x,
+            train_y: &train.y,
+            val_x: &val.x,
+            val_y: &val.y,
+        },
         &pretrained.device,
         &mut |e| {
             bar.advance(1);
@@ -250,10 +252,12 @@ pub fn train_classify(
             start,
             classes,
             shape,
-            &ptrain.x,
-            &ptrain.y,
-            &pval.x,
-            &pval.y,
+            Examples {
+                train_x: &ptrain.x,
+                train_y: &ptrain.y,
+                val_x: &pval.x,
+                val_y: &pval.y,
+            },
             &pretrained.device,
             &mut |e| {
                 bar.advance(1);

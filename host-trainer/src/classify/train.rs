@@ -468,21 +468,37 @@ impl TrainConfig {
     }
 }
 
+/// Examples (embeddings or pictures, as flat vectors) with their class labels, split into a
+/// training set and a held-out set (which may be empty).
+#[derive(Debug, Clone, Copy)]
+pub struct Examples<'a> {
+    /// Training examples.
+    pub train_x: &'a [Vec<f32>],
+    /// Their labels.
+    pub train_y: &'a [usize],
+    /// Held-out examples (validation each epoch, early stopping).
+    pub val_x: &'a [Vec<f32>],
+    /// Their labels.
+    pub val_y: &'a [usize],
+}
+
 /// Train a head on embeddings `train_x` (labels `train_y`), validating on `val_x` each epoch.
 ///
 /// `device` is the inference device of a backend (e.g. `Device::flex()`); training runs on its
 /// autodiff version. `on_epoch` sees each epoch's statistics as they come (progress display).
-#[allow(clippy::too_many_arguments)]
 pub fn train_head(
     cfg: &TrainConfig,
     classes: usize,
-    train_x: &[Vec<f32>],
-    train_y: &[usize],
-    val_x: &[Vec<f32>],
-    val_y: &[usize],
+    data: Examples<'_>,
     device: &Device,
     on_epoch: &mut dyn FnMut(&EpochStats),
 ) -> TrainResult {
+    let Examples {
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+    } = data;
     assert!(!train_x.is_empty(), "no training embeddings");
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -538,7 +554,18 @@ mod tests {
     fn run(cfg: &TrainConfig) -> TrainResult {
         let (tx, ty) = blobs(40, 3, 1);
         let (vx, vy) = blobs(10, 3, 2);
-        train_head(cfg, 3, &tx, &ty, &vx, &vy, &Device::flex(), &mut |_| {})
+        train_head(
+            cfg,
+            3,
+            Examples {
+                train_x: &tx,
+                train_y: &ty,
+                val_x: &vx,
+                val_y: &vy,
+            },
+            &Device::flex(),
+            &mut |_| {},
+        )
     }
 
     #[test]

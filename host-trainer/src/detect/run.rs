@@ -21,8 +21,9 @@ use serde_json::json;
 
 use super::heads::{GridConfig, SingleHead};
 use super::train::{
-    DecodeSettings, DetectFineTune, DetectHead, DetectHeadKind, DetectTrainConfig, FeatureSet,
-    decode, feature_maps, fine_tune_detect_head, raw_outputs, to_input, train_detect_head,
+    DecodeSettings, DetectData, DetectFineTune, DetectHead, DetectHeadKind, DetectTrainConfig,
+    FeatureSet, Watch, decode, feature_maps, fine_tune_detect_head, raw_outputs, to_input,
+    train_detect_head,
 };
 use crate::Pretrained;
 use crate::classify::embed::{EmbeddingCache, Skipped};
@@ -308,24 +309,28 @@ pub fn train_detect(
         &opts.train,
         labels.len(),
         stride,
-        chw,
-        (opts.width, opts.height),
-        &train,
-        &val,
-        &device,
-        &mut |h, set| {
-            if set.x.is_empty() {
-                return f64::NAN;
-            }
-            match scores(h, set, chw, opts, labels.len(), &device) {
-                Ok(s) => s.headline(),
-                Err(_) => f64::NAN,
-            }
+        DetectData {
+            chw,
+            input_size: (opts.width, opts.height),
+            train: &train,
+            val: &val,
         },
-        &mut |e| {
-            bar.advance(1);
-            bar.message(&live(e, name));
-            tracing::info!("{}", live(e, name));
+        &device,
+        Watch {
+            score: &mut |h, set| {
+                if set.x.is_empty() {
+                    return f64::NAN;
+                }
+                match scores(h, set, chw, opts, labels.len(), &device) {
+                    Ok(s) => s.headline(),
+                    Err(_) => f64::NAN,
+                }
+            },
+            on_epoch: &mut |e| {
+                bar.advance(1);
+                bar.message(&live(e, name));
+                tracing::info!("{}", live(e, name));
+            },
         },
     );
     bar.finish();
@@ -359,24 +364,28 @@ pub fn train_detect(
             ft,
             head,
             blocks,
-            pchw,
-            (opts.width, opts.height),
-            &ptrain,
-            &pval,
-            &device,
-            &mut |h, set| {
-                if set.x.is_empty() {
-                    return f64::NAN;
-                }
-                match scores(h, set, pchw, opts, labels.len(), &device) {
-                    Ok(s) => s.headline(),
-                    Err(_) => f64::NAN,
-                }
+            DetectData {
+                chw: pchw,
+                input_size: (opts.width, opts.height),
+                train: &ptrain,
+                val: &pval,
             },
-            &mut |e| {
-                bar.advance(1);
-                bar.message(&live(e, name));
-                tracing::info!("phase 2 {}", live(e, name));
+            &device,
+            Watch {
+                score: &mut |h, set| {
+                    if set.x.is_empty() {
+                        return f64::NAN;
+                    }
+                    match scores(h, set, pchw, opts, labels.len(), &device) {
+                        Ok(s) => s.headline(),
+                        Err(_) => f64::NAN,
+                    }
+                },
+                on_epoch: &mut |e| {
+                    bar.advance(1);
+                    bar.message(&live(e, name));
+                    tracing::info!("phase 2 {}", live(e, name));
+                },
             },
         );
         bar.finish();

@@ -407,21 +407,40 @@ fn single_targets(objects: &[Vec<Object>], idx: &[usize], size: f32, device: &De
     Tensor::from_data(TensorData::new(t, [idx.len(), 5]), device)
 }
 
+/// What a detection head trains on: cached feature maps (`chw` each) of pictures `input_size`
+/// (width, height) large, split into training and held-out sets.
+#[derive(Clone, Copy)]
+pub struct DetectData<'a> {
+    /// Channels, rows and columns of one feature map.
+    pub chw: [usize; 3],
+    /// Width and height of the pictures, in pixels.
+    pub input_size: (u32, u32),
+    /// The training set.
+    pub train: &'a FeatureSet,
+    /// The held-out set (scores and early stopping).
+    pub val: &'a FeatureSet,
+}
+
+/// What the caller watches during a fit: the headline score of a head on a set, and each
+/// epoch's statistics as it ends (progress bars, logs).
+pub struct Watch<'a> {
+    /// The headline metric of a head on a set (higher is better).
+    pub score: &'a mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
+    /// Called after every epoch.
+    pub on_epoch: &'a mut dyn FnMut(&EpochStats),
+}
+
 /// Train a detection head on `train` feature maps (shape `chw`), validating on `val` each epoch
 /// with `score` (higher is better: mean IoU or mAP@0.5), which `on_epoch` sees as `val_accuracy`.
-#[allow(clippy::too_many_arguments)]
 pub fn train_detect_head(
     cfg: &DetectTrainConfig,
     classes: usize,
     stride: usize,
-    chw: [usize; 3],
-    input_size: (u32, u32),
-    train: &FeatureSet,
-    val: &FeatureSet,
+    data: DetectData<'_>,
     device: &Device,
-    score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
-    on_epoch: &mut dyn FnMut(&EpochStats),
+    watch: Watch<'_>,
 ) -> (DetectHead, Vec<EpochStats>, usize) {
+    let (chw, input_size) = (data.chw, data.input_size);
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let head = match cfg.head {
@@ -447,9 +466,7 @@ pub fn train_detect_head(
             DetectHead::Grid(Box::new(head), spec)
         }
     };
-    fit_head(
-        head, cfg, None, chw, input_size, train, val, device, &mut rng, score, on_epoch,
-    )
+    fit_head(head, cfg, None, data, device, &mut rng, watch)
 }
 
 /// Phase 2 of a detector (as in the book): the top blocks of the trunk are unfrozen and trained
@@ -488,19 +505,14 @@ impl DetectFineTune {
 /// Train `head` (from phase 1) with `blocks` (the pretrained blocks between the prefix cut and
 /// the head's cut) in front of it, on cached prefix feature maps of shape `chw`. BatchNorm stays
 /// on its running statistics; the phase-1 head competes as epoch 0, so phase 2 never ends worse.
-#[allow(clippy::too_many_arguments)]
 pub fn fine_tune_detect_head(
     cfg: &DetectTrainConfig,
     ft: &DetectFineTune,
     head: DetectHead,
     blocks: Vec<InvertedResidual>,
-    chw: [usize; 3],
-    input_size: (u32, u32),
-    train: &FeatureSet,
-    val: &FeatureSet,
+    data: DetectData<'_>,
     device: &Device,
-    score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
-    on_epoch: &mut dyn FnMut(&EpochStats),
+    watch: Watch<'_>,
 ) -> (DetectHead, Vec<EpochStats>, usize) {
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1));
@@ -514,38 +526,28 @@ pub fn fine_tune_detect_head(
             DetectHead::Grid(Box::new(h.fork(&ad).train().map(&mut RunningStats)), spec)
         }
     };
-    fit_head(
-        prepare(head),
-        cfg,
-        Some(ft),
-        chw,
-        input_size,
-        train,
-        val,
-        device,
-        &mut rng,
-        score,
-        on_epoch,
-    )
+    fit_head(prepare(head), cfg, Some(ft), data, device, &mut rng, watch)
 }
 
 /// The shared loop of both phases and both heads: the book's loss or the grid loss per batch.
 /// Phase 2 (`ft` given) takes its epochs and rate from `ft`, and its starting head competes as
 /// epoch 0.
-#[allow(clippy::too_many_arguments)]
 fn fit_head(
     head: DetectHead,
     cfg: &DetectTrainConfig,
     ft: Option<&DetectFineTune>,
-    chw: [usize; 3],
-    input_size: (u32, u32),
-    train: &FeatureSet,
-    val: &FeatureSet,
+    data: DetectData<'_>,
     device: &Device,
     rng: &mut ChaCha8Rng,
-    score: &mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
-    on_epoch: &mut dyn FnMut(&EpochStats),
+    watch: Watch<'_>,
 ) -> (DetectHead, Vec<EpochStats>, usize) {
+    let DetectData {
+        chw,
+        input_size,
+        train,
+        val,
+    } = data;
+    let Watch { score, on_epoch } = watch;
     let ad = &device.clone().autodiff();
     let settings = FitSettings {
         epochs: ft.map_or(cfg.epochs, |f| f.epochs),
