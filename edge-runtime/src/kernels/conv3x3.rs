@@ -814,6 +814,65 @@ mod tests {
         }
     }
 
+    /// The detector's depthwise layers (MobileNetV2 features.1..=13 on a 320x240 frame):
+    /// channels, input rows, input columns, stride.
+    const DETECTOR_DEPTHWISE: [(usize, usize, usize, usize); 13] = [
+        (32, 120, 160, 1),
+        (96, 120, 160, 2),
+        (144, 60, 80, 1),
+        (144, 60, 80, 2),
+        (192, 30, 40, 1),
+        (192, 30, 40, 1),
+        (192, 30, 40, 2),
+        (384, 15, 20, 1),
+        (384, 15, 20, 1),
+        (384, 15, 20, 1),
+        (576, 15, 20, 1),
+        (576, 15, 20, 1),
+        (576, 15, 20, 1),
+    ];
+
+    /// Not a test: runs the detector's depthwise layers `KESTREL_DW_ITERS` times (default 1),
+    /// only those of stride `KESTREL_DW_STRIDE` if set, for counting instructions per
+    /// multiply-add under qemu (`scripts/latency_estimate.py count`).
+    #[test]
+    #[ignore]
+    fn count_depthwise_detector() {
+        let env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let iters = env("KESTREL_DW_ITERS").unwrap_or(1);
+        let mut layers: Vec<_> = DETECTOR_DEPTHWISE
+            .iter()
+            .filter(|l| env("KESTREL_DW_STRIDE").is_none_or(|s| s == l.3))
+            .map(|&(c, h, w, s)| {
+                let g = Geometry::new(h, w, s, [1, 1, 1, 1]).unwrap();
+                let dw = Depthwise3x3 {
+                    geom: g,
+                    channels: c,
+                    weights: values(c * 9, 1),
+                    bias: values(c, 2),
+                    clamp: Clamp { lo: 0.0, hi: 6.0 },
+                };
+                (
+                    dw,
+                    values(c * g.in_plane(), 3),
+                    vec![0f32; c * g.out_plane()],
+                )
+            })
+            .collect();
+        let isa = Isa::detect();
+        for _ in 0..iters {
+            for (dw, x, out) in &mut layers {
+                dw.run_planes(isa, x, 0, out);
+            }
+        }
+        let macs: usize = layers.iter().map(|(_, _, out)| out.len() * 9).sum();
+        println!("{isa:?}: {macs} multiply-adds per iteration, {iters} iterations");
+    }
+
     /// Planes can be computed in any split (how threads share the work).
     #[test]
     fn split_runs_equal_one_run() {
