@@ -126,6 +126,26 @@ pub(crate) trait Lanes: Copy {
             }
         }
     }
+    /// The lanes moved up one with a zero in the first, `[0, a0, .., a(N-2)]`: a row's left
+    /// zero border made in a register.
+    #[inline(always)]
+    unsafe fn zero_first(self) -> Self {
+        unsafe {
+            let mut tmp = [0f32; 17];
+            self.store(tmp[1..].as_mut_ptr());
+            Self::load(tmp.as_ptr())
+        }
+    }
+    /// The lanes moved down one with a zero in the last, `[a1, .., a(N-1), 0]`: a row's right
+    /// zero border made in a register.
+    #[inline(always)]
+    unsafe fn zero_last(self) -> Self {
+        unsafe {
+            let mut tmp = [0f32; 17];
+            self.store(tmp.as_mut_ptr());
+            Self::load(tmp[1..].as_ptr())
+        }
+    }
     /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Splits `pairs` pairs from `src` into their first (`firsts[k] = src[2k]`) and second
@@ -365,6 +385,14 @@ mod arm {
         #[inline(always)]
         unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
             unsafe { Neon(vminq_f32(vmaxq_f32(self.0, lo.0), hi.0)) }
+        }
+        #[inline(always)]
+        unsafe fn zero_first(self) -> Self {
+            unsafe { Neon(vextq_f32::<3>(vdupq_n_f32(0.0), self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn zero_last(self) -> Self {
+            unsafe { Neon(vextq_f32::<1>(self.0, vdupq_n_f32(0.0))) }
         }
         #[inline(always)]
         unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
