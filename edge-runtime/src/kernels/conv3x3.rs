@@ -463,16 +463,15 @@ unsafe fn dw_rows<L: Lanes, const R: usize, const S: usize, const V: usize>(
             *row = base.add(j * p.row_len);
         }
         let mut dst: [*mut f32; R] = std::array::from_fn(|r| out.add((y0 + r) * g.ow));
-        let taps = p.taps;
         let step = V * L::N;
         let mut x = 0;
         while x + step <= g.ow {
-            dw_step_store::<L, R, S, V, 0>(&src, &dst, taps, c);
+            dw_step_store::<L, R, S, V, 0>(&src, &dst, p.taps, c);
             advance::<R, S>(&mut src, &mut dst, step as isize);
             x += step;
         }
         while x + L::N <= g.ow {
-            dw_step_store::<L, R, S, 1, 0>(&src, &dst, taps, c);
+            dw_step_store::<L, R, S, 1, 0>(&src, &dst, p.taps, c);
             advance::<R, S>(&mut src, &mut dst, L::N as isize);
             x += L::N;
         }
@@ -483,13 +482,13 @@ unsafe fn dw_rows<L: Lanes, const R: usize, const S: usize, const V: usize>(
             // The row ends inside a vector: its last vector is computed whole, ending at the row's
             // end, its first lanes storing the values already there again (no partial store).
             advance::<R, S>(&mut src, &mut dst, g.ow as isize - (x + L::N) as isize);
-            dw_step_store::<L, R, S, 1, 0>(&src, &dst, taps, c);
+            dw_step_store::<L, R, S, 1, 0>(&src, &dst, p.taps, c);
             return;
         }
         // A row shorter than a vector is stored whole, spilling into the next rows, which are
         // stored after it (masked stores are slow on some CPUs), if the plane has room.
         let plane = g.oh * g.ow;
-        let acc = dw_step::<L, R, S, 1, 0>(&src, taps, c);
+        let acc = dw_step::<L, R, S, 1, 0>(&src, p.taps, c);
         for (r, (d, row_acc)) in dst.iter().zip(&acc).enumerate() {
             let v = row_acc[0].clamp(c.lo, c.hi);
             if (y0 + r) * g.ow + L::N <= plane {
