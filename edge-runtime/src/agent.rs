@@ -33,8 +33,8 @@ use kestrel_shared::wire::{
 
 use crate::bundle::Bundle;
 use crate::store::{Store, StoreError};
-use crate::transport::Transport;
 use crate::watchdog::{Notifier, Watchdog, period_from_env};
+use kestrel_shared::transport::Transport;
 
 /// Largest blob the agent accepts (a bundle file): 4 GiB.
 pub const MAX_BLOB: u64 = 4 << 30;
@@ -255,11 +255,7 @@ pub fn bundle_files(
     files
 }
 
-/// The id a bundle gets in stores: the first 16 hex digits of its manifest's sha256 (the same
-/// over serial and SSH, and the same bundle is never installed twice under two names).
-pub fn bundle_id(manifest_sha: &Sha256) -> String {
-    manifest_sha.to_hex()[..16].to_string()
-}
+pub use kestrel_shared::listing::bundle_id;
 
 /// What an install accepts besides a well-formed bundle.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1174,7 +1170,7 @@ pub fn run_cli(args: AgentArgs) -> anyhow::Result<()> {
     };
     let result = match &args.serial {
         Some(dev) => {
-            let mut port = crate::transport::open_serial(dev, args.baud)?;
+            let mut port = kestrel_shared::transport::open_serial(dev, args.baud)?;
             tracing::info!("serving deploys on {dev} at {} baud", args.baud);
             agent.run(Some(&mut port), host)
         }

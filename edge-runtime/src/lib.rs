@@ -25,7 +25,6 @@ pub mod source;
 pub mod stats;
 pub mod store;
 pub mod store_cli;
-pub mod transport;
 pub mod trunk;
 pub mod watchdog;
 

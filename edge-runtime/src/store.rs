@@ -507,6 +507,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Partial uploads in progress: sha256 (hex) -> bytes held, so an interrupted upload resumes
+    /// where it stopped (over serial through `OfferReply::have_bytes`, over SSH through the
+    /// listing).
+    pub fn partials(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for (name, meta) in self.list(&self.partial_dir())? {
+            if meta.file_type().is_file() && Sha256::from_hex(&name).is_ok() {
+                out.insert(name, meta.len());
+            }
+        }
+        Ok(out)
+    }
+
     /// The distinct blobs of `manifest` that are not stored yet, sorted: only these need to travel.
     pub fn missing_blobs<M: ManifestFiles + ?Sized>(&self, manifest: &M) -> Result<Vec<String>> {
         let mut missing = BTreeSet::new();

@@ -3,7 +3,9 @@
 //!
 //! - `list --json`: blobs, bundles, `current` and free space, so only missing blobs travel;
 //! - `put-blob SHA`: stores a blob read from standard input (temporary file, fsync, sha256 checked
-//!   on the board, rename): a bad upload never becomes a blob;
+//!   on the board, rename): a bad upload never becomes a blob; with `--size N [--offset K]` the
+//!   bytes go to the store's partial upload instead (as over serial), so an upload cut mid-blob
+//!   keeps what arrived and the next one resumes at the byte the listing's `partial` names;
 //! - `install --id ID --manifest SHA [--trust FILE] [--allow-downgrade]`: the same atomic,
 //!   validated install as the serial agent ([`install_from_store`]), which refuses a bundle older
 //!   than the current one unless allowed; a running agent notices the new `current` and switches;
@@ -52,6 +54,14 @@ pub enum StoreCommand {
     PutBlob {
         /// The blob's sha256 (64 lowercase hex digits).
         sha256: String,
+        /// The blob's size: standard input is appended to its partial upload (resumable); the
+        /// blob is checked and kept once all `size` bytes are there.
+        #[arg(long)]
+        size: Option<u64>,
+        /// Where standard input starts in the blob (with --size): must be what the partial upload
+        /// holds (`list --json` names it), so a stale resume is refused rather than misplaced.
+        #[arg(long, requires = "size", default_value_t = 0)]
+        offset: u64,
     },
     /// Install a bundle whose blobs are stored, validate it, and make it current.
     Install {
@@ -102,9 +112,48 @@ pub fn listing(store: &Store) -> Result<StoreListing, StoreError> {
         kestrel_version: env!("CARGO_PKG_VERSION").into(),
         current: store.current()?,
         blobs: store.blobs()?,
+        partial: store.partials()?,
         bundles,
         free_bytes: free_bytes(store.root()),
     })
+}
+
+/// Appends `input` to the partial upload of blob `sha` (`size` bytes) from `offset`, then checks
+/// and keeps the blob once whole. Input that ends early leaves the partial upload in place (the
+/// error says where the next upload resumes); a wrong hash deletes it.
+pub fn put_resumable<R: Read>(
+    store: &Store,
+    sha: &str,
+    size: u64,
+    offset: u64,
+    mut input: R,
+) -> anyhow::Result<PathBuf> {
+    let mut at = offset;
+    if store.has_blob(sha)? {
+        return Ok(store.blob_path(sha)?);
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    while at < size {
+        let want = buf.len().min((size - at) as usize);
+        let n = match input.read(&mut buf[..want]) {
+            Ok(0) => bail!(
+                "blob {sha}: the upload stopped at byte {at} of {size}; the {at} bytes are kept and the next deploy resumes there"
+            ),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("blob {sha}: reading the upload at byte {at} of {size}")
+                });
+            }
+        };
+        at = store
+            .write_partial(sha, size, at, &buf[..n])
+            .with_context(|| format!("storing blob {sha}"))?;
+    }
+    store
+        .finish_partial(sha, size)
+        .with_context(|| format!("storing blob {sha}"))
 }
 
 /// Runs `kestrel-edge store ...`.
@@ -128,11 +177,24 @@ pub fn run_cli(args: StoreArgs) -> anyhow::Result<()> {
                 writeln!(out, "{} blobs", l.blobs.len())?;
             }
         }
-        StoreCommand::PutBlob { sha256 } => {
+        StoreCommand::PutBlob {
+            sha256, size: None, ..
+        } => {
             let stdin = std::io::stdin().lock();
             let path = store
                 .install_blob(&sha256, stdin.take(MAX_BLOB))
                 .with_context(|| format!("storing blob {sha256}"))?;
+            writeln!(out, "{}", path.display())?;
+        }
+        StoreCommand::PutBlob {
+            sha256,
+            size: Some(size),
+            offset,
+        } => {
+            if size > MAX_BLOB {
+                bail!("blob {sha256}: {size} bytes is more than a board accepts ({MAX_BLOB})");
+            }
+            let path = put_resumable(&store, &sha256, size, offset, std::io::stdin().lock())?;
             writeln!(out, "{}", path.display())?;
         }
         StoreCommand::Install {

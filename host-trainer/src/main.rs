@@ -69,6 +69,8 @@ enum Command {
     Monitor(deploy::MonitorArgs),
     /// Make the bundle installed before the current one current again on the board.
     Rollback(deploy::RollbackArgs),
+    /// What the board runs and stores: kestrel-edge version, current bundle, blobs, free space.
+    Status(deploy::StatusArgs),
     /// Make an Ed25519 key pair to sign bundles with (`kestrel export` then signs by default).
     Keygen(deploy::KeygenArgs),
     /// List the supported boards (or check board files): target, CPU, threads, camera, GPIO, serial.
@@ -119,6 +121,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Monitor(a) => deploy::monitor(a)?,
         Command::Rollback(a) => deploy::rollback(a)?,
+        Command::Status(a) => {
+            deploy::status(a)?;
+        }
         Command::Keygen(a) => deploy::keygen(a)?,
         Command::Boards(a) => kestrel_trainer::boards::run(a)?,
         Command::Install(a) => {

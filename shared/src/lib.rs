@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod nms;
 pub mod preprocess;
 pub mod sign;
+pub mod transport;
 pub mod trunk;
 pub mod wire;
 

@@ -1,10 +1,19 @@
 //! What a board's store holds, as `kestrel-edge store list --json` prints it and `kestrel deploy
-//! --ssh` reads it (so only the blobs the board lacks travel). One type for both sides: a field
-//! the host needs and the board does not send is an error, not an empty list.
+//! --ssh` reads it (so only the blobs the board lacks travel), and the ids bundles get there. One
+//! type for both sides: a field the host needs and the board does not send is an error, not an
+//! empty list.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::wire::Sha256;
+
+/// The id a bundle gets in stores: the first 16 hex digits of its manifest's sha256 (the same
+/// over serial and SSH, and the same bundle is never installed twice under two names).
+pub fn bundle_id(manifest_sha: &Sha256) -> String {
+    manifest_sha.to_hex()[..16].to_string()
+}
 
 /// The board store's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +24,8 @@ pub struct StoreListing {
     pub current: Option<String>,
     /// sha256 (hex) of every blob held.
     pub blobs: Vec<String>,
+    /// Uploads cut short: sha256 (hex) -> bytes the board holds, where a new upload resumes.
+    pub partial: BTreeMap<String, u64>,
     /// Installed bundles, oldest first.
     pub bundles: Vec<ListedBundle>,
     /// Free space of the store's file system, when it can be read.
@@ -54,6 +65,7 @@ mod tests {
             kestrel_version: "1.2.3".into(),
             current: Some("abc".into()),
             blobs: vec!["00".repeat(32)],
+            partial: [("11".repeat(32), 4096)].into(),
             bundles: vec![ListedBundle {
                 id: "abc".into(),
                 current: true,

@@ -15,7 +15,7 @@ use kestrel_e2e::{assert_store_blobs_intact, bin, edge_store, tiny_bundle};
 use kestrel_edge::Bundle;
 use kestrel_edge::agent::{InstallPolicy, bundle_id, install_from_store};
 use kestrel_edge::store::{FAIL_POINTS, Store};
-use kestrel_edge::transport::{Transport, pty_pair};
+use kestrel_shared::transport::{Transport, pty_pair};
 use kestrel_shared::wire::Sha256;
 use kestrel_trainer::deploy::LocalBundle;
 use kestrel_trainer::deploy::serial::{self, SerialOptions};
@@ -282,7 +282,7 @@ fn spawn_agent(
     store: &Path,
     env: &[(&str, &str)],
     stderr: Stdio,
-) -> (std::process::Child, kestrel_edge::transport::TTYPort) {
+) -> (std::process::Child, kestrel_shared::transport::TTYPort) {
     let (master, slave) = pty_pair().unwrap();
     let slave_name = slave.describe();
     drop(slave);

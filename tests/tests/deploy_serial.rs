@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use kestrel_e2e::{assert_store_blobs_intact, bin, tiny_bundle, tiny_released_bundle};
 use kestrel_edge::Bundle;
 use kestrel_edge::agent::{Agent, AgentConfig, AgentHandle, AgentStats, NoLoop};
-use kestrel_edge::transport::{Faults, Faulty, TTYPort, Transport, pty_pair};
 use kestrel_shared::manifest::Manifest;
 use kestrel_shared::sign::{SecretKey, TrustList};
+use kestrel_shared::transport::{Faults, Faulty, TTYPort, Transport, pty_pair};
 use kestrel_shared::wire::{self, Message, Sha256, Telemetry};
-use kestrel_trainer::deploy::serial::{self, Conn, SerialOptions};
+use kestrel_trainer::deploy::link::{BoardLink, InstallRequest};
+use kestrel_trainer::deploy::serial::{self, Conn, SerialBoard, SerialOptions};
 use kestrel_trainer::deploy::{DeployError, DeployReport, LocalBundle, LocalFile};
 use kestrel_trainer::progress::Silent;
 
@@ -378,8 +379,7 @@ fn raw_install(
     tmp: &Path,
     files: &[(&str, Vec<u8>)],
 ) -> Result<String, DeployError> {
-    let mut conn = Conn::new(line);
-    conn.handshake(Duration::from_millis(500))?;
+    let mut board = SerialBoard::new(line, fast());
     let mut last = None;
     for (name, bytes) in files {
         let path = tmp.join(format!("raw-{}", Sha256::of(bytes).to_hex()));
@@ -390,16 +390,15 @@ fn raw_install(
             size: bytes.len() as u64,
             path,
         };
-        serial::send_blob(&mut conn, &f, &fast(), &Silent)?;
+        board.put_blob(&f, &Silent)?;
         last = Some(f.sha256);
     }
     let sha = last.unwrap();
-    serial::install(
-        &mut conn,
-        &kestrel_edge::agent::bundle_id(&sha),
-        sha,
-        &fast(),
-    )
+    board.install(&InstallRequest {
+        id: kestrel_shared::listing::bundle_id(&sha),
+        manifest: sha,
+        allow_downgrade: false,
+    })
 }
 
 fn edited(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {

@@ -365,3 +365,103 @@ fn an_older_bundle_switched_in_while_the_agent_was_stopped_is_refused_at_start()
     handle.stop();
     agent_thread.join().unwrap();
 }
+
+/// An SSH upload cut mid-blob keeps what arrived on the board, and the next deploy resumes at
+/// that byte, as over serial. The cut is real: the ssh client's standard input ends after
+/// `CUT` bytes (a wrapper around the system ssh), so the board's `put-blob` sees its input end.
+#[test]
+fn an_ssh_upload_cut_mid_blob_resumes_where_it_stopped() {
+    const CUT: u64 = 40_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = start_sshd(tmp.path()) else {
+        return;
+    };
+    let store = tmp.path().join("store");
+    let mut opts = SshOptions::new(&format!("{}@127.0.0.1:{}", user(), sshd.port));
+    opts.options = kestrel_e2e::loopback_ssh_options(&sshd);
+    opts.remote_bin = bin("kestrel-edge").display().to_string();
+    opts.store = store.display().to_string();
+    let cutting = tmp.path().join("cutting-ssh");
+    std::fs::write(
+        &cutting,
+        format!("#!/bin/sh\nhead -c {CUT} | exec {} \"$@\"\n", opts.program),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &cutting,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let dir = tmp.path().join("a");
+    tiny_bundle(&dir, 70, 70);
+    let bundle = LocalBundle::open(&dir, true).unwrap();
+    let first = bundle.files()[0].clone();
+    assert!(
+        first.size > CUT,
+        "the first blob must be longer than the cut"
+    );
+
+    let mut cut_opts = opts.clone();
+    cut_opts.program = cutting.display().to_string();
+    let err = ssh::deploy(&bundle, &cut_opts, &Silent).unwrap_err();
+    println!("cut upload: {err}");
+    assert!(
+        matches!(&err, DeployError::Ssh { detail, .. } if detail.contains(&format!("stopped at byte {CUT}"))),
+        "{err}"
+    );
+    let held = std::fs::metadata(store.join("partial").join(first.sha256.to_hex()))
+        .unwrap()
+        .len();
+    assert_eq!(held, CUT, "the board keeps the bytes that arrived");
+    assert_eq!(
+        kestrel_edge::store::Store::open(&store)
+            .unwrap()
+            .current()
+            .unwrap(),
+        None
+    );
+
+    let report = ssh::deploy(&bundle, &opts, &Silent).unwrap();
+    let resumed = &report.blobs[0];
+    assert_eq!(resumed.name, first.name);
+    assert_eq!(resumed.start_offset, CUT, "resumes at the cut, not at 0");
+    assert_eq!(resumed.bytes_sent, first.size - CUT);
+    wait_for_current(&store, &bundle.id, "the resumed deploy did not install");
+    assert!(
+        std::fs::read_dir(store.join("partial"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no partial upload left"
+    );
+    assert_store_blobs_intact(&store);
+
+    // `kestrel status` over the same link tells what the board now holds.
+    let (out, _) = run_ok(
+        Command::new(bin("kestrel"))
+            .args(["status", "--json", "--ssh", &opts.target, "--remote-bin"])
+            .arg(bin("kestrel-edge"))
+            .arg("--store")
+            .arg(&store)
+            .args(
+                opts.options
+                    .iter()
+                    .flat_map(|o| ["--ssh-option", o.as_str()]),
+            ),
+    );
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(status["current"], bundle.id.as_str(), "{status}");
+    assert_eq!(
+        status["blobs"].as_array().unwrap().len(),
+        bundle.files().len(),
+        "{status}"
+    );
+    assert!(
+        status["blobs"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(first.sha256.to_hex())),
+        "{status}"
+    );
+}

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::serial::SerialOptions;
-use super::ssh::SshOptions;
+use super::link::{BoardLink, BoardStatus};
+use super::serial::{SerialBoard, SerialOptions};
+use super::ssh::{SshBoard, SshOptions};
 use super::{DeployReport, LocalBundle};
 use crate::progress::Progress;
 
 /// How to reach the board: a serial device or SSH.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BoardLink {
+pub struct BoardArgs {
     /// Serial device connected to the board's agent (e.g. /dev/ttyUSB0).
     #[arg(long, conflicts_with = "ssh", required_unless_present = "ssh")]
     pub serial: Option<String>,
@@ -35,13 +36,39 @@ pub struct BoardLink {
     pub store: String,
 }
 
-impl BoardLink {
+impl BoardArgs {
     fn ssh_options(&self, target: &str) -> SshOptions {
         let mut o = SshOptions::new(target);
         o.options = self.ssh_options.clone();
         o.remote_bin = self.remote_bin.clone();
         o.store = self.store.clone();
         o
+    }
+
+    /// Opens the link these arguments name and runs `f` on it (a serial board borrows its
+    /// port, so the link lives only as long as `f`).
+    fn with_board<T>(
+        &self,
+        serial: SerialOptions,
+        ssh_trust: Option<String>,
+        f: impl FnOnce(&mut dyn BoardLink) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        match (&self.serial, &self.ssh) {
+            (Some(dev), _) => {
+                let mut port = kestrel_shared::transport::open_serial(dev, self.baud)?;
+                let serial = SerialOptions {
+                    baud: self.baud,
+                    ..serial
+                };
+                f(&mut SerialBoard::new(&mut port, serial))
+            }
+            (None, Some(target)) => {
+                let mut opts = self.ssh_options(target);
+                opts.trust = ssh_trust;
+                f(&mut SshBoard::new(opts))
+            }
+            (None, None) => bail!("this command needs --serial DEV or --ssh USER@HOST"),
+        }
     }
 }
 
@@ -52,7 +79,7 @@ pub struct DeployArgs {
     pub bundle: PathBuf,
     /// The board.
     #[command(flatten)]
-    pub link: BoardLink,
+    pub link: BoardArgs,
     /// SSH: a trust list on the board the bundle must satisfy at install.
     #[arg(long)]
     pub remote_trust: Option<String>,
@@ -70,7 +97,7 @@ pub struct DeployArgs {
 pub struct RollbackArgs {
     /// The board.
     #[command(flatten)]
-    pub link: BoardLink,
+    pub link: BoardArgs,
 }
 
 /// `kestrel monitor` arguments.
@@ -134,54 +161,80 @@ fn print_report(r: &DeployReport, baud: Option<u32>, json: bool) -> anyhow::Resu
 /// `kestrel deploy`.
 pub fn deploy(args: &DeployArgs, progress: &dyn Progress) -> anyhow::Result<DeployReport> {
     let bundle = LocalBundle::open(&args.bundle, true)?;
-    let report = match (&args.link.serial, &args.link.ssh) {
-        (Some(dev), _) => {
-            let mut port = kestrel_edge::transport::open_serial(dev, args.link.baud)?;
-            let opts = SerialOptions {
-                baud: args.link.baud,
-                allow_downgrade: args.allow_downgrade,
-                ..Default::default()
-            };
-            let r = super::serial::deploy(&mut port, &bundle, &opts, progress)
-                .with_context(|| format!("deploying {} over {dev}", args.bundle.display()))?;
-            print_report(&r, Some(args.link.baud), args.json)?;
-            r
-        }
-        (None, Some(target)) => {
-            let mut opts = args.link.ssh_options(target);
-            opts.trust = args.remote_trust.clone();
-            opts.allow_downgrade = args.allow_downgrade;
-            let r = super::ssh::deploy(&bundle, &opts, progress)
-                .with_context(|| format!("deploying {} to {target}", args.bundle.display()))?;
-            print_report(&r, None, args.json)?;
-            r
-        }
-        (None, None) => bail!("deploy needs --serial DEV or --ssh USER@HOST"),
-    };
+    let report = args.link.with_board(
+        SerialOptions::default(),
+        args.remote_trust.clone(),
+        |board| {
+            let where_to = board.describe();
+            super::link::deploy(board, &bundle, args.allow_downgrade, progress)
+                .with_context(|| format!("deploying {} to {where_to}", args.bundle.display()))
+        },
+    )?;
+    let baud = args.link.serial.as_ref().map(|_| args.link.baud);
+    print_report(&report, baud, args.json)?;
     Ok(report)
 }
 
 /// `kestrel rollback`.
 pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
-    let message = match (&args.link.serial, &args.link.ssh) {
-        (Some(dev), _) => {
-            let mut port = kestrel_edge::transport::open_serial(dev, args.link.baud)?;
-            let opts = SerialOptions {
-                baud: args.link.baud,
-                ..Default::default()
-            };
-            super::serial::rollback(&mut port, &opts)?
-        }
-        (None, Some(target)) => super::ssh::rollback(&args.link.ssh_options(target))?,
-        (None, None) => bail!("rollback needs --serial DEV or --ssh USER@HOST"),
-    };
+    let message =
+        args.link.with_board(
+            SerialOptions::default(),
+            None,
+            |board| Ok(board.rollback()?),
+        )?;
     println!("{message}");
     Ok(())
 }
 
+/// `kestrel status` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The board.
+    #[command(flatten)]
+    pub link: BoardArgs,
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kestrel status`: what the board runs and stores.
+pub fn status(args: &StatusArgs) -> anyhow::Result<BoardStatus> {
+    let status = args
+        .link
+        .with_board(SerialOptions::default(), None, |board| Ok(board.status()?))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not reported)".into());
+        println!("kestrel-edge {}", status.kestrel_version);
+        if let (Some(d), Some(b)) = (&status.device, &status.board) {
+            println!("device {d}, board {b}");
+        }
+        println!("current bundle: {}", or_unknown(&status.current));
+        if !status.bundles.is_empty() {
+            println!("installed: {}", status.bundles.join(", "));
+        }
+        println!(
+            "{} blobs{}, {} uploads cut short",
+            status.blobs.len(),
+            if status.blobs_complete {
+                ""
+            } else {
+                " (list truncated)"
+            },
+            status.partial.len()
+        );
+        if let Some(f) = status.free_bytes {
+            println!("free: {}", crate::progress::human_bytes(f));
+        }
+    }
+    Ok(status)
+}
+
 /// `kestrel monitor`.
 pub fn monitor(args: &MonitorArgs) -> anyhow::Result<()> {
-    let mut port = kestrel_edge::transport::open_serial(&args.serial, args.baud)?;
+    let mut port = kestrel_shared::transport::open_serial(&args.serial, args.baud)?;
     let duration = args.seconds.map(Duration::from_secs_f64);
     super::serial::monitor(
         &mut port,

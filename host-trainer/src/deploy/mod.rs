@@ -8,13 +8,15 @@
 //! model it ran.
 
 pub mod cli;
+pub mod fake;
+pub mod link;
 pub mod serial;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kestrel_edge::agent::bundle_id;
+use kestrel_shared::listing::bundle_id;
 use kestrel_shared::manifest::{MANIFEST_FILE, Manifest};
 use kestrel_shared::sign::{PUBLIC_KEY_FILE, SECRET_KEY_FILE, SecretKey, SignError};
 use kestrel_shared::wire::Sha256;

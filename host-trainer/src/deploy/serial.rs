@@ -13,11 +13,12 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use kestrel_edge::transport::Transport;
+use kestrel_shared::transport::Transport;
 use kestrel_shared::wire::{
     self, FileOffer, FrameDecoder, Hello, Message, PROTOCOL_VERSION, Sender, Telemetry,
 };
 
+use super::link::{BoardLink, BoardStatus, InstallRequest, LineBytes};
 use super::{BlobReport, DeployError, DeployReport, LocalBundle, LocalFile};
 use crate::progress::Progress;
 
@@ -310,6 +311,99 @@ fn read_file(file: &LocalFile) -> Result<Vec<u8>, DeployError> {
     Ok(bytes)
 }
 
+/// The serial agent as a [`BoardLink`]: the handshake happens on the first request, blobs travel
+/// as offers and chunks (the board's `have_bytes` says where a cut upload resumes).
+pub struct SerialBoard<'a> {
+    conn: Conn<'a>,
+    opts: SerialOptions,
+    greeted: bool,
+}
+
+impl<'a> SerialBoard<'a> {
+    /// The agent at the other end of `link`.
+    pub fn new(link: &'a mut dyn Transport, opts: SerialOptions) -> Self {
+        SerialBoard {
+            conn: Conn::new(link),
+            opts,
+            greeted: false,
+        }
+    }
+
+    fn greet(&mut self) -> Result<Hello, DeployError> {
+        let hello = self.conn.handshake(self.opts.hello_timeout)?;
+        self.greeted = true;
+        Ok(hello)
+    }
+}
+
+impl BoardLink for SerialBoard<'_> {
+    fn describe(&self) -> String {
+        self.conn.link.describe()
+    }
+
+    fn status(&mut self) -> Result<BoardStatus, DeployError> {
+        let hello = self.greet()?;
+        Ok(BoardStatus {
+            kestrel_version: hello.kestrel_version,
+            device: Some(hello.device),
+            board: Some(hello.board),
+            free_bytes: Some(hello.free_bytes),
+            blobs_complete: hello.blobs.len() < wire::MAX_HASHES,
+            blobs: hello.blobs,
+            ..Default::default()
+        })
+    }
+
+    fn put_blob(
+        &mut self,
+        file: &LocalFile,
+        progress: &dyn Progress,
+    ) -> Result<BlobReport, DeployError> {
+        if !self.greeted {
+            self.greet()?;
+        }
+        send_blob(&mut self.conn, file, &self.opts, progress)
+    }
+
+    fn install(&mut self, request: &InstallRequest) -> Result<String, DeployError> {
+        if !self.greeted {
+            self.greet()?;
+        }
+        let (bundle, manifest) = (request.id.clone(), request.manifest);
+        let msg = if request.allow_downgrade {
+            Message::InstallAllowingDowngrade { bundle, manifest }
+        } else {
+            Message::Install { bundle, manifest }
+        };
+        request_result(
+            &mut self.conn,
+            msg,
+            INSTALL_TRIES,
+            self.opts.install_timeout,
+        )
+    }
+
+    fn rollback(&mut self) -> Result<String, DeployError> {
+        if !self.greeted {
+            self.greet()?;
+        }
+        // Not repeated: a second rollback would go back one bundle more.
+        request_result(
+            &mut self.conn,
+            Message::Rollback,
+            1,
+            self.opts.install_timeout,
+        )
+    }
+
+    fn line_bytes(&self) -> LineBytes {
+        LineBytes {
+            out: self.conn.bytes_out,
+            back: self.conn.bytes_in,
+        }
+    }
+}
+
 /// Deploys `bundle` over `link`: only missing blobs travel, then the board installs it.
 pub fn deploy(
     link: &mut dyn Transport,
@@ -317,61 +411,12 @@ pub fn deploy(
     opts: &SerialOptions,
     progress: &dyn Progress,
 ) -> Result<DeployReport, DeployError> {
-    let start = Instant::now();
-    let mut conn = Conn::new(link);
-    let hello = conn.handshake(opts.hello_timeout)?;
-    tracing::info!(
-        "board {} ({}), kestrel {}, {} blobs, {} bytes free",
-        hello.device,
-        hello.board,
-        hello.kestrel_version,
-        hello.blobs.len(),
-        hello.free_bytes
-    );
-    let listed_all = hello.blobs.len() < wire::MAX_HASHES;
-    let mut report = DeployReport {
-        bundle: bundle.id.clone(),
-        ..Default::default()
-    };
-    for file in bundle.files() {
-        if listed_all && hello.blobs.contains(&file.sha256) {
-            report.blobs.push(BlobReport {
-                name: file.name.clone(),
-                size: file.size,
-                start_offset: file.size,
-                bytes_sent: 0,
-            });
-            continue;
-        }
-        let b = send_blob(&mut conn, file, opts, progress)?;
-        report.payload_bytes += b.size - b.start_offset.min(b.size);
-        report.blobs.push(b);
-    }
-    report.message = install(&mut conn, &bundle.id, bundle.manifest_file.sha256, opts)?;
-    report.line_bytes_out = conn.bytes_out;
-    report.line_bytes_in = conn.bytes_in;
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-/// Asks the board to install bundle `id` whose manifest blob it has; returns its message.
-pub fn install(
-    conn: &mut Conn,
-    id: &str,
-    manifest: wire::Sha256,
-    opts: &SerialOptions,
-) -> Result<String, DeployError> {
-    let bundle = id.to_string();
-    let msg = if opts.allow_downgrade {
-        Message::InstallAllowingDowngrade { bundle, manifest }
-    } else {
-        Message::Install { bundle, manifest }
-    };
-    request(conn, msg, INSTALL_TRIES, opts.install_timeout)
+    let mut board = SerialBoard::new(link, *opts);
+    super::link::deploy(&mut board, bundle, opts.allow_downgrade, progress)
 }
 
 /// Sends `msg` (up to `tries` times) and waits for the board's InstallResult.
-fn request(
+fn request_result(
     conn: &mut Conn,
     msg: Message,
     tries: u32,
@@ -403,10 +448,7 @@ fn request(
 /// `kestrel rollback --serial`: the board goes back to the bundle installed before the current
 /// one. Returns the board's message.
 pub fn rollback(link: &mut dyn Transport, opts: &SerialOptions) -> Result<String, DeployError> {
-    let mut conn = Conn::new(link);
-    conn.handshake(opts.hello_timeout)?;
-    // Not repeated: a second rollback would go back one bundle more.
-    request(&mut conn, Message::Rollback, 1, opts.install_timeout)
+    SerialBoard::new(link, *opts).rollback()
 }
 
 /// `kestrel monitor`: writes each telemetry message as a JSON line to `out`, until `count`

@@ -2,17 +2,21 @@
 //! so `~/.ssh/config`, keys, the agent and `known_hosts` behave as the user expects.
 //!
 //! Every step is one `ssh` command running `kestrel-edge store ...` on the board:
-//! `list --json` (which blobs it has), `put-blob SHA` per missing blob with the file on standard
-//! input (the board writes it to a temporary file, checks its sha256 and only then renames it into
-//! the store), and `install` (the same validated, atomic install as over serial). A running agent
-//! notices the new `current` within a second and switches its loop to it.
+//! `list --json` (which blobs it has, and how far cut uploads got), `put-blob SHA --size N
+//! --offset K` per missing blob with the rest of the file on standard input (appended to the
+//! store's partial upload, as over serial, and checked against its sha256 before it becomes a
+//! blob; a cut upload keeps its bytes and the next deploy resumes there), and `install` (the same
+//! validated, atomic install as over serial). A running agent notices the new `current` within a
+//! second and switches its loop to it. [`SshBoard`] is this link as a [`BoardLink`].
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use kestrel_shared::listing::StoreListing;
+use kestrel_shared::wire::Sha256;
 
+use super::link::{BoardLink, BoardStatus, InstallRequest, LineBytes};
 use super::{BlobReport, DeployError, DeployReport, LocalBundle, LocalFile};
 use crate::progress::Progress;
 
@@ -156,24 +160,36 @@ impl SshOptions {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Streams `file` into `put-blob` on the board.
-    fn put_blob(&self, file: &LocalFile, progress: &dyn Progress) -> Result<(), DeployError> {
+    /// Streams `file` from byte `offset` into `put-blob` on the board; returns the bytes sent.
+    fn put_blob(
+        &self,
+        file: &LocalFile,
+        offset: u64,
+        progress: &dyn Progress,
+    ) -> Result<u64, DeployError> {
         let sha = file.sha256.to_hex();
         let what = format!("upload of {}", file.name);
+        let (size, from) = (file.size.to_string(), offset.to_string());
         let mut child = self
-            .store_command(&["put-blob", &sha])?
+            .store_command(&["put-blob", &sha, "--size", &size, "--offset", &from])?
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ssh_err(&what, format!("cannot run {}: {e}", self.program)))?;
         let task = progress.start(&file.name, Some(file.size));
-        let mut input = std::fs::File::open(&file.path).map_err(|e| DeployError::Bundle {
+        task.advance(offset);
+        let bad = |e: std::io::Error| DeployError::Bundle {
             path: file.path.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut input = std::fs::File::open(&file.path).map_err(bad)?;
+        input.seek(SeekFrom::Start(offset)).map_err(bad)?;
+        // Never more than the manifest's size: the board refuses a longer upload anyway.
+        let mut input = input.take(file.size.saturating_sub(offset));
         let mut stdin = child.stdin.take().expect("piped");
         let mut buf = vec![0u8; 1 << 16];
+        let mut sent = 0u64;
         let copied: std::io::Result<()> = (|| {
             loop {
                 let n = input.read(&mut buf)?;
@@ -181,6 +197,7 @@ impl SshOptions {
                     return Ok(());
                 }
                 stdin.write_all(&buf[..n])?;
+                sent += n as u64;
                 task.advance(n as u64);
             }
         })();
@@ -199,16 +216,120 @@ impl SshOptions {
                 ),
             ));
         }
-        copied.map_err(|e| ssh_err(&what, e.to_string()))
+        copied.map_err(|e| ssh_err(&what, e.to_string()))?;
+        Ok(sent)
+    }
+
+    /// The board's store listing.
+    pub fn listing(&self) -> Result<StoreListing, DeployError> {
+        let text = self.run("store list", &["list", "--json"])?;
+        StoreListing::from_json(&text).map_err(|e| {
+            ssh_err("store list", format!("the board's answer is not a store listing ({e}): is --remote-bin a kestrel-edge of this version?"))
+        })
     }
 
     /// Blob hashes the board's store holds.
     pub fn remote_blobs(&self) -> Result<Vec<String>, DeployError> {
-        let text = self.run("store list", &["list", "--json"])?;
-        let listing = StoreListing::from_json(&text).map_err(|e| {
-            ssh_err("store list", format!("the board's answer is not a store listing ({e}): is --remote-bin a kestrel-edge of this version?"))
+        Ok(self.listing()?.blobs)
+    }
+}
+
+/// The board over SSH as a [`BoardLink`]: each request is one ssh command; where a cut upload
+/// stands comes from the last listing.
+pub struct SshBoard {
+    opts: SshOptions,
+    partial: BTreeMap<Sha256, u64>,
+    bytes: LineBytes,
+}
+
+impl SshBoard {
+    /// The board `opts` names.
+    pub fn new(opts: SshOptions) -> Self {
+        SshBoard {
+            opts,
+            partial: BTreeMap::new(),
+            bytes: LineBytes::default(),
+        }
+    }
+}
+
+/// A hex hash of a listing as a [`Sha256`]; a malformed one is the board's error.
+fn parse_hash(hex: &str) -> Result<Sha256, DeployError> {
+    Sha256::from_hex(hex).map_err(|e| ssh_err("store list", format!("blob {hex:?}: {e}")))
+}
+
+impl BoardLink for SshBoard {
+    fn describe(&self) -> String {
+        format!("ssh {}", self.opts.target)
+    }
+
+    fn status(&mut self) -> Result<BoardStatus, DeployError> {
+        let l = self.opts.listing()?;
+        self.partial = l
+            .partial
+            .iter()
+            .map(|(h, &n)| Ok((parse_hash(h)?, n)))
+            .collect::<Result<_, DeployError>>()?;
+        Ok(BoardStatus {
+            kestrel_version: l.kestrel_version,
+            current: l.current,
+            bundles: l.bundles.into_iter().map(|b| b.id).collect(),
+            free_bytes: l.free_bytes,
+            blobs: l
+                .blobs
+                .iter()
+                .map(|h| parse_hash(h))
+                .collect::<Result<_, _>>()?,
+            blobs_complete: true,
+            partial: self.partial.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn put_blob(
+        &mut self,
+        file: &LocalFile,
+        progress: &dyn Progress,
+    ) -> Result<BlobReport, DeployError> {
+        let offset = self
+            .partial
+            .get(&file.sha256)
+            .copied()
+            .filter(|&o| o <= file.size)
+            .unwrap_or(0);
+        let sent = self.opts.put_blob(file, offset, progress)?;
+        self.partial.remove(&file.sha256);
+        self.bytes.out += sent;
+        Ok(BlobReport {
+            name: file.name.clone(),
+            size: file.size,
+            start_offset: offset,
+            bytes_sent: sent,
+        })
+    }
+
+    fn install(&mut self, request: &InstallRequest) -> Result<String, DeployError> {
+        let sha = request.manifest.to_hex();
+        let mut args = vec!["install", "--id", &request.id, "--manifest", &sha];
+        if let Some(t) = &self.opts.trust {
+            args.extend(["--trust", t.as_str()]);
+        }
+        if request.allow_downgrade {
+            args.push("--allow-downgrade");
+        }
+        let message = self.opts.run("install", &args).map_err(|e| match e {
+            DeployError::Ssh { detail, .. } => DeployError::Refused(detail),
+            other => other,
         })?;
-        Ok(listing.blobs)
+        Ok(message.trim().to_string())
+    }
+
+    fn rollback(&mut self) -> Result<String, DeployError> {
+        Ok(self.opts.run("rollback", &["rollback"])?.trim().to_string())
+    }
+
+    fn line_bytes(&self) -> LineBytes {
+        self.bytes
     }
 }
 
@@ -218,49 +339,13 @@ pub fn deploy(
     opts: &SshOptions,
     progress: &dyn Progress,
 ) -> Result<DeployReport, DeployError> {
-    let start = Instant::now();
-    let have = opts.remote_blobs()?;
-    let mut report = DeployReport {
-        bundle: bundle.id.clone(),
-        ..Default::default()
-    };
-    for file in bundle.files() {
-        let present = have.contains(&file.sha256.to_hex());
-        if !present {
-            opts.put_blob(file, progress)?;
-            report.payload_bytes += file.size;
-        }
-        report.blobs.push(BlobReport {
-            name: file.name.clone(),
-            size: file.size,
-            start_offset: if present { file.size } else { 0 },
-            bytes_sent: if present { 0 } else { file.size },
-        });
-    }
-    report.line_bytes_out = report.payload_bytes;
-    let sha = bundle.manifest_file.sha256.to_hex();
-    let mut args = vec!["install", "--id", &bundle.id, "--manifest", &sha];
-    if let Some(t) = &opts.trust {
-        args.extend(["--trust", t.as_str()]);
-    }
-    if opts.allow_downgrade {
-        args.push("--allow-downgrade");
-    }
-    report.message = opts
-        .run("install", &args)
-        .map_err(|e| match e {
-            DeployError::Ssh { detail, .. } => DeployError::Refused(detail),
-            other => other,
-        })?
-        .trim()
-        .to_string();
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
+    let mut board = SshBoard::new(opts.clone());
+    super::link::deploy(&mut board, bundle, opts.allow_downgrade, progress)
 }
 
 /// `kestrel rollback --ssh`: moves the board's `current` back one bundle.
 pub fn rollback(opts: &SshOptions) -> Result<String, DeployError> {
-    Ok(opts.run("rollback", &["rollback"])?.trim().to_string())
+    SshBoard::new(opts.clone()).rollback()
 }
 
 #[cfg(test)]

@@ -1,18 +1,23 @@
 //! The byte stream between host and board, behind a small trait.
 //!
 //! The agent (board) and `kestrel deploy --serial` (host) speak the wire protocol of
-//! [`kestrel_shared::wire`] over anything that implements [`Transport`]: a real serial port
-//! ([`serialport::TTYPort`], also what a pseudo-terminal pair gives in tests), an in-memory link
+//! [`crate::wire`] over anything that implements [`Transport`]: a real serial port
+//! (`serialport::TTYPort` with the `serial` feature, also what a pseudo-terminal pair gives in
+//! tests), an in-memory link
 //! ([`memory_pair`]), or either of them wrapped in [`Faulty`], which flips bits, drops bytes and
 //! pulls the cable at a chosen byte, so the protocol's repairs are tested with the same code that
 //! runs on the board.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
+#[cfg(feature = "serial")]
+use std::io::{Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "serial")]
 use serialport::SerialPort;
+#[cfg(feature = "serial")]
 pub use serialport::TTYPort;
 
 /// A byte stream with a read timeout; every method is fallible (a cable can be pulled any time).
@@ -50,6 +55,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
 }
 
+#[cfg(feature = "serial")]
 /// Whether an I/O error only means "nothing yet".
 fn is_quiet(e: &io::Error) -> bool {
     matches!(
@@ -58,6 +64,7 @@ fn is_quiet(e: &io::Error) -> bool {
     )
 }
 
+#[cfg(feature = "serial")]
 impl Transport for TTYPort {
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
         self.set_timeout(timeout.max(Duration::from_millis(1)))
@@ -82,6 +89,7 @@ impl Transport for TTYPort {
     }
 }
 
+#[cfg(feature = "serial")]
 /// Opens a serial device (e.g. `/dev/ttyUSB0`, `/dev/serial0`) at `baud`, 8N1, no flow control.
 pub fn open_serial(path: &str, baud: u32) -> io::Result<TTYPort> {
     serialport::new(path, baud)
@@ -90,6 +98,7 @@ pub fn open_serial(path: &str, baud: u32) -> io::Result<TTYPort> {
         .map_err(|e| io::Error::other(format!("cannot open serial device {path}: {e}")))
 }
 
+#[cfg(feature = "serial")]
 /// A pseudo-terminal pair (master, slave): a serial line inside this machine, for tests. The
 /// slave's device path is `slave.name()`, so a separate process can open it too.
 pub fn pty_pair() -> io::Result<(TTYPort, TTYPort)> {
