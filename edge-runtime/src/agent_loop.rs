@@ -239,7 +239,7 @@ pub fn attach(
         sinks.push(Box::new(crate::sink::JsonLines::new(std::io::stdout())));
     }
     if let Some(addr) = args.http {
-        sinks.push(crate::run_cmd::live_view(
+        sinks.push(crate::cli::run::live_view(
             addr,
             args.http_token.clone(),
             "agent",
@@ -248,7 +248,7 @@ pub fn attach(
     let (tx, rx) = mpsc::channel();
     let thread = spawn(capture, rx, sinks, stop.clone(), LoopOptions::default())?;
     Ok(Some(AttachedLoop {
-        host: LoopHost::new(tx, crate::run_cmd::threads(args.threads, board)),
+        host: LoopHost::new(tx, crate::cli::run::threads(args.threads, board)),
         thread,
         stop,
     }))

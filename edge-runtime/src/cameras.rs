@@ -592,17 +592,6 @@ pub fn render(list: &CameraList) -> String {
     out
 }
 
-/// `kestrel-edge cameras`: print the list (text or JSON).
-pub fn run(args: &CamerasArgs) -> anyhow::Result<()> {
-    let list = list(Path::new("/dev"));
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-    } else {
-        print!("{}", render(&list));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,14 +17,12 @@ pub mod libcamera;
 pub mod model;
 pub mod nnef;
 pub mod profile;
-pub mod run_cmd;
 pub mod runtime;
 pub mod sink;
 pub mod sinks;
 pub mod source;
 pub mod stats;
 pub mod store;
-pub mod store_cli;
 pub mod trunk;
 pub mod watchdog;
 

@@ -24,7 +24,7 @@ use crate::bundle::{Bundle, BundleError, BundleOptions};
 use crate::model::Threads;
 use crate::sink::{Classification, FrameResult, LabeledDetection, Sink};
 use crate::source::{CameraSettings, RawFrame, Replay, SourceError, SourceSpec, decode};
-use crate::stats::{Stage, Stats, StatsSnapshot};
+use crate::stats::{Stage, Stats};
 
 /// How the capture side hands frames over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,21 +346,7 @@ pub struct LoopOptions {
     pub started: Option<Instant>,
 }
 
-/// What a finished loop reports.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct LoopSummary {
-    /// Final statistics.
-    pub stats: StatsSnapshot,
-    /// Milliseconds from process start (or loop start) to the first result.
-    pub first_result_ms: Option<f64>,
-    /// Peak resident memory of the process, MB (Linux).
-    pub peak_rss_mb: Option<f64>,
-    /// Why the loop ended: `end of source`, `stopped`, `max frames`, or the source's error.
-    pub ended: String,
-    /// Resident memory (MB) after every [`RSS_SAMPLE_EVERY`] results: flat in a healthy run.
-    #[serde(default)]
-    pub rss_mb: Vec<(u64, f64)>,
-}
+pub use kestrel_shared::report::LoopSummary;
 
 /// Results between two resident-memory samples in [`LoopSummary::rss_mb`].
 pub const RSS_SAMPLE_EVERY: u64 = 1000;

@@ -7,70 +7,9 @@
 use std::io::Write;
 
 use image::RgbImage;
-use kestrel_shared::BBox;
-use serde::{Deserialize, Serialize};
+pub use kestrel_shared::report::{Classification, FrameResult, LabeledDetection};
 
 use crate::stats::StatsSnapshot;
-
-/// One detection with its label, box in pixels of the camera frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LabeledDetection {
-    /// Label from the bundle's manifest.
-    pub label: String,
-    /// Class index in the manifest's labels.
-    pub class: usize,
-    /// Confidence in [0, 1].
-    pub score: f32,
-    /// Box corners in frame pixels, `[x0, y0, x1, y1]`.
-    #[serde(rename = "box")]
-    pub bbox: BBox,
-}
-
-/// The top class of a classifier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Classification {
-    /// Label of the most likely class.
-    pub label: String,
-    /// Its index.
-    pub class: usize,
-    /// Its softmax probability.
-    pub score: f32,
-}
-
-/// The result of one frame, as every sink receives it (and the JSON line printed for it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FrameResult {
-    /// Wall-clock time the frame was taken, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// Time of the frame on the source's clock, milliseconds since the source started (for a
-    /// replay at `--fps`, `index * 1000 / fps`): sinks that hold state over time use this, so a
-    /// replay gives the same transitions whatever the machine's speed.
-    pub source_ms: f64,
-    /// Frame number from the source (0-based; gaps are frames dropped because inference was busy).
-    pub frame: u64,
-    /// Frame width in pixels.
-    pub width: u32,
-    /// Frame height in pixels.
-    pub height: u32,
-    /// Detections (detection bundles), best first.
-    pub detections: Vec<LabeledDetection>,
-    /// Top class (classification bundles).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub classification: Option<Classification>,
-    /// Time spent in trunk + head, milliseconds.
-    pub inference_ms: f64,
-}
-
-impl FrameResult {
-    /// True when a detection (or the classification) with this label is present.
-    pub fn sees(&self, label: &str) -> bool {
-        self.detections.iter().any(|d| d.label == label)
-            || self
-                .classification
-                .as_ref()
-                .is_some_and(|c| c.label == label)
-    }
-}
 
 /// A sink failed; the runtime logs it and carries on.
 #[derive(Debug, thiserror::Error)]

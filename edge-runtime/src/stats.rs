@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+pub use kestrel_shared::report::{Latency, StageLatency, StatsSnapshot};
 
 /// Samples kept per stage (the percentiles describe the last this-many frames).
 pub const WINDOW: usize = 256;
@@ -44,49 +44,6 @@ impl Stage {
             Stage::Postprocess => "postprocess",
         }
     }
-}
-
-/// p50 / p95 of one stage, milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Latency {
-    /// Median.
-    pub p50_ms: f64,
-    /// 95th percentile.
-    pub p95_ms: f64,
-}
-
-/// Per-stage latency.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageLatency {
-    /// Waiting for a frame.
-    pub capture_wait: Latency,
-    /// Camera bytes to RGB.
-    pub decode: Latency,
-    /// Resize + normalise.
-    pub preprocess: Latency,
-    /// Trunk + head.
-    pub inference: Latency,
-    /// Threshold, NMS, box mapping.
-    pub postprocess: Latency,
-}
-
-/// What the runtime reports about itself (the `/stats` JSON, the `--stats` line).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StatsSnapshot {
-    /// Name of the model running (bundle id or directory name).
-    pub model: String,
-    /// Frames processed (results produced).
-    pub frames: u64,
-    /// Frames the capture side produced that inference never saw (it was busy).
-    pub dropped: u64,
-    /// Frames that failed to decode and were skipped.
-    pub decode_errors: u64,
-    /// Results per second over the window.
-    pub fps: f64,
-    /// Per-stage latency over the window.
-    pub latency: StageLatency,
-    /// Seconds since the runtime started.
-    pub uptime_s: f64,
 }
 
 /// Percentile `q` (0..=1) of `v`, nearest rank; 0 when empty.
@@ -194,31 +151,6 @@ impl Stats {
             },
             uptime_s: self.start.elapsed().as_secs_f64(),
         }
-    }
-}
-
-impl StatsSnapshot {
-    /// One human line for `--stats`.
-    pub fn line(&self) -> String {
-        let l = &self.latency;
-        format!(
-            "{}: {:.1} fps, {} frames, {} dropped, {} bad; ms p50/p95: wait {:.1}/{:.1} decode {:.1}/{:.1} pre {:.1}/{:.1} infer {:.1}/{:.1} post {:.1}/{:.1}",
-            self.model,
-            self.fps,
-            self.frames,
-            self.dropped,
-            self.decode_errors,
-            l.capture_wait.p50_ms,
-            l.capture_wait.p95_ms,
-            l.decode.p50_ms,
-            l.decode.p95_ms,
-            l.preprocess.p50_ms,
-            l.preprocess.p95_ms,
-            l.inference.p50_ms,
-            l.inference.p95_ms,
-            l.postprocess.p50_ms,
-            l.postprocess.p95_ms,
-        )
     }
 }
 

@@ -1,9 +1,12 @@
 //! A frozen trunk exported by `kestrel`: `trunk.onnx` plus its description `trunk.json`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use kestrel_shared::hash::sha256_hex;
 use kestrel_shared::{PreprocessSpec, TrunkInfo};
+use serde_json::json;
 
 use crate::model::{EdgeError, Model, ModelOutput, Threads};
 
@@ -86,4 +89,57 @@ impl Trunk {
             .apply(&crate::jpeg::load_picture(path)?);
         Ok(self.embed(std::slice::from_ref(&x))?.remove(0))
     }
+}
+
+/// Embed each picture and write one JSON object per line; a bad picture is reported on stderr and
+/// in its line, and the others still run. Returns how many failed.
+pub fn embed_images(
+    trunk: &Trunk,
+    images: &[PathBuf],
+    values: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<usize> {
+    let mut failed = 0;
+    for path in images {
+        let start = Instant::now();
+        let line = match trunk.embed_file(path) {
+            Ok(v) => {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let mut shape = trunk.info.output_shape.clone();
+                shape[0] = 1;
+                let mut obj = json!({
+                    "image": path.display().to_string(),
+                    "cut": trunk.info.cut.to_string(),
+                    "shape": shape,
+                    "l2_norm": norm,
+                    "mean": v.iter().sum::<f32>() / v.len() as f32,
+                    "ms": start.elapsed().as_secs_f64() * 1e3,
+                });
+                if values {
+                    obj["values"] = json!(v);
+                }
+                obj
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+                json!({"image": path.display().to_string(), "error": e.to_string()})
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(failed)
+}
+
+/// A JSON description of a loaded trunk: its description and the operators tract runs.
+pub fn info_json(trunk: &Trunk) -> serde_json::Value {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for op in trunk.model.op_names() {
+        *counts.entry(op).or_default() += 1;
+    }
+    json!({
+        "trunk": trunk.info,
+        "input_shape": trunk.model.input_shape(),
+        "tract_ops": counts,
+    })
 }

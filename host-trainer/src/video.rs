@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::imageops::FilterType;
-use kestrel_edge::runtime::LoopSummary;
-use kestrel_edge::sink::FrameResult;
 use kestrel_shared::eval::{DetectionMetrics, EvalInput, evaluate};
+use kestrel_shared::report::{FrameResult, LoopSummary};
 use kestrel_shared::{AnnotatedImage, BBox, Detection, Object};
 
 /// Write `pictures`, each scaled by `scale` (a camera frame larger than the model input), as

@@ -767,6 +767,16 @@ pub fn boards_table(boards: &[Board]) -> String {
     out
 }
 
+/// The board's name for itself.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kestrel-board".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

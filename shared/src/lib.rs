@@ -15,6 +15,7 @@ pub mod listing;
 pub mod manifest;
 pub mod nms;
 pub mod preprocess;
+pub mod report;
 pub mod sign;
 pub mod transport;
 pub mod trunk;

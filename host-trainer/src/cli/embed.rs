@@ -54,7 +54,7 @@ pub fn embed(a: &EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
     let dir = p.cached_trunk(a.cut, PreprocessSpec::imagenet(), &ctx.cache)?;
     let trunk = kestrel_edge::Trunk::open(&dir, 1, kestrel_edge::Threads::Single)?;
     let failed =
-        kestrel_edge::cli::embed_images(&trunk, &a.images, a.values, &mut std::io::stdout())?;
+        kestrel_edge::trunk::embed_images(&trunk, &a.images, a.values, &mut std::io::stdout())?;
     if failed > 0 {
         bail!(
             "{failed} of {} pictures could not be embedded",

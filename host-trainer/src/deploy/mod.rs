@@ -247,7 +247,7 @@ pub fn keygen(dir: &Path, force: bool) -> Result<KeyFiles, SignError> {
     let who = format!(
         "{}@{}",
         std::env::var("USER").unwrap_or_else(|_| "kestrel".into()),
-        kestrel_edge::agent::hostname()
+        kestrel_shared::board::hostname()
     );
     let line = key.public().to_line(&who);
     key.write(&secret, force)?;

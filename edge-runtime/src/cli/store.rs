@@ -157,7 +157,7 @@ pub fn put_resumable<R: Read>(
 }
 
 /// Runs `kestrel-edge store ...`.
-pub fn run_cli(args: StoreArgs) -> anyhow::Result<()> {
+pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     let mut store = open_waiting(&args.store, args.keep.max(1), Duration::from_secs(30))
         .with_context(|| format!("opening the store {}", args.store.display()))?;
     let mut out = std::io::stdout().lock();
