@@ -91,7 +91,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
 
     println!("== 2. Export the frozen trunk (cut at {cut}) to ONNX");
     let trunk_dir = out.join("trunk");
-    let info = crate::export::export_trunk(
+    let info = crate::trunk_onnx::export_trunk(
         &pretrained.model,
         cut,
         spec,

@@ -1,5 +1,6 @@
 //! Kestrel's workstation side: torchvision's pretrained MobileNetV2 in burn, cut into a frozen
-//! trunk, exported to ONNX for the board, and (in later stages) transfer learning on top of it.
+//! trunk (`trunk_onnx`), new heads trained on it (`classify`, `detect`, fine-tuning on the fused
+//! ops of `ops`), bundles for the board (`bundle`), deploys (`deploy`) and installs (`install`).
 //!
 //! The binary `kestrel` is a thin layer over these modules.
 
@@ -13,7 +14,6 @@ pub mod data;
 pub mod demo;
 pub mod deploy;
 pub mod detect;
-pub mod export;
 pub mod imagenet;
 pub mod install;
 pub mod mobilenet;
@@ -24,6 +24,7 @@ pub mod predict;
 pub mod pretrained;
 pub mod progress;
 pub mod run_config;
+pub mod trunk_onnx;
 pub mod video;
 pub mod weights;
 

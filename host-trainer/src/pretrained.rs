@@ -7,8 +7,8 @@ use kestrel_shared::hash::sha256_file;
 use kestrel_shared::{CutPoint, PreprocessSpec};
 
 use crate::backend::Backend;
-use crate::export::{cached_trunk_dir, export_trunk};
 use crate::mobilenet::{MobileNetV2, MobileNetV2Config};
+use crate::trunk_onnx::{cached_trunk_dir, export_trunk};
 
 /// torchvision's ImageNet MobileNetV2 loaded in burn.
 pub struct Pretrained {

@@ -208,7 +208,7 @@ pub fn tiny_bundle(dir: &Path, trunk_seed: u64, head_seed: u64) -> kestrel_share
         ("logits", vec![None, Some(labels.len())]),
         vec![],
     );
-    let model = kestrel_trainer::bundle::emit::merge(&trunk, &head);
+    let model = kestrel_trainer::bundle::onnx_graph::merge(&trunk, &head);
     std::fs::create_dir_all(dir).unwrap();
     let file = |name: &str, proto, input: TensorInfo, output: TensorInfo| {
         let path = dir.join(name);

@@ -6,7 +6,7 @@ use std::process::Command;
 use kestrel_e2e::{golden, max_abs_diff, python, weights};
 use kestrel_edge::{EdgeError, Threads, Trunk};
 use kestrel_shared::{CutPoint, PreprocessSpec};
-use kestrel_trainer::export::export_trunk;
+use kestrel_trainer::trunk_onnx::export_trunk;
 use kestrel_trainer::{Backend, Pretrained};
 
 const TOL: f32 = 1e-4;

@@ -8,8 +8,8 @@ use prost::Message;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
-use super::emit::{LayerQuant, QuantPlan, TAP_PREFIX};
-use super::quant::{ActivationParams, Observer};
+use super::int8::{ActivationParams, Observer};
+use super::onnx_graph::{LayerQuant, QuantPlan, TAP_PREFIX};
 
 /// Calibration failures.
 #[derive(Debug, thiserror::Error)]

@@ -17,15 +17,15 @@ use serde::Serialize;
 use tract_onnx::pb::ModelProto;
 
 use super::calibrate::calibrate;
-use super::emit::{GraphIo, QuantPlan, emit, merge};
 use super::evaluate::{Evaluation, agreement, evaluate_bundle, max_abs_diff};
 use super::layers::{self, Layer, Net};
+use super::onnx_graph::{GraphIo, QuantPlan, emit, merge};
 use super::source::{self, RunSource};
 use crate::classify::embed::{EmbeddingCache, embed_samples};
 use crate::data::Sample;
-use crate::export::INPUT_NAME;
 use crate::pretrained::Pretrained;
 use crate::progress::Progress;
+use crate::trunk_onnx::INPUT_NAME;
 
 /// Settings of `kestrel export`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

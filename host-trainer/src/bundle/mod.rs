@@ -16,11 +16,11 @@
 //! model, and the numbers go into the manifest.
 
 pub mod calibrate;
-pub mod emit;
 pub mod evaluate;
 pub mod export;
+pub mod int8;
 pub mod layers;
-pub mod quant;
+pub mod onnx_graph;
 pub mod release;
 pub mod source;
 

@@ -22,7 +22,7 @@ pub struct ExportTrunkArgs {
 /// Write trunk.onnx + trunk.json and print the description.
 pub fn export_trunk(a: &ExportTrunkArgs, ctx: &Context) -> anyhow::Result<()> {
     let p = ctx.pretrained()?;
-    let info = crate::export::export_trunk(
+    let info = crate::trunk_onnx::export_trunk(
         &p.model,
         a.cut,
         PreprocessSpec::imagenet(),

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::{ModelProto, TypeProto, ValueInfoProto, type_proto};
 
+use super::int8::{ActivationParams, quantize_weights};
 use super::layers::{Activation, Conv, Dense, Layer, Net};
-use super::quant::{ActivationParams, quantize_weights};
 use crate::onnx::{Attr, GraphBuilder};
 
 /// Prefix of the calibration outputs: `tap.<layer>` is the input of `<layer>`.
