@@ -186,8 +186,8 @@ pub struct AgentLoopArgs {
     /// Print a JSON line per frame on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Serve the live view on this address (e.g. 127.0.0.1:8080).
-    #[arg(long)]
+    /// Serve the live view on this port of 127.0.0.1 (`--http 8080`) or this address.
+    #[arg(long, value_parser = crate::cli::run::http_address)]
     pub http: Option<std::net::SocketAddr>,
     /// Token required by the live view.
     #[arg(long, env = "KESTREL_HTTP_TOKEN")]

@@ -27,7 +27,7 @@ use crate::source::{CameraSettings, RawFrame, Replay, SourceError, SourceSpec, d
 use crate::stats::{Stage, Stats};
 
 /// How the capture side hands frames over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SlotMode {
     /// Overwrite the slot with each new frame; frames inference never took are dropped.
     Newest,

@@ -142,11 +142,14 @@ fn is_zero(n: &u32) -> bool {
 
 /// Pixel format of camera frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum PixelFormat {
     /// Motion JPEG: every frame a JPEG (`mjpeg`); cheap on USB bandwidth, costs a decode.
+    #[cfg_attr(feature = "clap", value(alias = "mjpg"))]
     Mjpeg,
     /// YUYV 4:2:2, uncompressed (`yuyv`); the width must be even.
+    #[cfg_attr(feature = "clap", value(alias = "yuy2"))]
     Yuyv,
 }
 

@@ -49,9 +49,19 @@ pub struct SourceArgs {
     /// Camera frame rate to ask for (default: the board's, else 30).
     #[arg(long)]
     pub camera_fps: Option<u32>,
-    /// Camera pixel format to ask for: mjpeg or yuyv (default: the board's, else mjpeg).
-    #[arg(long)]
-    pub pixel_format: Option<String>,
+    /// Camera pixel format to ask for (default: the board's, else mjpeg).
+    #[arg(long, value_enum)]
+    pub pixel_format: Option<PixelFormat>,
+}
+
+/// `--http PORT` (on 127.0.0.1) or `--http ADDRESS:PORT`.
+pub fn http_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!("{text:?} is neither a port (8080) nor an address with a port (0.0.0.0:8080)")
+    })
 }
 
 impl SourceArgs {
@@ -84,13 +94,7 @@ impl SourceArgs {
         c.width = self.width.unwrap_or(c.width);
         c.height = self.height.unwrap_or(c.height);
         c.fps = self.camera_fps.unwrap_or(c.fps);
-        if let Some(f) = &self.pixel_format {
-            c.format = match f.to_ascii_lowercase().as_str() {
-                "mjpeg" | "mjpg" => PixelFormat::Mjpeg,
-                "yuyv" | "yuy2" => PixelFormat::Yuyv,
-                other => anyhow::bail!("--pixel-format {other}: use mjpeg or yuyv"),
-            };
-        }
+        c.format = self.pixel_format.unwrap_or(c.format);
         Ok(c)
     }
 
@@ -121,8 +125,8 @@ pub struct RunArgs {
     pub max_frames: Option<u64>,
     /// Hand frames over newest-only (drop when busy) or in lockstep (every frame). Default:
     /// newest for cameras and paced replays, lockstep for unpaced replays.
-    #[arg(long, value_parser = ["newest", "lockstep"])]
-    pub mode: Option<String>,
+    #[arg(long, value_enum)]
+    pub mode: Option<SlotMode>,
     /// Print a statistics line (fps, latency p50/p95 per stage, drops) to stderr every few seconds.
     #[arg(long)]
     pub stats: bool,
@@ -148,9 +152,10 @@ pub struct RunArgs {
     /// Keep the line high this long (ms of frame time) after the label was last seen.
     #[arg(long, default_value_t = 500.0)]
     pub hold_ms: f64,
-    /// Serve the live view (annotated MJPEG, stats, /stats JSON) on this address, e.g.
-    /// 127.0.0.1:8080 (use 0.0.0.0:8080 to reach it from another machine, with --http-token).
-    #[arg(long)]
+    /// Serve the live view (annotated MJPEG, stats, /stats JSON) on this port of 127.0.0.1
+    /// (`--http 8080`) or this address (use 0.0.0.0:8080 to reach it from another machine, with
+    /// --http-token).
+    #[arg(long, value_parser = http_address)]
     pub http: Option<SocketAddr>,
     /// Require this token (`?token=` or `Authorization: Bearer`) on every HTTP request.
     #[arg(long, env = "KESTREL_HTTP_TOKEN")]
@@ -289,10 +294,7 @@ pub fn run(args: &RunArgs, started: Instant) -> anyhow::Result<LoopSummary> {
         started.elapsed().as_secs_f64() * 1e3
     );
     let mut sinks = sinks(args, board.as_ref(), detector.name())?;
-    let mode = args.mode.as_deref().map(|m| match m {
-        "lockstep" => SlotMode::Lockstep,
-        _ => SlotMode::Newest,
-    });
+    let mode = args.mode;
     let capture = Capture::start(
         args.source.spec(board.as_ref()),
         args.source.replay(),
@@ -323,4 +325,60 @@ pub fn run(args: &RunArgs, started: Instant) -> anyhow::Result<LoopSummary> {
         anyhow::bail!("{}", summary.ended);
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn http_takes_a_port_or_an_address() {
+        assert_eq!(
+            http_address("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            http_address("0.0.0.0:9000").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
+        assert!(
+            http_address("localhost")
+                .unwrap_err()
+                .contains("neither a port")
+        );
+        assert!(http_address("70000").is_err());
+    }
+
+    #[test]
+    fn fixed_values_are_checked_by_the_parser() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["t", "--bundle", "b"];
+            argv.extend(extra);
+            Cli::try_parse_from(argv).map(|c| c.run)
+        };
+        let a = parse(&[
+            "--mode",
+            "lockstep",
+            "--pixel-format",
+            "yuy2",
+            "--http",
+            "81",
+        ])
+        .unwrap();
+        assert_eq!(a.mode, Some(SlotMode::Lockstep));
+        assert_eq!(a.source.pixel_format, Some(PixelFormat::Yuyv));
+        assert_eq!(a.http, Some("127.0.0.1:81".parse().unwrap()));
+        for bad in [["--mode", "oldest"], ["--pixel-format", "rgb"]] {
+            let e = parse(&bad).expect_err("refused");
+            assert!(e.to_string().contains("possible values"), "{e}");
+        }
+    }
 }

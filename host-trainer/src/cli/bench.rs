@@ -11,8 +11,8 @@ use crate::bench;
 /// Arguments of `kestrel bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Timed iterations per engine.
-    #[arg(long, default_value_t = 30)]
+    /// Timed iterations per engine (`--iters` still works).
+    #[arg(long = "iterations", alias = "iters", default_value_t = 30)]
     pub iters: usize,
     /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
