@@ -1,7 +1,7 @@
 //! `kestrel-edge`: the on-board runtime's command line. Each subcommand's arguments and `run` live
 //! in `kestrel_edge::cli::<name>`; this file only parses and dispatches.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kestrel_edge::cli;
 
 #[derive(Parser)]
@@ -36,9 +36,26 @@ enum Command {
     Embed(cli::embed::EmbedArgs),
     /// Load a trunk or a bundle, optimise it, and print what tract will run.
     Info(cli::info::InfoArgs),
+    /// Print a shell completion script (e.g. `kestrel-edge completions bash`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit statuses: 0 success, 1 other failure, 2 usage, 3 bad input (a bundle, trunk or picture
+/// that does not load).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     cli::init_logging();
     let started = std::time::Instant::now();
     match Cli::parse().command {
@@ -55,6 +72,12 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => cli::store::run(args)?,
         Command::Embed(args) => cli::embed::run(&args)?,
         Command::Info(args) => cli::info::run(&args)?,
+        Command::Completions { shell } => clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "kestrel-edge",
+            &mut std::io::stdout(),
+        ),
     }
     Ok(())
 }

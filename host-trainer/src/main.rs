@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kestrel_trainer::backend::{Backend, set_threads};
 use kestrel_trainer::cli::{self, Context};
 use kestrel_trainer::deploy::cli as deploy;
@@ -80,9 +80,27 @@ enum Command {
     Install(kestrel_trainer::install::InstallArgs),
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo(cli::demo::DemoArgs),
+    /// Print a shell completion script (e.g. `kestrel completions bash >
+    /// ~/.local/share/bash-completion/completions/kestrel`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit statuses: 0 success, 1 other failure, 2 usage, 3 bad input data, 4 refused by the board,
+/// 5 link failure (`kestrel_trainer::cli::exit`).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(cli::exit::exit_code(&e))
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -130,6 +148,12 @@ fn main() -> anyhow::Result<()> {
             kestrel_trainer::install::run(a)?;
         }
         Command::Demo(a) => cli::demo::run(a, &ctx)?,
+        Command::Completions { shell } => clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "kestrel",
+            &mut std::io::stdout(),
+        ),
     }
     Ok(())
 }

@@ -209,3 +209,64 @@ fn boards_lists_the_builtin_boards_and_names_a_bad_field() {
         "{err}"
     );
 }
+
+/// Scripts can tell failures apart: usage 2, bad input 3, refused by the board 4 (in
+/// deploy_ssh.rs), link failure 5; and both binaries print shell completions.
+#[test]
+fn exit_statuses_say_what_failed_and_completions_are_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = |c: &mut Command| {
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (usage, _) = code(kestrel().arg("deploy"));
+    assert_eq!(usage, Some(2), "no bundle given");
+    let not_a_bundle = dir.path().join("empty");
+    std::fs::create_dir(&not_a_bundle).unwrap();
+    let (bad, err) = code(
+        kestrel()
+            .arg("deploy")
+            .arg(&not_a_bundle)
+            .args(["--serial", "/dev/null"]),
+    );
+    assert_eq!(bad, Some(3), "{err}");
+    assert!(err.contains("manifest.json"), "{err}");
+    let bundle = dir.path().join("b");
+    kestrel_e2e::tiny_bundle(&bundle, 1, 1);
+    let (link, err) = code(
+        kestrel()
+            .arg("deploy")
+            .arg(&bundle)
+            .args(["--serial", "/nonexistent/ttyKESTREL"]),
+    );
+    assert_eq!(link, Some(5), "{err}");
+    assert!(err.contains("/nonexistent/ttyKESTREL"), "{err}");
+    let (edge_bad, err) = code(
+        Command::new(bin("kestrel-edge"))
+            .args(["info", "--bundle"])
+            .arg(&not_a_bundle),
+    );
+    assert_eq!(edge_bad, Some(3), "{err}");
+
+    let bash = kestrel().args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success());
+    let bash = String::from_utf8(bash.stdout).unwrap();
+    assert!(
+        bash.contains("complete -F")
+            && bash.contains("deploy")
+            && bash.contains("--allow-downgrade"),
+        "not a bash completion for kestrel"
+    );
+    let zsh = Command::new(bin("kestrel-edge"))
+        .args(["completions", "zsh"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(zsh.stdout)
+            .unwrap()
+            .starts_with("#compdef kestrel-edge")
+    );
+}

@@ -181,7 +181,11 @@ fn deploy_over_ssh_sends_only_missing_blobs_and_the_agent_switches() {
     let refused = deploy_e(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     println!("older bundle over ssh: {stderr}");
-    assert!(!refused.status.success(), "a downgrade must fail");
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "a downgrade is refused by the board (exit status 4)"
+    );
     assert!(
         stderr.contains("older than the current bundle") && stderr.contains("sequence 2000"),
         "{stderr}"

@@ -25,3 +25,12 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The exit status for `err`: 3 when a bundle, trunk or picture does not load (bad input), else 1
+/// (clap exits 2 on usage errors itself).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|c| {
+        c.is::<crate::BundleError>() || c.is::<crate::EdgeError>() || c.is::<image::ImageError>()
+    });
+    if bad_input { 3 } else { 1 }
+}

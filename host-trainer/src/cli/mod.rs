@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod exit;
 pub mod export;
 pub mod predict;
 pub mod synth;

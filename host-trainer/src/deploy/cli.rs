@@ -55,7 +55,13 @@ impl BoardArgs {
     ) -> anyhow::Result<T> {
         match (&self.serial, &self.ssh) {
             (Some(dev), _) => {
-                let mut port = kestrel_shared::transport::open_serial(dev, self.baud)?;
+                let mut port =
+                    kestrel_shared::transport::open_serial(dev, self.baud).map_err(|source| {
+                        super::DeployError::Link {
+                            what: format!("opening {dev}"),
+                            source,
+                        }
+                    })?;
                 let serial = SerialOptions {
                     baud: self.baud,
                     ..serial
