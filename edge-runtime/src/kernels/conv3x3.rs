@@ -1,7 +1,9 @@
 //! 3x3 convolutions over NCHW planes, computed directly: the depthwise convolution of every
-//! inverted-residual block, and the dense stem convolution on a few input channels. Both read a
-//! zero-bordered copy of the input laid out so each kernel tap is one contiguous run, then sweep
-//! the output row by row, a vector of outputs at a time, with bias and clamp (ReLU6) fused.
+//! inverted-residual block, and the dense stem convolution on a few input channels. Both can read
+//! a zero-bordered copy of the input laid out so each kernel tap is one contiguous run, then sweep
+//! the output row by row, a vector of outputs at a time, with bias and clamp (ReLU6) fused. On
+//! NEON (and the portable path) the depthwise convolution reads planes with a border of one
+//! (MobileNetV2's, both strides) in place instead, walking down them in column strips.
 
 use super::simd::{Isa, Lanes};
 
@@ -260,8 +262,9 @@ unsafe fn dw_avx(dw: &Depthwise3x3, input: &[f32], first: usize, out: &mut [f32]
     unsafe { dw_planes::<super::simd::Avx, 1, false>(dw, input, first, out) }
 }
 
-/// The planes of a depthwise convolution, `V` vectors of a row per step; `DIRECT`: stride-1
-/// planes with a zero border of one are read in place (see [`dw_rows_direct`]).
+/// The planes of a depthwise convolution, `V` vectors of a row per step; `DIRECT`: planes with
+/// a zero border of one are read in place, in column strips (see [`walk_plan`]). AVX2 keeps the
+/// padded copy (reading stride 1 in place was slower there).
 #[inline(always)]
 unsafe fn dw_planes<L: Lanes, const V: usize, const DIRECT: bool>(
     dw: &Depthwise3x3,
@@ -271,48 +274,19 @@ unsafe fn dw_planes<L: Lanes, const V: usize, const DIRECT: bool>(
 ) {
     let g = &dw.geom;
     let (ip, op) = (g.in_plane(), g.out_plane());
-    if let Some(plan) = DIRECT
-        .then(|| walk_plan::<L>(g))
-        .flatten()
-        .filter(|_| g.stride == 2)
-    {
-        for (i, oplane) in out.chunks_exact_mut(op).enumerate() {
-            let p = first + i;
-            let c = p % dw.channels;
-            let k: &[f32; 9] = dw.weights[c * 9..c * 9 + 9].try_into().expect("9 taps");
-            let consts = unsafe { Consts::new(k, dw.bias[c], dw.clamp) };
-            let plane = input[p * ip..(p + 1) * ip].as_ptr();
-            for &(strip, x0) in &plan {
-                // SAFETY: the plan's strips read inside the input plane and write inside the
-                // output plane (see walk_plan).
-                unsafe { strip(plane, oplane.as_mut_ptr(), &consts, g, x0) };
-            }
-        }
-        return;
-    }
-    let border_of_one = g.stride == 1 && g.pad_top == 1 && g.pad_left == 1;
-    if DIRECT && border_of_one && g.oh == g.h && g.ow == g.w && g.ow >= 2 * V * L::N {
-        // The rows above and below the plane.
-        let zeros = vec![0f32; g.w + 2];
+    // `if DIRECT` alone: with a constant false the block is not even generated (the AVX2 code
+    // stays as it was).
+    if DIRECT && let Some(plan) = walk_plan::<L>(g) {
         for (i, oplane) in out.chunks_exact_mut(op).enumerate() {
             let p = first + i;
             let c = p % dw.channels;
             let k: &[f32; 9] = dw.weights[c * 9..c * 9 + 9].try_into().expect("9 taps");
             let consts = unsafe { Consts::new(k, dw.bias[c], dw.clamp) };
             let plane = &input[p * ip..(p + 1) * ip];
-            let out = oplane.as_mut_ptr();
-            unsafe {
-                let mut y = 0;
-                while y + DW_ROWS <= g.oh {
-                    dw_rows_direct::<L, DW_ROWS, V>(plane, &zeros, &consts, g, out, y);
-                    y += DW_ROWS;
-                }
-                match g.oh - y {
-                    3 => dw_rows_direct::<L, 3, V>(plane, &zeros, &consts, g, out, y),
-                    2 => dw_rows_direct::<L, 2, V>(plane, &zeros, &consts, g, out, y),
-                    1 => dw_rows_direct::<L, 1, V>(plane, &zeros, &consts, g, out, y),
-                    _ => {}
-                }
+            for &(strip, x0) in &plan {
+                // SAFETY: the plan's strips read inside the input plane and write inside the
+                // output plane (see walk_plan).
+                unsafe { strip(plane, oplane, &consts, g, x0) };
             }
         }
         return;
@@ -331,11 +305,13 @@ unsafe fn dw_planes<L: Lanes, const V: usize, const DIRECT: bool>(
 /// One column strip of a plane with a zero border of one, read in place (see [`walk_plan`]):
 /// the input plane, the output plane, the filter, the geometry and the strip's first output
 /// column.
-type Strip<L> = unsafe fn(*const f32, *mut f32, &Consts<L>, &Geometry, usize);
+/// Slices rather than pointers: LLVM then knows the input and output do not overlap.
+type Strip<L> = unsafe fn(&[f32], &mut [f32], &Consts<L>, &Geometry, usize);
 
-/// Output vectors a stride-1 strip computes at most: its sums for two output rows (ten
-/// registers), the nine taps of a vector and the filter fit NEON's 32 registers.
-const S1_VECTORS: usize = 5;
+/// Output vectors a stride-1 strip computes at most: with 5, LLVM kept taps in registers past
+/// their vector and NEON's registers spilled (detector's stride-1 layers on cortex-a72: 12.58 M
+/// instructions with 5, 12.23 M with 4, before the other changes).
+const S1_VECTORS: usize = 4;
 
 /// Output vector pairs a stride-2 strip computes at most (eight sums: one output row at a time).
 const S2_PAIRS: usize = 4;
@@ -452,12 +428,15 @@ unsafe fn store_sums<L: Lanes, const V: usize>(acc: &[L; V], c: &Consts<L>, dst:
 /// `i + 1` (kernel row 0): two rows of sums are carried down, and the loop takes two input
 /// rows per turn so they swap roles without moves.
 unsafe fn dw_s1_strip<L: Lanes, const V: usize, const LEFT: bool, const RIGHT: bool>(
-    plane: *const f32,
-    out: *mut f32,
+    plane: &[f32],
+    out: &mut [f32],
     c: &Consts<L>,
     g: &Geometry,
     x0: usize,
 ) {
+    // Slices (see Strip): LLVM pairs a row's loads and stores (`ldp`, `stp`; 11.8 -> 11.1 M
+    // instructions on the detector's stride-1 layers).
+    let (plane, out) = (plane.as_ptr(), out.as_mut_ptr());
     unsafe {
         let (h, w) = (g.h, g.w);
         let src = |i: usize| plane.add(i * w + x0);
@@ -471,12 +450,17 @@ unsafe fn dw_s1_strip<L: Lanes, const V: usize, const LEFT: bool, const RIGHT: b
             return;
         }
         s1_row::<L, V, LEFT, RIGHT, false, true>(src(0), &mut p, &mut q, c, dst(0));
-        let mut i = 1;
-        while i + 2 < h {
-            s1_row::<L, V, LEFT, RIGHT, true, true>(src(i), &mut q, &mut p, c, dst(i - 1));
-            s1_row::<L, V, LEFT, RIGHT, true, true>(src(i + 1), &mut p, &mut q, c, dst(i));
-            i += 2;
+        // Two pointers bumped per turn (indexing from the plane, LLVM kept one per row).
+        let (mut s, mut d) = (src(1), dst(0));
+        let mut turns = (h - 2) / 2;
+        while turns > 0 {
+            s1_row::<L, V, LEFT, RIGHT, true, true>(s, &mut q, &mut p, c, d);
+            s1_row::<L, V, LEFT, RIGHT, true, true>(s.add(w), &mut p, &mut q, c, d.add(w));
+            s = s.add(2 * w);
+            d = d.add(2 * w);
+            turns -= 1;
         }
+        let i = 1 + (h - 2) / 2 * 2;
         if i + 2 == h {
             s1_row::<L, V, LEFT, RIGHT, true, true>(src(i), &mut q, &mut p, c, dst(i - 1));
             s1_row::<L, V, LEFT, RIGHT, true, false>(src(i + 1), &mut p, &mut q, c, dst(i));
@@ -550,6 +534,20 @@ unsafe fn s1_row<
 /// them again (`st2`). Output row `y` reads input rows `2y - 1` (the one before finishing row
 /// `y - 1`), `2y` and `2y + 1`.
 unsafe fn dw_s2_pairs<L: Lanes, const P: usize, const LEFT: bool>(
+    plane: &[f32],
+    out: &mut [f32],
+    c: &Consts<L>,
+    g: &Geometry,
+    x0: usize,
+) {
+    unsafe { dw_s2_pairs_at::<L, P, LEFT>(plane.as_ptr(), out.as_mut_ptr(), c, g, x0) }
+}
+
+/// The body of [`dw_s2_pairs`], on pointers in a function of its own: told that input and output
+/// do not overlap, LLVM scheduled the stride-2 steps into more register moves (3.07 -> 3.31 M
+/// instructions on the detector's stride-2 layers).
+#[inline(never)]
+unsafe fn dw_s2_pairs_at<L: Lanes, const P: usize, const LEFT: bool>(
     plane: *const f32,
     out: *mut f32,
     c: &Consts<L>,
@@ -633,6 +631,20 @@ unsafe fn s2_pairs_row<
 /// A stride-2 strip of one output vector from column `x0 >= 1`, read with `ld2`; `ODD`: it ends
 /// at the row's end and the width is odd, so its last right tap is the border column.
 unsafe fn dw_s2_single<L: Lanes, const ODD: bool>(
+    plane: &[f32],
+    out: &mut [f32],
+    c: &Consts<L>,
+    g: &Geometry,
+    x0: usize,
+) {
+    unsafe { dw_s2_single_at::<L, ODD>(plane.as_ptr(), out.as_mut_ptr(), c, g, x0) }
+}
+
+/// The body of [`dw_s2_single`], on pointers in a function of its own: told that input and output
+/// do not overlap, LLVM scheduled the stride-2 steps into more register moves (3.07 -> 3.31 M
+/// instructions on the detector's stride-2 layers).
+#[inline(never)]
+unsafe fn dw_s2_single_at<L: Lanes, const ODD: bool>(
     plane: *const f32,
     out: *mut f32,
     c: &Consts<L>,
@@ -752,55 +764,6 @@ const LEFT: u8 = 1;
 /// The last step of a row, whose right taps read the zero border.
 const RIGHT: u8 = 2;
 
-/// Output rows `y0..y0 + R` of a stride-1 plane with a zero border of one, read from the input
-/// plane itself: no padded copy (which cost a third of the instructions on the detector's small
-/// planes). Rows above and below the plane read `zeros`; the border columns are made in
-/// registers by the first and the last step of a row. Needs a row of two steps or more.
-#[inline(always)]
-unsafe fn dw_rows_direct<L: Lanes, const R: usize, const V: usize>(
-    plane: &[f32],
-    zeros: &[f32],
-    c: &Consts<L>,
-    g: &Geometry,
-    out: *mut f32,
-    y0: usize,
-) {
-    unsafe {
-        // Padded row y0 + j (input row y0 + j - 1), from its padded column 0: one before the
-        // input row, never read (wrapping pointers: it may lie before the allocation).
-        let mut src = [zeros.as_ptr(); rows_in(DW_ROWS, 2)];
-        for (j, row) in src.iter_mut().enumerate().take(rows_in(R, 1)) {
-            let iy = (y0 + j).wrapping_sub(1);
-            if iy < g.h {
-                *row = plane.as_ptr().add(iy * g.w).wrapping_sub(1);
-            }
-        }
-        let mut dst: [*mut f32; R] = std::array::from_fn(|r| out.add((y0 + r) * g.ow));
-        let (step, n, taps) = (V * L::N, L::N as isize, [0, 1, 2]);
-        dw_step_store::<L, R, 1, V, LEFT>(&src, &dst, taps, c);
-        advance::<R, 1>(&mut src, &mut dst, step as isize);
-        let mut x = step;
-        while x + step < g.ow {
-            dw_step_store::<L, R, 1, V, 0>(&src, &dst, taps, c);
-            advance::<R, 1>(&mut src, &mut dst, step as isize);
-            x += step;
-        }
-        if x + step == g.ow {
-            dw_step_store::<L, R, 1, V, RIGHT>(&src, &dst, taps, c);
-            return;
-        }
-        while x + L::N < g.ow {
-            dw_step_store::<L, R, 1, 1, 0>(&src, &dst, taps, c);
-            advance::<R, 1>(&mut src, &mut dst, n);
-            x += L::N;
-        }
-        // The last vector ends at the row's end (over values already stored where the row ends
-        // inside it).
-        advance::<R, 1>(&mut src, &mut dst, (g.ow - x) as isize - n);
-        dw_step_store::<L, R, 1, 1, RIGHT>(&src, &dst, taps, c);
-    }
-}
-
 /// Padded input rows a group of `r` output rows with stride `s` reads.
 const fn rows_in(r: usize, s: usize) -> usize {
     (r - 1) * s + 3
@@ -902,7 +865,9 @@ unsafe fn advance<const R: usize, const S: usize>(
 /// tap of an input row is loaded once and multiplied into every output row that reads it, in
 /// the reference's order (kernel row, then column). `E` says whether the step is the first
 /// ([`LEFT`]) or the last ([`RIGHT`]) of a stride-1 row read in place, whose border taps are
-/// zeros shifted in rather than loaded.
+/// zeros shifted in rather than loaded. Every caller passes 0 since the column strips read in
+/// place; the branches stay because without them LLVM generated other code for the AVX2 steps,
+/// 3-5% slower on stride 1 (`where_time_goes`).
 #[inline(always)]
 unsafe fn dw_step<L: Lanes, const R: usize, const S: usize, const V: usize, const E: u8>(
     src: &[*const f32; rows_in(DW_ROWS, 2)],
