@@ -162,12 +162,12 @@ pub(crate) trait Lanes: Copy {
     #[inline(always)]
     unsafe fn load2(p: *const f32) -> (Self, Self) {
         unsafe {
-            let mut tmp = [[0f32; 16]; 2];
-            for i in 0..Self::N {
-                tmp[0][i] = *p.add(2 * i);
-                tmp[1][i] = *p.add(2 * i + 1);
+            let (mut evens, mut odds) = ([0f32; 16], [0f32; 16]);
+            for (i, (e, o)) in evens.iter_mut().zip(&mut odds).take(Self::N).enumerate() {
+                *e = *p.add(2 * i);
+                *o = *p.add(2 * i + 1);
             }
-            (Self::load(tmp[0].as_ptr()), Self::load(tmp[1].as_ptr()))
+            (Self::load(evens.as_ptr()), Self::load(odds.as_ptr()))
         }
     }
     /// `4N` values from `p` split by their position modulo 4, `[p[4i], p[4i + 1], p[4i + 2],
@@ -188,12 +188,12 @@ pub(crate) trait Lanes: Copy {
     #[inline(always)]
     unsafe fn store2(a: Self, b: Self, p: *mut f32) {
         unsafe {
-            let mut tmp = [[0f32; 16]; 2];
-            a.store(tmp[0].as_mut_ptr());
-            b.store(tmp[1].as_mut_ptr());
-            for i in 0..Self::N {
-                *p.add(2 * i) = tmp[0][i];
-                *p.add(2 * i + 1) = tmp[1][i];
+            let (mut ta, mut tb) = ([0f32; 16], [0f32; 16]);
+            a.store(ta.as_mut_ptr());
+            b.store(tb.as_mut_ptr());
+            for (i, (a, b)) in ta.iter().zip(&tb).take(Self::N).enumerate() {
+                *p.add(2 * i) = *a;
+                *p.add(2 * i + 1) = *b;
             }
         }
     }
