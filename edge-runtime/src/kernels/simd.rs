@@ -146,6 +146,57 @@ pub(crate) trait Lanes: Copy {
             Self::load(tmp[1..].as_ptr())
         }
     }
+    /// The lanes moved up one with `prev`'s last lane in the first, `[p(N-1), a0, .., a(N-2)]`:
+    /// the column left of a vector's first, from the vector before it.
+    #[inline(always)]
+    unsafe fn shift_in(self, prev: Self) -> Self {
+        unsafe {
+            let mut tmp = [0f32; 32];
+            prev.store(tmp.as_mut_ptr());
+            self.store(tmp[Self::N..].as_mut_ptr());
+            Self::load(tmp[Self::N - 1..].as_ptr())
+        }
+    }
+    /// `2N` values from `p` split into their even and odd positions, `(p[2i], p[2i + 1])`: a
+    /// stride-2 row's taps read in place.
+    #[inline(always)]
+    unsafe fn load2(p: *const f32) -> (Self, Self) {
+        unsafe {
+            let (mut evens, mut odds) = ([0f32; 16], [0f32; 16]);
+            for (i, (e, o)) in evens.iter_mut().zip(&mut odds).take(Self::N).enumerate() {
+                *e = *p.add(2 * i);
+                *o = *p.add(2 * i + 1);
+            }
+            (Self::load(evens.as_ptr()), Self::load(odds.as_ptr()))
+        }
+    }
+    /// `4N` values from `p` split by their position modulo 4, `[p[4i], p[4i + 1], p[4i + 2],
+    /// p[4i + 3]]`: the taps of two interleaved stride-2 output vectors read in place.
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> [Self; 4] {
+        unsafe {
+            let mut tmp = [[0f32; 16]; 4];
+            for i in 0..Self::N {
+                for (j, t) in tmp.iter_mut().enumerate() {
+                    t[i] = *p.add(4 * i + j);
+                }
+            }
+            tmp.map(|t| Self::load(t.as_ptr()))
+        }
+    }
+    /// Writes `a` and `b` interleaved, `a0, b0, a1, b1, ..`, to `2N` values at `p`.
+    #[inline(always)]
+    unsafe fn store2(a: Self, b: Self, p: *mut f32) {
+        unsafe {
+            let (mut ta, mut tb) = ([0f32; 16], [0f32; 16]);
+            a.store(ta.as_mut_ptr());
+            b.store(tb.as_mut_ptr());
+            for (i, (a, b)) in ta.iter().zip(&tb).take(Self::N).enumerate() {
+                *p.add(2 * i) = *a;
+                *p.add(2 * i + 1) = *b;
+            }
+        }
+    }
     /// Lane-wise clamp to `[lo, hi]` (max first, then min, as tract's fused clip does).
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self;
     /// Splits `pairs` pairs from `src` into their first (`firsts[k] = src[2k]`) and second
@@ -201,6 +252,25 @@ impl Lanes for f32 {
     #[inline(always)]
     unsafe fn clamp(self, lo: Self, hi: Self) -> Self {
         self.max(lo).min(hi)
+    }
+    #[inline(always)]
+    unsafe fn shift_in(self, prev: Self) -> Self {
+        prev
+    }
+    #[inline(always)]
+    unsafe fn load2(p: *const f32) -> (Self, Self) {
+        unsafe { (*p, *p.add(1)) }
+    }
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> [Self; 4] {
+        unsafe { [*p, *p.add(1), *p.add(2), *p.add(3)] }
+    }
+    #[inline(always)]
+    unsafe fn store2(a: Self, b: Self, p: *mut f32) {
+        unsafe {
+            *p = a;
+            *p.add(1) = b;
+        }
     }
 }
 
@@ -393,6 +463,28 @@ mod arm {
         #[inline(always)]
         unsafe fn zero_last(self) -> Self {
             unsafe { Neon(vextq_f32::<1>(self.0, vdupq_n_f32(0.0))) }
+        }
+        #[inline(always)]
+        unsafe fn shift_in(self, prev: Self) -> Self {
+            unsafe { Neon(vextq_f32::<3>(prev.0, self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn load2(p: *const f32) -> (Self, Self) {
+            unsafe {
+                let v = vld2q_f32(p);
+                (Neon(v.0), Neon(v.1))
+            }
+        }
+        #[inline(always)]
+        unsafe fn load4(p: *const f32) -> [Self; 4] {
+            unsafe {
+                let v = vld4q_f32(p);
+                [Neon(v.0), Neon(v.1), Neon(v.2), Neon(v.3)]
+            }
+        }
+        #[inline(always)]
+        unsafe fn store2(a: Self, b: Self, p: *mut f32) {
+            unsafe { vst2q_f32(p, float32x4x2_t(a.0, b.0)) }
         }
         #[inline(always)]
         unsafe fn deinterleave(src: *const f32, pairs: usize, firsts: *mut f32, seconds: *mut f32) {
