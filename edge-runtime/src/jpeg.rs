@@ -15,8 +15,10 @@ use std::panic::AssertUnwindSafe;
 
 use image::RgbImage;
 
-/// Read and decode a picture file: JPEG with [`decode`], other formats with `image`
-/// ([`kestrel_shared::PreprocessSpec::load`]); errors name the file.
+/// Read and decode a picture file as displayed: JPEG with [`decode`], other formats with `image`
+/// ([`kestrel_shared::PreprocessSpec::load`]), the EXIF orientation applied either way
+/// ([`kestrel_shared::picture`]: the trainer reads training pictures so, and so must a board
+/// reading picture files); errors name the file.
 pub fn load_picture(path: &std::path::Path) -> Result<RgbImage, kestrel_shared::PreprocessError> {
     use kestrel_shared::PreprocessError;
     let bytes = std::fs::read(path).map_err(|source| PreprocessError::Read {
@@ -26,13 +28,15 @@ pub fn load_picture(path: &std::path::Path) -> Result<RgbImage, kestrel_shared::
     if !is_jpeg(&bytes) {
         return kestrel_shared::PreprocessSpec::load(path);
     }
-    decode(&bytes).map_err(|reason| PreprocessError::Decode {
+    let img = decode(&bytes).map_err(|reason| PreprocessError::Decode {
         path: path.to_path_buf(),
         source: image::ImageError::Decoding(image::error::DecodingError::new(
             image::ImageFormat::Jpeg.into(),
             reason,
         )),
-    })
+    })?;
+    let o = kestrel_shared::picture::orientation(&bytes);
+    Ok(kestrel_shared::picture::orient_rgb(img, o))
 }
 
 /// Whether `data` starts like a JPEG file (SOI marker).

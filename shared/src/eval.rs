@@ -799,12 +799,14 @@ mod tests {
                 width: 64,
                 height: 48,
                 objects: vec![obj(1, [1.5, 2.0, 11.5, 7.0])],
+                ignored: Vec::new(),
             },
             AnnotatedImage {
                 path: "b.png".into(),
                 width: 64,
                 height: 48,
                 objects: vec![obj(0, A), obj(1, B)],
+                ignored: Vec::new(),
             },
         ];
         let gt = coco_ground_truth_json(&images, &["circle", "square"]);

@@ -605,6 +605,7 @@ impl TrainedDetector {
             width: img.width(),
             height: img.height(),
             objects: Vec::new(),
+            ignored: Vec::new(),
         };
         let dets = decode(
             &self.head,
