@@ -930,6 +930,15 @@ fn pascal_voc_layout() {
         "{:?}",
         ds.notes
     );
+    // A classes.txt (Kestrel's writer adds one) keeps the order; a name it lacks is an error.
+    write(&r.join("classes.txt"), "zebra\nbee\nant\nowl\n");
+    assert_eq!(
+        load(r, true).unwrap().labels,
+        names(&["zebra", "bee", "ant", "owl"])
+    );
+    write(&r.join("classes.txt"), "zebra\nbee\n");
+    let err = load(r, true).unwrap_err().to_string();
+    assert!(err.contains("classes.txt: objects named `ant`"), "{err}");
 }
 
 #[test]

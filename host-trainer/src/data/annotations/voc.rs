@@ -7,7 +7,9 @@
 //! the last): they become 0-based corners (`x0 = xmin - 1`, `x1 = xmax`), as Detectron2 and
 //! torchvision read them. `difficult` objects are flagged, never trained on and left for
 //! evaluation to ignore, as the VOC devkit does ([`AnnotatedImage::ignored`]). Class names are
-//! those of the objects, sorted.
+//! those of the objects, sorted; VOC has no class list, so Kestrel's writer adds a `classes.txt`
+//! (one name per line) that the reader follows when present, keeping the class order (and classes
+//! without objects) of a converted dataset.
 //!
 //! The XML is read with roxmltree, which keeps positions: a bad value is reported as
 //! `file.xml:line`.
@@ -240,7 +242,28 @@ pub(crate) fn load(
             parsed[k].push((xml, picture, ann));
         }
     }
-    let labels: Vec<String> = names.into_iter().collect();
+    let listed = root.join("classes.txt");
+    let labels: Vec<String> = if listed.is_file() {
+        let text = std::fs::read_to_string(&listed).map_err(io_err(&listed))?;
+        let list: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if let Some(extra) = names.iter().find(|n| !list.contains(n)) {
+            return Err(AnnotationError::DataFile {
+                path: listed,
+                line: None,
+                message: format!(
+                    "objects named `{extra}` but the class is not listed here: add it, or delete the file to use the names found, sorted"
+                ),
+            });
+        }
+        list
+    } else {
+        names.into_iter().collect()
+    };
     let mut splits = Splits::default();
     for (k, files) in parsed.into_iter().enumerate() {
         let dest = match k {
@@ -271,8 +294,9 @@ pub(crate) fn load(
             };
             for o in &ann.objects {
                 let class = labels
-                    .binary_search(&o.name)
-                    .expect("every name was collected");
+                    .iter()
+                    .position(|l| *l == o.name)
+                    .expect("every name was collected or checked");
                 let [xmin, ymin, xmax, ymax] = o.bndbox;
                 match pixel_box(
                     [xmin - 1.0, ymin - 1.0, xmax, ymax],
@@ -336,7 +360,8 @@ pub fn voc_xml(filename: &str, im: &AnnotatedImage, labels: &[String]) -> String
 }
 
 /// Write a Pascal VOC dataset under `out`: `JPEGImages/` (pictures linked or copied in, one name
-/// space for all splits), `Annotations/<id>.xml`, `ImageSets/Main/{train,val,test}.txt`.
+/// space for all splits), `Annotations/<id>.xml`, `ImageSets/Main/{train,val,test}.txt`, and
+/// `classes.txt` (the class order).
 pub fn write_voc(
     out: &Path,
     labels: &[String],
@@ -355,6 +380,8 @@ pub fn write_voc(
     for d in [&jpeg, &ann, &main] {
         std::fs::create_dir_all(d).map_err(io_err(d))?;
     }
+    let cp = out.join("classes.txt");
+    std::fs::write(&cp, labels.join("\n") + "\n").map_err(io_err(&cp))?;
     let mut taken = HashSet::new();
     for (split, images) in [("train", train), ("val", val), ("test", test)] {
         if images.is_empty() && split != "train" {
