@@ -126,31 +126,31 @@ fn parse_xml(text: &str) -> Result<VocAnnotation, (usize, String)> {
     })
 }
 
+/// A split's ids, each with the list file and line that named it (none when every annotation
+/// file is read).
+type Ids = Vec<(String, Option<(PathBuf, usize)>)>;
+
 /// The ids of each split: from `ImageSets/Main/`, or every annotation file as training.
-fn split_ids(
-    root: &Path,
-    issues: &mut Issues,
-) -> Result<[Vec<(String, Option<(PathBuf, usize)>)>; 3], AnnotationError> {
+fn split_ids(root: &Path, issues: &mut Issues) -> Result<[Ids; 3], AnnotationError> {
     let main = root.join("ImageSets").join("Main");
-    let read =
-        |name: &str| -> Result<Option<Vec<(String, Option<(PathBuf, usize)>)>>, AnnotationError> {
-            let p = main.join(name);
-            if !p.is_file() {
-                return Ok(None);
-            }
-            let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-            Ok(Some(
-                text.lines()
-                    .enumerate()
-                    // Per-class lists have `id  1` lines; the id is the first field.
-                    .filter_map(|(i, l)| {
-                        l.split_whitespace()
-                            .next()
-                            .map(|id| (id.to_string(), Some((p.clone(), i + 1))))
-                    })
-                    .collect(),
-            ))
-        };
+    let read = |name: &str| -> Result<Option<Ids>, AnnotationError> {
+        let p = main.join(name);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        Ok(Some(
+            text.lines()
+                .enumerate()
+                // Per-class lists have `id  1` lines; the id is the first field.
+                .filter_map(|(i, l)| {
+                    l.split_whitespace()
+                        .next()
+                        .map(|id| (id.to_string(), Some((p.clone(), i + 1))))
+                })
+                .collect(),
+        ))
+    };
     if let Some(train) = match read("train.txt")? {
         Some(t) => Some(t),
         None => read("trainval.txt")?,
@@ -163,7 +163,7 @@ fn split_ids(
         return Ok([train, val, read("test.txt")?.unwrap_or_default()]);
     }
     let ann = root.join("Annotations");
-    let all: Vec<(String, Option<(PathBuf, usize)>)> = walk(&ann)?
+    let all: Ids = walk(&ann)?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")))
         .map(|p| (p.with_extension("").to_string_lossy().into_owned(), None))

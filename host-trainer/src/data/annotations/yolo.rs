@@ -515,7 +515,7 @@ fn orphan_labels(images: &Path, issues: &mut Issues) -> Result<(), AnnotationErr
         .filter(|p| is_image(p))
         .map(|p| p.with_extension(""))
         .collect();
-    for rel in walk(&labels)? {
+    for rel in walk(labels)? {
         let is_txt = rel
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("txt"));
