@@ -149,6 +149,7 @@ pub fn video_map(
     Ok(evaluate(
         &EvalInput {
             ground_truth: &ground_truth,
+            ignored: &[],
             detections: &detections,
             classes,
         },

@@ -246,6 +246,7 @@ fn kestrel(images: &[AnnotatedImage], dets: &[Vec<Detection>], classes: usize) -
     evaluate(
         &EvalInput {
             ground_truth: &gt,
+            ignored: &[],
             detections: dets,
             classes,
         },

@@ -158,6 +158,7 @@ pub fn scores(
     let coco = evaluate(
         &EvalInput {
             ground_truth: &set.objects,
+            ignored: &set.ignored,
             detections: &dets,
             classes,
         },
@@ -174,6 +175,7 @@ pub fn scores(
         DetectHead::Grid(_, spec) if !spec.boxes => Some(centroid_scores(
             &EvalInput {
                 ground_truth: &set.objects,
+                ignored: &set.ignored,
                 detections: &dets,
                 classes,
             },
