@@ -334,10 +334,11 @@ pub(crate) fn load(
         .flat_map(|d| &d.annotations)
         .filter_map(|a| AnnotationIn::deserialize(a).ok()?.category_id?.get())
         .collect();
+    // Supercategories of other categories (COCO's `person` is its own: not a group).
     let supers: HashSet<&str> = first
         .categories
         .values()
-        .filter_map(|c| c.1.as_deref())
+        .filter_map(|(name, sup)| sup.as_deref().filter(|s| s != name))
         .collect();
     let mut kept = BTreeMap::new();
     let mut dropped = Vec::new();

@@ -1106,3 +1106,36 @@ fn the_same_dataset_in_every_layout_loads_the_same() {
         );
     }
 }
+
+/// The official COCO download: `annotations/instances_<split>.json`, pictures in `<split>/`.
+#[test]
+fn official_coco_layout_is_found_per_split() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    png(&r.join("train2017/a.png"), 20, 20);
+    png(&r.join("val2017/b.png"), 20, 20);
+    let doc = |file: &str| {
+        json!({
+            "images": [{"id": 1, "file_name": file, "width": 20, "height": 20}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 5, 5], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "person", "supercategory": "person"}],
+        })
+        .to_string()
+    };
+    write(
+        &r.join("annotations/instances_train2017.json"),
+        &doc("a.png"),
+    );
+    write(&r.join("annotations/instances_val2017.json"), &doc("b.png"));
+    // Captions have no categories: not a detection file.
+    write(
+        &r.join("annotations/captions_train2017.json"),
+        r#"{"images": [], "annotations": []}"#,
+    );
+    let ds = load(r, true).unwrap();
+    assert_eq!(ds.layout, Layout::Coco);
+    assert_eq!(rel_names(&ds.train), ["a.png"]);
+    assert_eq!(rel_names(&ds.val), ["b.png"]);
+    // `person` is its own supercategory but has annotations: kept.
+    assert_eq!(ds.labels, names(&["person"]));
+}
