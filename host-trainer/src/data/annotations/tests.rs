@@ -698,7 +698,8 @@ fn roboflow_yolo_export() {
     assert_eq!(rel_names(&ds.test), ["c.png"]);
     assert!(near(ds.val[0].objects[0].bbox, [0.0, 0.0, 20.0, 20.0]));
     // Each `../` fallback is said.
-    assert_eq!(ds.notes.len(), 3, "{:?}", ds.notes);
+    assert_eq!(ds.notes.len(), 4, "{:?}", ds.notes);
+    assert!(ds.notes[3].contains("1 of 3 pictures have no label file"));
     assert!(ds.notes[0].contains("Roboflow") && ds.notes[0].contains("../train/images"));
     // Without data.yaml's splits the folders say the same.
     write(&r.join("data.yaml"), "names: [cat, dog]\n");

@@ -412,6 +412,7 @@ pub(crate) fn load(
     };
     let mut splits = Splits::default();
     let mut seen = HashSet::new();
+    let mut unlabelled = 0;
     for (k, srcs) in sources.iter().enumerate() {
         let dest = match k {
             0 => &mut splits.train,
@@ -424,6 +425,9 @@ pub(crate) fn load(
                 if !seen.insert(picture.clone()) {
                     continue;
                 }
+                if !label_path(&picture).is_file() {
+                    unlabelled += 1;
+                }
                 if let Some(im) = read_picture(&picture, labels.len(), issues)? {
                     dest.push(im);
                 }
@@ -432,6 +436,13 @@ pub(crate) fn load(
                 orphan_labels(dir, issues)?;
             }
         }
+    }
+    if unlabelled > 0 {
+        issues.note(format!(
+            "{}: {unlabelled} of {} pictures have no label file (read as pictures without objects; labels of images/x/a.jpg go in labels/x/a.txt)",
+            root.display(),
+            seen.len()
+        ));
     }
     Ok((labels, splits))
 }
