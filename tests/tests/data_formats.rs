@@ -134,7 +134,7 @@ fn data_check_lists_every_problem_and_fails() {
         d.join("labels/a.txt").display()
     );
     assert!(stdout.contains(&want), "{stdout}");
-    assert!(stderr.contains("1 problems"), "{stderr}");
+    assert!(stderr.contains("1 problem (listed above)"), "{stderr}");
     // A classification folder is recognised too.
     let c = d.join("cls");
     for (k, class) in ["cat", "dog"].iter().enumerate() {

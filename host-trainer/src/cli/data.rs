@@ -66,11 +66,12 @@ pub fn run(cmd: &DataCommand, _ctx: &Context) -> anyhow::Result<()> {
         DataCommand::Check(a) => {
             let report = check(&a.dir, a.annotations.as_deref());
             print!("{report}");
+            let n = report.problems.len();
             anyhow::ensure!(
                 !report.has_errors(),
-                "{}: {} problems (listed above)",
+                "{}: {n} problem{} (listed above)",
                 a.dir.display(),
-                report.problems.len()
+                if n == 1 { "" } else { "s" }
             );
             Ok(())
         }

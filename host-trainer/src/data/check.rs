@@ -254,7 +254,8 @@ impl fmt::Display for Report {
         if self.problems.is_empty() {
             writeln!(f, "no problems found")?;
         } else {
-            writeln!(f, "{} problems:", self.problems.len())?;
+            let n = self.problems.len();
+            writeln!(f, "{n} problem{}:", if n == 1 { "" } else { "s" })?;
             for p in &self.problems {
                 writeln!(f, "{p}")?;
             }
