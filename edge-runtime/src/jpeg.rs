@@ -160,4 +160,27 @@ mod tests {
             assert!(decode(bad).is_err(), "{} bytes accepted", bad.len());
         }
     }
+
+    /// A phone photo (pixels stored sideways, EXIF orientation 6) is read as displayed, as the
+    /// trainer reads it.
+    #[test]
+    fn picture_files_are_read_as_displayed() {
+        let stored = RgbImage::from_fn(40, 20, |x, y| {
+            if x < 10 && y < 10 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let rotated =
+            kestrel_shared::picture::with_exif_orientation(&encode(&stored, 95).unwrap(), 6)
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phone.jpg");
+        std::fs::write(&path, rotated).unwrap();
+        let img = load_picture(&path).unwrap();
+        assert_eq!(img.dimensions(), (20, 40));
+        let p = img.get_pixel(15, 5);
+        assert!(p[0] > 200 && p[2] < 60, "{p:?}");
+    }
 }
