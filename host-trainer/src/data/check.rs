@@ -168,7 +168,7 @@ fn failed(found: Option<String>, problem: String) -> Report {
 /// read at all is one problem.
 pub fn check(data: &Path, annotations: Option<&Path>) -> Report {
     if annotations.is_some() {
-        return match annotations::load_with(data, annotations, false) {
+        return match annotations::load_for_check(data, annotations) {
             Ok(ds) => detect_report(format!("{} (--annotations)", Layout::Coco), &ds),
             Err(e) => failed(None, e.to_string()),
         };
@@ -181,7 +181,7 @@ pub fn check(data: &Path, annotations: Option<&Path>) -> Report {
     if found.layout() == Layout::ImageFolder {
         return folder_report(line, data);
     }
-    match annotations::load(data, false) {
+    match annotations::load_for_check(data, None) {
         Ok(ds) => detect_report(line, &ds),
         Err(e) => failed(Some(line), e.to_string()),
     }

@@ -296,6 +296,8 @@ impl DetectDataset {
 /// Collects issues and notes: fails on the first issue in strict mode, otherwise logs and counts.
 pub(crate) struct Issues {
     strict: bool,
+    /// Log issues and notes as they come (off for `kestrel data check`, which lists them).
+    log: bool,
     list: Vec<Issue>,
     notes: Vec<String>,
     skipped_images: usize,
@@ -306,6 +308,7 @@ impl Issues {
     pub(crate) fn new(strict: bool) -> Self {
         Issues {
             strict,
+            log: true,
             list: Vec::new(),
             notes: Vec::new(),
             skipped_images: 0,
@@ -332,6 +335,7 @@ impl Issues {
             return Err(AnnotationError::Invalid(issue));
         }
         match self.list.len() {
+            _ if !self.log => {}
             n if n < WARN_LIMIT => tracing::warn!("skipped: {issue}"),
             WARN_LIMIT => tracing::warn!("more bad annotations: counted but not shown"),
             _ => {}
@@ -347,7 +351,9 @@ impl Issues {
 
     /// Record something the loader decided on its own (logged at info level).
     pub(crate) fn note(&mut self, message: String) {
-        tracing::info!("{message}");
+        if self.log {
+            tracing::info!("{message}");
+        }
         self.notes.push(message);
     }
 }
@@ -375,7 +381,26 @@ pub fn load_with(
     annotations: Option<&Path>,
     strict: bool,
 ) -> Result<DetectDataset, AnnotationError> {
+    load_inner(data, annotations, strict, true)
+}
+
+/// [`load_with`] in lenient mode without logging each problem: for `kestrel data check`, which
+/// lists them all itself.
+pub fn load_for_check(
+    data: &Path,
+    annotations: Option<&Path>,
+) -> Result<DetectDataset, AnnotationError> {
+    load_inner(data, annotations, false, false)
+}
+
+fn load_inner(
+    data: &Path,
+    annotations: Option<&Path>,
+    strict: bool,
+    log: bool,
+) -> Result<DetectDataset, AnnotationError> {
     let mut issues = Issues::new(strict);
+    issues.log = log;
     let (layout, root, splits, labels, format) = match annotations {
         Some(file) => {
             if !file.is_file() {
@@ -396,7 +421,9 @@ pub fn load_with(
         }
         None => {
             let found = find_layout(data)?;
-            tracing::info!("{}: {}", data.display(), found.describe());
+            if log {
+                tracing::info!("{}: {}", data.display(), found.describe());
+            }
             let layout = found.layout();
             let (labels, splits, format) = match found {
                 layout::Found::Yolo { root, yaml, .. } => {
@@ -419,7 +446,7 @@ pub fn load_with(
         }
     };
     let ds = finish(&root, format, layout, labels, splits, issues)?;
-    if !ds.issues.is_empty() {
+    if log && !ds.issues.is_empty() {
         tracing::warn!(
             "{}: {} bad annotations skipped ({} pictures, {} objects)",
             ds.root.display(),
