@@ -749,6 +749,7 @@ fn data_yaml_path_lists_and_map_names() {
         "path: ../set\ntrain: [images/one, images/two]\nval: val.txt\nnames:\n  0: person\n  1: car\nnc: 2\n",
     );
     let ds = load(&r.join("cfg/data.yaml"), false).unwrap();
+    assert!(ds.notes.is_empty(), "{:?}", ds.notes);
     assert_eq!(ds.labels, names(&["person", "car"]));
     assert_eq!(rel_names(&ds.train), ["a.png", "b.png"]);
     assert_eq!(rel_names(&ds.val), ["c.png"]);
@@ -1139,4 +1140,26 @@ fn official_coco_layout_is_found_per_split() {
     assert_eq!(rel_names(&ds.val), ["b.png"]);
     // `person` is its own supercategory but has annotations: kept.
     assert_eq!(ds.labels, names(&["person"]));
+}
+
+/// `val:` naming the training folder (a quick setup): each picture is read once, with a note.
+#[test]
+fn a_picture_in_two_splits_is_read_once_with_a_note() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    png(&r.join("images/a.png"), 10, 10);
+    write(&r.join("labels/a.txt"), "0 0.5 0.5 0.2 0.2\n");
+    write(
+        &r.join("data.yaml"),
+        "train: images\nval: images\nnames: [x]\n",
+    );
+    let ds = load(r, true).unwrap();
+    assert_eq!((ds.train.len(), ds.val.len()), (1, 0));
+    assert!(
+        ds.notes
+            .iter()
+            .any(|n| n.contains("1 pictures of val were listed before")),
+        "{:?}",
+        ds.notes
+    );
 }

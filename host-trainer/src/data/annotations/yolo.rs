@@ -413,6 +413,7 @@ pub(crate) fn load(
     let mut splits = Splits::default();
     let mut seen = HashSet::new();
     let mut unlabelled = 0;
+    let mut repeated = [0usize; 3];
     for (k, srcs) in sources.iter().enumerate() {
         let dest = match k {
             0 => &mut splits.train,
@@ -423,6 +424,7 @@ pub(crate) fn load(
             for picture in pictures_of(src, root, issues)? {
                 // The same picture listed twice (or in two splits) is read once.
                 if !seen.insert(picture.clone()) {
+                    repeated[k] += 1;
                     continue;
                 }
                 if !label_path(&picture).is_file() {
@@ -436,6 +438,13 @@ pub(crate) fn load(
                 orphan_labels(dir, issues)?;
             }
         }
+    }
+    for (k, n) in repeated.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+        let split = ["train", "val", "test"][k];
+        issues.note(format!(
+            "{}: {n} pictures of {split} were listed before (in it or an earlier split): each picture is read once, where it first appears",
+            root.display()
+        ));
     }
     if unlabelled > 0 {
         issues.note(format!(
