@@ -15,8 +15,10 @@ use std::panic::AssertUnwindSafe;
 
 use image::RgbImage;
 
-/// Read and decode a picture file: JPEG with [`decode`], other formats with `image`
-/// ([`kestrel_shared::PreprocessSpec::load`]); errors name the file.
+/// Read and decode a picture file as displayed: JPEG with [`decode`], other formats with `image`
+/// ([`kestrel_shared::PreprocessSpec::load`]), the EXIF orientation applied either way
+/// ([`kestrel_shared::picture`]: the trainer reads training pictures so, and so must a board
+/// reading picture files); errors name the file.
 pub fn load_picture(path: &std::path::Path) -> Result<RgbImage, kestrel_shared::PreprocessError> {
     use kestrel_shared::PreprocessError;
     let bytes = std::fs::read(path).map_err(|source| PreprocessError::Read {
@@ -26,13 +28,15 @@ pub fn load_picture(path: &std::path::Path) -> Result<RgbImage, kestrel_shared::
     if !is_jpeg(&bytes) {
         return kestrel_shared::PreprocessSpec::load(path);
     }
-    decode(&bytes).map_err(|reason| PreprocessError::Decode {
+    let img = decode(&bytes).map_err(|reason| PreprocessError::Decode {
         path: path.to_path_buf(),
         source: image::ImageError::Decoding(image::error::DecodingError::new(
             image::ImageFormat::Jpeg.into(),
             reason,
         )),
-    })
+    })?;
+    let o = kestrel_shared::picture::orientation(&bytes);
+    Ok(kestrel_shared::picture::orient_rgb(img, o))
 }
 
 /// Whether `data` starts like a JPEG file (SOI marker).
@@ -155,5 +159,28 @@ mod tests {
         ] {
             assert!(decode(bad).is_err(), "{} bytes accepted", bad.len());
         }
+    }
+
+    /// A phone photo (pixels stored sideways, EXIF orientation 6) is read as displayed, as the
+    /// trainer reads it.
+    #[test]
+    fn picture_files_are_read_as_displayed() {
+        let stored = RgbImage::from_fn(40, 20, |x, y| {
+            if x < 10 && y < 10 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let rotated =
+            kestrel_shared::picture::with_exif_orientation(&encode(&stored, 95).unwrap(), 6)
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phone.jpg");
+        std::fs::write(&path, rotated).unwrap();
+        let img = load_picture(&path).unwrap();
+        assert_eq!(img.dimensions(), (20, 40));
+        let p = img.get_pixel(15, 5);
+        assert!(p[0] > 200 && p[2] < 60, "{p:?}");
     }
 }

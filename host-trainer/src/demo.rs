@@ -216,6 +216,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
     synth.write(&scenes, Format::Yolo, &mut |_| {})?;
     let det_opts = DetectOptions {
         data: scenes,
+        annotations: None,
         width: synth.width,
         height: synth.height,
         cut: CutPoint::Features(13),

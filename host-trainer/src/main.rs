@@ -55,6 +55,9 @@ enum Command {
     /// Train a new head on the frozen trunk.
     #[command(subcommand)]
     Train(cli::train::TrainCommand),
+    /// Check a dataset in any layout without training, or convert it to another layout.
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
     /// Write synthetic labelled pictures (no download needed).
     #[command(subcommand)]
     Synth(cli::synth::SynthCommand),
@@ -132,6 +135,7 @@ fn run() -> anyhow::Result<()> {
         Command::Embed(a) => cli::embed::embed(a, &ctx)?,
         Command::Bench(a) => cli::bench::run(a, &ctx)?,
         Command::Train(c) => cli::train::run(c, &ctx)?,
+        Command::Data(c) => cli::data::run(c, &ctx)?,
         Command::Synth(c) => cli::synth::run(c, &ctx)?,
         Command::Export(a) => cli::export::run(a, &ctx)?,
         Command::Deploy(a) => {

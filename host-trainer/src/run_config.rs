@@ -271,6 +271,7 @@ mod tests {
     fn detect_config() -> RunConfig {
         let options = DetectOptions {
             data: "data".into(),
+            annotations: None,
             width: 320,
             height: 240,
             cut: CutPoint::Features(13),

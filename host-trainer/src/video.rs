@@ -21,9 +21,7 @@ pub fn write_mjpeg(
     let mut stream = Vec::new();
     let mut size = (0, 0);
     for p in pictures {
-        let img = image::open(p)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-            .to_rgb8();
+        let img = kestrel_shared::picture::open(p)?;
         let (w, h) = (img.width() * scale, img.height() * scale);
         let img = if scale == 1 {
             img
@@ -150,6 +148,7 @@ pub fn video_map(
     Ok(evaluate(
         &EvalInput {
             ground_truth: &ground_truth,
+            ignored: &[],
             detections: &detections,
             classes,
         },

@@ -129,8 +129,13 @@ pub struct AnnotatedImage {
     pub width: u32,
     /// Picture height in pixels.
     pub height: u32,
-    /// Objects in it.
+    /// Objects in it: what training learns and evaluation scores.
     pub objects: Vec<Object>,
+    /// Regions to leave out: COCO `iscrowd: 1` crowds and Pascal VOC `difficult` objects. Never
+    /// trained on (training reads only `objects`); kept so evaluation can leave detections on them
+    /// uncounted, as pycocotools and the VOC devkit do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<Object>,
 }
 
 /// One detection made by a model.

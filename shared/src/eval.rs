@@ -1,8 +1,7 @@
 //! COCO-style detection evaluation (mAP@0.5, mAP@0.5:0.95), the numbers detection papers report.
 //!
 //! This is pycocotools' `COCOeval` (iouType `bbox`) for Kestrel's case: one area range ("all"), at
-//! most [`MAX_DETECTIONS`] detections per image and class, no crowd annotations. Step by step, as
-//! pycocotools does it:
+//! most [`MAX_DETECTIONS`] detections per image and class. Step by step, as pycocotools does it:
 //!
 //! - per image and class, detections are sorted by score (descending, stable) and cut to
 //!   [`MAX_DETECTIONS`]; each one in turn is matched to the still unmatched ground-truth box with
@@ -12,7 +11,12 @@
 //!   image order), precision is made monotone (running max from the right) and sampled at the
 //!   101 recall points 0:0.01:1 (first detection whose recall reaches the point; 0 where recall
 //!   never reaches it); AP is the mean of those 101 values;
-//! - classes without ground truth have no AP (pycocotools' -1) and are left out of the means.
+//! - classes without ground truth have no AP (pycocotools' -1) and are left out of the means;
+//! - ignored regions ([`EvalInput::ignored`]: COCO crowds, VOC `difficult` objects): a detection
+//!   that matches no ground-truth box at a threshold but overlaps an ignored region of its class by
+//!   at least that IoU is left out at that threshold, neither true nor false positive, as
+//!   pycocotools does with crowds (which it matches by intersection over the detection's area;
+//!   Kestrel uses IoU for both kinds, as the VOC devkit does for `difficult`).
 //!
 //! IoU is computed in f64 from the box as COCO JSON carries it (`[x, y, w, h]`, no +1), exactly as
 //! pycocotools' `maskUtils.iou` does, so the two agree to rounding of the final means (the e2e test
@@ -67,6 +71,8 @@ pub fn recall_thresholds() -> [f64; RECALL_STEPS] {
 pub struct EvalInput<'a> {
     /// Ground-truth objects of each image.
     pub ground_truth: &'a [Vec<Object>],
+    /// Regions to ignore in each image (crowds, `difficult` objects); empty when there are none.
+    pub ignored: &'a [Vec<Object>],
     /// The model's detections on each image (already post-processed, e.g. by NMS).
     pub detections: &'a [Vec<Detection>],
     /// Number of classes; every class index must be below it.
@@ -76,6 +82,14 @@ pub struct EvalInput<'a> {
 /// Why an evaluation could not be made.
 #[derive(Debug, Error, PartialEq)]
 pub enum EvalError {
+    /// The ignored regions do not describe the same images as the ground truth.
+    #[error("{ground_truth} images of ground truth but {ignored} of ignored regions")]
+    IgnoredCount {
+        /// Images of ground truth.
+        ground_truth: usize,
+        /// Images of ignored regions.
+        ignored: usize,
+    },
     /// The two lists do not describe the same images.
     #[error("{ground_truth} images of ground truth but {detections} of detections")]
     ImageCount {
@@ -215,14 +229,21 @@ fn desc(a: f32, b: f32) -> std::cmp::Ordering {
     b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal)
 }
 
-/// One detection after matching: its score and whether it matched, per IoU threshold.
+/// One detection after matching: its score, whether it matched, and whether it is left out (it
+/// lies on an ignored region), per IoU threshold.
 struct Matched {
     score: f32,
     tp: [bool; IOU_STEPS],
+    ignored: [bool; IOU_STEPS],
 }
 
 /// Match one image's detections of one class to its ground truth of that class, per threshold.
-fn match_image(gts: &[BBox], dets: &[&Detection], thresholds: &[f64; IOU_STEPS]) -> Vec<Matched> {
+fn match_image(
+    gts: &[BBox],
+    ignored: &[BBox],
+    dets: &[&Detection],
+    thresholds: &[f64; IOU_STEPS],
+) -> Vec<Matched> {
     let ious: Vec<Vec<f64>> = dets
         .iter()
         .map(|d| gts.iter().map(|g| coco_iou(&d.bbox, g)).collect())
@@ -232,6 +253,7 @@ fn match_image(gts: &[BBox], dets: &[&Detection], thresholds: &[f64; IOU_STEPS])
         .zip(&ious)
         .map(|(d, iou)| {
             let mut tp = [false; IOU_STEPS];
+            let mut left_out = [false; IOU_STEPS];
             for (t, &thr) in thresholds.iter().enumerate() {
                 let mut best = thr.min(1.0 - 1e-10);
                 let mut m = None;
@@ -245,9 +267,16 @@ fn match_image(gts: &[BBox], dets: &[&Detection], thresholds: &[f64; IOU_STEPS])
                 if let Some(g) = m {
                     taken[t][g] = true;
                     tp[t] = true;
+                } else {
+                    let thr = thr.min(1.0 - 1e-10);
+                    left_out[t] = ignored.iter().any(|r| coco_iou(&d.bbox, r) >= thr);
                 }
             }
-            Matched { score: d.score, tp }
+            Matched {
+                score: d.score,
+                tp,
+                ignored: left_out,
+            }
         })
         .collect()
 }
@@ -262,7 +291,7 @@ fn interpolated_precision(
     let mut rc = Vec::with_capacity(ranked.len());
     let mut pr = Vec::with_capacity(ranked.len());
     let (mut tp, mut fp) = (0.0f64, 0.0f64);
-    for m in ranked {
+    for m in ranked.iter().filter(|m| !m.ignored[t]) {
         if m.tp[t] {
             tp += 1.0;
         } else {
@@ -319,6 +348,12 @@ fn check(input: &EvalInput) -> Result<(), EvalError> {
             return Err(EvalError::NanScore { image });
         }
     }
+    if !input.ignored.is_empty() && input.ignored.len() != input.ground_truth.len() {
+        return Err(EvalError::IgnoredCount {
+            ground_truth: input.ground_truth.len(),
+            ignored: input.ignored.len(),
+        });
+    }
     if input.ground_truth.iter().all(Vec::is_empty) {
         return Err(EvalError::NoGroundTruth);
     }
@@ -337,9 +372,17 @@ pub fn evaluate(input: &EvalInput, score_threshold: f32) -> Result<DetectionMetr
     for class in 0..input.classes {
         let mut ranked: Vec<Matched> = Vec::new();
         let mut npig = 0;
-        for (gts, dets) in input.ground_truth.iter().zip(input.detections) {
+        for (k, (gts, dets)) in input.ground_truth.iter().zip(input.detections).enumerate() {
             let gts: Vec<BBox> = gts
                 .iter()
+                .filter(|o| o.class == class)
+                .map(|o| o.bbox)
+                .collect();
+            let ignored: Vec<BBox> = input
+                .ignored
+                .get(k)
+                .into_iter()
+                .flatten()
                 .filter(|o| o.class == class)
                 .map(|o| o.bbox)
                 .collect();
@@ -347,10 +390,12 @@ pub fn evaluate(input: &EvalInput, score_threshold: f32) -> Result<DetectionMetr
             dets.sort_by(|a, b| desc(a.score, b.score));
             dets.truncate(MAX_DETECTIONS);
             npig += gts.len();
-            ranked.extend(match_image(&gts, &dets, &thresholds));
+            ranked.extend(match_image(&gts, &ignored, &dets, &thresholds));
         }
         ranked.sort_by(|a, b| desc(a.score, b.score));
-        let kept = ranked.iter().filter(|m| m.score >= score_threshold);
+        let kept = ranked
+            .iter()
+            .filter(|m| m.score >= score_threshold && !m.ignored[T50]);
         let (tp, n) = kept.fold((0, 0), |(tp, n), m| (tp + m.tp[T50] as usize, n + 1));
         tp_all += tp;
         kept_all += n;
@@ -420,11 +465,17 @@ pub fn evaluate(input: &EvalInput, score_threshold: f32) -> Result<DetectionMetr
 /// Ground truth as a COCO dataset JSON (`images`, `annotations`, `categories`), for pycocotools
 /// and other COCO tools. Image id = index + 1, category id = class + 1 (`labels[class]` is its
 /// name), annotation ids from 1; boxes as `[x, y, w, h]` ([`coco_bbox`]), `area` = w * h,
-/// `iscrowd` 0.
+/// `iscrowd` 0 for objects and 1 for ignored regions (crowds, `difficult`).
 pub fn coco_ground_truth_json<S: AsRef<str>>(images: &[AnnotatedImage], labels: &[S]) -> Value {
     let mut annotations = Vec::new();
     for (i, img) in images.iter().enumerate() {
-        for o in &img.objects {
+        // Ignored regions (crowds, `difficult`) as COCO crowds, which pycocotools leaves out too.
+        let all = img
+            .objects
+            .iter()
+            .map(|o| (o, 0))
+            .chain(img.ignored.iter().map(|o| (o, 1)));
+        for (o, iscrowd) in all {
             let b = coco_bbox(&o.bbox);
             annotations.push(json!({
                 "id": annotations.len() + 1,
@@ -432,7 +483,7 @@ pub fn coco_ground_truth_json<S: AsRef<str>>(images: &[AnnotatedImage], labels: 
                 "category_id": o.class + 1,
                 "bbox": b,
                 "area": b[2] * b[3],
-                "iscrowd": 0,
+                "iscrowd": iscrowd,
             }));
         }
     }
@@ -522,6 +573,7 @@ mod tests {
         evaluate(
             &EvalInput {
                 ground_truth: gt,
+                ignored: &[],
                 detections: dets,
                 classes,
             },
@@ -745,6 +797,7 @@ mod tests {
         let dets = vec![vec![det(0, 0.9, A), det(0, 0.3, B), det(0, 0.2, FAR)]];
         let input = EvalInput {
             ground_truth: &gt,
+            ignored: &[],
             detections: &dets,
             classes: 1,
         };
@@ -765,6 +818,7 @@ mod tests {
             evaluate(
                 &EvalInput {
                     ground_truth: gt,
+                    ignored: &[],
                     detections: dets,
                     classes,
                 },
@@ -791,6 +845,67 @@ mod tests {
         );
     }
 
+    /// A detection on an ignored region (crowd, difficult) is neither a hit nor a false alarm;
+    /// elsewhere it is still a false alarm.
+    #[test]
+    fn detections_on_ignored_regions_are_left_out() {
+        let det = |b: [f32; 4], score| Detection {
+            class: 0,
+            score,
+            bbox: BBox::new(b[0], b[1], b[2], b[3]),
+        };
+        let gt = vec![vec![obj(0, [0.0, 0.0, 10.0, 10.0])]];
+        let crowd = vec![vec![obj(0, [50.0, 50.0, 80.0, 80.0])]];
+        // The false alarm scores highest: it drags AP down unless it is left out.
+        let dets = vec![vec![
+            det([50.0, 50.0, 80.0, 80.0], 0.9),
+            det([0.0, 0.0, 10.0, 10.0], 0.8),
+        ]];
+        let run = |ignored: &[Vec<Object>]| {
+            evaluate(
+                &EvalInput {
+                    ground_truth: &gt,
+                    ignored,
+                    detections: &dets,
+                    classes: 1,
+                },
+                0.5,
+            )
+            .unwrap()
+        };
+        let plain = run(&[]);
+        assert!(plain.map50 < 0.6, "{}", plain.map50);
+        assert_eq!(plain.precision, 0.5);
+        let with = run(&crowd);
+        assert!((with.map50 - 1.0).abs() < 1e-9, "{}", with.map50);
+        assert_eq!(with.precision, 1.0);
+        // Another class's region does not excuse it.
+        let other = vec![vec![obj(1, [50.0, 50.0, 80.0, 80.0])]];
+        let e = evaluate(
+            &EvalInput {
+                ground_truth: &gt,
+                ignored: &other,
+                detections: &dets,
+                classes: 2,
+            },
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(e.map50, plain.map50);
+        assert!(matches!(
+            evaluate(
+                &EvalInput {
+                    ground_truth: &gt,
+                    ignored: &[vec![], vec![]],
+                    detections: &dets,
+                    classes: 1,
+                },
+                0.5,
+            ),
+            Err(EvalError::IgnoredCount { .. })
+        ));
+    }
+
     #[test]
     fn coco_json_ids_start_at_one() {
         let images = vec![
@@ -799,12 +914,14 @@ mod tests {
                 width: 64,
                 height: 48,
                 objects: vec![obj(1, [1.5, 2.0, 11.5, 7.0])],
+                ignored: Vec::new(),
             },
             AnnotatedImage {
                 path: "b.png".into(),
                 width: 64,
                 height: 48,
                 objects: vec![obj(0, A), obj(1, B)],
+                ignored: Vec::new(),
             },
         ];
         let gt = coco_ground_truth_json(&images, &["circle", "square"]);
@@ -931,6 +1048,7 @@ mod centroid_tests {
         ]];
         let input = EvalInput {
             ground_truth: &gt,
+            ignored: &[],
             detections: &dets,
             classes: 2,
         };

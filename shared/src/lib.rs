@@ -14,6 +14,7 @@ pub mod hash;
 pub mod listing;
 pub mod manifest;
 pub mod nms;
+pub mod picture;
 pub mod preprocess;
 pub mod report;
 pub mod sign;

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the pixel code in this module: caches of anything computed from preprocessed
 /// pictures (the trainer's embeddings) include it, so a change here never reuses stale entries.
-/// 2: SIMD bilinear resize.
-pub const PREPROCESS_VERSION: u32 = 2;
+/// 2: SIMD bilinear resize. 3: picture files read with their EXIF orientation applied
+/// ([`crate::picture`]), so a phone photo cached sideways is embedded again.
+pub const PREPROCESS_VERSION: u32 = 3;
 
 /// How a frame of any size is brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -125,22 +126,10 @@ impl PreprocessSpec {
         [n, 3, self.height as usize, self.width as usize]
     }
 
-    /// Read and decode an image file (any size, any supported format), reporting the path on failure.
+    /// Read and decode an image file (any size, any supported format) as displayed (its EXIF
+    /// orientation applied, see [`crate::picture`]), reporting the path on failure.
     pub fn load(path: &Path) -> Result<RgbImage, PreprocessError> {
-        let bytes = std::fs::read(path).map_err(|source| PreprocessError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let img = image::load_from_memory(&bytes).map_err(|source| PreprocessError::Decode {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if img.width() == 0 || img.height() == 0 {
-            return Err(PreprocessError::Empty {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(img.to_rgb8())
+        crate::picture::open(path)
     }
 
     /// Load a file and preprocess it: CHW floats, ready to be one item of a batch.

@@ -136,6 +136,7 @@ impl Scenes {
                 width: W as u32,
                 height: H as u32,
                 objects,
+                ignored: Vec::new(),
             });
             all_dets.push(dets);
         }
@@ -207,6 +208,7 @@ fn edge_scenes(seed: u64) -> (Vec<AnnotatedImage>, Vec<Vec<Detection>>) {
             width: W as u32,
             height: H as u32,
             objects,
+            ignored: Vec::new(),
         });
         all_dets.push(dets);
     }
@@ -244,6 +246,7 @@ fn kestrel(images: &[AnnotatedImage], dets: &[Vec<Detection>], classes: usize) -
     evaluate(
         &EvalInput {
             ground_truth: &gt,
+            ignored: &[],
             detections: dets,
             classes,
         },

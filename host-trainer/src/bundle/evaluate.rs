@@ -75,6 +75,7 @@ pub fn evaluate_bundle(
             let coco = evaluate(
                 &EvalInput {
                     ground_truth: &set.objects,
+                    ignored: &set.ignored,
                     detections: &dets,
                     classes: m.labels.len(),
                 },

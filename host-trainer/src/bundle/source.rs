@@ -147,7 +147,7 @@ fn open_classifier(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow:
 fn open_detector(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::Result<RunSource> {
     let d = TrainedDetector::open(run, pretrained, cache)?;
     let o = &d.options;
-    let data = annotations::load(&o.data, o.strict).map_err(|e| {
+    let data = annotations::load_with(&o.data, o.annotations.as_deref(), o.strict).map_err(|e| {
         anyhow::anyhow!(
             "{e} (the run's pictures are needed to calibrate and validate the bundle: {} must still exist)",
             o.data.display()

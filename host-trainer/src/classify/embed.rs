@@ -110,7 +110,7 @@ fn embed_one(
         .map(|v| cache.get(trunk_sha, &content, v, len))
         .collect();
     let decoded = if cached.iter().any(Option::is_none) {
-        match image::load_from_memory(&bytes) {
+        match kestrel_shared::picture::decode(&bytes) {
             Ok(img) => Some(img.to_rgb8()),
             Err(e) => return Ok(Embedded::Skip(format!("cannot decode: {e}"))),
         }

@@ -144,6 +144,17 @@ pub fn train_classify(
         opts.fine_tune.is_none() || opts.cut == CutPoint::Pooled,
         "fine-tuning trains the top blocks under a head on the pooled vector: use --cut pooled with --fine-tune-blocks"
     );
+    // A detection dataset's folders (images/, labels/, train/...) would scan as classes: say so.
+    if let Ok(found) = crate::data::annotations::find_layout(&opts.data) {
+        use crate::data::annotations::Layout;
+        anyhow::ensure!(
+            found.layout() == Layout::ImageFolder,
+            "{} is a detection dataset ({}): train it with `kestrel train detect`, or give a folder of class folders",
+            opts.data.display(),
+            found.describe()
+        );
+        tracing::info!("{}: {}", opts.data.display(), found.describe());
+    }
     let data = Dataset::scan(&opts.data, opts.val_fraction, opts.train.seed)?;
     std::fs::create_dir_all(out)?;
     let spec = PreprocessSpec::imagenet();

@@ -12,10 +12,13 @@ use crate::run_config::run_task;
 pub struct EvalArgs {
     /// Run directory written by `kestrel train classify` or `kestrel train detect`.
     pub run: PathBuf,
-    /// Labelled folder (DATA/<label>/*) or, for detection runs, a YOLO folder or COCO JSON;
-    /// all of it is used.
+    /// Labelled folder (DATA/<label>/*) or, for detection runs, a dataset in any layout `kestrel
+    /// data check` reads (YOLO, Roboflow, COCO, Pascal VOC); all of it is used.
     #[arg(long)]
     pub data: PathBuf,
+    /// Detection runs: a COCO annotation file of any name for the pictures under --data.
+    #[arg(long)]
+    pub annotations: Option<PathBuf>,
     /// Fail on an unreadable picture instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -27,11 +30,17 @@ pub fn run(a: &EvalArgs, ctx: &Context) -> anyhow::Result<()> {
     let text = if run_task(&a.run) == Some("detect") {
         let report = TrainedDetector::open(&a.run, &p, &ctx.cache)?.evaluate(
             &a.data,
+            a.annotations.as_deref(),
             &ctx.cache,
             ctx.progress(),
         )?;
         serde_json::to_string_pretty(&report)?
     } else {
+        anyhow::ensure!(
+            a.annotations.is_none(),
+            "--annotations is for detection runs; {} is a classification run",
+            a.run.display()
+        );
         let report = TrainedClassifier::open(&a.run, &p, &ctx.cache)?.evaluate(
             &a.data,
             &ctx.cache,

@@ -2,6 +2,7 @@
 //! `run(args, ctx)` doing the work through the library. The binary only parses and dispatches.
 
 pub mod bench;
+pub mod data;
 pub mod demo;
 pub mod embed;
 pub mod eval;

@@ -34,6 +34,8 @@ pub enum FormatArg {
     Yolo,
     /// {train,val}/annotations.json with the pictures beside it.
     Coco,
+    /// Pascal VOC: JPEGImages/, Annotations/*.xml, ImageSets/Main/{train,val}.txt.
+    Voc,
 }
 
 /// Arguments of `kestrel synth detect`.
@@ -103,6 +105,7 @@ fn detect(a: &SynthDetectArgs, ctx: &Context) -> anyhow::Result<()> {
     let format = match a.format {
         FormatArg::Yolo => Format::Yolo,
         FormatArg::Coco => Format::Coco,
+        FormatArg::Voc => Format::Voc,
     };
     let bar = ctx
         .progress()

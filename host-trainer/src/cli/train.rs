@@ -178,9 +178,13 @@ impl ClassifyArgs {
 /// Arguments of `kestrel train detect`.
 #[derive(Debug, clap::Args)]
 pub struct DetectArgs {
-    /// Dataset: a YOLO folder (images/, labels/, data.yaml) or a COCO JSON file / folder.
+    /// Dataset: a folder in any layout (Ultralytics or Roboflow YOLO, COCO, Roboflow COCO, Pascal
+    /// VOC; found by itself, see `kestrel data check`), a data.yaml or a COCO JSON file.
     #[arg(long)]
     pub data: PathBuf,
+    /// A COCO annotation file of any name for the pictures under --data.
+    #[arg(long)]
+    pub annotations: Option<PathBuf>,
     /// Run directory to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -233,6 +237,7 @@ impl DetectArgs {
         let r = t.resolve(&d.train);
         DetectOptions {
             data: self.data.clone(),
+            annotations: self.annotations.clone(),
             width: self.width.unwrap_or(d.width),
             height: self.height.unwrap_or(d.height),
             cut: self.cut,

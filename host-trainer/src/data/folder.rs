@@ -1,5 +1,7 @@
-//! The ImageFolder convention: `DATA/<label>/*.{jpg,jpeg,png,webp,bmp}`, labels sorted by name,
-//! with an optional `DATA/train/` + `DATA/val/` split, otherwise a seeded stratified split.
+//! The ImageFolder convention: `DATA/<label>/**/*.{jpg,jpeg,png,webp,bmp}` (pictures in subfolders
+//! of a class folder count for that class; any format `image` can read here), labels sorted by
+//! name, with an optional `DATA/train/` + `DATA/val/` (or `DATA/valid/`, Roboflow's name) split,
+//! otherwise a seeded stratified split (`--val-fraction`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-/// File extensions read as pictures (case-insensitive).
+/// The usual picture file extensions, for messages; [`is_image`] accepts every format this build
+/// of `image` reads.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp"];
 
 /// One labelled picture.
@@ -89,11 +92,10 @@ pub enum DataError {
     },
 }
 
-/// Whether a path names a picture by its extension.
+/// Whether a path names a picture by its extension: a format `image` knows
+/// ([`image::ImageFormat::from_path`]) and this build can decode.
 pub fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    image::ImageFormat::from_path(path).is_ok_and(|f| f.reading_enabled())
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -114,14 +116,25 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(entries)
 }
 
-/// Class directories of `dir` and their pictures (sorted), each class non-empty.
+/// The pictures under `dir` and its subfolders, sorted by path.
+fn pictures_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    for p in list_dir(dir)? {
+        if p.is_dir() {
+            out.extend(pictures_under(&p)?);
+        } else if p.is_file() && is_image(&p) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Class directories of `dir` and their pictures (recursively, sorted), each class non-empty.
 fn classes(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, DataError> {
     let mut out = BTreeMap::new();
     for sub in list_dir(dir)?.into_iter().filter(|p| p.is_dir()) {
-        let files: Vec<PathBuf> = list_dir(&sub)?
-            .into_iter()
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
+        let files = pictures_under(&sub)?;
         if files.is_empty() {
             return Err(DataError::EmptyClass(sub));
         }
@@ -136,8 +149,8 @@ fn classes(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>, DataError> {
 }
 
 impl Dataset {
-    /// Scan `root`. With `root/train/` present, `train/` and `val/` are used as they are
-    /// (a missing `val/` is split off `train/`); otherwise every class is split with
+    /// Scan `root`. With `root/train/` present, `train/` and `val/` (or `valid/`) are used as
+    /// they are (a missing one is split off `train/`; `test/` is left out); otherwise every class is split with
     /// `val_fraction` of its pictures (at least one when it has two or more) held out, seeded.
     pub fn scan(root: &Path, val_fraction: f64, seed: u64) -> Result<Dataset, DataError> {
         if !root.is_dir() {
@@ -147,7 +160,11 @@ impl Dataset {
             return Err(DataError::BadFraction(val_fraction));
         }
         let train_dir = root.join("train");
-        let val_dir = root.join("val");
+        let val_dir = ["val", "valid"]
+            .iter()
+            .map(|n| root.join(n))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| root.join("val"));
         let (train_classes, val_classes) = if train_dir.is_dir() {
             let val = if val_dir.is_dir() {
                 Some(classes(&val_dir)?)
@@ -299,5 +316,23 @@ mod tests {
             Dataset::scan(dir.path(), 1.0, 0),
             Err(DataError::BadFraction(_))
         ));
+    }
+
+    #[test]
+    fn nested_class_folders_valid_and_other_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        touch(&r.join("train/cat/a.jpg"));
+        touch(&r.join("train/cat/indoor/b.JPEG"));
+        touch(&r.join("train/cat/indoor/deeper/c.webp"));
+        touch(&r.join("train/dog/d.bmp"));
+        touch(&r.join("train/dog/readme.md"));
+        touch(&r.join("valid/cat/e.png"));
+        touch(&r.join("valid/dog/x/f.jpg"));
+        let d = Dataset::scan(r, 0.2, 0).unwrap();
+        assert_eq!(d.split, Split::Folders);
+        assert_eq!(d.counts(&d.train), vec![3, 1]);
+        assert_eq!(d.counts(&d.val), vec![1, 1]);
+        assert!(d.train[1].path.ends_with("indoor/b.JPEG"));
     }
 }

@@ -1,7 +1,9 @@
-//! Labelled pictures: the ImageFolder layout, its train/validation split, and synthetic sets.
+//! Labelled pictures: the ImageFolder layout and its train/validation split, detection datasets
+//! in the layouts people have (`annotations`), `kestrel data check` (`check`), synthetic sets.
 
 pub mod annotations;
 pub mod augment;
+pub mod check;
 pub mod folder;
 pub mod scenes;
 pub mod synth;

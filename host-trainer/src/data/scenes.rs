@@ -259,6 +259,12 @@ impl SynthDetect {
             let dir = match format {
                 Format::Yolo => out.join("images").join(name),
                 Format::Coco => out.join(name).join("images"),
+                // One picture folder for every split: the split is in the file name.
+                Format::Voc => out.join("JPEGImages"),
+            };
+            let file = |i: usize| match format {
+                Format::Voc => format!("{name}_{i:06}.png"),
+                _ => format!("{i:06}.png"),
             };
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             let indices: Vec<usize> = (0..n).collect();
@@ -269,7 +275,7 @@ impl SynthDetect {
                     .par_iter()
                     .map(|&i| {
                         let (img, objects) = self.render_split(split, i);
-                        let path = dir.join(format!("{i:06}.png"));
+                        let path = dir.join(file(i));
                         img.save(&path).map_err(|source| SceneError::Image {
                             path: path.clone(),
                             source,
@@ -279,6 +285,7 @@ impl SynthDetect {
                             width: self.width,
                             height: self.height,
                             objects,
+                            ignored: Vec::new(),
                         })
                     })
                     .collect();
@@ -298,14 +305,22 @@ impl SynthDetect {
                     annotations::write_coco(&out.join("val/annotations.json"), &labels, &val)?;
                 }
             }
+            Format::Voc => annotations::write_voc(out, &labels, &train, &val, &[])?,
         }
         Ok(DetectDataset {
             root: out.to_path_buf(),
             format,
+            layout: match format {
+                Format::Yolo => annotations::Layout::Yolo,
+                Format::Coco => annotations::Layout::Coco,
+                Format::Voc => annotations::Layout::Voc,
+            },
             labels,
             train,
             val,
+            test: Vec::new(),
             issues: Vec::new(),
+            notes: Vec::new(),
             skipped_images: 0,
             skipped_objects: 0,
         })
@@ -907,6 +922,7 @@ mod tests {
                 let ann = |d: &Path| match format {
                     Format::Yolo => std::fs::read(d.join("labels/train/000002.txt")).unwrap(),
                     Format::Coco => std::fs::read(d.join("val/annotations.json")).unwrap(),
+                    Format::Voc => std::fs::read(d.join("Annotations/train_000002.xml")).unwrap(),
                 };
                 assert_eq!(ann(dirs[0].path()), ann(dirs[1].path()));
                 // Picture i does not depend on the set size; validation differs from training.

@@ -40,8 +40,11 @@ pub const AP_SCORE_THRESHOLD: f32 = 0.05;
 /// Everything a detection run needs (written to `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectOptions {
-    /// Dataset (YOLO folder or COCO JSON).
+    /// Dataset (a folder in any layout `data::annotations` reads, a COCO JSON or a data.yaml).
     pub data: PathBuf,
+    /// A COCO annotation file (any name) for the pictures under `data` (`--annotations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<PathBuf>,
     /// Model input width in pixels (pictures are stretched to it).
     pub width: u32,
     /// Model input height in pixels.
@@ -155,6 +158,7 @@ pub fn scores(
     let coco = evaluate(
         &EvalInput {
             ground_truth: &set.objects,
+            ignored: &set.ignored,
             detections: &dets,
             classes,
         },
@@ -171,6 +175,7 @@ pub fn scores(
         DetectHead::Grid(_, spec) if !spec.boxes => Some(centroid_scores(
             &EvalInput {
                 ground_truth: &set.objects,
+                ignored: &set.ignored,
                 detections: &dets,
                 classes,
             },
@@ -250,7 +255,7 @@ pub fn train_detect(
         opts.cut != CutPoint::Pooled,
         "a detector needs a feature map: use --cut stride16 (default) or stride8, not pooled"
     );
-    let data = annotations::load(&opts.data, opts.strict)?;
+    let data = annotations::load_with(&opts.data, opts.annotations.as_deref(), opts.strict)?;
     let labels = data.labels.clone();
     anyhow::ensure!(
         opts.train.head != DetectHeadKind::Single || labels.len() == 2,
@@ -605,6 +610,7 @@ impl TrainedDetector {
             width: img.width(),
             height: img.height(),
             objects: Vec::new(),
+            ignored: Vec::new(),
         };
         let dets = decode(
             &self.head,
@@ -616,14 +622,16 @@ impl TrainedDetector {
         Ok((im.clone(), to_picture(dets, &im, &self.options)))
     }
 
-    /// Scores on another annotated dataset (every split of it), as `kestrel eval` prints them.
+    /// Scores on another annotated dataset (every split of it), as `kestrel eval` prints them;
+    /// `annotations` is a COCO file for the pictures under `data` (`--annotations`).
     pub fn evaluate(
         &self,
         data: &Path,
+        annotations: Option<&Path>,
         cache: &Path,
         progress: &dyn Progress,
     ) -> anyhow::Result<DetectScores> {
-        let d = annotations::load(data, self.options.strict)?;
+        let d = annotations::load_with(data, annotations, self.options.strict)?;
         anyhow::ensure!(
             d.labels == self.labels,
             "{} has classes {:?} but the run was trained on {:?}",
@@ -631,7 +639,7 @@ impl TrainedDetector {
             d.labels,
             self.labels
         );
-        let images: Vec<AnnotatedImage> = d.train.into_iter().chain(d.val).collect();
+        let images: Vec<AnnotatedImage> = d.train.into_iter().chain(d.val).chain(d.test).collect();
         let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
         let set = feature_maps(
             &self.trunk,

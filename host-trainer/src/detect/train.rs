@@ -125,6 +125,9 @@ pub struct FeatureSet {
     pub x: Vec<Vec<f32>>,
     /// Objects of each picture, boxes scaled to the model input.
     pub objects: Vec<Vec<Object>>,
+    /// Ignored regions of each picture (crowds, `difficult`), scaled likewise: never trained on,
+    /// left out of the scores.
+    pub ignored: Vec<Vec<Object>>,
     /// The pictures, in the same order (boxes in their own pixels).
     pub images: Vec<AnnotatedImage>,
     /// Pictures that could not be read.
@@ -159,6 +162,8 @@ pub fn feature_maps(
     for (x, i) in set.x.into_iter().zip(set.y) {
         let im = &images[i];
         out.objects.push(to_input(im, spec.width, spec.height));
+        out.ignored
+            .push(scaled(&im.ignored, im, spec.width, spec.height));
         out.x.push(x);
         out.images.push(im.clone());
     }
@@ -167,9 +172,14 @@ pub fn feature_maps(
 
 /// The picture's objects with boxes scaled to a `width x height` model input (stretch resize).
 pub fn to_input(im: &AnnotatedImage, width: u32, height: u32) -> Vec<Object> {
+    scaled(&im.objects, im, width, height)
+}
+
+/// `objects` of picture `im` with boxes scaled to a `width x height` model input.
+fn scaled(objects: &[Object], im: &AnnotatedImage, width: u32, height: u32) -> Vec<Object> {
     let sx = width as f32 / im.width.max(1) as f32;
     let sy = height as f32 / im.height.max(1) as f32;
-    im.objects
+    objects
         .iter()
         .map(|o| Object {
             class: o.class,
