@@ -14,6 +14,7 @@ pub mod data;
 pub mod demo;
 pub mod deploy;
 pub mod detect;
+pub mod eval;
 pub mod imagenet;
 pub mod install;
 pub mod mobilenet;

@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::data::annotated::{AnnotatedImage, Object};
+use crate::eval::{DetectionMetrics, EvalInput, evaluate};
 use image::imageops::FilterType;
-use kestrel_shared::eval::{DetectionMetrics, EvalInput, evaluate};
 use kestrel_shared::report::{FrameResult, LoopSummary};
-use kestrel_shared::{AnnotatedImage, BBox, Detection, Object};
+use kestrel_shared::{BBox, Detection};
 
 /// Write `pictures`, each scaled by `scale` (a camera frame larger than the model input), as
 /// concatenated JPEG frames of `quality` into `out`. Returns the frame size.

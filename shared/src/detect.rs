@@ -5,8 +5,6 @@
 //! `[0, 0, 320, 240]`). The trainer, the evaluator and the board all use these, so a box means the
 //! same thing everywhere.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 /// An axis-aligned box, corners in pixels: `[x0, y0, x1, y1]` on the wire.
@@ -108,34 +106,6 @@ impl BBox {
             && self.x1 > self.x0
             && self.y1 > self.y0
     }
-}
-
-/// One ground-truth object: its class index (into the label list) and box.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Object {
-    /// Class index.
-    pub class: usize,
-    /// Box in pixels of its picture.
-    #[serde(rename = "box")]
-    pub bbox: BBox,
-}
-
-/// A picture with its ground-truth objects (possibly none).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnnotatedImage {
-    /// The picture file.
-    pub path: PathBuf,
-    /// Picture width in pixels.
-    pub width: u32,
-    /// Picture height in pixels.
-    pub height: u32,
-    /// Objects in it: what training learns and evaluation scores.
-    pub objects: Vec<Object>,
-    /// Regions to leave out: COCO `iscrowd: 1` crowds and Pascal VOC `difficult` objects. Never
-    /// trained on (training reads only `objects`); kept so evaluation can leave detections on them
-    /// uncounted, as pycocotools and the VOC devkit do.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ignored: Vec<Object>,
 }
 
 /// One detection made by a model.

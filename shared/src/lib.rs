@@ -9,7 +9,6 @@ pub mod board;
 pub mod cut;
 pub mod decode;
 pub mod detect;
-pub mod eval;
 pub mod hash;
 pub mod listing;
 pub mod manifest;
@@ -24,8 +23,7 @@ pub mod wire;
 
 pub use board::{Board, BoardError};
 pub use cut::CutPoint;
-pub use detect::{AnnotatedImage, BBox, Detection, Object};
-pub use eval::{ClassAp, DetectionMetrics, EvalError, EvalInput, evaluate};
+pub use detect::{BBox, Detection};
 pub use manifest::{MANIFEST_SCHEMA_VERSION, Manifest, ManifestError};
 pub use nms::{filter_and_nms, nms};
 pub use preprocess::{FrameMapping, Normalization, PreprocessError, PreprocessSpec, ResizeMode};

@@ -384,6 +384,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "serial")]
     fn pty_pair_is_a_serial_line() {
         let (mut master, mut slave) = pty_pair().unwrap();
         master

@@ -6,10 +6,11 @@
 use std::process::Command;
 
 use kestrel_e2e::{python, workspace};
-use kestrel_shared::eval::{
+use kestrel_shared::{BBox, Detection};
+use kestrel_trainer::data::annotated::{AnnotatedImage, Object};
+use kestrel_trainer::eval::{
     DetectionMetrics, EvalInput, coco_ground_truth_json, coco_results_json, evaluate,
 };
-use kestrel_shared::{AnnotatedImage, BBox, Detection, Object};
 use serde_json::Value;
 
 const TOL: f64 = 0.005;

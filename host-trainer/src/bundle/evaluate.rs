@@ -1,11 +1,12 @@
 //! Measuring a bundle the way the board runs it: the edge loader ([`Bundle`]), tract, the
 //! manifest's decoding, on the run's validation pictures.
 
+use crate::eval::single_object_scores;
+use crate::eval::{EvalInput, evaluate};
 use kestrel_edge::Bundle;
+use kestrel_shared::Detection;
 use kestrel_shared::detect::clip_detections;
-use kestrel_shared::eval::single_object_scores;
 use kestrel_shared::manifest::{DetectHeadKind, MetricSet, Task};
-use kestrel_shared::{Detection, EvalInput, evaluate};
 
 use super::source::ValidationSet;
 use crate::classify::embed::{EmbeddingCache, embed_samples};

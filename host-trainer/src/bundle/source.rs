@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+use crate::data::annotated::AnnotatedImage;
 use kestrel_shared::manifest::{ClassifyHeadKind, Decoding, Task};
-use kestrel_shared::{AnnotatedImage, CutPoint, PreprocessSpec};
+use kestrel_shared::{CutPoint, PreprocessSpec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

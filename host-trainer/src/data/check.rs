@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::Path;
 
-use kestrel_shared::AnnotatedImage;
+use crate::data::annotated::AnnotatedImage;
 
 use super::annotations::{self, DetectDataset, Layout, find_layout};
 use super::folder::Dataset;

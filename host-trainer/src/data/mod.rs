@@ -1,6 +1,7 @@
 //! Labelled pictures: the ImageFolder layout and its train/validation split, detection datasets
 //! in the layouts people have (`annotations`), `kestrel data check` (`check`), synthetic sets.
 
+pub mod annotated;
 pub mod annotations;
 pub mod augment;
 pub mod check;
@@ -8,4 +9,5 @@ pub mod folder;
 pub mod scenes;
 pub mod synth;
 
+pub use annotated::{AnnotatedImage, Object};
 pub use folder::{DataError, Dataset, IMAGE_EXTENSIONS, Sample, Split};

@@ -25,8 +25,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::data::annotated::{AnnotatedImage, Object};
 use image::{Rgb, RgbImage};
-use kestrel_shared::{AnnotatedImage, BBox, Object};
+use kestrel_shared::BBox;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

@@ -7,10 +7,10 @@
 //!   cross-entropy on the classes of positive cells, and for boxes L1 on `(tx, ty, tw, th)` plus
 //!   generalised IoU. Each part is a function with hand-checked unit tests.
 
+use crate::data::annotated::Object;
 use burn::tensor::activation::{log_softmax, sigmoid};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kestrel_shared::decode::GridSpec;
-use kestrel_shared::detect::Object;
 use serde::Serialize;
 
 /// Largest box exponent used in the loss (as in decoding): exp(6) cells.

@@ -5,13 +5,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::store::{BurnpackStore, ModuleSnapshot};
-use kestrel_edge::{Threads, Trunk};
-use kestrel_shared::detect::{AnnotatedImage, Detection, Object, clip_detections};
-use kestrel_shared::eval::{
+use crate::data::annotated::{AnnotatedImage, Object};
+use crate::eval::{
     CentroidScores, DetectionMetrics, EvalInput, centroid_scores, coco_ground_truth_json,
     coco_results_json, evaluate, single_object_scores,
 };
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use kestrel_edge::{Threads, Trunk};
+use kestrel_shared::detect::{Detection, clip_detections};
 use kestrel_shared::{CutPoint, Normalization, PreprocessSpec, ResizeMode};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;

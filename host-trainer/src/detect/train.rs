@@ -7,10 +7,11 @@
 
 use std::path::Path;
 
+use crate::data::annotated::{AnnotatedImage, Object};
 use burn::tensor::{Device, Tensor, TensorData};
 use kestrel_edge::Trunk;
 use kestrel_shared::decode::{GridSpec, decode_grid, decode_single};
-use kestrel_shared::detect::{AnnotatedImage, Detection, Object};
+use kestrel_shared::detect::Detection;
 use kestrel_shared::nms::filter_and_nms;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -29,7 +29,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use kestrel_shared::{AnnotatedImage, BBox, Object};
+use crate::data::annotated::{AnnotatedImage, Object};
+use kestrel_shared::BBox;
 
 pub use coco::{coco_json, write_coco};
 pub use layout::{Layout, find_layout};

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use kestrel_shared::{AnnotatedImage, BBox, Object};
+use crate::data::annotated::{AnnotatedImage, Object};
+use kestrel_shared::BBox;
 use serde_json::{Value, json};
 
 use super::yolo::parse_data_yaml;

@@ -17,7 +17,8 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use kestrel_shared::{AnnotatedImage, BBox};
+use crate::data::annotated::AnnotatedImage;
+use kestrel_shared::BBox;
 
 use super::{
     AnnotationError, COCO_TOLERANCE, IssueKind, Issues, Splits, check_classes, io_err, object,

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use kestrel_shared::{AnnotatedImage, Object};
+use crate::data::annotated::{AnnotatedImage, Object};
 use serde::{Deserialize, Serialize};
 
 use super::{

@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::detect::{AnnotatedImage, BBox, Detection, Object};
+use kestrel_shared::{BBox, Detection};
+
+use crate::data::annotated::{AnnotatedImage, Object};
 
 /// Most detections per image and class that count (COCO's `maxDets` = 100); lower-scored ones are
 /// ignored, like pycocotools does.
@@ -1021,7 +1023,8 @@ pub fn centroid_scores(input: &EvalInput, score_threshold: f32) -> CentroidScore
 #[cfg(test)]
 mod centroid_tests {
     use super::*;
-    use crate::detect::{BBox, Detection, Object};
+    use crate::data::annotated::Object;
+    use kestrel_shared::{BBox, Detection};
 
     #[test]
     fn centres_inside_boxes_count_once() {
