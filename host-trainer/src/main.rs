@@ -91,26 +91,13 @@ enum Command {
     },
 }
 
-/// Exit statuses: 0 success, 1 other failure, 2 usage, 3 bad input data, 4 refused by the board,
-/// 5 link failure (`kestrel_trainer::cli::exit`).
+/// Exit statuses: see `kestrel_trainer::cli::exit`.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:?}");
-            std::process::ExitCode::from(cli::exit::exit_code(&e))
-        }
-    }
+    cli::exit::finish(run())
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_logging();
     let args = Cli::parse();
     let threads = match args.command {
         // Benchmarks compare engines on one core unless told otherwise.
@@ -143,14 +130,10 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Monitor(a) => deploy::monitor(a)?,
         Command::Rollback(a) => deploy::rollback(a)?,
-        Command::Status(a) => {
-            deploy::status(a)?;
-        }
+        Command::Status(a) => drop(deploy::status(a)?),
         Command::Keygen(a) => deploy::keygen(a)?,
         Command::Boards(a) => kestrel_trainer::boards::run(a)?,
-        Command::Install(a) => {
-            kestrel_trainer::install::run(a)?;
-        }
+        Command::Install(a) => drop(kestrel_trainer::install::run(a)?),
         Command::Demo(a) => cli::demo::run(a, &ctx)?,
         Command::Completions { shell } => clap_complete::generate(
             *shell,

@@ -18,6 +18,17 @@ pub const REFUSED: u8 = 4;
 /// The link to the board failed (serial device, timeout, ssh, protocol).
 pub const LINK: u8 = 5;
 
+/// What `main` returns: success, or the error printed (with its causes) and its status.
+pub fn finish(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
 /// The exit status for `err`, from the first typed error in its chain.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {

@@ -50,3 +50,15 @@ impl Context {
         Pretrained::load(&self.weights_path()?, self.backend)
     }
 }
+
+/// Installs the log subscriber: warnings and above unless `RUST_LOG` says otherwise, on stderr
+/// (stdout carries the commands' output: JSON, tables, completion scripts).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
