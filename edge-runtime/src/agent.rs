@@ -32,6 +32,7 @@ use kestrel_shared::wire::{
 };
 
 use crate::bundle::Bundle;
+use crate::health::{AgentHealth, HealthSocket, LoopState};
 use crate::store::{Store, StoreError};
 use crate::watchdog::{Notifier, Watchdog, period_from_env};
 use kestrel_shared::transport::Transport;
@@ -347,6 +348,8 @@ pub struct AgentHandle {
     telemetry: mpsc::SyncSender<Telemetry>,
     stop: Arc<AtomicBool>,
     pulse: Pulse,
+    /// What the detection loop reports in the agent's health.
+    pub loop_state: LoopState,
 }
 
 /// When the detection loop last processed a frame, shared with the agent for the watchdog.
@@ -442,6 +445,9 @@ pub struct Agent {
     pulse: Pulse,
     notifier: Option<Notifier>,
     watchdog: Option<Watchdog>,
+    health: Option<HealthSocket>,
+    loop_state: LoopState,
+    born: Instant,
     /// What the agent has done so far.
     pub stats: AgentStats,
     _agent_lock: std::fs::File,
@@ -477,6 +483,7 @@ impl Agent {
         let stop = Arc::new(AtomicBool::new(false));
         let now = Instant::now();
         let pulse = Pulse::new();
+        let loop_state = LoopState::default();
         let agent = Agent {
             cfg,
             store: None,
@@ -493,6 +500,9 @@ impl Agent {
             pulse: pulse.clone(),
             notifier: None,
             watchdog: None,
+            health: None,
+            loop_state: loop_state.clone(),
+            born: now,
             stats: AgentStats::default(),
             _agent_lock: lock,
         };
@@ -502,6 +512,7 @@ impl Agent {
                 telemetry: tx,
                 stop,
                 pulse,
+                loop_state,
             },
         ))
     }
@@ -583,9 +594,17 @@ impl Agent {
                 }
             );
         }
+        match HealthSocket::bind(&self.cfg.store) {
+            Ok(s) => self.health = Some(s),
+            Err(e) => tracing::warn!(
+                "cannot open the health socket in {}: {e} (fleet health checks will not see this agent)",
+                self.cfg.store.display()
+            ),
+        }
         let mut buf = vec![0u8; 4096];
         while !self.stop.load(Ordering::SeqCst) {
             self.feed_watchdog();
+            self.answer_health();
             match link.as_deref_mut() {
                 Some(l) => {
                     let n = l
@@ -614,6 +633,19 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Answers health questions waiting on the socket (a fleet deploy's canary check).
+    fn answer_health(&self) {
+        if let Some(socket) = &self.health {
+            socket.serve(|| AgentHealth {
+                pid: std::process::id(),
+                uptime_s: self.born.elapsed().as_secs_f64(),
+                current: self.current.clone(),
+                detect: self.loop_state.report(),
+                temperature_c: temperature_c(),
+            });
+        }
     }
 
     /// `WATCHDOG=1` when due ([`Watchdog::due`]).

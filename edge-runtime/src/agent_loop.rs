@@ -13,6 +13,7 @@ use kestrel_shared::wire::{MAX_DETECTIONS, Telemetry, WireDetection};
 use kestrel_shared::{BBox, Detection};
 
 use crate::agent::{AgentHandle, BundleHost, temperature_c};
+use crate::health::LoopState;
 use crate::model::Threads;
 use crate::runtime::{Capture, Detector, LoopOptions, LoopSummary, run_loop};
 use crate::sink::{FrameResult, Sink, SinkError};
@@ -118,6 +119,7 @@ impl Sink for TelemetrySink {
         stats: &StatsSnapshot,
     ) -> Result<(), SinkError> {
         self.handle.frame_processed();
+        self.handle.loop_state.frame(stats);
         if self.last.is_some_and(|t| t.elapsed() < self.every) {
             return Ok(());
         }
@@ -131,13 +133,15 @@ impl Sink for TelemetrySink {
 
 /// Start the detection loop on its own thread: it waits for the first bundle on `rx` (sent by
 /// [`LoopHost`] when the agent starts on its current bundle or installs one), then runs until
-/// `stop`, swapping in every later bundle.
+/// `stop`, swapping in every later bundle; `state` (the agent's health) hears when and why it
+/// ended.
 pub fn spawn(
     capture: Capture,
     rx: mpsc::Receiver<Detector>,
     mut sinks: Vec<Box<dyn Sink + Send>>,
     stop: Arc<AtomicBool>,
     opts: LoopOptions,
+    state: Option<LoopState>,
 ) -> std::io::Result<JoinHandle<Option<LoopSummary>>> {
     std::thread::Builder::new()
         .name("detect".into())
@@ -154,14 +158,14 @@ pub fn spawn(
             };
             let mut boxed: Vec<Box<dyn Sink>> =
                 sinks.drain(..).map(|s| -> Box<dyn Sink> { s }).collect();
-            Some(run_loop(
-                first,
-                &capture,
-                &mut boxed,
-                &stop,
-                Some(&rx),
-                &opts,
-            ))
+            if let Some(s) = &state {
+                s.started(first.name());
+            }
+            let summary = run_loop(first, &capture, &mut boxed, &stop, Some(&rx), &opts);
+            if let Some(s) = &state {
+                s.ended(&summary.ended);
+            }
+            Some(summary)
         })
 }
 
@@ -234,6 +238,7 @@ pub fn attach(
         None,
         stop.clone(),
     )?;
+    let state = handle.loop_state.clone();
     let mut sinks: Vec<Box<dyn Sink + Send>> = vec![Box::new(TelemetrySink::new(handle))];
     if args.json {
         sinks.push(Box::new(crate::sink::JsonLines::new(std::io::stdout())));
@@ -246,7 +251,14 @@ pub fn attach(
         )?);
     }
     let (tx, rx) = mpsc::channel();
-    let thread = spawn(capture, rx, sinks, stop.clone(), LoopOptions::default())?;
+    let thread = spawn(
+        capture,
+        rx,
+        sinks,
+        stop.clone(),
+        LoopOptions::default(),
+        Some(state),
+    )?;
     Ok(Some(AttachedLoop {
         host: LoopHost::new(tx, crate::cli::run::threads(args.threads, board)),
         thread,

@@ -11,6 +11,7 @@ pub mod bundle;
 #[cfg(feature = "camera")]
 pub mod cameras;
 pub mod cli;
+pub mod health;
 pub mod jpeg;
 pub mod kernels;
 pub mod libcamera;

@@ -66,6 +66,15 @@ pub struct InstallArgs {
     /// is passed as it is (e.g. `--ssh-option='-i /path/key'`).
     #[arg(long = "ssh-option", allow_hyphen_values = true)]
     pub ssh_options: Vec<String>,
+    /// What to install and how.
+    #[command(flatten)]
+    pub what: InstallOptions,
+}
+
+/// What `kestrel install` puts on a board and how (the same for every board of `kestrel fleet
+/// install`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InstallOptions {
     /// The `kestrel-edge` binary to install (default: the cross-built one in the target directory,
     /// built if missing when run inside the workspace).
     #[arg(long)]
@@ -388,7 +397,7 @@ fn workspace_root() -> Option<PathBuf> {
 }
 
 /// The `kestrel-edge` to install for `board` (see the module documentation).
-pub fn edge_binary(args: &InstallArgs, board: &Board) -> anyhow::Result<PathBuf> {
+pub fn edge_binary(args: &InstallOptions, board: &Board) -> anyhow::Result<PathBuf> {
     let path = match &args.edge_bin {
         Some(p) => {
             if !p.is_file() {
@@ -530,16 +539,16 @@ pub struct InstallReport {
 /// `kestrel install`: see the module documentation.
 pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
     let board = Board::resolve(&args.board)?;
-    if let Some(p) = &args.prefix
+    if let Some(p) = &args.what.prefix
         && !p.starts_with('/')
     {
         bail!("--prefix {p:?}: must be an absolute path on the board");
     }
-    let bundle = match &args.bundle {
+    let bundle = match &args.what.bundle {
         Some(dir) => Some(LocalBundle::open(dir, true)?),
         None => None,
     };
-    let key = if args.no_trust {
+    let key = if args.what.no_trust {
         eprintln!(
             "warning: --no-trust: the agent gets no trust list and accepts any bundle, signed or not"
         );
@@ -547,9 +556,9 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
     } else {
         Some(host_public_key()?)
     };
-    let bin = edge_binary(args, &board)?;
+    let bin = edge_binary(&args.what, &board)?;
     let sha = file_sha256(&bin)?;
-    let paths = RemotePaths::new(&board, args.prefix.as_deref());
+    let paths = RemotePaths::new(&board, args.what.prefix.as_deref());
     let remote = Remote {
         program: std::env::var("KESTREL_SSH").unwrap_or_else(|_| "ssh".into()),
         target: args.ssh.clone(),
@@ -563,7 +572,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
             .unwrap_or_else(|| "/".into())
     };
     // Without root (and outside a prefix), commands go through `sudo -n` when it works.
-    let sudo = if args.prefix.is_some() {
+    let sudo = if args.what.prefix.is_some() {
         "S=;".to_string()
     } else {
         "if [ \"$(id -u)\" = 0 ]; then S=; elif sudo -n true 2>/dev/null; then S='sudo -n'; else S=; fi;".to_string()
@@ -621,7 +630,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
     }
 
     // The service user: a system user without a login, its home the store.
-    if !user_exists && args.prefix.is_none() {
+    if !user_exists && args.what.prefix.is_none() {
         let user = &board.install.user;
         remote
             .run(
@@ -694,7 +703,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
         )?;
     }
     // The store belongs to the service user (when it exists and we may chown).
-    if user_exists && args.prefix.is_none() {
+    if user_exists && args.what.prefix.is_none() {
         remote.run(
             "giving the store to the service user",
             &format!(
@@ -712,7 +721,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
         &paths,
         &UnitOptions {
             trust: key.is_some(),
-            source: args.source.clone(),
+            source: args.what.source.clone(),
             groups,
         },
     );
@@ -732,7 +741,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
 
     // systemd.
     let service = board.install.unit_file_name();
-    let by_hand = agent_command(&board, &paths, key.is_some(), args.source.as_deref())
+    let by_hand = agent_command(&board, &paths, key.is_some(), args.what.source.as_deref())
         .iter()
         .map(|w| q(w))
         .collect::<Vec<_>>()
@@ -744,8 +753,8 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<InstallReport> {
             paths.unit
         );
         "not found (unit written, not started)".to_string()
-    } else if args.no_systemd || args.prefix.is_some() {
-        let why = if args.no_systemd {
+    } else if args.what.no_systemd || args.what.prefix.is_some() {
+        let why = if args.what.no_systemd {
             "--no-systemd"
         } else {
             "--prefix (the unit is not in /etc/systemd/system)"

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod deploy;
 pub mod detect;
 pub mod eval;
+pub mod fleet;
 pub mod imagenet;
 pub mod install;
 pub mod mobilenet;

@@ -81,6 +81,9 @@ enum Command {
     /// Install the agent on a board over SSH: the board's kestrel-edge, a systemd unit with the
     /// board's settings, this host's key in its trust list; rerun to upgrade in place.
     Install(kestrel_trainer::install::InstallArgs),
+    /// Many boards from an Ansible inventory: deploy (canaries first), status, rollback, install.
+    #[command(subcommand)]
+    Fleet(cli::fleet::FleetCommand),
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo(cli::demo::DemoArgs),
     /// Print a shell completion script (e.g. `kestrel completions bash >
@@ -134,6 +137,7 @@ fn run() -> anyhow::Result<()> {
         Command::Keygen(a) => deploy::keygen(a)?,
         Command::Boards(a) => kestrel_trainer::boards::run(a)?,
         Command::Install(a) => drop(kestrel_trainer::install::run(a)?),
+        Command::Fleet(c) => cli::fleet::run(c, &ctx)?,
         Command::Demo(a) => cli::demo::run(a, &ctx)?,
         Command::Completions { shell } => clap_complete::generate(
             *shell,

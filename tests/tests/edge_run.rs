@@ -433,8 +433,10 @@ fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
         vec![Box::new(seen.clone()), Box::new(telemetry)],
         stop.clone(),
         LoopOptions::default(),
+        Some(handle.loop_state.clone()),
     )
     .unwrap();
+    let health = handle.loop_state.clone();
     let second = {
         let (store_dir, fp32, handle, stop) = (
             store.path().to_path_buf(),
@@ -474,6 +476,11 @@ fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
         "frame numbers carry on across the switch"
     );
     assert_eq!(summary.ended, "stopped");
+    // What a fleet deploy's health check reads: the loop ran the new bundle and why it ended.
+    let h = health.report().expect("the loop reported");
+    assert_eq!(h.bundle.as_deref(), Some(second.as_str()));
+    assert_eq!(h.frames, summary.stats.frames);
+    assert_eq!(h.ended.as_deref(), Some("stopped"));
 }
 
 /// `kestrel-edge bench --json` reports what the issue asks for, and onnxruntime on the same

@@ -1,7 +1,9 @@
 //! `kestrel-edge store ...`: the store from the command line, what `kestrel deploy --ssh` runs on
 //! the board over SSH.
 //!
-//! - `list --json`: blobs, bundles, `current` and free space, so only missing blobs travel;
+//! - `list --json`: blobs, bundles (with their labels), `current`, free space, the board's uptime
+//!   and the running agent's health (`crate::health`), so only missing blobs travel and a fleet
+//!   deploy sees whether the agent runs its new bundle;
 //! - `put-blob SHA`: stores a blob read from standard input (temporary file, fsync, sha256 checked
 //!   on the board, rename): a bad upload never becomes a blob; with `--size N [--offset K]` the
 //!   bytes go to the store's partial upload instead (as over serial), so an upload cut mid-blob
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kestrel_shared::listing::{ListedBundle, StoreListing};
+use kestrel_shared::manifest::{MANIFEST_FILE, Manifest};
 use kestrel_shared::sign::TrustList;
 use serde_json::json;
 
@@ -97,17 +100,25 @@ pub fn open_waiting(dir: &Path, keep: usize, wait: Duration) -> Result<Store, St
     }
 }
 
-/// The store's content (`list --json`).
+/// The store's content (`list --json`), with the board's uptime and what its agent, if one
+/// runs, says about itself.
 pub fn listing(store: &Store) -> Result<StoreListing, StoreError> {
     let bundles = store
         .bundles()?
         .into_iter()
         .map(|b| ListedBundle {
+            labels: Manifest::read(&b.path.join(MANIFEST_FILE))
+                .map(|m| m.labels)
+                .unwrap_or_default(),
             id: b.id,
             current: b.current,
             files: b.files,
         })
         .collect();
+    let (agent, agent_error) = match crate::health::ask(store.root(), Duration::from_secs(2)) {
+        Ok(h) => (Some(h), None),
+        Err(e) => (None, Some(e)),
+    };
     Ok(StoreListing {
         kestrel_version: env!("CARGO_PKG_VERSION").into(),
         current: store.current()?,
@@ -115,6 +126,9 @@ pub fn listing(store: &Store) -> Result<StoreListing, StoreError> {
         partial: store.partials()?,
         bundles,
         free_bytes: free_bytes(store.root()),
+        uptime_s: crate::health::board_uptime_s(),
+        agent,
+        agent_error,
     })
 }
 

@@ -40,7 +40,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | DeployError::Timeout { .. }
                 | DeployError::Transfer(_)
                 | DeployError::Protocol(_)
-                | DeployError::Ssh { .. } => LINK,
+                | DeployError::Ssh { .. }
+                | DeployError::Unreachable { .. } => LINK,
             };
         }
         if cause.is::<DataError>()

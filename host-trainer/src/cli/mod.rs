@@ -8,6 +8,7 @@ pub mod embed;
 pub mod eval;
 pub mod exit;
 pub mod export;
+pub mod fleet;
 pub mod predict;
 pub mod synth;
 pub mod train;

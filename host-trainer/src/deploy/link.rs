@@ -108,6 +108,19 @@ pub fn deploy(
 ) -> Result<DeployReport, DeployError> {
     let start = Instant::now();
     let status = link.status()?;
+    deploy_onto(link, &status, bundle, allow_downgrade, progress, start)
+}
+
+/// [`deploy`] on a board whose `status` the caller already asked (a fleet deploy looks at it
+/// first); `start` is when the deploy began, for the report's seconds.
+pub fn deploy_onto(
+    link: &mut dyn BoardLink,
+    status: &BoardStatus,
+    bundle: &LocalBundle,
+    allow_downgrade: bool,
+    progress: &dyn Progress,
+    start: Instant,
+) -> Result<DeployReport, DeployError> {
     tracing::info!(
         "{}: kestrel-edge {}, {} blobs, current {}",
         link.describe(),

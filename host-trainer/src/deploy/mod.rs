@@ -59,6 +59,16 @@ pub enum DeployError {
     /// The peer speaks another protocol.
     #[error("{0}")]
     Protocol(#[from] kestrel_shared::wire::FrameError),
+    /// ssh could not reach the board (ssh's own exit status 255: no route, refused, no key).
+    #[error(
+        "cannot reach {target}: {detail} (check the address and port, that sshd runs there, and the key)"
+    )]
+    Unreachable {
+        /// The ssh target.
+        target: String,
+        /// What ssh said.
+        detail: String,
+    },
     /// An SSH command failed.
     #[error("ssh {what} failed: {detail}")]
     Ssh {

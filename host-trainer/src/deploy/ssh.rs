@@ -154,6 +154,13 @@ impl SshOptions {
             .output()
             .map_err(|e| ssh_err(what, format!("cannot run {}: {e}", self.program)))?;
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // 255 is ssh's own failure (the remote command's status otherwise).
+        if out.status.code() == Some(255) {
+            return Err(DeployError::Unreachable {
+                target: self.target.clone(),
+                detail: stderr,
+            });
+        }
         if !out.status.success() {
             return Err(ssh_err(what, format!("{}: {stderr}", out.status)));
         }
