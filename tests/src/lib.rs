@@ -95,10 +95,14 @@ pub fn weights() -> PathBuf {
     .clone()
 }
 
-/// A binary of the workspace, built next to the test executable (`cargo test --workspace`).
+/// A binary of the workspace, built next to the test executable (`cargo test --workspace`; a
+/// test runs from `deps/`, a benchmark binary such as `fleet-bench` from the profile directory).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
+    let mut dir = exe.parent().unwrap();
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap();
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),
