@@ -412,4 +412,51 @@ fn a_fleet_deploy_goes_canary_first_reports_every_board_and_resumes() {
         Some(ids[2].as_str()),
         "b3 is not in shelf"
     );
+
+    // 6. `kestrel install` on every board of a YAML inventory, each under its own root (this
+    // machine plays both boards, so the x86 binary goes with --allow-foreign-arch).
+    let yaml = root.join("hosts.yml");
+    let mut hosts = String::new();
+    for b in &boards[..2] {
+        hosts.push_str(&format!(
+            "        {}:\n          ansible_host: 127.0.0.1\n          ansible_port: {}\n          \
+             ansible_ssh_private_key_file: {}\n          kestrel_prefix: {}\n",
+            b.name,
+            b.port,
+            key(b).display(),
+            root.join(b.name).join("root").display()
+        ));
+    }
+    std::fs::write(
+        &yaml,
+        format!(
+            "all:\n  vars:\n    ansible_user: {user}\n    kestrel_board: raspberry-pi-4\n    \
+             ansible_ssh_common_args: -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR\n  \
+             children:\n    shelf:\n      hosts:\n{hosts}"
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin("kestrel"));
+    c.env("KESTREL_CONFIG_DIR", root.join("keys"))
+        .args([
+            "--quiet",
+            "fleet",
+            "install",
+            "-i",
+            yaml.to_str().unwrap(),
+            "--edge-bin",
+        ])
+        .arg(bin("kestrel-edge"))
+        .arg("--allow-foreign-arch");
+    let (ok, out, err) = run(&mut c);
+    assert!(ok, "{out}{err}");
+    for b in &boards[..2] {
+        let installed = root.join(b.name).join("root/usr/local/bin/kestrel-edge");
+        assert!(installed.is_file(), "{}: {out}", installed.display());
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(b.name) && l.contains(" ok ")),
+            "{out}"
+        );
+    }
 }

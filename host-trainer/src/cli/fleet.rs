@@ -35,7 +35,7 @@ pub enum FleetCommand {
 pub struct FleetArgs {
     /// Ansible inventory, INI or YAML (hosts, groups, `ansible_host`, `ansible_port`,
     /// `ansible_user`, `ansible_ssh_private_key_file`, `ansible_ssh_common_args`, and Kestrel's
-    /// `kestrel_board`, `kestrel_store`, `kestrel_edge`, `kestrel_trust`).
+    /// `kestrel_board`, `kestrel_store`, `kestrel_edge`, `kestrel_trust`, `kestrel_prefix`).
     #[arg(long, short = 'i', env = "KESTREL_INVENTORY")]
     pub inventory: PathBuf,
     /// Only these boards: an Ansible pattern (`shelf`, `shelf:!shelf-3`, `trap-*`, `a,b`).
@@ -312,6 +312,7 @@ pub fn install(args: &FleetInstallArgs, ctx: &Context) -> anyhow::Result<()> {
             ssh_options: b.ssh.options.clone(),
             what: InstallOptions {
                 edge_bin: Some(bin),
+                prefix: b.prefix.clone().or_else(|| args.what.prefix.clone()),
                 ..args.what.clone()
             },
         });

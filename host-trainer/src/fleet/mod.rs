@@ -50,6 +50,8 @@ pub struct FleetBoard {
     pub ssh: SshOptions,
     /// Its board file (`kestrel_board`), for `fleet install`.
     pub board_file: Option<String>,
+    /// Root on the board under which `fleet install` puts everything (`kestrel_prefix`).
+    pub prefix: Option<String>,
 }
 
 impl FleetBoard {
@@ -75,6 +77,7 @@ impl FleetBoard {
             name: host.name.clone(),
             ssh,
             board_file: host.kestrel_board().map(str::to_string),
+            prefix: host.var("kestrel_prefix").map(str::to_string),
         })
     }
 }
