@@ -26,6 +26,7 @@ pub mod predict;
 pub mod pretrained;
 pub mod progress;
 pub mod run_config;
+pub mod run_dir;
 pub mod trunk_onnx;
 pub mod video;
 pub mod weights;

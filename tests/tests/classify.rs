@@ -186,6 +186,35 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
         std::fs::read_to_string(run3.join("history.csv")).unwrap()
     );
 
+    // An earlier run is never overwritten: an existing --out is refused without --exist-ok, and
+    // without --out runs are numbered under runs/classify/.
+    let again = kestrel(&cache)
+        .args(["train", "classify", "--epochs", "1", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&run3)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("--exist-ok") && err.contains("run3"), "{err}");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    for expected in ["train", "train2"] {
+        let (stdout, _) = run_ok(
+            kestrel(&cache)
+                .current_dir(&work)
+                .args(["train", "classify", "--epochs", "1", "--data"])
+                .arg(&data),
+        );
+        let dir = work.join("runs/classify").join(expected);
+        assert!(dir.join("history.csv").is_file(), "{stdout}");
+        assert!(
+            stdout.contains(&format!("runs/classify/{expected}")),
+            "{stdout}"
+        );
+    }
+
     // --strict turns the corrupt picture into an error naming it.
     let out = kestrel(&cache)
         .args(["train", "classify", "--strict", "--data"])

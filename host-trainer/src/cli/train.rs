@@ -26,6 +26,35 @@ pub enum TrainCommand {
     Detect(DetectArgs),
 }
 
+/// Where a run is written (see [`crate::run_dir`]).
+#[derive(Debug, clap::Args)]
+pub struct RunDirArgs {
+    /// Run directory to write (default: runs/<task>/<name>, numbered so that an earlier run is
+    /// never overwritten). An existing directory with files in it is refused without --exist-ok.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The run's name under runs/<task>/ when --out is not given.
+    #[arg(long, default_value = "train")]
+    pub name: String,
+    /// Write into an existing run directory (or reuse runs/<task>/<name>): files the new run
+    /// writes replace the earlier run's.
+    #[arg(long)]
+    pub exist_ok: bool,
+}
+
+impl RunDirArgs {
+    /// The directory the run of `task` goes to.
+    pub fn choose(&self, task: &str) -> Result<PathBuf, crate::run_dir::RunDirError> {
+        crate::run_dir::choose(&crate::run_dir::RunDirRequest {
+            out: self.out.as_deref(),
+            project: std::path::Path::new("runs"),
+            task,
+            name: &self.name,
+            exist_ok: self.exist_ok,
+        })
+    }
+}
+
 /// Training flags both tasks take. Options without a value take the task's (and for detection
 /// the head's) default, given in each flag's help.
 #[derive(Debug, clap::Args)]
@@ -114,9 +143,9 @@ pub struct ClassifyArgs {
     /// Dataset root: DATA/<label>/*, or DATA/train/<label>/* and DATA/val/<label>/*.
     #[arg(long)]
     pub data: PathBuf,
-    /// Run directory to write.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Where the run goes.
+    #[command(flatten)]
+    pub run: RunDirArgs,
     /// Trunk cut point.
     #[arg(long, default_value = "pooled")]
     pub cut: CutPoint,
@@ -185,9 +214,9 @@ pub struct DetectArgs {
     /// A COCO annotation file of any name for the pictures under --data.
     #[arg(long)]
     pub annotations: Option<PathBuf>,
-    /// Run directory to write.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Where the run goes.
+    #[command(flatten)]
+    pub run: RunDirArgs,
     /// single: the book's one-object detector; grid: several objects with boxes; centroids:
     /// object centres only (FOMO-style).
     #[arg(long, value_enum, default_value_t = DetectHeadKind::Grid)]
@@ -280,8 +309,9 @@ pub fn run(cmd: &TrainCommand, ctx: &Context) -> anyhow::Result<()> {
 }
 
 fn classify(a: &ClassifyArgs, ctx: &Context) -> anyhow::Result<()> {
+    let out = a.run.choose("classify")?;
     let p = ctx.pretrained()?;
-    let s = train_classify(&p, &a.options(), &ctx.cache, &a.out, ctx.progress())?;
+    let s = train_classify(&p, &a.options(), &ctx.cache, &out, ctx.progress())?;
     for sk in &s.skipped {
         eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
     }
@@ -302,8 +332,9 @@ fn classify(a: &ClassifyArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 fn detect(a: &DetectArgs, ctx: &Context) -> anyhow::Result<()> {
+    let out = a.run.choose("detect")?;
     let p = ctx.pretrained()?;
-    let s = train_detect(&p, &a.options(), &ctx.cache, &a.out, ctx.progress())?;
+    let s = train_detect(&p, &a.options(), &ctx.cache, &out, ctx.progress())?;
     for sk in &s.skipped {
         eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
     }
@@ -348,7 +379,7 @@ fn detect(a: &DetectArgs, ctx: &Context) -> anyhow::Result<()> {
         s.cache_hits,
         s.feature_seconds,
         s.train_seconds,
-        a.out.display()
+        out.display()
     );
     Ok(())
 }
