@@ -25,6 +25,7 @@ pub mod plot;
 pub mod predict;
 pub mod pretrained;
 pub mod progress;
+pub mod results;
 pub mod run_config;
 pub mod run_dir;
 pub mod trunk_onnx;

@@ -301,6 +301,7 @@ mod tests {
                 train_accuracy: 0.5 + 0.1 * e as f64,
                 val_loss: 1.2 / e as f64,
                 val_accuracy: 0.4 + 0.1 * e as f64,
+                lr: 1e-3,
             })
             .collect();
         let p = dir.path().join("curves.png");

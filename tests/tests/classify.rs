@@ -71,6 +71,16 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     let history = std::fs::read_to_string(run1.join("history.csv")).unwrap();
     assert!(history.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy\n"));
     assert!(history.lines().count() >= 2);
+    let results = std::fs::read_to_string(run1.join("results.csv")).unwrap();
+    assert!(
+        results.starts_with("epoch,phase,train_loss,val_loss,train_accuracy,val_accuracy,lr\n"),
+        "{results}"
+    );
+    assert_eq!(
+        results.lines().count(),
+        history.lines().count(),
+        "{results}"
+    );
 
     // The trained run classifies new pictures (`predict --run`) and evaluates another folder.
     let fresh = tmp.path().join("fresh");

@@ -90,6 +90,32 @@ fn grid_detector_trains_evaluates_like_pycocotools_and_predicts() {
     let history = std::fs::read_to_string(run1.join("history.csv")).unwrap();
     assert_eq!(history.lines().count(), 21, "{history}");
     assert!(history.starts_with("epoch,train_loss,val_loss,val_map50"));
+    // results.csv: per-epoch validation metrics and the rate, as Ultralytics writes them.
+    let results = std::fs::read_to_string(run1.join("results.csv")).unwrap();
+    assert!(
+        results.starts_with("epoch,phase,train_loss,val_loss,precision,recall,map50,map50_95,lr\n"),
+        "{results}"
+    );
+    assert_eq!(results.lines().count(), 21, "{results}");
+    let last: Vec<f64> = results
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let final_map = m["map50"].as_f64().unwrap();
+    assert!(
+        last[6] >= 0.0 && last[6] <= 1.0 && last[8] > 0.0,
+        "{results}"
+    );
+    assert!(
+        results.lines().skip(1).any(|l| {
+            let map: f64 = l.split(',').nth(6).unwrap().parse().unwrap();
+            (map - final_map).abs() < 1e-9
+        }),
+        "the kept epoch's mAP@0.5 ({final_map}) is one of the rows: {results}"
+    );
 
     // pycocotools reads the run's own COCO files and finds the same mAP.
     let script = workspace().join("tests/python/coco_eval.py");

@@ -235,6 +235,11 @@ pub fn train_classify(
         .save_into(&mut BurnpackStore::from_file(out.join(HEAD_FILE)).overwrite(true))
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(HEAD_FILE).display()))?;
     write_history(&out.join("history.csv"), &result.history)?;
+    let results = out.join("results.csv");
+    crate::results::write(
+        &results,
+        &crate::results::classification(&result.history, &[]),
+    )?;
     crate::plot::learning_curves(
         &result.history,
         "head on cached embeddings",
@@ -288,6 +293,10 @@ pub fn train_classify(
             .save_into(&mut BurnpackStore::from_file(out.join(TOP_FILE)).overwrite(true))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(TOP_FILE).display()))?;
         write_history(&out.join("finetune-history.csv"), &r.history)?;
+        crate::results::write(
+            &results,
+            &crate::results::classification(&result.history, &r.history),
+        )?;
         crate::plot::learning_curves(
             &r.history,
             &format!("fine-tuning the top {} blocks", ft.blocks),

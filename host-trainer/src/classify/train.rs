@@ -156,6 +156,8 @@ pub struct EpochStats {
     pub val_loss: f64,
     /// Validation accuracy (NaN without a validation set).
     pub val_accuracy: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
 }
 
 /// A trained head with its history.
@@ -425,6 +427,9 @@ pub fn fit_batches<M: Module>(
             train_accuracy,
             val_loss,
             val_accuracy,
+            lr: settings
+                .schedule
+                .rate(settings.lr, step.saturating_sub(1), total_steps),
         };
         on_epoch(&stats);
         history.push(stats);

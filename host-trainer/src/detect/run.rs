@@ -225,6 +225,42 @@ fn write_history(path: &Path, history: &[EpochStats], score: &str) -> std::io::R
     f.flush()
 }
 
+/// Collects the rows of `results.csv` while a fit runs: the score closure leaves each epoch's
+/// validation scores here, the epoch callback turns them into the epoch's row.
+#[derive(Default)]
+struct EpochRecorder {
+    last: std::cell::RefCell<Option<crate::results::ResultRow>>,
+    rows: std::cell::RefCell<Vec<crate::results::ResultRow>>,
+}
+
+impl EpochRecorder {
+    /// The validation scores of the model just trained.
+    fn scored(&self, s: &DetectScores) {
+        *self.last.borrow_mut() = Some(crate::results::ResultRow {
+            precision: Some(s.coco.precision),
+            recall: Some(s.coco.recall),
+            map50: Some(s.coco.map50),
+            map50_95: Some(s.coco.map50_95),
+            mean_iou: s.mean_iou,
+            centre_f1: s.centroids.map(|c| c.f1),
+            ..Default::default()
+        });
+    }
+
+    /// An epoch of `phase` ended; epochs of phase 2 count on after phase 1's `offset`.
+    fn epoch(&self, e: &EpochStats, phase: u8, offset: usize) {
+        let scores = self.last.borrow_mut().take().unwrap_or_default();
+        self.rows.borrow_mut().push(crate::results::ResultRow {
+            epoch: e.epoch + offset,
+            phase,
+            train_loss: e.train_loss,
+            val_loss: e.val_loss,
+            lr: e.lr,
+            ..scores
+        });
+    }
+}
+
 /// Seeded split of `images` into (train, val) when the dataset has no validation split.
 fn split(
     mut images: Vec<AnnotatedImage>,
@@ -311,6 +347,7 @@ pub fn train_detect(
     let name = score_name(opts.train.head);
     let bar = progress.start("training detector", Some(opts.train.epochs as u64));
     let t1 = Instant::now();
+    let recorder = EpochRecorder::default();
     let (head, history, best_epoch) = train_detect_head(
         &opts.train,
         labels.len(),
@@ -328,11 +365,15 @@ pub fn train_detect(
                     return f64::NAN;
                 }
                 match scores(h, set, chw, opts, labels.len(), &device) {
-                    Ok(s) => s.headline(),
+                    Ok(s) => {
+                        recorder.scored(&s);
+                        s.headline()
+                    }
                     Err(_) => f64::NAN,
                 }
             },
             on_epoch: &mut |e| {
+                recorder.epoch(e, 1, 0);
                 bar.advance(1);
                 bar.message(&live(e, name));
                 tracing::info!("{}", live(e, name));
@@ -383,11 +424,15 @@ pub fn train_detect(
                         return f64::NAN;
                     }
                     match scores(h, set, pchw, opts, labels.len(), &device) {
-                        Ok(s) => s.headline(),
+                        Ok(s) => {
+                            recorder.scored(&s);
+                            s.headline()
+                        }
                         Err(_) => f64::NAN,
                     }
                 },
                 on_epoch: &mut |e| {
+                    recorder.epoch(e, 2, history.len());
                     bar.advance(1);
                     bar.message(&live(e, name));
                     tracing::info!("phase 2 {}", live(e, name));
@@ -405,6 +450,7 @@ pub fn train_detect(
         (head, best_epoch, chw, train, val) = (h2, best2, pchw, ptrain, pval);
     }
     let train_seconds = t1.elapsed().as_secs_f64();
+    crate::results::write(&out.join("results.csv"), &recorder.rows.borrow())?;
     save_head(&head, &out.join(HEAD_FILE))?;
     let eval_set = if val.x.is_empty() { &train } else { &val };
     let val_scores = scores(&head, eval_set, chw, opts, labels.len(), &device)?;
