@@ -22,6 +22,9 @@ const ORT_SCRIPT: &str = include_str!("../benches/ort_latency.py");
 
 /// `kestrel-edge bench`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel-edge bench --bundle bundles/shelf-v1 --onnxruntime python3\n  kestrel-edge bench --bundle bundles/shelf-v1-int8 --threads 2 --profile --json"
+)]
 pub struct BenchArgs {
     /// Bundle directory written by `kestrel export`.
     #[arg(long)]

@@ -55,6 +55,9 @@ pub const TRUST_FILE: &str = "trust.txt";
 
 /// `kestrel install` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel keygen                                          # once: bundles are signed, boards trust the key\n  kestrel install --board raspberry-pi-4 --ssh pi@shelf-cam-1 --source camera\n  kestrel install --board raspberry-pi-5 --ssh pi@trap-2 --bundle bundles/shelf-v1"
+)]
 pub struct InstallArgs {
     /// The board: a built-in name (`kestrel boards`) or a board file.
     #[arg(long)]

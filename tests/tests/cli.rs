@@ -270,3 +270,59 @@ fn exit_statuses_say_what_failed_and_completions_are_printed() {
             .starts_with("#compdef kestrel-edge")
     );
 }
+
+/// Every example in a subcommand's `--help` parses: each example's arguments, followed by
+/// `--help`, get through clap (an unknown flag or a bad value would fail before the help).
+#[test]
+fn help_examples_parse() {
+    let commands: &[(&str, &[&str])] = &[
+        ("kestrel", &["train", "classify"]),
+        ("kestrel", &["train", "detect"]),
+        ("kestrel", &["export"]),
+        ("kestrel", &["deploy"]),
+        ("kestrel", &["fleet", "deploy"]),
+        ("kestrel", &["fleet", "status"]),
+        ("kestrel", &["fleet", "rollback"]),
+        ("kestrel", &["install"]),
+        ("kestrel", &["predict"]),
+        ("kestrel", &["bench"]),
+        ("kestrel-edge", &["run"]),
+        ("kestrel-edge", &["bench"]),
+        ("kestrel-edge", &["capture"]),
+    ];
+    let mut checked = 0;
+    for (program, sub) in commands {
+        let (ok, help, err) = kestrel_e2e::run(Command::new(bin(program)).args(*sub).arg("--help"));
+        assert!(ok, "{program} {sub:?} --help: {err}");
+        let examples: Vec<&str> = help
+            .split("Examples:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{program} {sub:?} --help has no examples:\n{help}"))
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .flat_map(|l| l.split("&&"))
+            .collect();
+        assert!(!examples.is_empty(), "{help}");
+        for example in examples {
+            // The command, without a trailing comment or redirection.
+            let command = example.split(['#', '>']).next().unwrap();
+            let words: Vec<String> = command
+                .split_whitespace()
+                .map(|w| w.trim_matches('\'').to_string())
+                .collect();
+            let Some(bin_name) = words.first() else {
+                continue;
+            };
+            assert!(
+                bin_name == "kestrel" || bin_name == "kestrel-edge",
+                "{example:?}"
+            );
+            let (ok, _, err) =
+                kestrel_e2e::run(Command::new(bin(bin_name)).args(&words[1..]).arg("--help"));
+            assert!(ok, "the example {example:?} does not parse: {err}");
+            checked += 1;
+        }
+    }
+    println!("{checked} examples parse");
+    assert!(checked >= 30, "{checked}");
+}

@@ -13,6 +13,9 @@ use crate::source::decode;
 
 /// `kestrel-edge capture`: save frames into an ImageFolder class directory for training.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel-edge capture --label empty --count 50 --interval 500 --out photos/\n  kestrel-edge capture --label full --count 50 --source camera:1 --out photos/"
+)]
 pub struct CaptureArgs {
     /// Class name: frames go to OUT/LABEL/.
     #[arg(long)]

@@ -108,6 +108,9 @@ impl SourceArgs {
 
 /// `kestrel-edge run`: detect on frames and report.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel-edge run --bundle bundles/shelf-v1 --source camera --http 8080\n  kestrel-edge run --bundle bundles/shelf-v1 --source dir:frames/ > detections.jsonl\n  kestrel-edge run --bundle bundles/shelf-v1 --source libcamera --gpio-label person --gpio-line 17"
+)]
 pub struct RunArgs {
     /// Bundle directory written by `kestrel export`.
     #[arg(long)]

@@ -10,6 +10,9 @@ use crate::bench;
 
 /// Arguments of `kestrel bench`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel bench                                           # embeddings/s: burn, tract, onnxruntime\n  kestrel bench --finetune --torch-python .venv/bin/python --json"
+)]
 pub struct BenchArgs {
     /// Timed iterations per engine (`--iters` still works).
     #[arg(long = "iterations", alias = "iters", default_value_t = 30)]

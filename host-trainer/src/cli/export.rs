@@ -11,6 +11,9 @@ use crate::deploy::{default_signing_key, sign_bundle};
 
 /// Arguments of `kestrel export`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel export runs/detect/train --out bundles/shelf-v1             # int8 head\n  kestrel export runs/detect/train --quantize all --out bundles/shelf-v1-int8\n  kestrel-edge bench --bundle bundles/shelf-v1-int8 --onnxruntime python3"
+)]
 pub struct ExportArgs {
     /// Run directory written by `kestrel train classify` or `kestrel train detect`.
     pub run: PathBuf,

@@ -23,8 +23,12 @@ pub enum FleetCommand {
     /// Deploy a bundle to every selected board: canaries first, then the rest N at a time.
     Deploy(FleetDeployArgs),
     /// Every board's state in one table (or a JSON line per board).
+    #[command(
+        after_help = "Examples:\n  kestrel fleet status -i hosts.ini\n  kestrel fleet status -i hosts.yml --limit traps --json"
+    )]
     Status(FleetArgs),
     /// Put every selected board back on its previous bundle.
+    #[command(after_help = "Examples:\n  kestrel fleet rollback -i hosts.ini --limit 'shelf-*'")]
     Rollback(FleetArgs),
     /// `kestrel install` on every selected board (binary, service, trust list).
     Install(FleetInstallArgs),
@@ -60,6 +64,9 @@ pub struct FleetArgs {
 
 /// `kestrel fleet deploy` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel fleet deploy bundles/shelf-v2 -i hosts.ini --canary 2 --canary-wait 60 --rollback-on-failure\n  kestrel fleet deploy bundles/shelf-v2 -i hosts.yml --limit 'shelf:!shelf-3' --parallel 16 --json\n  kestrel fleet status -i hosts.ini"
+)]
 pub struct FleetDeployArgs {
     /// Bundle directory written by `kestrel export`.
     pub bundle: PathBuf,

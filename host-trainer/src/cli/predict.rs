@@ -13,6 +13,9 @@ use crate::{imagenet, predict};
 
 /// Arguments of `kestrel predict`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel predict host-trainer/assets/chelsea.png        # ImageNet classes\n  kestrel predict --run runs/classify/train photo.jpg --json"
+)]
 pub struct PredictArgs {
     /// Pictures (PNG, JPEG, WebP, BMP).
     #[arg(required = true)]

@@ -139,6 +139,9 @@ pub enum HeadArg {
 
 /// Arguments of `kestrel train classify`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel train classify --data photos/                  # photos/<label>/* -> runs/classify/train\n  kestrel train classify --data photos/ --head linear --epochs 20 --name linear\n  kestrel train classify --data photos/ --fine-tune-blocks 4 --out runs/pets --exist-ok"
+)]
 pub struct ClassifyArgs {
     /// Dataset root: DATA/<label>/*, or DATA/train/<label>/* and DATA/val/<label>/*.
     #[arg(long)]
@@ -206,6 +209,9 @@ impl ClassifyArgs {
 
 /// Arguments of `kestrel train detect`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel data check shelf.v3i.yolov8/                   # what the loader sees, without training\n  kestrel train detect --data shelf.v3i.yolov8/          # Roboflow YOLO export, grid head\n  kestrel train detect --data VOCdevkit/VOC2012 --width 320 --height 320\n  kestrel train detect --data scenes/ --head single --epochs 40 --name book"
+)]
 pub struct DetectArgs {
     /// Dataset: a folder in any layout (Ultralytics or Roboflow YOLO, COCO, Roboflow COCO, Pascal
     /// VOC; found by itself, see `kestrel data check`), a data.yaml or a COCO JSON file.

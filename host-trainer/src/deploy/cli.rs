@@ -80,6 +80,9 @@ impl BoardArgs {
 
 /// `kestrel deploy` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel deploy bundles/shelf-v1 --ssh pi@shelf-cam-1\n  kestrel deploy bundles/shelf-v1 --serial /dev/ttyUSB0 --baud 921600\n  kestrel status --ssh pi@shelf-cam-1 && kestrel rollback --ssh pi@shelf-cam-1"
+)]
 pub struct DeployArgs {
     /// Bundle directory written by `kestrel export`.
     pub bundle: PathBuf,
