@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod boards;
 pub mod bundle;
+pub mod checkpoint;
 pub mod classify;
 pub mod cli;
 pub mod data;

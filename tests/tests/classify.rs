@@ -56,6 +56,7 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     assert_eq!(m["val"]["confusion"].as_array().unwrap().len(), 4);
     for f in [
         "head.bpk",
+        "head.safetensors",
         "config.json",
         "labels.txt",
         "history.csv",
@@ -68,6 +69,35 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
         std::fs::read_to_string(run1.join("labels.txt")).unwrap(),
         "circle\ncross\nsquare\ntriangle\n"
     );
+    // The head also as safetensors in PyTorch's layout: a linear layer's weight is [out, in].
+    let st = std::fs::read(run1.join("head.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    assert_eq!(header["__metadata__"]["format"], "pt", "{header}");
+    let tensors: Vec<(&String, &serde_json::Value)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .collect();
+    assert!(tensors.len() >= 2, "{header}");
+    for (name, t) in &tensors {
+        assert_eq!(t["dtype"], "F32", "{name}: {t}");
+        let end = t["data_offsets"][1].as_u64().unwrap() as usize;
+        assert!(8 + n + end <= st.len(), "{name}: {t}");
+    }
+    let first = tensors
+        .iter()
+        .find_map(|(name, t)| {
+            let shape: Vec<u64> = t["shape"]
+                .as_array()?
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            (name.ends_with("weight") && shape.len() == 2 && shape.contains(&1280)).then_some(shape)
+        })
+        .unwrap_or_else(|| panic!("no linear weight on the 1280 features: {header}"));
+    assert_eq!(first[1], 1280, "[out, in] as PyTorch stores it: {first:?}");
     let history = std::fs::read_to_string(run1.join("history.csv")).unwrap();
     assert!(history.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy\n"));
     assert!(history.lines().count() >= 2);

@@ -229,11 +229,7 @@ pub fn train_classify(
     );
     bar.finish();
 
-    result
-        .head
-        .clone()
-        .save_into(&mut BurnpackStore::from_file(out.join(HEAD_FILE)).overwrite(true))
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(HEAD_FILE).display()))?;
+    crate::checkpoint::save(&result.head, &out.join(HEAD_FILE))?;
     write_history(&out.join("history.csv"), &result.history)?;
     let results = out.join("results.csv");
     crate::results::write(
@@ -288,10 +284,7 @@ pub fn train_classify(
             },
         );
         bar.finish();
-        r.model
-            .clone()
-            .save_into(&mut BurnpackStore::from_file(out.join(TOP_FILE)).overwrite(true))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join(TOP_FILE).display()))?;
+        crate::checkpoint::save(&r.model, &out.join(TOP_FILE))?;
         write_history(&out.join("finetune-history.csv"), &r.history)?;
         crate::results::write(
             &results,

@@ -549,12 +549,10 @@ pub fn to_picture(
 }
 
 fn save_head(head: &DetectHead, path: &Path) -> anyhow::Result<()> {
-    let mut store = BurnpackStore::from_file(path).overwrite(true);
-    let r = match head {
-        DetectHead::Single(h) => h.clone().save_into(&mut store),
-        DetectHead::Grid(h, _) => h.clone().save_into(&mut store),
-    };
-    r.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    match head {
+        DetectHead::Single(h) => crate::checkpoint::save(h.as_ref(), path),
+        DetectHead::Grid(h, _) => crate::checkpoint::save(h.as_ref(), path),
+    }
 }
 
 /// A trained detector read back from its run folder.
