@@ -179,6 +179,73 @@ pub struct DetectionMetrics {
     /// `(recall, interpolated precision)` points whose mean is the class's AP50. Empty for a
     /// class without ground truth.
     pub pr_curves: Vec<Vec<(f64, f64)>>,
+    /// F1 at IoU 0.5 of each class (index = class) against the score threshold, at
+    /// [`f1_thresholds`]; empty for a class without ground truth. Where it peaks is the threshold
+    /// to deploy with.
+    #[serde(default)]
+    pub f1_curves: Vec<Vec<f64>>,
+    /// The same over all classes together.
+    #[serde(default)]
+    pub f1_all: Vec<f64>,
+    /// Confusion matrix at IoU 0.5 of the detections scored at least `score_threshold`, as
+    /// Ultralytics draws it: rows are the true class and then `background` (detections on no
+    /// object), columns the predicted class and then `background` (objects nothing found).
+    /// Detections are matched to objects whatever their class, best IoU first.
+    #[serde(default)]
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Score thresholds of the F1 curves: 0.00, 0.01, ..., 1.00.
+pub fn f1_thresholds() -> [f64; RECALL_STEPS] {
+    linspace(0.0, 1.0)
+}
+
+/// F1 from true positives, detections kept and objects (0 when undefined).
+fn f1(tp: usize, kept: usize, objects: usize) -> f64 {
+    if tp == 0 {
+        return 0.0;
+    }
+    let (p, r) = (tp as f64 / kept as f64, tp as f64 / objects as f64);
+    2.0 * p * r / (p + r)
+}
+
+/// The confusion matrix of [`DetectionMetrics::confusion`].
+fn confusion(input: &EvalInput, score_threshold: f32) -> Vec<Vec<usize>> {
+    let bg = input.classes;
+    let mut m = vec![vec![0usize; bg + 1]; bg + 1];
+    for (k, (gts, dets)) in input.ground_truth.iter().zip(input.detections).enumerate() {
+        let ignored = input.ignored.get(k).map_or(&[][..], Vec::as_slice);
+        let dets: Vec<&Detection> = dets
+            .iter()
+            .filter(|d| d.score >= score_threshold)
+            .filter(|d| !ignored.iter().any(|r| coco_iou(&d.bbox, &r.bbox) >= 0.5))
+            .collect();
+        let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+        for (g, o) in gts.iter().enumerate() {
+            for (d, det) in dets.iter().enumerate() {
+                let v = coco_iou(&det.bbox, &o.bbox);
+                if v >= 0.5 {
+                    pairs.push((v, g, d));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut g_used, mut d_used) = (vec![false; gts.len()], vec![false; dets.len()]);
+        for (_, g, d) in pairs {
+            if !g_used[g] && !d_used[d] {
+                g_used[g] = true;
+                d_used[d] = true;
+                m[gts[g].class][dets[d].class] += 1;
+            }
+        }
+        for (o, _) in gts.iter().zip(&g_used).filter(|(_, used)| !**used) {
+            m[o.class][bg] += 1;
+        }
+        for (det, _) in dets.iter().zip(&d_used).filter(|(_, used)| !**used) {
+            m[bg][det.class] += 1;
+        }
+    }
+    m
 }
 
 /// The book's single-object scores: mean IoU of each picture's first detection with its first
@@ -370,6 +437,8 @@ pub fn evaluate(input: &EvalInput, score_threshold: f32) -> Result<DetectionMetr
     let recalls = recall_thresholds();
     let mut per_class = Vec::with_capacity(input.classes);
     let mut pr_curves = Vec::with_capacity(input.classes);
+    let mut f1_curves = Vec::with_capacity(input.classes);
+    let mut f1_counts = vec![(0usize, 0usize); RECALL_STEPS];
     let (mut tp_all, mut kept_all, mut gt_all, mut det_all) = (0usize, 0usize, 0usize, 0usize);
     for class in 0..input.classes {
         let mut ranked: Vec<Matched> = Vec::new();
@@ -395,6 +464,26 @@ pub fn evaluate(input: &EvalInput, score_threshold: f32) -> Result<DetectionMetr
             ranked.extend(match_image(&gts, &ignored, &dets, &thresholds));
         }
         ranked.sort_by(|a, b| desc(a.score, b.score));
+        // F1 against the score threshold (greedy matching by score: the matches of the
+        // detections above a threshold do not depend on those below it).
+        let counts: Vec<(usize, usize)> = f1_thresholds()
+            .iter()
+            .map(|&t| {
+                ranked
+                    .iter()
+                    .filter(|m| f64::from(m.score) >= t && !m.ignored[T50])
+                    .fold((0, 0), |(tp, n), m| (tp + m.tp[T50] as usize, n + 1))
+            })
+            .collect();
+        for (all, &(tp, n)) in f1_counts.iter_mut().zip(&counts) {
+            all.0 += tp;
+            all.1 += n;
+        }
+        f1_curves.push(if npig == 0 {
+            Vec::new()
+        } else {
+            counts.iter().map(|&(tp, n)| f1(tp, n, npig)).collect()
+        });
         let kept = ranked
             .iter()
             .filter(|m| m.score >= score_threshold && !m.ignored[T50]);
@@ -461,6 +550,9 @@ pub fn evaluate(input: &EvalInput, score_threshold: f32) -> Result<DetectionMetr
         detections: det_all,
         per_class,
         pr_curves,
+        f1_curves,
+        f1_all: f1_counts.iter().map(|&(tp, n)| f1(tp, n, gt_all)).collect(),
+        confusion: confusion(input, score_threshold),
     })
 }
 
@@ -591,6 +683,47 @@ mod tests {
     const A: [f32; 4] = [0.0, 0.0, 10.0, 10.0];
     const B: [f32; 4] = [20.0, 20.0, 40.0, 30.0];
     const FAR: [f32; 4] = [100.0, 100.0, 110.0, 110.0];
+
+    #[test]
+    fn confusion_and_f1_curves_by_hand() {
+        // Class 0 found at A; a class-0 detection on the class-1 object (a confusion); a class-1
+        // detection on nothing (background); in a second picture a class-1 object nobody found.
+        let gt = vec![vec![obj(0, A), obj(1, B)], vec![obj(1, A)]];
+        let dets = vec![
+            vec![det(0, 0.9, A), det(0, 0.8, B), det(1, 0.7, FAR)],
+            vec![],
+        ];
+        let m = run(&gt, &dets, 2);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 0, 0], vec![1, 0, 1], vec![0, 1, 0]]
+        );
+        let at = |t: f64| (t * 100.0).round() as usize;
+        assert_eq!(f1_thresholds()[at(0.85)], 0.85);
+        // Class 0 at threshold 0: 2 kept, 1 right, 1 object -> P 0.5, R 1, F1 2/3; above 0.8
+        // only the right one is kept -> F1 1; above 0.9 nothing -> 0.
+        assert!(close(m.f1_curves[0][0], 2.0 / 3.0), "{:?}", m.f1_curves[0]);
+        assert!(close(m.f1_curves[0][at(0.85)], 1.0));
+        assert!(close(m.f1_curves[0][at(0.95)], 0.0));
+        assert!(
+            m.f1_curves[1].iter().all(|&f| f == 0.0),
+            "class 1 is never found"
+        );
+        // All classes at 0: 3 kept, 1 right, 3 objects -> P 1/3, R 1/3, F1 1/3.
+        assert!(close(m.f1_all[0], 1.0 / 3.0), "{:?}", m.f1_all);
+        // Above the score threshold (0.5) nothing changes; at 0.75 the background one goes.
+        let strict = evaluate(
+            &EvalInput {
+                ground_truth: &gt,
+                ignored: &[],
+                detections: &dets,
+                classes: 2,
+            },
+            0.75,
+        )
+        .unwrap();
+        assert_eq!(strict.confusion[2], vec![0, 0, 0]);
+    }
 
     #[test]
     fn thresholds_are_numpys() {

@@ -247,6 +247,82 @@ pub fn pr_curves(
     save(buf, size, path)
 }
 
+/// F1 against the score threshold at IoU 0.5: one thin line per class (`curves[k]`, at
+/// `thresholds`; empty curves are left out) and a thick one over all classes, whose peak is
+/// named in the caption (the threshold to deploy with).
+pub fn f1_curves(
+    thresholds: &[f64],
+    curves: &[Vec<f64>],
+    all: &[f64],
+    labels: &[String],
+    path: &Path,
+) -> Result<(), PlotError> {
+    register_font();
+    let size = (640u32, 520u32);
+    let best = thresholds
+        .iter()
+        .zip(all)
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or((0.0, 0.0), |(t, f)| (*t, *f));
+    let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "F1 at IoU 0.5: all classes {:.2} at score {:.2}",
+                    best.1, best.0
+                ),
+                (FONT, 18),
+            )
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+            .map_err(|e| err(path)(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc("score threshold")
+            .y_desc("F1")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(|e| err(path)(e.to_string()))?;
+        for (k, f1) in curves.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+            let color = Palette99::pick(k).to_rgba();
+            let name = labels.get(k).map_or(format!("class {k}"), Clone::clone);
+            chart
+                .draw_series(LineSeries::new(
+                    thresholds.iter().copied().zip(f1.iter().copied()),
+                    color.stroke_width(1),
+                ))
+                .map_err(|e| err(path)(e.to_string()))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .draw_series(LineSeries::new(
+                thresholds.iter().copied().zip(all.iter().copied()),
+                BLUE.stroke_width(3),
+            ))
+            .map_err(|e| err(path)(e.to_string()))?
+            .label("all classes")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(3)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .label_font((FONT, 12))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(path)(e.to_string()))?;
+        root.present().map_err(|e| err(path)(e.to_string()))?;
+    }
+    save(buf, size, path)
+}
+
 /// Draw detections onto a picture: a coloured frame per box (colour by class) and a
 /// `label score` tag above it. Used by `predict --draw`.
 pub fn draw_detections(

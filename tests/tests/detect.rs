@@ -65,6 +65,8 @@ fn grid_detector_trains_evaluates_like_pycocotools_and_predicts() {
         "metrics.json",
         "curves.png",
         "pr_curve.png",
+        "f1_curve.png",
+        "confusion.png",
         "val_predictions.json",
         "val_ground_truth.json",
     ] {
@@ -82,6 +84,17 @@ fn grid_detector_trains_evaluates_like_pycocotools_and_predicts() {
         "mAP@0.5 {map50} after 20 epochs, {base} after 1"
     );
     assert!(map50_95 > 0.0 && map50_95 < map50);
+    // The confusion matrix (5 classes and background) accounts for every validation object once.
+    let coco = &m["val"]["coco"];
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(coco["confusion"].clone()).unwrap();
+    assert_eq!(confusion.len(), 6, "{confusion:?}");
+    let objects: u64 = confusion[..5].iter().flatten().sum();
+    assert_eq!(
+        objects,
+        coco["ground_truth"].as_u64().unwrap(),
+        "{confusion:?}"
+    );
+    assert_eq!(coco["f1_all"].as_array().unwrap().len(), 101);
     assert_eq!(m["val_images"], 40);
     assert_eq!(
         std::fs::read_to_string(run1.join("labels.txt")).unwrap(),

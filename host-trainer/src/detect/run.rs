@@ -461,6 +461,20 @@ pub fn train_detect(
         &ap,
         &out.join("pr_curve.png"),
     )?;
+    crate::plot::f1_curves(
+        &crate::eval::f1_thresholds(),
+        &val_scores.coco.f1_curves,
+        &val_scores.coco.f1_all,
+        &labels,
+        &out.join("f1_curve.png"),
+    )?;
+    let mut with_background = labels.clone();
+    with_background.push("background".into());
+    crate::plot::confusion_matrix(
+        &val_scores.coco.confusion,
+        &with_background,
+        &out.join("confusion.png"),
+    )?;
     // Predictions on the validation pictures as COCO results, with the matching ground truth,
     // in the pictures' own pixels: pycocotools and other tools read them as they are.
     let dets = detections_in_pictures(&head, eval_set, chw, opts, &device);
