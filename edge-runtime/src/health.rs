@@ -103,7 +103,9 @@ pub struct HealthSocket {
 
 impl HealthSocket {
     /// Binds `<store>/agent.sock` (a stale socket of a dead agent is replaced: the agent holds the
-    /// store's agent lock, so no live agent owns it), readable by the store's group.
+    /// store's agent lock, so no live agent owns it). Anyone who may enter the store directory may
+    /// ask (the SSH user of a deploy is not always the service user): the socket only answers
+    /// with the health line, it takes no command.
     pub fn bind(store: &Path) -> std::io::Result<HealthSocket> {
         use std::os::unix::fs::PermissionsExt;
         let path = store.join(AGENT_SOCKET);
@@ -113,7 +115,7 @@ impl HealthSocket {
         }
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         Ok(HealthSocket { listener, path })
     }
 

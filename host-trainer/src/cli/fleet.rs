@@ -152,7 +152,7 @@ fn result_line(r: &BoardResult) -> String {
     format!(
         "{:<16} {:<12}{} {:>9} {:>6.1} s  {}",
         r.host,
-        format!("{:?}", r.status).to_lowercase(),
+        r.status.name(),
         if r.canary { " (canary)" } else { "" },
         crate::progress::human_bytes(r.bytes_sent),
         r.seconds,
@@ -293,7 +293,7 @@ pub fn install(args: &FleetInstallArgs, ctx: &Context) -> anyhow::Result<()> {
         );
     }
     let boards = args.fleet.boards(None)?;
-    let mut per_board = Vec::new();
+    let mut per_board: Vec<(String, InstallArgs)> = Vec::new();
     let mut binaries: Vec<(String, PathBuf)> = Vec::new();
     for b in &boards {
         let Some(name) = b.board_file.clone().or_else(|| args.board.clone()) else {
@@ -313,24 +313,22 @@ pub fn install(args: &FleetInstallArgs, ctx: &Context) -> anyhow::Result<()> {
                 p
             }
         };
-        per_board.push(InstallArgs {
-            board: name,
-            ssh: b.ssh.target.clone(),
-            ssh_options: b.ssh.options.clone(),
-            what: InstallOptions {
-                edge_bin: Some(bin),
-                prefix: b.prefix.clone().or_else(|| args.what.prefix.clone()),
-                ..args.what.clone()
+        per_board.push((
+            b.name.clone(),
+            InstallArgs {
+                board: name,
+                ssh: b.ssh.target.clone(),
+                ssh_options: b.ssh.options.clone(),
+                what: InstallOptions {
+                    edge_bin: Some(bin),
+                    prefix: b.prefix.clone().or_else(|| args.what.prefix.clone()),
+                    ..args.what.clone()
+                },
             },
-        });
+        ));
     }
     let bar = args.fleet.bar(ctx, boards.len(), "install");
-    let rows = parallel_map(&per_board, args.fleet.parallel.max(1), |a| {
-        let host = &boards[per_board
-            .iter()
-            .position(|x| std::ptr::eq(x, a))
-            .expect("one of them")]
-        .name;
+    let rows = parallel_map(&per_board, args.fleet.parallel.max(1), |(host, a)| {
         let r = match crate::install::run(a) {
             Ok(rep) => ActionResult {
                 host: host.clone(),

@@ -72,6 +72,20 @@ impl Outcome {
     pub fn ok(self) -> bool {
         matches!(self, Outcome::Deployed | Outcome::Current)
     }
+
+    /// The status as `--json` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Deployed => "deployed",
+            Outcome::Current => "current",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+            Outcome::Unhealthy => "unhealthy",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Skipped => "skipped",
+        }
+    }
 }
 
 /// One board's line of the report (`--json`: one JSON object per board).
@@ -112,9 +126,12 @@ pub fn deploy(
     if failed {
         let why = "a canary failed: the rest of the fleet was not touched".to_string();
         if opts.rollback_on_failure {
-            let back = parallel_map(&results, opts.parallel, |(r, changed)| {
-                (*changed).then(|| roll_back(&first[index_of(first, &r.host)], r))
-            });
+            let back = {
+                let pairs: Vec<_> = results.iter().zip(first).collect();
+                parallel_map(&pairs, opts.parallel, |(rc, board)| {
+                    rc.1.then(|| roll_back(board, &rc.0))
+                })
+            };
             for ((r, _), b) in results.iter_mut().zip(back) {
                 if let Some(b) = b {
                     *r = b;
@@ -145,13 +162,6 @@ pub fn deploy(
         r
     }));
     all
-}
-
-fn index_of(boards: &[FleetBoard], host: &str) -> usize {
-    boards
-        .iter()
-        .position(|b| b.name == host)
-        .expect("a result of these boards")
 }
 
 /// Deploys to one board; the flag says whether its `current` moved (what a rollback undoes).
@@ -300,14 +310,15 @@ pub fn watch(
         let l = listing("waiting for the switch")?;
         // An agent that does not answer will not switch: a short grace (it may be starting),
         // not the whole switch timeout.
-        let missing = l.agent.is_none();
-        let since = *no_agent_since.get_or_insert_with(Instant::now);
-        if !missing {
+        if l.agent.is_some() {
             no_agent_since = None;
+        } else {
+            no_agent_since.get_or_insert_with(Instant::now);
         }
+        let silent = no_agent_since.map_or(Duration::ZERO, |t| t.elapsed());
         match runs(&l, id) {
             Ok(()) => break l,
-            Err(why) if missing && since.elapsed() >= NO_AGENT_GRACE => {
+            Err(why) if silent >= NO_AGENT_GRACE => {
                 return Err(format!(
                     "no agent answered for {:.0} s: {why}",
                     NO_AGENT_GRACE.as_secs_f64()
@@ -352,4 +363,26 @@ pub fn watch(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_the_same_in_json_and_for_people() {
+        use Outcome::*;
+        for o in [
+            Deployed,
+            Current,
+            Unreachable,
+            Refused,
+            Failed,
+            Unhealthy,
+            RolledBack,
+            Skipped,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+        }
+    }
 }
