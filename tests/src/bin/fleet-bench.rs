@@ -1,9 +1,9 @@
 //! `cargo run -p kestrel-e2e --bin fleet-bench [BOARDS] [RUNS]` (the workspace's dev profile is
-//! optimised): the fleet targets of issue 21 on loopback. Starts BOARDS (20) real sshd processes, each a board with its own store,
-//! deploys a bundle to all, then times RUNS (5) head-only redeploys with `kestrel fleet deploy
-//! --parallel 8` and RUNS `kestrel fleet status`, against the same redeploy done board by board
-//! with `kestrel deploy --ssh` (what a user would script without fleet). Prints medians and the
-//! spread, and one JSON line.
+//! optimised): the fleet targets of issue 21 on loopback. Starts BOARDS (20) real sshd processes,
+//! each a board with its own store, deploys a bundle to all, then times RUNS (5) head-only
+//! redeploys with `kestrel fleet deploy --parallel 8` and RUNS `kestrel fleet status`, against the
+//! same redeploy done board by board with `kestrel deploy --ssh` (what a user would script without
+//! fleet). Prints medians and the spread, and one JSON line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
