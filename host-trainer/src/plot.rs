@@ -194,6 +194,50 @@ pub fn confusion_matrix(
     save(buf, size, path)
 }
 
+/// The charts of [`unit_chart`].
+type UnitChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A chart over [0, 1] x [0, 1.02] on `root` (precision-recall, F1 against the threshold), its mesh
+/// labelled `x` and `y`.
+fn unit_chart<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    (x, y): (&str, &str),
+    path: &Path,
+) -> Result<UnitChart<'a, 'b>, PlotError> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+        .map_err(|e| err(path)(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x)
+        .y_desc(y)
+        .label_style((FONT, 12))
+        .draw()
+        .map_err(|e| err(path)(e.to_string()))?;
+    Ok(chart)
+}
+
+/// The legend of a [`unit_chart`], lower left.
+fn unit_legend<'a, 'b: 'a>(chart: &mut UnitChart<'a, 'b>, path: &Path) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path)(e.to_string()))
+}
+
 /// Precision-recall curves at IoU 0.5, one line per class (`curves[k]` = `(recall, precision)`
 /// points of class k; empty curves are left out), with each class's AP in the legend.
 pub fn pr_curves(
@@ -208,20 +252,12 @@ pub fn pr_curves(
     {
         let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("precision-recall at IoU 0.5", (FONT, 18))
-            .margin(12)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
-            .map_err(|e| err(path)(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("recall")
-            .y_desc("precision")
-            .label_style((FONT, 12))
-            .draw()
-            .map_err(|e| err(path)(e.to_string()))?;
+        let mut chart = unit_chart(
+            &root,
+            "precision-recall at IoU 0.5",
+            ("recall", "precision"),
+            path,
+        )?;
         for (k, points) in curves.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
             let color = Palette99::pick(k).to_rgba();
             let name = labels.get(k).map_or(format!("class {k}"), Clone::clone);
@@ -234,14 +270,7 @@ pub fn pr_curves(
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(path)(e.to_string()))?;
+        unit_legend(&mut chart, path)?;
         root.present().map_err(|e| err(path)(e.to_string()))?;
     }
     save(buf, size, path)
@@ -268,26 +297,11 @@ pub fn f1_curves(
     {
         let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(path)(e.to_string()))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
-                    "F1 at IoU 0.5: all classes {:.2} at score {:.2}",
-                    best.1, best.0
-                ),
-                (FONT, 18),
-            )
-            .margin(12)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
-            .map_err(|e| err(path)(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("score threshold")
-            .y_desc("F1")
-            .label_style((FONT, 12))
-            .draw()
-            .map_err(|e| err(path)(e.to_string()))?;
+        let caption = format!(
+            "F1 at IoU 0.5: all classes {:.2} at score {:.2}",
+            best.1, best.0
+        );
+        let mut chart = unit_chart(&root, &caption, ("score threshold", "F1"), path)?;
         for (k, f1) in curves.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
             let color = Palette99::pick(k).to_rgba();
             let name = labels.get(k).map_or(format!("class {k}"), Clone::clone);
@@ -310,14 +324,7 @@ pub fn f1_curves(
             .map_err(|e| err(path)(e.to_string()))?
             .label("all classes")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(3)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(path)(e.to_string()))?;
+        unit_legend(&mut chart, path)?;
         root.present().map_err(|e| err(path)(e.to_string()))?;
     }
     save(buf, size, path)
