@@ -114,6 +114,10 @@ pub struct QPointwise {
     /// subtracted before the cast: `(128 + zero point) * sum(w)` for unsigned codes, `zero point *
     /// sum(w)` for signed ones (zero-padded to whole panels).
     correction: [Vec<i32>; 2],
+    /// Per output channel, `[-c, 0, -c, 0]` with `c` the signed codes' correction: where the
+    /// NEON tile without dot products starts each accumulator, so that folding its lanes
+    /// pairwise takes the correction off once.
+    pair_start: Vec<i32>,
     /// Per output channel: the float multiplier (input scale x weight scale) and the bias.
     scale: Vec<f32>,
     bias: Vec<f32>,
@@ -164,6 +168,7 @@ impl QPointwise {
             correction[0][o] = a0 * sum;
             correction[1][o] = (128 + a0) * sum;
         }
+        let pair_start = correction[0].iter().flat_map(|&c| [-c, 0, -c, 0]).collect();
         let pad = |v: &[f32]| {
             let mut v = v.to_vec();
             v.resize(panels * QMR, 0.0);
@@ -175,6 +180,7 @@ impl QPointwise {
             quant,
             packed,
             correction,
+            pair_start,
             scale: pad(rescale.0),
             bias: pad(rescale.1),
             clamp,
@@ -239,6 +245,17 @@ impl QPointwise {
         out: *mut f32,
     ) {
         debug_assert_eq!(q.len(), self.packed_len(pixels));
+        // The tile function is chosen once: a `match` per tile kept the portable tile inlined
+        // here, and its register pressure spilled this loop (8 M instructions a frame on NEON).
+        let tile_fn: unsafe fn(&Tile, *mut f32) = match isa {
+            #[cfg(target_arch = "x86_64")]
+            QIsa::Vnni => x86::tile,
+            #[cfg(target_arch = "aarch64")]
+            QIsa::Neon => arm::tile_smull,
+            #[cfg(target_arch = "aarch64")]
+            QIsa::NeonDot => arm::tile_sdot,
+            _ => tile_portable,
+        };
         let mut n = cols.start;
         while n < cols.end {
             let width = QNR.min(cols.end - n);
@@ -253,17 +270,9 @@ impl QPointwise {
                     col: n,
                     width,
                 };
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as `run_columns`; `QIsa::Vnni` only where the CPU has it.
-                    QIsa::Vnni => unsafe { x86::tile(&tile, out) },
-                    #[cfg(target_arch = "aarch64")]
-                    QIsa::Neon => unsafe { arm::tile_smull(&tile, out) },
-                    #[cfg(target_arch = "aarch64")]
-                    // SAFETY: `QIsa::NeonDot` only where the CPU has `sdot`.
-                    QIsa::NeonDot => unsafe { arm::tile_sdot(&tile, out) },
-                    _ => unsafe { tile_portable(&tile, out) },
-                }
+                // SAFETY: as `run_columns`; the SIMD tiles are only chosen where the CPU has
+                // their instructions (`QIsa::detect`).
+                unsafe { tile_fn(&tile, out) };
             }
             n += width;
         }
@@ -332,6 +341,7 @@ fn quantize_group(
 ///
 /// # Safety
 /// As [`QPointwise::run_columns`].
+#[inline(never)]
 unsafe fn tile_portable(t: &Tile, out: *mut f32) {
     let c = t.conv;
     let groups = c.groups();
@@ -482,8 +492,27 @@ mod arm {
     use super::{InputQuant, QMR, Tile, padded};
     use std::arch::aarch64::*;
 
-    /// [`super::quantize_group`] sixteen pixels at a time, as signed codes: `fcvtns` rounds half
-    /// to even as tract does, the narrowings saturate to int8, `st4` interleaves the four rows.
+    /// Sixteen signed codes from 16 floats at `src`: `fcvtns` rounds half to even as tract does
+    /// (and saturates, mapping NaN to 0 as Rust's cast in tract's function), the adds and
+    /// narrowings saturate to int8.
+    #[inline(always)]
+    unsafe fn codes16(src: *const f32, scale: float32x4_t, zp: int32x4_t) -> int8x16_t {
+        // SAFETY: the caller's `src` holds 16 floats.
+        unsafe {
+            let q: [int32x4_t; 4] = std::array::from_fn(|i| {
+                let v = vmulq_f32(vld1q_f32(src.add(4 * i)), scale);
+                vqaddq_s32(vcvtnq_s32_f32(v), zp)
+            });
+            let h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
+            let h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+            vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1))
+        }
+    }
+
+    /// [`super::quantize_group`] sixteen pixels at a time, as signed codes; `st4` interleaves
+    /// the four rows. A group with its four rows runs a straight loop over the plane's whole
+    /// vectors; the rest (a plane's last pixels, a group past the last input) goes through a
+    /// buffer.
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn quantize_group(
         quant: InputQuant,
@@ -494,30 +523,32 @@ mod arm {
         let scale = vdupq_n_f32(quant.scale);
         let zp = vdupq_n_s32(quant.zero_point);
         let mut n = 0;
+        if let [Some(r0), Some(r1), Some(r2), Some(r3)] = rows {
+            let whole = pixels / 16 * 16;
+            let src = [r0.as_ptr(), r1.as_ptr(), r2.as_ptr(), r3.as_ptr()];
+            while n < whole {
+                // SAFETY: pixels `n..n + 16` are inside every row, and `out` holds
+                // `padded(pixels)` pixels of 4 bytes.
+                unsafe {
+                    let codes = int8x16x4_t(
+                        codes16(src[0].add(n), scale, zp),
+                        codes16(src[1].add(n), scale, zp),
+                        codes16(src[2].add(n), scale, zp),
+                        codes16(src[3].add(n), scale, zp),
+                    );
+                    vst4q_s8(out.as_mut_ptr().add(n * 4).cast(), codes);
+                }
+                n += 16;
+            }
+        }
         while n < padded(pixels) {
             let live = pixels.saturating_sub(n).min(16);
             let codes: [int8x16_t; 4] = std::array::from_fn(|j| match rows[j] {
                 Some(r) if live > 0 => {
                     let mut buf = [0f32; 16];
-                    let src: *const f32 = if live == 16 {
-                        // SAFETY: pixels `n..n + 16` are inside the row.
-                        unsafe { r.as_ptr().add(n) }
-                    } else {
-                        buf[..live].copy_from_slice(&r[n..n + live]);
-                        buf.as_ptr()
-                    };
-                    // SAFETY: `src` holds 16 floats.
-                    unsafe {
-                        // `fcvtns` saturates (and maps NaN to 0, as Rust's cast in tract's
-                        // function), so no clamp is needed before it; the adds saturate too.
-                        let q: [int32x4_t; 4] = std::array::from_fn(|i| {
-                            let v = vmulq_f32(vld1q_f32(src.add(4 * i)), scale);
-                            vqaddq_s32(vcvtnq_s32_f32(v), zp)
-                        });
-                        let h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
-                        let h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
-                        vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1))
-                    }
+                    buf[..live].copy_from_slice(&r[n..n + live]);
+                    // SAFETY: `buf` holds 16 floats.
+                    unsafe { codes16(buf.as_ptr(), scale, zp) }
                 }
                 _ => vdupq_n_s8(0),
             });
@@ -550,60 +581,81 @@ mod arm {
         acc
     }
 
-    /// The store of [`QMR`] rows x 8 pixels from `col + 8 * block`: exact sums in, rescaled,
-    /// biased, residual, clamped floats out (only the tile's `width` pixels).
+    /// The store of half a panel (output channels `4 * half..4 * half + 4` of the panel) x 8
+    /// pixels from `col + 8 * block`: sums with the correction already taken off in, rescaled,
+    /// biased, residual, clamped floats out (only the tile's `width` pixels). Four whole rows
+    /// of 8 pixels keep everything in registers: the scales are used by lane, the biases
+    /// broadcast from a lane.
     #[inline(always)]
-    unsafe fn store(t: &Tile, block: usize, sums: &[[int32x4_t; 2]; QMR], out: *mut f32) {
-        // SAFETY: NEON is part of every aarch64 target; the writes as below.
+    unsafe fn store_half(
+        t: &Tile,
+        block: usize,
+        half: usize,
+        sums: &[[int32x4_t; 2]; 4],
+        out: *mut f32,
+    ) {
+        // SAFETY: NEON is part of every aarch64 target; the reads and writes as below.
         unsafe {
             let c = t.conv;
             let (lo, hi) = (vdupq_n_f32(c.clamp.lo), vdupq_n_f32(c.clamp.hi));
             let first = 8 * block;
             let live = t.width.saturating_sub(first).min(8);
-            let rows = QMR.min(c.outputs - t.panel * QMR);
-            // The panel's constants as fixed-size arrays (every vector is padded to whole
-            // panels), so the row loop indexes them without bounds checks.
-            let panel = t.panel * QMR..(t.panel + 1) * QMR;
-            let scales: &[f32; QMR] = c.scale[panel.clone()].try_into().expect("panel");
-            let biases: &[f32; QMR] = c.bias[panel.clone()].try_into().expect("panel");
-            let corrs: &[i32; QMR] = c.correction[usize::from(t.isa.unsigned())][panel.clone()]
-                .try_into()
-                .expect("panel");
-            for (r, sums) in sums.iter().enumerate().take(rows) {
-                let o = t.panel * QMR + r;
-                let corr = vdupq_n_s32(corrs[r]);
-                let (scale, bias) = (vdupq_n_f32(scales[r]), vdupq_n_f32(biases[r]));
-                let at = o * t.pixels + t.col + first;
-                let y: [float32x4_t; 2] = std::array::from_fn(|h| {
-                    let v = vcvtq_f32_s32(vsubq_s32(sums[h], corr));
-                    vaddq_f32(vmulq_f32(v, scale), bias)
-                });
-                // Pixels `at..at + live` are inside row `o` of the output and residual.
-                if live == 8 {
-                    let mut y = y;
-                    if let Some(res) = t.res {
-                        let p = res.as_ptr().add(at);
-                        y = [
-                            vaddq_f32(y[0], vld1q_f32(p)),
-                            vaddq_f32(y[1], vld1q_f32(p.add(4))),
-                        ];
-                    }
-                    vst1q_f32(out.add(at), vminq_f32(vmaxq_f32(y[0], lo), hi));
-                    vst1q_f32(out.add(at + 4), vminq_f32(vmaxq_f32(y[1], lo), hi));
-                } else {
-                    // A plane's last pixels: through a buffer.
-                    let mut buf = [0f32; 8];
-                    vst1q_f32(buf.as_mut_ptr(), y[0]);
-                    vst1q_f32(buf.as_mut_ptr().add(4), y[1]);
-                    for (i, v) in buf.iter().take(live).enumerate() {
-                        let mut v = *v;
+            let o0 = t.panel * QMR + 4 * half;
+            let rows = c.outputs.saturating_sub(o0).min(4);
+            let at0 = o0 * t.pixels + t.col + first;
+            if live == 8 && rows == 4 {
+                // Every vector is padded to whole panels.
+                let scales = vld1q_f32(c.scale.as_ptr().add(o0));
+                let biases = vld1q_f32(c.bias.as_ptr().add(o0));
+                macro_rules! row {
+                    ($r:literal) => {{
+                        let at = at0 + $r * t.pixels;
+                        let bias = vdupq_laneq_f32::<$r>(biases);
+                        let y =
+                            |s| vaddq_f32(vmulq_laneq_f32::<$r>(vcvtq_f32_s32(s), scales), bias);
+                        let (mut y0, mut y1) = (y(sums[$r][0]), y(sums[$r][1]));
                         if let Some(res) = t.res {
-                            v += res[at + i];
+                            let p = res.as_ptr().add(at);
+                            y0 = vaddq_f32(y0, vld1q_f32(p));
+                            y1 = vaddq_f32(y1, vld1q_f32(p.add(4)));
                         }
-                        *out.add(at + i) = v.max(c.clamp.lo).min(c.clamp.hi);
+                        vst1q_f32(out.add(at), vminq_f32(vmaxq_f32(y0, lo), hi));
+                        vst1q_f32(out.add(at + 4), vminq_f32(vmaxq_f32(y1, lo), hi));
+                    }};
+                }
+                row!(0);
+                row!(1);
+                row!(2);
+                row!(3);
+                return;
+            }
+            // A panel's last rows or a plane's last pixels: through a buffer.
+            for (r, sums) in sums.iter().enumerate().take(rows) {
+                let o = o0 + r;
+                let at = at0 + r * t.pixels;
+                let mut buf = [0f32; 8];
+                vst1q_f32(buf.as_mut_ptr(), vcvtq_f32_s32(sums[0]));
+                vst1q_f32(buf.as_mut_ptr().add(4), vcvtq_f32_s32(sums[1]));
+                for (i, v) in buf.iter().take(live).enumerate() {
+                    let mut v = *v * c.scale[o] + c.bias[o];
+                    if let Some(res) = t.res {
+                        v += res[at + i];
                     }
+                    *out.add(at + i) = v.max(c.clamp.lo).min(c.clamp.hi);
                 }
             }
+        }
+    }
+
+    /// The corrections of panel `panel`'s output channels, negated, as two vectors: the sums'
+    /// starting values, so the store has nothing to subtract.
+    #[inline(always)]
+    unsafe fn neg_corrections(t: &Tile) -> [int32x4_t; 2] {
+        let corr = &t.conv.correction[usize::from(t.isa.unsigned())];
+        // SAFETY: the corrections are padded to whole panels.
+        unsafe {
+            let p = corr.as_ptr().add(t.panel * QMR);
+            [vnegq_s32(vld1q_s32(p)), vnegq_s32(vld1q_s32(p.add(4)))]
         }
     }
 
@@ -617,8 +669,19 @@ mod arm {
         let c = t.conv;
         let groups = c.groups();
         let row = padded(t.pixels) * 4;
+        // SAFETY: NEON is part of every aarch64 target.
+        let neg = unsafe { neg_corrections(t) };
         for block in 0..t.width.div_ceil(8) {
-            let mut acc = [[vdupq_n_s32(0); 2]; QMR];
+            let start = |r: usize| {
+                let v = match r % 4 {
+                    0 => vdupq_laneq_s32::<0>(neg[r / 4]),
+                    1 => vdupq_laneq_s32::<1>(neg[r / 4]),
+                    2 => vdupq_laneq_s32::<2>(neg[r / 4]),
+                    _ => vdupq_laneq_s32::<3>(neg[r / 4]),
+                };
+                [v; 2]
+            };
+            let mut acc: [[int32x4_t; 2]; QMR] = std::array::from_fn(start);
             // SAFETY: reads inside `q` (whole padded rows) and `packed` (whole panels).
             unsafe {
                 let mut x = t.q.as_ptr().add((t.col + 8 * block) * 4).cast::<i8>();
@@ -643,8 +706,148 @@ mod arm {
                     x = x.add(row);
                     w = w.add(4 * QMR);
                 }
-                store(t, block, &acc, out);
+                let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+                store_half(t, block, 0, &[a0, a1, a2, a3], out);
+                store_half(t, block, 1, &[a4, a5, a6, a7], out);
             }
+        }
+    }
+
+    /// One row of four `smull`/`smull2` + four `smlal`/`smlal2` + four `sadalp` for output
+    /// channel `r` of a half panel (`$wa`, `$wb`: its weights for the two groups; `$p`: four
+    /// temporaries; accumulators `$a0..$a3`).
+    macro_rules! smull_row {
+        ($wa:literal, $wb:literal, $post:literal, $p0:literal, $p1:literal, $p2:literal, $p3:literal,
+         $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
+            concat!(
+                "ld1r {{",
+                $wa,
+                ".4s}}, [{wa}], ",
+                $post,
+                "\n",
+                "ld1r {{",
+                $wb,
+                ".4s}}, [{wb}], ",
+                $post,
+                "\n",
+                "smull ",
+                $p0,
+                ".8h, v0.8b, ",
+                $wa,
+                ".8b\n",
+                "smull2 ",
+                $p1,
+                ".8h, v0.16b, ",
+                $wa,
+                ".16b\n",
+                "smull ",
+                $p2,
+                ".8h, v1.8b, ",
+                $wa,
+                ".8b\n",
+                "smull2 ",
+                $p3,
+                ".8h, v1.16b, ",
+                $wa,
+                ".16b\n",
+                "smlal ",
+                $p0,
+                ".8h, v2.8b, ",
+                $wb,
+                ".8b\n",
+                "smlal2 ",
+                $p1,
+                ".8h, v2.16b, ",
+                $wb,
+                ".16b\n",
+                "smlal ",
+                $p2,
+                ".8h, v3.8b, ",
+                $wb,
+                ".8b\n",
+                "smlal2 ",
+                $p3,
+                ".8h, v3.16b, ",
+                $wb,
+                ".16b\n",
+                "sadalp ",
+                $a0,
+                ".4s, ",
+                $p0,
+                ".8h\n",
+                "sadalp ",
+                $a1,
+                ".4s, ",
+                $p1,
+                ".8h\n",
+                "sadalp ",
+                $a2,
+                ".4s, ",
+                $p2,
+                ".8h\n",
+                "sadalp ",
+                $a3,
+                ".4s, ",
+                $p3,
+                ".8h\n",
+            )
+        };
+    }
+
+    /// Four output channels (half a panel) x 8 pixels over `pairs` pairs of input groups, in
+    /// assembly so that every value stays in a register: per pair, the two groups' codes in two
+    /// `ld1` (`x`, `x + row`, each advancing two rows), then per channel its two weights
+    /// broadcast (`ld1r`, advancing through the half panel, then to the next pair's) and twelve
+    /// products and sums. Returns `acc[r][j]`: channel `r`, pixels `2j` and `2j + 1`, as pairs
+    /// of channel sums (`addp` folds them), each accumulator starting from `start[r]`.
+    ///
+    /// # Safety
+    /// `x` must have `pairs * 2` rows of `row` bytes from it with 32 readable bytes each;
+    /// `w` must have `pairs * 2 * QMR` `i32`s from it (minus the half panel's offset).
+    #[inline(always)]
+    unsafe fn smull_half(
+        x: *const i8,
+        w: *const i32,
+        pairs: usize,
+        row: usize,
+        start: [int32x4_t; 4],
+    ) -> [[int32x4_t; 4]; 4] {
+        // SAFETY: as the function's contract (`pairs` >= 1: every convolution has an input).
+        unsafe {
+            let mut a: [int32x4_t; 16] = std::array::from_fn(|i| start[i / 4]);
+            std::arch::asm!(
+                "2:",
+                "ld1 {{v0.16b, v1.16b}}, [{xa}], {step}",
+                "ld1 {{v2.16b, v3.16b}}, [{xb}], {step}",
+                smull_row!("v4", "v5", "#4", "v6", "v7", "v8", "v9", "v16", "v17", "v18", "v19"),
+                smull_row!("v10", "v11", "#4", "v12", "v13", "v14", "v15", "v20", "v21", "v22", "v23"),
+                smull_row!("v4", "v5", "#4", "v6", "v7", "v8", "v9", "v24", "v25", "v26", "v27"),
+                smull_row!("v10", "v11", "{wstep}", "v12", "v13", "v14", "v15", "v28", "v29", "v30", "v31"),
+                "subs {n}, {n}, #1",
+                "b.ne 2b",
+                xa = inout(reg) x => _,
+                xb = inout(reg) x.add(row) => _,
+                wa = inout(reg) w => _,
+                wb = inout(reg) w.add(QMR) => _,
+                n = inout(reg) pairs => _,
+                step = in(reg) 2 * row,
+                wstep = in(reg) (2 * QMR - 3) * 4,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+                inout("v16") a[0], inout("v17") a[1], inout("v18") a[2], inout("v19") a[3],
+                inout("v20") a[4], inout("v21") a[5], inout("v22") a[6], inout("v23") a[7],
+                inout("v24") a[8], inout("v25") a[9], inout("v26") a[10], inout("v27") a[11],
+                inout("v28") a[12], inout("v29") a[13], inout("v30") a[14], inout("v31") a[15],
+                options(nostack, readonly),
+            );
+            [
+                [a[0], a[1], a[2], a[3]],
+                [a[4], a[5], a[6], a[7]],
+                [a[8], a[9], a[10], a[11]],
+                [a[12], a[13], a[14], a[15]],
+            ]
         }
     }
 
@@ -662,41 +865,25 @@ mod arm {
         let groups = c.groups();
         let row = padded(t.pixels) * 4;
         for block in 0..t.width.div_ceil(8) {
-            let mut sums = [[vdupq_n_s32(0); 2]; QMR];
             for half in 0..2 {
-                // acc[r][j]: output channel 4 * half + r, pixels 2j and 2j + 1 (channel pairs).
-                let mut acc = [[vdupq_n_s32(0); 4]; 4];
-                // SAFETY: reads inside `q` (whole padded rows, an even number of groups) and
-                // `packed` (whole panels).
+                // SAFETY: reads inside `q` (whole padded rows, an even number of groups),
+                // `packed` (whole panels) and `pair_start` (whole panels); writes as
+                // `run_columns`.
                 unsafe {
-                    let mut x = t.q.as_ptr().add((t.col + 8 * block) * 4).cast::<i8>();
-                    let mut w = c.packed.as_ptr().add(t.panel * groups * QMR + 4 * half);
-                    for _ in 0..groups / 2 {
-                        let (a0, a1) = (vld1q_s8(x), vld1q_s8(x.add(16)));
-                        let (b0, b1) = (vld1q_s8(x.add(row)), vld1q_s8(x.add(row + 16)));
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let wa = vreinterpretq_s8_s32(vdupq_n_s32(*w.add(r)));
-                            let wb = vreinterpretq_s8_s32(vdupq_n_s32(*w.add(QMR + r)));
-                            let (wal, wbl) = (vget_low_s8(wa), vget_low_s8(wb));
-                            let p0 = vmlal_s8(vmull_s8(vget_low_s8(a0), wal), vget_low_s8(b0), wbl);
-                            let p1 = vmlal_high_s8(vmull_high_s8(a0, wa), b0, wb);
-                            let p2 = vmlal_s8(vmull_s8(vget_low_s8(a1), wal), vget_low_s8(b1), wbl);
-                            let p3 = vmlal_high_s8(vmull_high_s8(a1, wa), b1, wb);
-                            acc[0] = vpadalq_s16(acc[0], p0);
-                            acc[1] = vpadalq_s16(acc[1], p1);
-                            acc[2] = vpadalq_s16(acc[2], p2);
-                            acc[3] = vpadalq_s16(acc[3], p3);
-                        }
-                        x = x.add(2 * row);
-                        w = w.add(2 * QMR);
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate() {
-                    sums[4 * half + r] = [vpaddq_s32(acc[0], acc[1]), vpaddq_s32(acc[2], acc[3])];
+                    let o = t.panel * QMR + 4 * half;
+                    let start: [int32x4_t; 4] =
+                        std::array::from_fn(|r| vld1q_s32(c.pair_start.as_ptr().add(4 * (o + r))));
+                    let acc = smull_half(
+                        t.q.as_ptr().add((t.col + 8 * block) * 4).cast::<i8>(),
+                        c.packed.as_ptr().add(t.panel * groups * QMR + 4 * half),
+                        groups / 2,
+                        row,
+                        start,
+                    );
+                    let sums = acc.map(|a| [vpaddq_s32(a[0], a[1]), vpaddq_s32(a[2], a[3])]);
+                    store_half(t, block, half, &sums, out);
                 }
             }
-            // SAFETY: as `run_columns`.
-            unsafe { store(t, block, &sums, out) };
         }
     }
 }
