@@ -187,6 +187,9 @@ pub struct AgentLoopArgs {
     /// Threads for tract (default: the board's, else 1).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Frames run at once, each on its own thread (as `kestrel-edge run --frames-in-flight`).
+    #[arg(long, default_value_t = 1)]
+    pub frames_in_flight: usize,
     /// Print a JSON line per frame on stdout.
     #[arg(long)]
     pub json: bool,
@@ -256,11 +259,18 @@ pub fn attach(
         rx,
         sinks,
         stop.clone(),
-        LoopOptions::default(),
+        LoopOptions {
+            frames_in_flight: args.frames_in_flight,
+            ..LoopOptions::default()
+        },
         Some(state),
     )?;
+    let threads = crate::cli::run::threads(args.threads, board);
     Ok(Some(AttachedLoop {
-        host: LoopHost::new(tx, crate::cli::run::threads(args.threads, board)),
+        host: LoopHost::new(
+            tx,
+            crate::cli::run::per_frame(threads, args.frames_in_flight),
+        ),
         thread,
         stop,
     }))

@@ -15,7 +15,7 @@ use crate::model::ModelFormat;
 use crate::profile::{Profile, profile};
 use crate::runtime::{Detector, peak_rss_mb};
 use crate::source::{RawFormat, RawFrame, decode};
-use crate::stats::{Stats, percentile};
+use crate::stats::{FrameTimes, Stats, percentile};
 
 /// The onnxruntime side of the benchmark, shipped inside the binary.
 const ORT_SCRIPT: &str = include_str!("../benches/ort_latency.py");
@@ -178,6 +178,99 @@ pub struct BenchReport {
     pub ratio_vs_onnxruntime: Option<f64>,
     /// Every kernel choice timed, the first being the one the fields above describe.
     pub kernels: Vec<KernelsResult>,
+    /// Whole frames per second on one thread and on all of them, both ways (with more than
+    /// one thread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_rate: Option<FrameRate>,
+}
+
+/// Whole frames (decode, preprocess, inference, postprocess) per second, the two ways a board
+/// can spend `threads` threads, against one thread; rounds interleave the three.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameRate {
+    /// Frames per round and way.
+    pub frames: usize,
+    /// One thread, one frame at a time: median over rounds.
+    pub one_thread_fps: f64,
+    /// Every thread on each frame, one frame at a time (`--threads N`).
+    pub intra_op_fps: f64,
+    /// One thread per frame, N frames in flight (`--threads N --frames-in-flight N`).
+    pub in_flight_fps: f64,
+    /// intra_op / one_thread: median of the rounds' ratios, and their [min, max].
+    pub intra_op_speedup: f64,
+    /// Spread of the intra-op ratios over rounds.
+    pub intra_op_spread: [f64; 2],
+    /// in_flight / one_thread: median of the rounds' ratios.
+    pub in_flight_speedup: f64,
+    /// Spread of the in-flight ratios over rounds.
+    pub in_flight_spread: [f64; 2],
+}
+
+/// Frames per second pushing `frames` copies of `raw` through `detector` with `workers`
+/// threads taking frames in turn.
+fn frames_per_second(
+    detector: &Detector,
+    raw: &RawFrame,
+    workers: usize,
+    frames: usize,
+) -> anyhow::Result<f64> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    let mut times = FrameTimes::default();
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < frames {
+                        detector.infer(&decode(raw)?, &mut times)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a bench worker panicked"))?
+        })
+    })?;
+    Ok(frames as f64 / t.elapsed().as_secs_f64())
+}
+
+/// [`FrameRate`] of `multi` (opened with `threads` threads) against `single` (one thread).
+fn frame_rate(
+    single: &Detector,
+    multi: &Detector,
+    threads: usize,
+    raw: &RawFrame,
+    frames: usize,
+    rounds: usize,
+) -> anyhow::Result<FrameRate> {
+    let frames = frames.max(threads);
+    let (mut one, mut intra, mut flight) = (Vec::new(), Vec::new(), Vec::new());
+    frames_per_second(single, raw, threads, threads)?; // warm-up: every worker's first frame
+    for _ in 0..rounds {
+        one.push(frames_per_second(single, raw, 1, frames)?);
+        intra.push(frames_per_second(multi, raw, 1, frames)?);
+        flight.push(frames_per_second(single, raw, threads, frames)?);
+    }
+    let ratios = |v: &[f64]| -> (f64, [f64; 2]) {
+        let r: Vec<f64> = v.iter().zip(&one).map(|(a, b)| a / b.max(1e-9)).collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        (percentile(&r, 0.5), [lo, hi])
+    };
+    let (intra_op_speedup, intra_op_spread) = ratios(&intra);
+    let (in_flight_speedup, in_flight_spread) = ratios(&flight);
+    Ok(FrameRate {
+        frames,
+        one_thread_fps: percentile(&one, 0.5),
+        intra_op_fps: percentile(&intra, 0.5),
+        in_flight_fps: percentile(&flight, 0.5),
+        intra_op_speedup,
+        intra_op_spread,
+        in_flight_speedup,
+        in_flight_spread,
+    })
 }
 
 /// A synthetic 640x480 camera frame with texture and edges (so JPEG decoding does real work),
@@ -321,6 +414,27 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             profile,
         });
     }
+    let frame_rate = if n_threads > 1 {
+        let single = Detector::open_with(
+            &args.bundle,
+            &BundleOptions {
+                threads: crate::Threads::Single,
+                kernels: choices[0],
+                ..Default::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))?;
+        Some(frame_rate(
+            &single,
+            &detectors[0],
+            n_threads,
+            &raw,
+            args.iterations.max(1),
+            rounds,
+        )?)
+    } else {
+        None
+    };
     let snap = stats[0].snapshot();
     let decode_p50 = percentile(&decode_ms, 0.5);
     let p50 = results[0].p50_ms;
@@ -394,6 +508,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         ratio_vs_onnxruntime: results[0].ratio_vs_onnxruntime,
         onnxruntime,
         kernels: results,
+        frame_rate,
     })
 }
 

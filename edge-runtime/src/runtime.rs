@@ -24,7 +24,7 @@ use crate::bundle::{Bundle, BundleError, BundleOptions};
 use crate::model::Threads;
 use crate::sink::{Classification, FrameResult, LabeledDetection, Sink};
 use crate::source::{CameraSettings, RawFrame, Replay, SourceError, SourceSpec, decode};
-use crate::stats::{Stage, Stats};
+use crate::stats::{FrameTimes, Stage, StageTimes, Stats};
 
 /// How the capture side hands frames over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -274,7 +274,7 @@ impl Detector {
     pub fn infer(
         &self,
         image: &RgbImage,
-        stats: &mut Stats,
+        stats: &mut impl StageTimes,
     ) -> Result<(Vec<LabeledDetection>, Option<Classification>, f64), BundleError> {
         let spec = &self.bundle.manifest.input.preprocess;
         let t = Instant::now();
@@ -344,6 +344,10 @@ pub struct LoopOptions {
     pub stats_every: Option<Duration>,
     /// When the process started (for the time to the first result).
     pub started: Option<Instant>,
+    /// Frames decoded and run at once, each on its own thread, results still in capture order
+    /// (0 or 1: one frame after another). More frames in flight raise the frame rate on several
+    /// cores; each frame's latency stays that of one core.
+    pub frames_in_flight: usize,
 }
 
 pub use kestrel_shared::report::LoopSummary;
@@ -370,102 +374,284 @@ pub fn rss_mb() -> Option<f64> {
 /// Run the loop until the source ends, `stop` is set or `max_frames` results were produced.
 /// A frame that fails to decode is counted and skipped; a sink that fails is logged. A new
 /// [`Detector`] arriving on `swap` replaces the running one between two frames (the agent
-/// installs bundles this way without restarting). Sinks are closed at the end.
+/// installs bundles this way without restarting). With [`LoopOptions::frames_in_flight`] above
+/// one, worker threads take frames in turn and the results reach the sinks in capture order.
+/// Sinks are closed at the end.
 pub fn run_loop(
-    mut detector: Detector,
+    detector: Detector,
     capture: &Capture,
     sinks: &mut [Box<dyn Sink>],
     stop: &AtomicBool,
     swap: Option<&mpsc::Receiver<Detector>>,
     opts: &LoopOptions,
 ) -> LoopSummary {
-    let started = opts.started.unwrap_or_else(Instant::now);
-    let mut stats = Stats::new(detector.name());
-    let mut first_result_ms = None;
-    let mut last_stats = Instant::now();
-    let mut rss = Vec::new();
-    let ended = loop {
-        if stop.load(Ordering::Relaxed) {
-            break "stopped".to_string();
+    let mut out = Results {
+        stats: Stats::new(detector.name()),
+        started: opts.started.unwrap_or_else(Instant::now),
+        first_result_ms: None,
+        last_stats: Instant::now(),
+        rss: Vec::new(),
+        sinks,
+        stats_every: opts.stats_every,
+    };
+    let ended = if opts.frames_in_flight > 1 {
+        pipelined(detector, capture, &mut out, stop, swap, opts)
+    } else {
+        sequential(detector, capture, &mut out, stop, swap, opts)
+    };
+    for sink in out.sinks.iter_mut() {
+        if let Err(e) = sink.close() {
+            warn!("closing sink {}: {e}", sink.name());
         }
-        if opts.max_frames.is_some_and(|m| stats.frames() >= m) {
-            break "max frames".to_string();
+    }
+    out.stats.set_dropped(capture.dropped());
+    LoopSummary {
+        stats: out.stats.snapshot(),
+        first_result_ms: out.first_result_ms,
+        peak_rss_mb: peak_rss_mb(),
+        ended,
+        rss_mb: out.rss,
+    }
+}
+
+/// A frame's outcome, as the loop hands it to the sinks.
+struct Outcome {
+    raw: RawFrame,
+    image: RgbImage,
+    detections: Vec<LabeledDetection>,
+    classification: Option<Classification>,
+    inference_ms: f64,
+}
+
+/// The loop's output side: statistics, sinks, the periodic stats line.
+struct Results<'a> {
+    stats: Stats,
+    started: Instant,
+    first_result_ms: Option<f64>,
+    last_stats: Instant,
+    rss: Vec<(u64, f64)>,
+    sinks: &'a mut [Box<dyn Sink>],
+    stats_every: Option<Duration>,
+}
+
+impl Results<'_> {
+    /// One frame's result to every sink.
+    fn emit(&mut self, o: Outcome) {
+        self.stats.frame_done();
+        if self.stats.frames().is_multiple_of(RSS_SAMPLE_EVERY)
+            && let Some(m) = rss_mb()
+        {
+            self.rss.push((self.stats.frames(), m));
+        }
+        let result = FrameResult {
+            timestamp_ms: o
+                .raw
+                .captured
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            source_ms: o.raw.source_ms,
+            frame: o.raw.index,
+            width: o.image.width(),
+            height: o.image.height(),
+            detections: o.detections,
+            classification: o.classification,
+            inference_ms: o.inference_ms,
+        };
+        let started = self.started;
+        self.first_result_ms
+            .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
+        let snapshot = self.stats.snapshot();
+        for sink in self.sinks.iter_mut() {
+            if let Err(e) = sink.handle(&result, &o.image, &snapshot) {
+                warn!("sink {}: {e}", sink.name());
+            }
+        }
+        if let Some(every) = self.stats_every
+            && self.last_stats.elapsed() >= every
+        {
+            self.last_stats = Instant::now();
+            eprintln!("{}", snapshot.line());
+        }
+    }
+}
+
+/// Decode and run one frame, timing each stage into `times`: `Ok(None)` when the frame does not
+/// decode (logged, to be counted and skipped), `Err` when inference fails.
+fn process(
+    detector: &Detector,
+    raw: RawFrame,
+    times: &mut impl StageTimes,
+) -> Result<Option<Outcome>, String> {
+    let t = Instant::now();
+    let image = match decode(&raw) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!("{e}; skipped");
+            return Ok(None);
+        }
+    };
+    times.record(Stage::Decode, t.elapsed());
+    let (detections, classification, inference_ms) = detector
+        .infer(&image, times)
+        .map_err(|e| format!("inference failed: {e}"))?;
+    Ok(Some(Outcome {
+        raw,
+        image,
+        detections,
+        classification,
+        inference_ms,
+    }))
+}
+
+/// One frame after another on the calling thread.
+fn sequential(
+    mut detector: Detector,
+    capture: &Capture,
+    out: &mut Results,
+    stop: &AtomicBool,
+    swap: Option<&mpsc::Receiver<Detector>>,
+    opts: &LoopOptions,
+) -> String {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return "stopped".to_string();
+        }
+        if opts.max_frames.is_some_and(|m| out.stats.frames() >= m) {
+            return "max frames".to_string();
         }
         if let Some(rx) = swap
             && let Ok(d) = rx.try_recv()
         {
             info!("switching to bundle {}", d.dir().display());
-            stats.set_model(d.name());
+            out.stats.set_model(d.name());
             detector = d;
         }
         let t = Instant::now();
         let raw = match capture.next() {
-            None => break "end of source".to_string(),
-            Some(Err(e)) => break e,
+            None => return "end of source".to_string(),
+            Some(Err(e)) => return e,
             Some(Ok(f)) => f,
         };
-        stats.record(Stage::CaptureWait, t.elapsed());
-        stats.set_dropped(capture.dropped());
-        let t = Instant::now();
-        let image = match decode(&raw) {
-            Ok(i) => i,
-            Err(e) => {
-                warn!("{e}; skipped");
-                stats.decode_error();
-                continue;
-            }
-        };
-        stats.record(Stage::Decode, t.elapsed());
-        let (detections, classification, inference_ms) = match detector.infer(&image, &mut stats) {
-            Ok(r) => r,
-            Err(e) => break format!("inference failed: {e}"),
-        };
-        stats.frame_done();
-        if stats.frames().is_multiple_of(RSS_SAMPLE_EVERY)
-            && let Some(m) = rss_mb()
-        {
-            rss.push((stats.frames(), m));
-        }
-        let result = FrameResult {
-            timestamp_ms: raw
-                .captured
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            source_ms: raw.source_ms,
-            frame: raw.index,
-            width: image.width(),
-            height: image.height(),
-            detections,
-            classification,
-            inference_ms,
-        };
-        first_result_ms.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
-        let snapshot = stats.snapshot();
-        for sink in sinks.iter_mut() {
-            if let Err(e) = sink.handle(&result, &image, &snapshot) {
-                warn!("sink {}: {e}", sink.name());
-            }
-        }
-        if let Some(every) = opts.stats_every
-            && last_stats.elapsed() >= every
-        {
-            last_stats = Instant::now();
-            eprintln!("{}", snapshot.line());
-        }
-    };
-    for sink in sinks.iter_mut() {
-        if let Err(e) = sink.close() {
-            warn!("closing sink {}: {e}", sink.name());
+        out.stats.record(Stage::CaptureWait, t.elapsed());
+        out.stats.set_dropped(capture.dropped());
+        match process(&detector, raw, &mut out.stats) {
+            Ok(Some(o)) => out.emit(o),
+            Ok(None) => out.stats.decode_error(),
+            Err(e) => return e,
         }
     }
-    stats.set_dropped(capture.dropped());
-    LoopSummary {
-        stats: stats.snapshot(),
-        first_result_ms,
-        peak_rss_mb: peak_rss_mb(),
-        ended,
-        rss_mb: rss,
-    }
+}
+
+/// What a worker of [`pipelined`] reports for the frame it took as number `seq`.
+enum Done {
+    /// A result, with its stage times.
+    Frame(Box<Outcome>, FrameTimes),
+    /// The frame did not decode.
+    Skipped,
+    /// The source ended or failed, or inference failed: the loop ends here.
+    Ended(String),
+}
+
+/// `opts.frames_in_flight` workers, each taking the next frame, decoding and running it; the
+/// calling thread puts their results back in capture order (frames are numbered as they are
+/// taken) and hands them to the sinks.
+fn pipelined(
+    detector: Detector,
+    capture: &Capture,
+    out: &mut Results,
+    stop: &AtomicBool,
+    swap: Option<&mpsc::Receiver<Detector>>,
+    opts: &LoopOptions,
+) -> String {
+    let current = Mutex::new(Arc::new(detector));
+    let taken = Mutex::new(0u64);
+    let halt = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<(u64, Done)>();
+    std::thread::scope(|scope| {
+        for _ in 0..opts.frames_in_flight {
+            let tx = tx.clone();
+            let (current, taken, halt) = (&current, &taken, &halt);
+            scope.spawn(move || {
+                while !halt.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let (seq, next) = {
+                        let mut n = taken.lock().unwrap_or_else(|p| p.into_inner());
+                        *n += 1;
+                        (*n - 1, capture.next())
+                    };
+                    let mut times = FrameTimes::default();
+                    times.record(Stage::CaptureWait, t.elapsed());
+                    let done = match next {
+                        None => Done::Ended("end of source".to_string()),
+                        Some(Err(e)) => Done::Ended(e),
+                        Some(Ok(raw)) => {
+                            let detector =
+                                current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            match process(&detector, raw, &mut times) {
+                                Ok(Some(o)) => Done::Frame(Box::new(o), times),
+                                Ok(None) => Done::Skipped,
+                                Err(e) => Done::Ended(e),
+                            }
+                        }
+                    };
+                    let last = matches!(done, Done::Ended(_));
+                    if tx.send((seq, done)).is_err() || last {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = 0u64;
+        let mut ended: Option<String> = None;
+        loop {
+            let msg = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if ended.is_none() && stop.load(Ordering::Relaxed) {
+                ended = Some("stopped".to_string());
+            }
+            if let Some((seq, done)) = msg {
+                pending.insert(seq, done);
+            }
+            while ended.is_none()
+                && let Some(done) = pending.remove(&next)
+            {
+                next += 1;
+                if let Some(rx) = swap
+                    && let Ok(d) = rx.try_recv()
+                {
+                    info!("switching to bundle {}", d.dir().display());
+                    out.stats.set_model(d.name());
+                    *current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
+                }
+                out.stats.set_dropped(capture.dropped());
+                match done {
+                    Done::Frame(o, times) => {
+                        out.stats.record_frame(&times);
+                        out.emit(*o);
+                    }
+                    Done::Skipped => out.stats.decode_error(),
+                    Done::Ended(e) if stop.load(Ordering::Relaxed) => {
+                        let _ = e;
+                        ended = Some("stopped".to_string());
+                    }
+                    Done::Ended(e) => ended = Some(e),
+                }
+                if ended.is_none() && opts.max_frames.is_some_and(|m| out.stats.frames() >= m) {
+                    ended = Some("max frames".to_string());
+                }
+            }
+            if ended.is_some() {
+                // The workers finish the frames they hold; their results are dropped.
+                halt.store(true, Ordering::Relaxed);
+            }
+        }
+        ended.unwrap_or_else(|| "end of source".to_string())
+    })
 }
 
 #[cfg(test)]

@@ -46,6 +46,24 @@ impl Stage {
     }
 }
 
+/// Where a frame's stage times go: the loop's [`Stats`], or a [`FrameTimes`] a worker fills
+/// and hands to the loop with its result.
+pub trait StageTimes {
+    /// Record how long `stage` took for the current frame.
+    fn record(&mut self, stage: Stage, d: Duration);
+}
+
+/// One frame's stage times, measured on a worker thread and recorded by the loop with the
+/// frame's result ([`Stats::record_frame`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FrameTimes([Option<Duration>; 5]);
+
+impl StageTimes for FrameTimes {
+    fn record(&mut self, stage: Stage, d: Duration) {
+        self.0[stage as usize] = Some(d);
+    }
+}
+
 /// Percentile `q` (0..=1) of `v`, nearest rank; 0 when empty.
 pub fn percentile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
@@ -69,6 +87,12 @@ pub struct Stats {
     decode_errors: u64,
 }
 
+impl StageTimes for Stats {
+    fn record(&mut self, stage: Stage, d: Duration) {
+        Stats::record(self, stage, d);
+    }
+}
+
 impl Stats {
     /// Empty statistics for `model`, starting now.
     pub fn new(model: &str) -> Self {
@@ -90,6 +114,15 @@ impl Stats {
             q.pop_front();
         }
         q.push_back(d.as_secs_f64() * 1e3);
+    }
+
+    /// Record the stages a worker measured for one frame.
+    pub fn record_frame(&mut self, times: &FrameTimes) {
+        for stage in Stage::ALL {
+            if let Some(d) = times.0[stage as usize] {
+                self.record(stage, d);
+            }
+        }
     }
 
     /// A frame's result was produced.

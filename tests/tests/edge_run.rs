@@ -112,6 +112,27 @@ fn replayed_video_gives_the_library_results_in_camera_pixels() {
     let expected: Vec<u64> = (0..=n).filter(|&i| i != 6).collect();
     assert_eq!(indexes, expected, "frame 6 is the corrupt one");
 
+    // Three frames in flight, one core each: the same results in the same order.
+    let par = run_edge(
+        &edge(),
+        &f.bundle,
+        &format!("mjpeg:{}", bad_video.display()),
+        &["--frames-in-flight", "3", "--threads", "3"],
+    )
+    .unwrap();
+    assert_eq!(par.summary.ended, "end of source");
+    assert_eq!(par.summary.stats.decode_errors, 1, "{}", par.stderr);
+    assert_eq!(par.results.len(), run.results.len());
+    for (a, b) in run.results.iter().zip(&par.results) {
+        assert_eq!(a.frame, b.frame);
+        assert_eq!(
+            format!("{:?}", a.detections),
+            format!("{:?}", b.detections),
+            "frame {}",
+            a.frame
+        );
+    }
+
     // Frame by frame against the library on the same bytes.
     let detector = Detector::open(&f.bundle, Threads::Single).unwrap();
     let mut stats = Stats::new("check");
@@ -432,7 +453,11 @@ fn agent_swaps_a_newly_installed_bundle_into_the_running_loop() {
         rx,
         vec![Box::new(seen.clone()), Box::new(telemetry)],
         stop.clone(),
-        LoopOptions::default(),
+        // Two frames in flight: the switch must still fall between two frames, in order.
+        LoopOptions {
+            frames_in_flight: 2,
+            ..LoopOptions::default()
+        },
         Some(handle.loop_state.clone()),
     )
     .unwrap();
@@ -493,7 +518,14 @@ fn bench_reports_latency_memory_and_the_onnxruntime_ratio() {
             .arg("bench")
             .arg("--bundle")
             .arg(&f.bundle)
-            .args(["--iterations", "5", "--json", "--onnxruntime"])
+            .args([
+                "--iterations",
+                "5",
+                "--threads",
+                "2",
+                "--json",
+                "--onnxruntime",
+            ])
             .arg(kestrel_e2e::python()),
     );
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -505,6 +537,26 @@ fn bench_reports_latency_memory_and_the_onnxruntime_ratio() {
     let ratio = r["ratio_vs_onnxruntime"].as_f64().unwrap();
     assert!((ratio - r["p50_ms"].as_f64().unwrap() / ort).abs() < 1e-6);
     assert!(r["overhead_ratio"].as_f64().unwrap() > 0.0);
+    // With two threads: whole frames per second on one thread, on two per frame, and with two
+    // frames in flight (one round, so each speed-up is the ratio of the rates).
+    let fr = &r["frame_rate"];
+    let fps = |k: &str| {
+        fr[k]
+            .as_f64()
+            .filter(|v| *v > 0.0)
+            .unwrap_or_else(|| panic!("{k}: {r}"))
+    };
+    assert!(fr["frames"].as_u64() >= Some(2), "{r}");
+    for (speedup, way) in [
+        ("intra_op_speedup", "intra_op_fps"),
+        ("in_flight_speedup", "in_flight_fps"),
+    ] {
+        let expected = fps(way) / fps("one_thread_fps");
+        assert!(
+            (fps(speedup) - expected).abs() < 1e-9 * expected,
+            "{speedup}: {r}"
+        );
+    }
     println!("bench: {r}");
 }
 

@@ -66,6 +66,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(f) = &r.frame_rate {
+        println!(
+            "frame rate decode + inference, {} frames a way: one thread {:.1} fps; {} threads on each frame {:.1} fps ({:.2}x, rounds {:.2}-{:.2}x); {} frames in flight, one thread each, {:.1} fps ({:.2}x, rounds {:.2}-{:.2}x)",
+            f.frames,
+            f.one_thread_fps,
+            r.threads,
+            f.intra_op_fps,
+            f.intra_op_speedup,
+            f.intra_op_spread[0],
+            f.intra_op_spread[1],
+            r.threads,
+            f.in_flight_fps,
+            f.in_flight_speedup,
+            f.in_flight_spread[0],
+            f.in_flight_spread[1],
+        );
+    }
     if r.kernels.iter().any(|k| k.profile.is_some()) {
         print_profile(&r.kernels);
     }

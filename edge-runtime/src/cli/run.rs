@@ -120,6 +120,12 @@ pub struct RunArgs {
     /// Threads for tract (default: the board's, else 1).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Frames run at once, each on its own thread, results still in frame order (default 1).
+    /// The threads are shared out among them: with as many frames in flight as threads, each
+    /// frame runs on one core, the frame rate grows with the cores and a frame's latency stays
+    /// one core's.
+    #[arg(long, default_value_t = 1)]
+    pub frames_in_flight: usize,
     /// Keep detections scoring at least this (default: the bundle's).
     #[arg(long)]
     pub score_threshold: Option<f32>,
@@ -179,6 +185,16 @@ pub fn threads(opt: Option<usize>, board: Option<&Board>) -> Threads {
     match opt.or(board.map(|b| b.threads as usize)).unwrap_or(1) {
         0 | 1 => Threads::Single,
         n => Threads::Multi(n),
+    }
+}
+
+/// The threads each frame runs with when `frames` frames are in flight: `threads` shared out
+/// (at least one each).
+pub fn per_frame(threads: Threads, frames: usize) -> Threads {
+    match threads {
+        Threads::Multi(n) if frames > 1 && n / frames > 1 => Threads::Multi(n / frames),
+        Threads::Multi(_) if frames > 1 => Threads::Single,
+        t => t,
     }
 }
 
@@ -286,7 +302,8 @@ pub fn live_view(
 pub fn run(args: &RunArgs, started: Instant) -> anyhow::Result<LoopSummary> {
     let board = args.source.board()?;
     let stop = stop_on_signals()?;
-    let mut detector = Detector::open(&args.bundle, threads(args.threads, board.as_ref()))
+    let per_frame = per_frame(threads(args.threads, board.as_ref()), args.frames_in_flight);
+    let mut detector = Detector::open(&args.bundle, per_frame)
         .map_err(|e| anyhow::anyhow!("cannot load bundle {}: {e}", args.bundle.display()))?;
     if let Some(t) = args.score_threshold {
         detector = detector.with_score_threshold(t);
@@ -311,6 +328,7 @@ pub fn run(args: &RunArgs, started: Instant) -> anyhow::Result<LoopSummary> {
             .stats
             .then(|| Duration::from_secs_f64(args.stats_every.max(0.1))),
         started: Some(started),
+        frames_in_flight: args.frames_in_flight,
     };
     let summary = run_loop(detector, &capture, &mut sinks, &stop, None, &opts);
     drop(capture);
