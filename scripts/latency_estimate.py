@@ -71,13 +71,31 @@ KESTREL_INSNS = {
         "cortex-a72": {"decode": 12.6e6, "preprocess": 9.2e6, "inference": 131.8e6, "mmm": 129.2e6},
         "cortex-a76": {"decode": 12.6e6, "preprocess": 9.2e6, "inference": 131.8e6, "mmm": 129.2e6},
     },
+    # 2026-12-04 (session 16), board build (`--features board`: mozjpeg decode), the same method:
+    # fp32 with the depthwise in column strips; "mmm" = pointwise 87.2 M + depthwise 13.8 M +
+    # stem 9.3 M + the head's matrix products 8.3 M.
+    "fp32, Kestrel's kernels (12-04)": {
+        "cortex-a72": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 121.0e6, "mmm": 118.6e6},
+        "cortex-a76": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 121.0e6, "mmm": 118.6e6},
+    },
+    # int8 (`--quantize all`) with Kestrel's int8 pointwise and stem: "mmm" = int8 pointwise
+    # (with its quantize) + depthwise (fp32) + int8 stem + tract's int8 matrix products of the
+    # head (A72: smull/sadalp 95.7 + 13.8 + 10.5 + 9.7 M; A76: sdot 50.1 + 13.8 + 10.5 + 2.3 M).
+    "int8, Kestrel's kernels (12-04)": {
+        "cortex-a72": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 136.8e6, "mmm": 129.7e6},
+        "cortex-a76": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 86.2e6, "mmm": 76.7e6},
+    },
 }
 # Assumptions (docs/latency.md labels them):
 # IPC of JPEG decode / resize code (integer-heavy, little SIMD): A72 1.0-1.5, A76 1.5-2.5.
 OVERHEAD_IPC = {"pi4": (1.0, 1.25, 1.5), "pi5": (1.5, 2.0, 2.5)}
 # Speed-up of the inference from 1 to 3 threads (low, point, high).
 THREAD3 = {"fp32": (1.3, 1.45, 1.6), "int8": (1.1, 1.25, 1.4), "fp32 trunk + int8 head": (1.3, 1.45, 1.6),
-           "fp32, Kestrel's kernels": (1.3, 1.45, 1.6)}
+           "fp32, Kestrel's kernels": (1.3, 1.45, 1.6), "fp32, Kestrel's kernels (12-04)": (1.3, 1.45, 1.6),
+           "int8, Kestrel's kernels (12-04)": (1.3, 1.45, 1.6)}
+# Frame rate from 1 to 3 frames in flight (one core each, decode included): x86 measured 1.72-1.76x
+# on 2 frames / 2 cores (0.86-0.88 per core); a Pi's memory (1 MB L2 on the Pi 4) may take more.
+FLIGHT3 = (2.0, 2.4, 2.7)
 
 
 def ipc(board, model):
@@ -95,7 +113,7 @@ def estimate(counts):
         for bundle, per_cpu in counts.items():
             c = per_cpu[cpu]
             n, mmm = c["inference"], c["mmm"]
-            ipc_mmm = ipc_i if "int8" == bundle else ipc_f
+            ipc_mmm = ipc_i if bundle.startswith("int8") else ipc_f
             t1 = (mmm / ipc_mmm + (n - mmm) / mid) / f * 1e3
             t1_lo, t1_hi = n / hi / f * 1e3, n / lo / f * 1e3
             if board == "pi4":
@@ -129,6 +147,13 @@ def print_estimate(counts):
               f"| **{r['t3']:.0f} ms** ({r['t3_lo']:.0f}-{r['t3_hi']:.0f}) "
               f"| {f3:.0f} ms ({r['t3_lo'] + r['ov_lo']:.0f}-{r['t3_hi'] + r['ov_hi']:.0f}) "
               f"| {1e3 / f3:.1f} ({1e3 / (r['t3_hi'] + r['ov_hi']):.1f}-{1e3 / (r['t3_lo'] + r['ov_lo']):.1f}) |")
+    print()
+    print("| board | bundle | 3 frames in flight (one core each): fps |")
+    print("|---|---|---|")
+    lo, mid, hi = FLIGHT3
+    for r in estimate(counts):
+        f1, f1_lo, f1_hi = r["t1"] + r["ov"], r["t1_lo"] + r["ov_lo"], r["t1_hi"] + r["ov_hi"]
+        print(f"| {r['board']} | {r['bundle']} | **{mid * 1e3 / f1:.1f}** ({lo * 1e3 / f1_hi:.1f}-{hi * 1e3 / f1_lo:.1f}) |")
     print()
     for board in BOARDS:
         r = [x for x in estimate(counts) if x["board"] == BOARDS[board][0]][0]

@@ -953,7 +953,14 @@ impl Int8Dense {
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of every aarch64 target.
         let done = unsafe { neon_codes(self.quant, self.a0, image, &mut out) };
-        #[cfg(not(target_arch = "aarch64"))]
+        #[cfg(target_arch = "x86_64")]
+        let done = if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            unsafe { avx2_codes(self.quant, self.a0, image, &mut out) }
+        } else {
+            0
+        };
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         let done = 0;
         for (o, &x) in out[done..].iter_mut().zip(&image[done..]) {
             let c = tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
@@ -992,6 +999,43 @@ unsafe fn neon_codes(
             );
             let q = vminq_s32(vmaxq_s32(q, lo), hi);
             vst1q_f32(out.as_mut_ptr().add(i), vcvtq_f32_s32(vsubq_s32(q, a0)));
+        }
+    }
+    whole
+}
+
+/// [`Int8Dense::codes`] for the whole vectors of `image` on x86; returns how many values it
+/// did. `x * scale` is held within +-512 before the conversion (beyond, every code saturates
+/// anyway, and the conversion would overflow); `cvtps` rounds half to even, as tract.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_codes(
+    quant: super::qconv1x1::InputQuant,
+    a0: i32,
+    image: &[f32],
+    out: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let whole = image.len() / 8 * 8;
+    let scale = _mm256_set1_ps(quant.scale);
+    let (lo, hi) = (_mm256_set1_ps(-512.0), _mm256_set1_ps(512.0));
+    let zp = _mm256_set1_epi32(quant.zero_point);
+    let (qlo, qhi) = (
+        _mm256_set1_epi32(i8::MIN as i32),
+        _mm256_set1_epi32(i8::MAX as i32),
+    );
+    let a0 = _mm256_set1_epi32(a0);
+    for i in (0..whole).step_by(8) {
+        // SAFETY: `i + 8 <= whole <= len` for both slices (same length).
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(image.as_ptr().add(i)), scale);
+            let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zp);
+            let q = _mm256_min_epi32(_mm256_max_epi32(q, qlo), qhi);
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_cvtepi32_ps(_mm256_sub_epi32(q, a0)),
+            );
         }
     }
     whole
