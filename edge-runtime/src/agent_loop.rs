@@ -184,8 +184,9 @@ pub struct AgentLoopArgs {
     /// Start a replay again at its end.
     #[arg(long = "loop")]
     pub looping: bool,
-    /// Threads for tract (default: the board's, else 1).
-    #[arg(long)]
+    /// Threads for tract (default: the board's, else 1): the global `--threads`, which `main`
+    /// sets here.
+    #[arg(skip)]
     pub threads: Option<usize>,
     /// Frames run at once, each on its own thread (as `kestrel-edge run --frames-in-flight`).
     #[arg(long, default_value_t = 1)]

@@ -29,8 +29,9 @@ pub struct BenchArgs {
     /// Bundle directory written by `kestrel export`.
     #[arg(long)]
     pub bundle: PathBuf,
-    /// Threads for tract and onnxruntime (default: the board's, else 1).
-    #[arg(long)]
+    /// Threads for tract and onnxruntime (default: the board's, else 1): the global
+    /// `--threads`, which `main` sets here.
+    #[arg(skip)]
     pub threads: Option<usize>,
     /// Board name or file (thread default).
     #[arg(long)]

@@ -11,6 +11,10 @@ use kestrel_edge::cli;
     about = "Kestrel's on-board runtime (tract)"
 )]
 struct Cli {
+    /// Threads for tract (and onnxruntime in `bench`) in `run`, `agent`, `bench` and `embed`
+    /// (default: the board's, else 1); before or after the subcommand, as in `kestrel`.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,8 +62,11 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     cli::init_logging();
     let started = std::time::Instant::now();
-    match Cli::parse().command {
-        Command::Run(args) => {
+    let cli = Cli::parse();
+    let threads = cli.threads;
+    match cli.command {
+        Command::Run(mut args) => {
+            args.threads = threads;
             cli::run::run(&args, started)?;
         }
         Command::Capture(args) => {
@@ -67,10 +74,19 @@ fn run() -> anyhow::Result<()> {
         }
         #[cfg(feature = "camera")]
         Command::Cameras(args) => cli::cameras::run(&args)?,
-        Command::Bench(args) => cli::bench::run(&args)?,
-        Command::Agent(args) => cli::agent::run(args)?,
+        Command::Bench(mut args) => {
+            args.threads = threads;
+            cli::bench::run(&args)?
+        }
+        Command::Agent(mut args) => {
+            args.detect.threads = threads;
+            cli::agent::run(args)?
+        }
         Command::Store(args) => cli::store::run(args)?,
-        Command::Embed(args) => cli::embed::run(&args)?,
+        Command::Embed(mut args) => {
+            args.threads = threads;
+            cli::embed::run(&args)?
+        }
         Command::Info(args) => cli::info::run(&args)?,
         Command::Completions { shell } => clap_complete::generate(
             shell,

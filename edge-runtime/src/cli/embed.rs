@@ -15,9 +15,9 @@ pub struct EmbedArgs {
     /// Pictures to embed.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Threads for tract (1 = single-threaded).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Threads for tract (default 1): the global `--threads`, which `main` sets here.
+    #[arg(skip)]
+    pub threads: Option<usize>,
     /// Print every value, not only the shape and summary statistics.
     #[arg(long)]
     pub values: bool,
@@ -25,10 +25,9 @@ pub struct EmbedArgs {
 
 /// `kestrel-edge embed`: fails when any picture could not be embedded (the others still print).
 pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
-    let threads = if args.threads <= 1 {
-        Threads::Single
-    } else {
-        Threads::Multi(args.threads)
+    let threads = match args.threads.unwrap_or(1) {
+        0 | 1 => Threads::Single,
+        n => Threads::Multi(n),
     };
     let trunk = Trunk::open(&args.trunk, 1, threads)
         .with_context(|| format!("loading trunk {}", args.trunk.display()))?;

@@ -117,8 +117,9 @@ pub struct RunArgs {
     pub bundle: PathBuf,
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Threads for tract (default: the board's, else 1).
-    #[arg(long)]
+    /// Threads for tract (default: the board's, else 1): the global `--threads`, which `main`
+    /// sets here.
+    #[arg(skip)]
     pub threads: Option<usize>,
     /// Frames run at once, each on its own thread, results still in frame order (default 1).
     /// The threads are shared out among them: with as many frames in flight as threads, each
