@@ -11,6 +11,10 @@ use kestrel_edge::cli;
     about = "Kestrel's on-board runtime (tract)"
 )]
 struct Cli {
+    /// Hide status output on stderr (the info log lines); warnings, errors and results still
+    /// show (`RUST_LOG` overrides), as `--quiet` hides `kestrel`'s progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
     /// Threads for tract (and onnxruntime in `bench`) in `run`, `agent`, `bench` and `embed`
     /// (default: the board's, else 1); before or after the subcommand, as in `kestrel`.
     #[arg(long, global = true)]
@@ -60,13 +64,21 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    cli::init_logging();
     let started = std::time::Instant::now();
     let cli = Cli::parse();
+    cli::init_logging(cli.quiet);
     let threads = cli.threads;
     match cli.command {
         Command::Run(mut args) => {
             args.threads = threads;
+            if cli.quiet && !args.no_json {
+                // Before --quiet became global it silenced `run`'s JSON lines; it still does for
+                // one release, with this notice.
+                tracing::warn!(
+                    "`kestrel-edge run --quiet` still silences the JSON lines, but will only hide                      status output in a later release (as everywhere else): use --no-json for that"
+                );
+                args.no_json = true;
+            }
             cli::run::run(&args, started)?;
         }
         Command::Capture(args) => {

@@ -198,7 +198,7 @@ fn sigterm_stops_cleanly() {
         .arg(&f.bundle)
         .arg("--source")
         .arg(format!("mjpeg:{}", video.display()))
-        .args(["--loop", "--fps", "20", "--quiet", "--summary"])
+        .args(["--loop", "--fps", "20", "--no-json", "--summary"])
         .arg(&summary)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -289,6 +289,9 @@ fn soak_ten_thousand_frames_memory_stays_flat() {
     let s = &run.summary;
     assert_eq!(s.stats.frames, 10_000);
     assert_eq!(s.ended, "max frames");
+    // `--quiet` still silences the JSON lines for now, and says what to use instead.
+    assert!(run.results.is_empty(), "JSON lines printed despite --quiet");
+    assert!(run.stderr.contains("--no-json"), "{}", run.stderr);
     assert_eq!(s.rss_mb.len(), 10);
     let after_warmup: Vec<f64> = s.rss_mb[1..].iter().map(|&(_, m)| m).collect();
     let (lo, hi) = after_warmup

@@ -16,9 +16,10 @@ use std::io::IsTerminal;
 /// Installs the log subscriber: `info` and above by default, so the board's journal shows what the
 /// agent does and its security warnings (`RUST_LOG` still wins); colour codes only on a terminal,
 /// never in journald or a log file.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+pub fn init_logging(quiet: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

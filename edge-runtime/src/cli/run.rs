@@ -145,7 +145,7 @@ pub struct RunArgs {
     pub stats_every: f64,
     /// Do not print a JSON line per frame on stdout.
     #[arg(long)]
-    pub quiet: bool,
+    pub no_json: bool,
     /// Drive a GPIO line high while this label is seen (chip and line from the board file or
     /// --gpio-chip/--gpio-line).
     #[arg(long)]
@@ -216,7 +216,7 @@ pub fn sinks(
     model: &str,
 ) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if !args.quiet {
+    if !args.no_json {
         sinks.push(Box::new(JsonLines::new(std::io::stdout())));
     }
     if let Some(label) = &args.gpio_label {
