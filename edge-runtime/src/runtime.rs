@@ -503,6 +503,14 @@ fn process(
     }))
 }
 
+/// A new detector waiting on `swap`, if any (noted in `stats`).
+fn swapped(swap: Option<&mpsc::Receiver<Detector>>, stats: &mut Stats) -> Option<Detector> {
+    let d = swap?.try_recv().ok()?;
+    info!("switching to bundle {}", d.dir().display());
+    stats.set_model(d.name());
+    Some(d)
+}
+
 /// One frame after another on the calling thread.
 fn sequential(
     mut detector: Detector,
@@ -519,11 +527,7 @@ fn sequential(
         if opts.max_frames.is_some_and(|m| out.stats.frames() >= m) {
             return "max frames".to_string();
         }
-        if let Some(rx) = swap
-            && let Ok(d) = rx.try_recv()
-        {
-            info!("switching to bundle {}", d.dir().display());
-            out.stats.set_model(d.name());
+        if let Some(d) = swapped(swap, &mut out.stats) {
             detector = d;
         }
         let t = Instant::now();
@@ -621,11 +625,7 @@ fn pipelined(
                 && let Some(done) = pending.remove(&next)
             {
                 next += 1;
-                if let Some(rx) = swap
-                    && let Ok(d) = rx.try_recv()
-                {
-                    info!("switching to bundle {}", d.dir().display());
-                    out.stats.set_model(d.name());
+                if let Some(d) = swapped(swap, &mut out.stats) {
                     *current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
                 }
                 out.stats.set_dropped(capture.dropped());
@@ -635,9 +635,8 @@ fn pipelined(
                         out.emit(*o);
                     }
                     Done::Skipped => out.stats.decode_error(),
-                    Done::Ended(e) if stop.load(Ordering::Relaxed) => {
-                        let _ = e;
-                        ended = Some("stopped".to_string());
+                    Done::Ended(_) if stop.load(Ordering::Relaxed) => {
+                        ended = Some("stopped".to_string())
                     }
                     Done::Ended(e) => ended = Some(e),
                 }

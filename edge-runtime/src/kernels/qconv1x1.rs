@@ -812,6 +812,7 @@ mod arm {
         row: usize,
         start: [int32x4_t; 4],
     ) -> [[int32x4_t; 4]; 4] {
+        debug_assert!(pairs >= 1, "the loop runs at least once");
         // SAFETY: as the function's contract (`pairs` >= 1: every convolution has an input).
         unsafe {
             let mut a: [int32x4_t; 16] = std::array::from_fn(|i| start[i / 4]);
