@@ -394,10 +394,16 @@ pub fn run_loop(
         sinks,
         stats_every: opts.stats_every,
     };
+    let io = LoopIo {
+        capture,
+        stop,
+        swap,
+        opts,
+    };
     let ended = if opts.frames_in_flight > 1 {
-        pipelined(detector, capture, &mut out, stop, swap, opts)
+        pipelined(detector, &mut out, &io)
     } else {
-        sequential(detector, capture, &mut out, stop, swap, opts)
+        sequential(detector, &mut out, &io)
     };
     for sink in out.sinks.iter_mut() {
         if let Err(e) = sink.close() {
@@ -503,6 +509,15 @@ fn process(
     }))
 }
 
+/// What both loops read: the frames, the stop flag, new detectors, the options.
+#[derive(Clone, Copy)]
+struct LoopIo<'a> {
+    capture: &'a Capture,
+    stop: &'a AtomicBool,
+    swap: Option<&'a mpsc::Receiver<Detector>>,
+    opts: &'a LoopOptions,
+}
+
 /// A new detector waiting on `swap`, if any (noted in `stats`).
 fn swapped(swap: Option<&mpsc::Receiver<Detector>>, stats: &mut Stats) -> Option<Detector> {
     let d = swap?.try_recv().ok()?;
@@ -512,14 +527,13 @@ fn swapped(swap: Option<&mpsc::Receiver<Detector>>, stats: &mut Stats) -> Option
 }
 
 /// One frame after another on the calling thread.
-fn sequential(
-    mut detector: Detector,
-    capture: &Capture,
-    out: &mut Results,
-    stop: &AtomicBool,
-    swap: Option<&mpsc::Receiver<Detector>>,
-    opts: &LoopOptions,
-) -> String {
+fn sequential(mut detector: Detector, out: &mut Results, io: &LoopIo) -> String {
+    let LoopIo {
+        capture,
+        stop,
+        swap,
+        opts,
+    } = *io;
     loop {
         if stop.load(Ordering::Relaxed) {
             return "stopped".to_string();
@@ -559,14 +573,13 @@ enum Done {
 /// `opts.frames_in_flight` workers, each taking the next frame, decoding and running it; the
 /// calling thread puts their results back in capture order (frames are numbered as they are
 /// taken) and hands them to the sinks.
-fn pipelined(
-    detector: Detector,
-    capture: &Capture,
-    out: &mut Results,
-    stop: &AtomicBool,
-    swap: Option<&mpsc::Receiver<Detector>>,
-    opts: &LoopOptions,
-) -> String {
+fn pipelined(detector: Detector, out: &mut Results, io: &LoopIo) -> String {
+    let LoopIo {
+        capture,
+        stop,
+        swap,
+        opts,
+    } = *io;
     let current = Mutex::new(Arc::new(detector));
     let taken = Mutex::new(0u64);
     let halt = AtomicBool::new(false);
