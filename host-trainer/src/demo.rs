@@ -167,6 +167,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         &opts,
         &default_cache_dir(),
         &out.join("run-classify"),
+        false,
         &crate::progress::Bars,
     )?;
     println!(
@@ -195,6 +196,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         &ft_opts,
         &default_cache_dir(),
         &out.join("run-finetune"),
+        false,
         &crate::progress::Bars,
     )?;
     println!(
@@ -249,6 +251,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         &det_opts,
         &default_cache_dir(),
         &out.join("run-detect"),
+        false,
         &crate::progress::Bars,
     )?;
     println!(

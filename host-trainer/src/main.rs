@@ -52,9 +52,8 @@ enum Command {
     Embed(cli::embed::EmbedArgs),
     /// Measure embeddings per second on one core: burn (flex, ndarray), tract, onnxruntime.
     Bench(cli::bench::BenchArgs),
-    /// Train a new head on the frozen trunk.
-    #[command(subcommand)]
-    Train(cli::train::TrainCommand),
+    /// Train a new head on the frozen trunk (or resume an interrupted run).
+    Train(cli::train::TrainArgs),
     /// Check a dataset in any layout without training, or convert it to another layout.
     #[command(subcommand)]
     Data(cli::data::DataCommand),

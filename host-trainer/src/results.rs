@@ -57,25 +57,31 @@ pub fn classification(
     rows
 }
 
-type Column = (&'static str, fn(&ResultRow) -> Option<f64>);
+/// An optional column: its name and its cell in a row.
+type Column = (&'static str, fn(&mut ResultRow) -> &mut Option<f64>);
 
 const OPTIONAL: [Column; 8] = [
-    ("train_accuracy", |r| r.train_accuracy),
-    ("val_accuracy", |r| r.val_accuracy),
-    ("precision", |r| r.precision),
-    ("recall", |r| r.recall),
-    ("map50", |r| r.map50),
-    ("map50_95", |r| r.map50_95),
-    ("mean_iou", |r| r.mean_iou),
-    ("centre_f1", |r| r.centre_f1),
+    ("train_accuracy", |r| &mut r.train_accuracy),
+    ("val_accuracy", |r| &mut r.val_accuracy),
+    ("precision", |r| &mut r.precision),
+    ("recall", |r| &mut r.recall),
+    ("map50", |r| &mut r.map50),
+    ("map50_95", |r| &mut r.map50_95),
+    ("mean_iou", |r| &mut r.mean_iou),
+    ("centre_f1", |r| &mut r.centre_f1),
 ];
+
+/// The value of an optional column in `row`.
+fn cell(row: &ResultRow, column: &Column) -> Option<f64> {
+    *(column.1)(&mut row.clone())
+}
 
 /// Writes `rows` to `path` (columns: epoch, phase, train_loss, val_loss, the metrics any row has,
 /// lr; an empty cell where a row lacks one).
 pub fn write(path: &Path, rows: &[ResultRow]) -> std::io::Result<()> {
     let used: Vec<&Column> = OPTIONAL
         .iter()
-        .filter(|(_, get)| rows.iter().any(|r| get(r).is_some()))
+        .filter(|c| rows.iter().any(|r| cell(r, c).is_some()))
         .collect();
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut header = vec!["epoch", "phase", "train_loss", "val_loss"];
@@ -91,12 +97,63 @@ pub fn write(path: &Path, rows: &[ResultRow]) -> std::io::Result<()> {
         ];
         cells.extend(
             used.iter()
-                .map(|(_, get)| get(r).map_or(String::new(), |v| v.to_string())),
+                .map(|c| cell(r, c).map_or(String::new(), |v| v.to_string())),
         );
         cells.push(r.lr.to_string());
         writeln!(f, "{}", cells.join(","))?;
     }
     f.flush()
+}
+
+/// Reads rows [`write`] wrote (a resumed run keeps the rows of the epochs it does not redo).
+pub fn read(path: &Path) -> std::io::Result<Vec<ResultRow>> {
+    let bad = |line: usize, what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}:{line}: {what}", path.display()),
+        )
+    };
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.len() != header.len() {
+            return Err(bad(
+                i + 2,
+                format!("{} cells for {} columns", cells.len(), header.len()),
+            ));
+        }
+        let mut r = ResultRow::default();
+        for (name, value) in header.iter().zip(&cells) {
+            let number = || -> std::io::Result<f64> {
+                value
+                    .parse()
+                    .map_err(|_| bad(i + 2, format!("{name} is not a number: {value:?}")))
+            };
+            match *name {
+                "epoch" => r.epoch = number()? as usize,
+                "phase" => r.phase = number()? as u8,
+                "train_loss" => r.train_loss = number()?,
+                "val_loss" => r.val_loss = number()?,
+                "lr" => r.lr = number()?,
+                other => {
+                    let column = OPTIONAL
+                        .iter()
+                        .find(|c| c.0 == other)
+                        .ok_or_else(|| bad(1, format!("unknown column {other}")))?;
+                    *(column.1)(&mut r) = if value.is_empty() {
+                        None
+                    } else {
+                        Some(number()?)
+                    };
+                }
+            }
+        }
+        rows.push(r);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -128,6 +185,7 @@ mod tests {
             },
         ];
         write(&path, &rows).unwrap();
+        assert_eq!(read(&path).unwrap(), rows);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "epoch,phase,train_loss,val_loss,precision,map50,lr\n\

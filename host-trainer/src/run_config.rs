@@ -163,6 +163,30 @@ impl RunConfig {
         }
     }
 
+    /// Writes this configuration into `run`; when `resume`, first checks that the run there
+    /// started from the same classes, trunk and weights (its checkpoints fit nothing else).
+    pub fn begin(&self, run: &Path, resume: bool) -> anyhow::Result<()> {
+        if resume {
+            let before = RunConfig::read(run)?;
+            let differs = [
+                ("classes", before.labels != self.labels),
+                ("trunk", before.trunk_sha256 != self.trunk_sha256),
+                (
+                    "frozen prefix",
+                    before.prefix_trunk_sha256 != self.prefix_trunk_sha256,
+                ),
+                ("weights", before.weights_sha256 != self.weights_sha256),
+            ];
+            if let Some((what, _)) = differs.iter().find(|d| d.1) {
+                anyhow::bail!(
+                    "cannot resume {}: its {what} changed since it started (the dataset or the weights are not the ones it trained on); start a new run",
+                    run.display()
+                );
+            }
+        }
+        Ok(self.write(run)?)
+    }
+
     /// Read `run/config.json`, refusing layouts this Kestrel does not know.
     pub fn read(run: &Path) -> Result<Self, RunConfigError> {
         let path = run.join(RUN_CONFIG_FILE);

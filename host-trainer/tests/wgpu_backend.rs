@@ -13,7 +13,8 @@ use kestrel_trainer::Backend;
 use kestrel_trainer::backend::wgpu_adapter;
 use kestrel_trainer::classify::finetune::{FineTuneConfig, TopModel, fine_tune};
 use kestrel_trainer::classify::{
-    EpochStats, Examples, HeadConfig, HeadKind, LrSchedule, OptimizerKind, TrainConfig, train_head,
+    EpochStats, Examples, FitWatch, HeadConfig, HeadKind, LrSchedule, OptimizerKind, TrainConfig,
+    train_head,
 };
 use kestrel_trainer::mobilenet::{MobileNetV2Config, NUM_BLOCKS};
 use kestrel_trainer::ops::{OpsMode, with_mode};
@@ -128,7 +129,7 @@ fn head_training_matches_flex() {
             val_x: &vx,
             val_y: &vy,
         };
-        let r = train_head(&cfg, 4, data, d, &mut |_| {});
+        let r = train_head(&cfg, 4, data, d, FitWatch::epochs(&mut |_| {})).unwrap();
         (r.history, t.elapsed())
     };
     let (flex, tf) = run(&Device::flex());
@@ -178,7 +179,16 @@ fn fine_tuning_one_block_matches_flex() {
             val_x: &vx,
             val_y: &vy,
         };
-        let r = fine_tune(&cfg, start, 3, shape, data, d, &mut |_| {});
+        let r = fine_tune(
+            &cfg,
+            start,
+            3,
+            shape,
+            data,
+            d,
+            FitWatch::epochs(&mut |_| {}),
+        )
+        .unwrap();
         (r.history, t.elapsed())
     };
     let on_gpu = top.clone();

@@ -126,6 +126,36 @@ pub fn kestrel(cache: &Path) -> std::process::Command {
     c
 }
 
+/// Kills `cmd` (SIGKILL, as a power cut or the OOM killer would) once the fit whose checkpoint
+/// folder is `phase` has committed `epochs` epochs; fails if it ends on its own first.
+pub fn kill_after(cmd: &mut std::process::Command, phase: &Path, epochs: u64) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = phase.join("state.json");
+    loop {
+        let done = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["epoch"].as_u64())
+            .unwrap_or(0);
+        if done >= epochs {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "training ended ({status}) before {} had {epochs} epochs",
+                phase.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Run a command: (succeeded, stdout, stderr).
 pub fn run(c: &mut std::process::Command) -> (bool, String, String) {
     let out = c.output().unwrap();

@@ -1,7 +1,7 @@
 //! `kestrel train classify` end to end: synthetic pictures, embeddings through the ONNX trunk
 //! with tract (cached), a head trained in burn, and the run directory it leaves.
 
-use kestrel_e2e::{kestrel, run_ok};
+use kestrel_e2e::{kestrel, kill_after, run_ok};
 
 fn metrics(run: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
@@ -384,4 +384,35 @@ fn fine_tuning_writes_phase_two_and_the_run_still_predicts() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cut pooled"));
+
+    // Killed in phase 2 and resumed: the uninterrupted run's rows and accuracy.
+    let args = [
+        "train",
+        "classify",
+        "--epochs",
+        "10",
+        "--fine-tune-blocks",
+        "2",
+        "--fine-tune-epochs",
+        "6",
+        "--data",
+    ];
+    let (whole, cut) = (tmp.path().join("whole"), tmp.path().join("cut"));
+    run_ok(
+        kestrel(&cache)
+            .args(args)
+            .arg(&data)
+            .arg("--out")
+            .arg(&whole),
+    );
+    let mut cmd = kestrel(&cache);
+    cmd.args(args).arg(&data).arg("--out").arg(&cut);
+    kill_after(&mut cmd, &cut.join("checkpoints/phase2"), 1);
+    run_ok(kestrel(&cache).arg("train").arg("--resume").arg(&cut));
+    let read = |run: &std::path::Path| std::fs::read_to_string(run.join("results.csv")).unwrap();
+    assert_eq!(read(&cut), read(&whole));
+    assert_eq!(
+        metrics(&cut)["val_accuracy"],
+        metrics(&whole)["val_accuracy"]
+    );
 }

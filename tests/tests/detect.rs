@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use kestrel_e2e::{kestrel, python, run, run_ok, workspace};
+use kestrel_e2e::{kestrel, kill_after, python, run, run_ok, workspace};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -424,4 +424,75 @@ fn fine_tuned_grid_detector_never_ends_worse_and_exports() {
     );
     let line: serde_json::Value = serde_json::from_str(pred.lines().next().unwrap()).unwrap();
     assert!(line["detections"].is_array(), "{pred}");
+}
+
+/// A run killed in phase 1 and again in phase 2, resumed each time with `kestrel train --resume`,
+/// ends with the uninterrupted run's numbers: every row of results.csv and the final metrics.
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let data = tmp.path().join("data");
+    let size = ["--width", "160", "--height", "120"];
+    synth(&cache, &data, "multi", 60, 20, &size);
+    let mut args = vec![
+        "--head",
+        "grid",
+        "--shift-cells",
+        "1",
+        "--lr-schedule",
+        "cosine",
+        "--epochs",
+        "12",
+        "--patience",
+        "0",
+        "--fine-tune-blocks",
+        "1",
+        "--fine-tune-epochs",
+        "4",
+    ];
+    args.extend_from_slice(&size);
+    let whole = tmp.path().join("whole");
+    train(&cache, &data, &whole, &args);
+
+    let cut = tmp.path().join("cut");
+    let mut cmd = kestrel(&cache);
+    cmd.args(["train", "detect", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&cut)
+        .args(&args);
+    kill_after(&mut cmd, &cut.join("checkpoints/phase1"), 3);
+    assert!(!cut.join("metrics.json").exists());
+    let mut resume = kestrel(&cache);
+    resume.arg("train").arg("--resume").arg(&cut);
+    kill_after(&mut resume, &cut.join("checkpoints/phase2"), 1);
+    let (stdout, _) = run_ok(kestrel(&cache).arg("train").arg("--resume").arg(&cut));
+    assert!(stdout.contains("after fine-tuning"), "{stdout}");
+
+    let read = |run: &Path, file: &str| std::fs::read_to_string(run.join(file)).unwrap();
+    assert_eq!(read(&cut, "results.csv"), read(&whole, "results.csv"));
+    assert_eq!(read(&cut, "results.csv").lines().count(), 1 + 12 + 4);
+    let (a, b) = (
+        json(&whole.join("metrics.json")),
+        json(&cut.join("metrics.json")),
+    );
+    for key in ["map50", "map50_95", "best_epoch"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+
+    // A finished run has nothing to resume; a run whose dataset changed is refused.
+    let (ok, _, err) = run(kestrel(&cache).arg("train").arg("--resume").arg(&cut));
+    assert!(!ok && err.contains("nothing to resume"), "{err}");
+    let other = tmp.path().join("other");
+    let mut cmd = kestrel(&cache);
+    cmd.args(["train", "detect", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&other)
+        .args(&args);
+    kill_after(&mut cmd, &other.join("checkpoints/phase1"), 1);
+    std::fs::write(data.join("data.yaml"), "names: [a, b, c, d, e]\n").unwrap();
+    let (ok, _, err) = run(kestrel(&cache).arg("train").arg("--resume").arg(&other));
+    assert!(!ok && err.contains("classes changed"), "{err}");
 }

@@ -6,7 +6,9 @@ use kestrel_e2e::weights;
 use kestrel_edge::{Threads, Trunk};
 use kestrel_shared::{CutPoint, PreprocessSpec};
 use kestrel_trainer::classify::onemodel::train_one_model;
-use kestrel_trainer::classify::{Examples, HeadKind, OptimizerKind, TrainConfig, train_head};
+use kestrel_trainer::classify::{
+    Examples, FitWatch, HeadKind, OptimizerKind, TrainConfig, train_head,
+};
 use kestrel_trainer::data::Dataset;
 use kestrel_trainer::data::synth::{SynthClassify, write_classify};
 use kestrel_trainer::{Backend, MobileNetV2, Pretrained};
@@ -111,8 +113,9 @@ fn frozen_trunk_stays_bit_identical_and_both_approaches_agree() {
             val_y: &val_y,
         },
         &p.device,
-        &mut |_| {},
-    );
+        FitWatch::epochs(&mut |_| {}),
+    )
+    .unwrap();
 
     // Same seed, same batches, embeddings equal to 1e-4: the two runs follow the same path.
     assert_eq!(one.history.len(), two.history.len());

@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use super::head::Head;
 use super::train::{
-    EpochStats, Examples, FitSettings, FitStart, LrSchedule, OptimizerKind, fit, logits_in_batches,
-    loss_and_accuracy, stack,
+    EpochStats, Examples, FitSettings, FitStart, FitWatch, LrSchedule, OptimizerKind, fit,
+    logits_in_batches, loss_and_accuracy, stack,
 };
+use crate::checkpoint::CheckpointError;
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2, MobileNetV2Config, NUM_BLOCKS};
 
 /// The trainable top of the network: the unfrozen blocks, the last convolution, pooling, head.
@@ -146,8 +147,12 @@ pub fn fine_tune(
     shape: [usize; 3],
     data: Examples<'_>,
     device: &Device,
-    on_epoch: &mut dyn FnMut(&EpochStats),
-) -> FineTuneResult {
+    watch: FitWatch<'_>,
+) -> Result<FineTuneResult, CheckpointError> {
+    let FitWatch {
+        on_epoch,
+        checkpoints,
+    } = watch;
     let Examples {
         train_x,
         train_y,
@@ -169,6 +174,7 @@ pub fn fine_tune(
         model: prepare(start, &ad),
         rng: &mut rng,
         start_is_candidate: true,
+        checkpoints,
     };
     let fitted = fit(
         settings,
@@ -178,12 +184,12 @@ pub fn fine_tune(
         &mut |m: &TopModel, idx, rng| m.forward_train(stack(train_x, idx, &shape, &ad), rng),
         &mut |m: &TopModel| loss_and_accuracy(&top_logits(m, val_x, shape, device), val_y, classes),
         on_epoch,
-    );
-    FineTuneResult {
+    )?;
+    Ok(FineTuneResult {
         model: fitted.model,
         history: fitted.history,
         best_epoch: fitted.best_epoch,
-    }
+    })
 }
 
 #[cfg(test)]

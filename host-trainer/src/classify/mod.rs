@@ -13,5 +13,5 @@ pub use embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
 pub use head::{Head, HeadConfig, HeadKind};
 pub use run::{ClassifyOptions, RunSummary, train_classify};
 pub use train::{
-    EpochStats, Examples, LrSchedule, OptimizerKind, TrainConfig, TrainResult, train_head,
+    EpochStats, Examples, FitWatch, LrSchedule, OptimizerKind, TrainConfig, TrainResult, train_head,
 };

@@ -80,6 +80,7 @@ pub fn train_one_model(
         model: OneModel { trunk, head },
         rng: &mut rng,
         start_is_candidate: false,
+        checkpoints: None,
     };
     Ok(fit(
         cfg.fit_settings(),
@@ -97,5 +98,5 @@ pub fn train_one_model(
             loss_and_accuracy(&one_model_logits(m, val_x, hw, device), val_y, classes)
         },
         on_epoch,
-    ))
+    )?)
 }

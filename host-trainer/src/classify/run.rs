@@ -12,7 +12,10 @@ use serde_json::json;
 
 use super::embed::{EmbeddedSet, EmbeddingCache, Skipped, embed_samples};
 use super::finetune::{FineTuneConfig, TopModel, fine_tune, top_logits};
-use super::train::{EpochStats, Examples, TrainConfig, argmax_rows, head_logits, train_head};
+use super::train::{
+    EpochStats, Examples, FitWatch, TrainConfig, argmax_rows, head_logits, train_head,
+};
+use crate::checkpoint::RunCheckpoints;
 use crate::data::Dataset;
 use crate::pretrained::Pretrained;
 use crate::progress::Progress;
@@ -132,12 +135,14 @@ fn write_history(path: &Path, history: &[EpochStats]) -> std::io::Result<()> {
     f.flush()
 }
 
-/// Train a classification head on `opts.data` and write the run into `out`.
+/// Train a classification head on `opts.data` and write the run into `out`; with `resume`,
+/// continue the interrupted run in `out` from its checkpoints.
 pub fn train_classify(
     pretrained: &Pretrained,
     opts: &ClassifyOptions,
     cache: &Path,
     out: &Path,
+    resume: bool,
     progress: &dyn Progress,
 ) -> anyhow::Result<RunSummary> {
     anyhow::ensure!(
@@ -157,6 +162,7 @@ pub fn train_classify(
     }
     let data = Dataset::scan(&opts.data, opts.val_fraction, opts.train.seed)?;
     std::fs::create_dir_all(out)?;
+    let checkpoints = RunCheckpoints::open(out, resume)?;
     let spec = PreprocessSpec::imagenet();
     let trunk_dir = pretrained.cached_trunk(opts.cut, spec, cache)?;
     let trunk = Trunk::open(&trunk_dir, 1, Threads::Single)?;
@@ -178,7 +184,7 @@ pub fn train_classify(
         prefix.as_ref(),
         pretrained,
     )
-    .write(out)?;
+    .begin(out, resume)?;
     std::fs::write(out.join("labels.txt"), data.labels.join("\n") + "\n")?;
 
     let emb_cache = EmbeddingCache::new(&cache.join("embeddings"));
@@ -204,6 +210,7 @@ pub fn train_classify(
     );
     let classes = data.labels.len();
     let bar = progress.start("training head", Some(opts.train.epochs as u64));
+    bar.advance(checkpoints.phase(1).epochs_done() as u64);
     let result = train_head(
         &opts.train,
         classes,
@@ -214,19 +221,22 @@ pub fn train_classify(
             val_y: &val.y,
         },
         &pretrained.device,
-        &mut |e| {
-            bar.advance(1);
-            bar.message(&live(e));
-            tracing::info!(
-                "epoch {}: loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
-                e.epoch,
-                e.train_loss,
-                e.train_accuracy,
-                e.val_loss,
-                e.val_accuracy
-            );
+        FitWatch {
+            checkpoints: Some(&checkpoints.phase(1)),
+            on_epoch: &mut |e| {
+                bar.advance(1);
+                bar.message(&live(e));
+                tracing::info!(
+                    "epoch {}: loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
+                    e.epoch,
+                    e.train_loss,
+                    e.train_accuracy,
+                    e.val_loss,
+                    e.val_accuracy
+                );
+            },
         },
-    );
+    )?;
     bar.finish();
 
     crate::checkpoint::save(&result.head, &out.join(HEAD_FILE))?;
@@ -259,6 +269,7 @@ pub fn train_classify(
             &pretrained.device,
         )?;
         let bar = progress.start("fine-tuning top blocks", Some(ft.epochs as u64));
+        bar.advance(checkpoints.phase(2).epochs_done() as u64);
         let r = fine_tune(
             ft,
             start,
@@ -271,18 +282,21 @@ pub fn train_classify(
                 val_y: &pval.y,
             },
             &pretrained.device,
-            &mut |e| {
-                bar.advance(1);
-                bar.message(&live(e));
-                tracing::info!(
-                    "fine-tune epoch {}: loss {:.4} | val loss {:.4} acc {:.3}",
-                    e.epoch,
-                    e.train_loss,
-                    e.val_loss,
-                    e.val_accuracy
-                );
+            FitWatch {
+                checkpoints: Some(&checkpoints.phase(2)),
+                on_epoch: &mut |e| {
+                    bar.advance(1);
+                    bar.message(&live(e));
+                    tracing::info!(
+                        "fine-tune epoch {}: loss {:.4} | val loss {:.4} acc {:.3}",
+                        e.epoch,
+                        e.train_loss,
+                        e.val_loss,
+                        e.val_accuracy
+                    );
+                },
             },
-        );
+        )?;
         bar.finish();
         crate::checkpoint::save(&r.model, &out.join(TOP_FILE))?;
         write_history(&out.join("finetune-history.csv"), &r.history)?;

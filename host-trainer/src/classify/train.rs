@@ -14,6 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::head::{Head, HeadConfig, HeadKind};
+use crate::checkpoint::{Best, CheckpointError, FitCheckpoints, FitState, RngState};
+use std::path::Path;
 
 /// Optimisers offered for the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -143,21 +145,30 @@ impl Default for TrainConfig {
     }
 }
 
-/// Loss and accuracy after one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Loss and accuracy after one epoch (NaN is written as null, and read back as NaN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
     /// 1-based epoch.
     pub epoch: usize,
     /// Mean training loss over the epoch's batches.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
     /// Training accuracy over the epoch (with dropout active).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_accuracy: f64,
     /// Validation loss (NaN without a validation set).
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
     /// Validation accuracy (NaN without a validation set).
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_accuracy: f64,
     /// Learning rate of the epoch's last step.
     pub lr: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as null, and this reads null back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// A trained head with its history.
@@ -323,7 +334,7 @@ pub fn fit<M: Module>(
     forward: &mut dyn FnMut(&M, &[usize], &mut ChaCha8Rng) -> Tensor<2>,
     validate: &mut dyn FnMut(&M) -> (f64, f64),
     on_epoch: &mut dyn FnMut(&EpochStats),
-) -> Fitted<M> {
+) -> Result<Fitted<M>, CheckpointError> {
     let loss_fn = CrossEntropyLossConfig::new().init(ad);
     fit_batches(
         settings,
@@ -350,8 +361,9 @@ pub fn fit<M: Module>(
     )
 }
 
-/// Where a fit starts: the model, the randomness it draws from, and whether the untrained model
-/// competes for "best" (phase 2 must never end worse than it began).
+/// Where a fit starts: the model, the randomness it draws from, whether the untrained model
+/// competes for "best" (phase 2 must never end worse than it began), and where it keeps its
+/// per-epoch checkpoints (a fit that finds one there continues from it).
 pub struct FitStart<'r, M> {
     /// The model before training.
     pub model: M,
@@ -359,10 +371,15 @@ pub struct FitStart<'r, M> {
     pub rng: &'r mut ChaCha8Rng,
     /// Validate the untrained model and keep it if no epoch beats it.
     pub start_is_candidate: bool,
+    /// Checkpoint folder of this fit (None: no checkpoints).
+    pub checkpoints: Option<&'r FitCheckpoints>,
 }
 
 /// [`fit`] for any loss: `batch` computes the loss of a batch of training indices (classification,
 /// the detectors' custom losses). `validate` returns (validation loss, validation score).
+///
+/// With checkpoints, the state after each epoch is committed after `on_epoch` has seen it; a fit
+/// that finds a committed state resumes after it and gives the numbers of an uninterrupted fit.
 pub fn fit_batches<M: Module>(
     settings: FitSettings,
     start: FitStart<'_, M>,
@@ -370,11 +387,12 @@ pub fn fit_batches<M: Module>(
     batch: &mut dyn FnMut(&M, &[usize], &mut ChaCha8Rng) -> BatchLoss,
     validate: &mut dyn FnMut(&M) -> (f64, f64),
     on_epoch: &mut dyn FnMut(&EpochStats),
-) -> Fitted<M> {
+) -> Result<Fitted<M>, CheckpointError> {
     let FitStart {
         mut model,
         rng,
         start_is_candidate,
+        checkpoints,
     } = start;
     let mut optim = settings.optimizer.init();
     let mut order: Vec<usize> = (0..n_train).collect();
@@ -383,14 +401,49 @@ pub fn fit_batches<M: Module>(
     let mut step = 0usize;
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, M)> = None;
-    if start_is_candidate {
+    let mut first_epoch = 1;
+    let mut done = false;
+    // The best model is written when it changes (the starting model at the first commit).
+    let mut best_changed = false;
+    if let Some(restored) = checkpoints.map(FitCheckpoints::read).transpose()?.flatten() {
+        let state = &restored.state;
+        restored.load(&mut model, &state.model)?;
+        optim = restored.optimizer(optim)?;
+        *rng = restored.rng()?;
+        if let Some(b) = &state.best {
+            let mut snapshot = model.valid();
+            restored.load(&mut snapshot, &b.file)?;
+            best = Some((b.score, b.epoch, snapshot));
+        }
+        (step, history, first_epoch, done) = (
+            state.step,
+            state.history.clone(),
+            state.epoch + 1,
+            state.done,
+        );
+        // Each epoch shuffles the order the last one left.
+        if state.order.len() != n_train {
+            return Err(restored.mismatch(format!(
+                "it trained on {} examples, the data now gives {n_train}",
+                state.order.len()
+            )));
+        }
+        order = state.order.clone();
+        tracing::info!(
+            "resuming after epoch {} from {}",
+            state.epoch,
+            checkpoints.map_or(Path::new(""), |c| c.dir()).display()
+        );
+    } else if start_is_candidate {
         let snapshot = model.valid();
         let (loss, _) = validate(&snapshot);
         if loss.is_finite() {
             best = Some((loss, 0, snapshot));
+            best_changed = true;
         }
     }
-    for epoch in 1..=settings.epochs {
+    let mut epoch = first_epoch;
+    while epoch <= settings.epochs && !done {
         order.shuffle(rng);
         // Loss and hits stay on the device during the epoch: one read at its end, not one per step.
         let mut loss_sum: Option<Tensor<1>> = None;
@@ -441,6 +494,7 @@ pub fn fit_batches<M: Module>(
         };
         if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
             best = Some((score, epoch, snapshot));
+            best_changed = true;
         } else if settings.patience > 0
             && epoch - best.as_ref().map_or(0, |b| b.1) >= settings.patience
         {
@@ -448,15 +502,38 @@ pub fn fit_batches<M: Module>(
                 "early stop at epoch {epoch}: no better validation loss for {} epochs",
                 settings.patience
             );
-            break;
+            done = true;
         }
+        done |= epoch == settings.epochs;
+        if let Some(c) = checkpoints {
+            let (model_file, optimizer_file) = FitState::names(epoch);
+            let state = FitState {
+                epoch,
+                step,
+                rng: RngState::of(rng),
+                history: history.clone(),
+                best: best.as_ref().map(|(score, e, _)| Best {
+                    score: *score,
+                    epoch: *e,
+                    file: format!("best-{e}.bpk"),
+                }),
+                done,
+                order: order.clone(),
+                model: model_file,
+                optimizer: optimizer_file,
+            };
+            let best_model = best.as_ref().filter(|_| best_changed).map(|b| &b.2);
+            c.commit(&state, &model, &optim, best_model)?;
+            best_changed = false;
+        }
+        epoch += 1;
     }
     let (_, best_epoch, model) = best.unwrap_or_else(|| (0.0, 0, model.valid()));
-    Fitted {
+    Ok(Fitted {
         model,
         history,
         best_epoch,
-    }
+    })
 }
 
 impl TrainConfig {
@@ -469,6 +546,25 @@ impl TrainConfig {
             patience: self.patience,
             optimizer: self.optimizer,
             schedule: self.lr_schedule,
+        }
+    }
+}
+
+/// What the caller of a fit sees and keeps: each epoch's statistics as it ends (progress
+/// display), and the folder each epoch is committed to (a committed state is resumed from).
+pub struct FitWatch<'a> {
+    /// Called after every epoch.
+    pub on_epoch: &'a mut dyn FnMut(&EpochStats),
+    /// Checkpoint folder of the fit (None: no checkpoints).
+    pub checkpoints: Option<&'a FitCheckpoints>,
+}
+
+impl<'a> FitWatch<'a> {
+    /// Epoch statistics to `on_epoch`, no checkpoints.
+    pub fn epochs(on_epoch: &'a mut dyn FnMut(&EpochStats)) -> FitWatch<'a> {
+        FitWatch {
+            on_epoch,
+            checkpoints: None,
         }
     }
 }
@@ -490,14 +586,19 @@ pub struct Examples<'a> {
 /// Train a head on embeddings `train_x` (labels `train_y`), validating on `val_x` each epoch.
 ///
 /// `device` is the inference device of a backend (e.g. `Device::flex()`); training runs on its
-/// autodiff version. `on_epoch` sees each epoch's statistics as they come (progress display).
+/// autodiff version. `watch` sees each epoch's statistics as they come and says where each epoch
+/// is committed.
 pub fn train_head(
     cfg: &TrainConfig,
     classes: usize,
     data: Examples<'_>,
     device: &Device,
-    on_epoch: &mut dyn FnMut(&EpochStats),
-) -> TrainResult {
+    watch: FitWatch<'_>,
+) -> Result<TrainResult, CheckpointError> {
+    let FitWatch {
+        on_epoch,
+        checkpoints,
+    } = watch;
     let Examples {
         train_x,
         train_y,
@@ -517,6 +618,7 @@ pub fn train_head(
         model,
         rng: &mut rng,
         start_is_candidate: false,
+        checkpoints,
     };
     let fitted = fit(
         cfg.fit_settings(),
@@ -528,12 +630,12 @@ pub fn train_head(
         },
         &mut |m: &Head| evaluate(m, val_x, val_y, classes, device),
         on_epoch,
-    );
-    TrainResult {
+    )?;
+    Ok(TrainResult {
         head: fitted.model,
         history: fitted.history,
         best_epoch: fitted.best_epoch,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +659,14 @@ mod tests {
     }
 
     fn run(cfg: &TrainConfig) -> TrainResult {
+        run_with(cfg, None, &mut |_| {}).unwrap()
+    }
+
+    fn run_with(
+        cfg: &TrainConfig,
+        checkpoints: Option<&FitCheckpoints>,
+        on_epoch: &mut dyn FnMut(&EpochStats),
+    ) -> Result<TrainResult, CheckpointError> {
         let (tx, ty) = blobs(40, 3, 1);
         let (vx, vy) = blobs(10, 3, 2);
         train_head(
@@ -569,8 +679,78 @@ mod tests {
                 val_y: &vy,
             },
             &Device::flex(),
-            &mut |_| {},
+            FitWatch {
+                on_epoch,
+                checkpoints,
+            },
         )
+    }
+
+    /// A fit that dies after epoch 3 (a panic in the epoch callback, before the epoch is
+    /// committed) and is resumed gives the uninterrupted fit's history and best head to the last
+    /// bit: the model, Adam's moments, the generator and the schedule's step all come back.
+    #[test]
+    fn a_resumed_fit_gives_the_uninterrupted_numbers() {
+        let cfg = TrainConfig {
+            epochs: 7,
+            lr: 0.01,
+            patience: 0,
+            lr_schedule: LrSchedule::Cosine,
+            ..TrainConfig::default()
+        };
+        let whole = run(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let ck = FitCheckpoints::new(dir.path());
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_with(&cfg, Some(&ck), &mut |e| {
+                assert!(e.epoch < 4, "killed in epoch {}", e.epoch);
+            })
+        }));
+        assert!(cut.is_err());
+        assert_eq!(ck.epochs_done(), 3);
+        let mut seen = Vec::new();
+        let resumed = run_with(&cfg, Some(&ck), &mut |e| seen.push(e.epoch)).unwrap();
+        assert_eq!(seen, vec![4, 5, 6, 7], "only the missing epochs run");
+        assert_eq!(resumed.history, whole.history);
+        assert_eq!(resumed.best_epoch, whole.best_epoch);
+        let (vx, _) = blobs(10, 3, 2);
+        let d = Device::flex();
+        assert_eq!(
+            head_logits(&resumed.head, &vx, &d),
+            head_logits(&whole.head, &vx, &d)
+        );
+        // Only the last epoch's files stay beside the state.
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let best = format!("best-{}.bpk", whole.best_epoch);
+        let mut want = vec![
+            best,
+            "last-7.bpk".into(),
+            "optimizer-7.bpk".into(),
+            "state.json".into(),
+        ];
+        want.sort();
+        assert_eq!(files, want);
+        // A finished fit resumed runs nothing and gives the same head.
+        let mut again = Vec::new();
+        let done = run_with(&cfg, Some(&ck), &mut |e| again.push(e.epoch)).unwrap();
+        assert!(again.is_empty());
+        assert_eq!(done.history, whole.history);
+    }
+
+    /// A damaged state is refused with its path and what to do, not trained over.
+    #[test]
+    fn a_damaged_checkpoint_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), "{\"epoch\": 2,").unwrap();
+        let ck = FitCheckpoints::new(dir.path());
+        let e = run_with(&TrainConfig::default(), Some(&ck), &mut |_| {})
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("state.json") && e.contains("delete"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,25 @@ use crate::detect::run::{DetectOptions, train_detect};
 use crate::detect::train::{
     DecodeSettings, DetectDefaults, DetectFineTune, DetectHeadKind, DetectTrainConfig,
 };
+use crate::run_config::{RunConfig, RunTask};
+
+/// `kestrel train classify|detect`, or `kestrel train --resume RUN`.
+#[derive(Debug, clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true,
+    after_help = "Examples:\n  kestrel train detect --data shelf/ --epochs 40          # -> runs/detect/train\n  kestrel train --resume runs/detect/train                # after a kill or a crash"
+)]
+pub struct TrainArgs {
+    /// The task to train.
+    #[command(subcommand)]
+    pub task: Option<TrainCommand>,
+    /// Continue an interrupted run from its last finished epoch, with the settings, data and
+    /// seed it started with (its config.json): the result is the one the run would have given
+    /// uninterrupted.
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<PathBuf>,
+}
 
 /// `kestrel train classify|detect`.
 #[derive(Debug, clap::Subcommand)]
@@ -306,18 +325,56 @@ impl DetectArgs {
     }
 }
 
-/// Train and print the summary.
-pub fn run(cmd: &TrainCommand, ctx: &Context) -> anyhow::Result<()> {
-    match cmd {
-        TrainCommand::Classify(a) => classify(a, ctx),
-        TrainCommand::Detect(a) => detect(a, ctx),
+/// Train (or resume) and print the summary.
+pub fn run(args: &TrainArgs, ctx: &Context) -> anyhow::Result<()> {
+    match (&args.task, &args.resume) {
+        (Some(TrainCommand::Classify(a)), _) => {
+            let out = a.run.choose("classify")?;
+            let p = ctx.pretrained()?;
+            let s = train_classify(&p, &a.options(), &ctx.cache, &out, false, ctx.progress())?;
+            print_classify(&s);
+        }
+        (Some(TrainCommand::Detect(a)), _) => {
+            let out = a.run.choose("detect")?;
+            let p = ctx.pretrained()?;
+            let s = train_detect(&p, &a.options(), &ctx.cache, &out, false, ctx.progress())?;
+            print_detect(&s, &out);
+        }
+        (None, Some(run)) => resume(run, ctx)?,
+        (None, None) => anyhow::bail!(
+            "say what to train: `kestrel train classify|detect ...`, or `kestrel train --resume RUN`"
+        ),
     }
+    Ok(())
 }
 
-fn classify(a: &ClassifyArgs, ctx: &Context) -> anyhow::Result<()> {
-    let out = a.run.choose("classify")?;
+/// `kestrel train --resume RUN`: the run's own options, into its own folder.
+fn resume(run: &std::path::Path, ctx: &Context) -> anyhow::Result<()> {
+    let config = RunConfig::read(run)?;
+    anyhow::ensure!(
+        !run.join("metrics.json").exists(),
+        "{} finished (its metrics.json is written): there is nothing to resume; start a new run to train longer",
+        run.display()
+    );
     let p = ctx.pretrained()?;
-    let s = train_classify(&p, &a.options(), &ctx.cache, &out, ctx.progress())?;
+    match &config.task {
+        RunTask::Classify(o) => print_classify(&train_classify(
+            &p,
+            o,
+            &ctx.cache,
+            run,
+            true,
+            ctx.progress(),
+        )?),
+        RunTask::Detect(o) => print_detect(
+            &train_detect(&p, o, &ctx.cache, run, true, ctx.progress())?,
+            run,
+        ),
+    }
+    Ok(())
+}
+
+fn print_classify(s: &crate::classify::RunSummary) {
     for sk in &s.skipped {
         eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
     }
@@ -334,13 +391,9 @@ fn classify(a: &ClassifyArgs, ctx: &Context) -> anyhow::Result<()> {
         s.cache_hits,
         s.run.display()
     );
-    Ok(())
 }
 
-fn detect(a: &DetectArgs, ctx: &Context) -> anyhow::Result<()> {
-    let out = a.run.choose("detect")?;
-    let p = ctx.pretrained()?;
-    let s = train_detect(&p, &a.options(), &ctx.cache, &out, ctx.progress())?;
+fn print_detect(s: &crate::detect::run::DetectSummary, out: &std::path::Path) {
     for sk in &s.skipped {
         eprintln!("skipped {}: {}", sk.path.display(), sk.reason);
     }
@@ -360,10 +413,10 @@ fn detect(a: &DetectArgs, ctx: &Context) -> anyhow::Result<()> {
             ),
         }
     }
-    if let Some(c) = s.val.centroids {
+    if let Some(cf) = s.val.centroids {
         println!(
             "val centre hits at score {}: precision {:.3}, recall {:.3}, F1 {:.3}",
-            a.score_threshold, c.precision, c.recall, c.f1
+            c.score_threshold, cf.precision, cf.recall, cf.f1
         );
     }
     match (s.val.mean_iou, s.val.class_accuracy) {
@@ -387,5 +440,4 @@ fn detect(a: &DetectArgs, ctx: &Context) -> anyhow::Result<()> {
         s.train_seconds,
         out.display()
     );
-    Ok(())
 }

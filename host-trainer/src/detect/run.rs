@@ -27,6 +27,7 @@ use super::train::{
     train_detect_head,
 };
 use crate::Pretrained;
+use crate::checkpoint::RunCheckpoints;
 use crate::classify::embed::{EmbeddingCache, Skipped};
 use crate::classify::train::EpochStats;
 use crate::data::annotations;
@@ -229,11 +230,26 @@ fn write_history(path: &Path, history: &[EpochStats], score: &str) -> std::io::R
 /// validation scores here, the epoch callback turns them into the epoch's row.
 #[derive(Default)]
 struct EpochRecorder {
+    path: PathBuf,
     last: std::cell::RefCell<Option<crate::results::ResultRow>>,
     rows: std::cell::RefCell<Vec<crate::results::ResultRow>>,
 }
 
 impl EpochRecorder {
+    /// Rows for `path`: none for a new run, the file's rows for a resumed one.
+    fn new(path: &Path, resume: bool) -> anyhow::Result<EpochRecorder> {
+        let rows = if resume && path.is_file() {
+            crate::results::read(path)?
+        } else {
+            Vec::new()
+        };
+        Ok(EpochRecorder {
+            path: path.to_path_buf(),
+            last: Default::default(),
+            rows: std::cell::RefCell::new(rows),
+        })
+    }
+
     /// The validation scores of the model just trained.
     fn scored(&self, s: &DetectScores) {
         *self.last.borrow_mut() = Some(crate::results::ResultRow {
@@ -247,17 +263,31 @@ impl EpochRecorder {
         });
     }
 
-    /// An epoch of `phase` ended; epochs of phase 2 count on after phase 1's `offset`.
+    /// An epoch of `phase` ended (epochs of phase 2 count on after phase 1's `offset`): its row
+    /// replaces any row from that epoch on (a resumed run redoes an epoch whose checkpoint was
+    /// not committed), and the file is written again.
     fn epoch(&self, e: &EpochStats, phase: u8, offset: usize) {
         let scores = self.last.borrow_mut().take().unwrap_or_default();
-        self.rows.borrow_mut().push(crate::results::ResultRow {
-            epoch: e.epoch + offset,
+        let epoch = e.epoch + offset;
+        let mut rows = self.rows.borrow_mut();
+        rows.retain(|r| r.epoch < epoch);
+        rows.push(crate::results::ResultRow {
+            epoch,
             phase,
             train_loss: e.train_loss,
             val_loss: e.val_loss,
             lr: e.lr,
             ..scores
         });
+        drop(rows);
+        if let Err(e) = self.write() {
+            tracing::warn!("cannot write {}: {e}", self.path.display());
+        }
+    }
+
+    /// Writes the rows to the file.
+    fn write(&self) -> std::io::Result<()> {
+        crate::results::write(&self.path, &self.rows.borrow())
     }
 }
 
@@ -280,12 +310,14 @@ fn map_shape(trunk: &Trunk) -> [usize; 3] {
     [s[1], s[2], s[3]]
 }
 
-/// Train a detection head on `opts.data` and write the run into `out`.
+/// Train a detection head on `opts.data` and write the run into `out`; with `resume`, continue
+/// the interrupted run in `out` from its checkpoints.
 pub fn train_detect(
     pretrained: &Pretrained,
     opts: &DetectOptions,
     cache: &Path,
     out: &Path,
+    resume: bool,
     progress: &dyn Progress,
 ) -> anyhow::Result<DetectSummary> {
     anyhow::ensure!(
@@ -306,6 +338,7 @@ pub fn train_detect(
         (data.train, data.val)
     };
     std::fs::create_dir_all(out)?;
+    let checkpoints = RunCheckpoints::open(out, resume)?;
     let spec = opts.preprocess();
     let trunk = Trunk::open(
         &pretrained.cached_trunk(opts.cut, spec, cache)?,
@@ -328,7 +361,7 @@ pub fn train_detect(
         prefix.as_ref(),
         pretrained,
     )
-    .write(out)?;
+    .begin(out, resume)?;
     std::fs::write(out.join("labels.txt"), labels.join("\n") + "\n")?;
 
     let t0 = Instant::now();
@@ -346,8 +379,10 @@ pub fn train_detect(
     let device = pretrained.device.clone();
     let name = score_name(opts.train.head);
     let bar = progress.start("training detector", Some(opts.train.epochs as u64));
+    bar.advance(checkpoints.phase(1).epochs_done() as u64);
     let t1 = Instant::now();
-    let recorder = EpochRecorder::default();
+    // results.csv grows epoch by epoch; a resumed run keeps the rows of the epochs it skips.
+    let recorder = EpochRecorder::new(&out.join("results.csv"), resume)?;
     let (head, history, best_epoch) = train_detect_head(
         &opts.train,
         labels.len(),
@@ -378,8 +413,9 @@ pub fn train_detect(
                 bar.message(&live(e, name));
                 tracing::info!("{}", live(e, name));
             },
+            checkpoints: Some(&checkpoints.phase(1)),
         },
-    );
+    )?;
     bar.finish();
 
     write_history(&out.join("history.csv"), &history, name)?;
@@ -406,6 +442,7 @@ pub fn train_detect(
         // features.j is block j - 1 of the burn model.
         let blocks = pretrained.model.blocks[k - ft.blocks..k].to_vec();
         let bar = progress.start("fine-tuning top blocks", Some(ft.epochs as u64));
+        bar.advance(checkpoints.phase(2).epochs_done() as u64);
         let (h2, history2, best2) = fine_tune_detect_head(
             &opts.train,
             ft,
@@ -437,8 +474,9 @@ pub fn train_detect(
                     bar.message(&live(e, name));
                     tracing::info!("phase 2 {}", live(e, name));
                 },
+                checkpoints: Some(&checkpoints.phase(2)),
             },
-        );
+        )?;
         bar.finish();
         write_history(&out.join("finetune-history.csv"), &history2, name)?;
         crate::plot::learning_curves_of(
@@ -450,7 +488,7 @@ pub fn train_detect(
         (head, best_epoch, chw, train, val) = (h2, best2, pchw, ptrain, pval);
     }
     let train_seconds = t1.elapsed().as_secs_f64();
-    crate::results::write(&out.join("results.csv"), &recorder.rows.borrow())?;
+    recorder.write()?;
     save_head(&head, &out.join(HEAD_FILE))?;
     let eval_set = if val.x.is_empty() { &train } else { &val };
     let val_scores = scores(&head, eval_set, chw, opts, labels.len(), &device)?;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{GridConfig, GridHead, SingleHead};
 use super::loss::{GridTargets, Objectness, book_loss, book_target, grid_loss};
+use crate::checkpoint::{CheckpointError, FitCheckpoints};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
 use crate::classify::finetune::RunningStats;
 use crate::classify::train::{
@@ -432,13 +433,15 @@ pub struct DetectData<'a> {
     pub val: &'a FeatureSet,
 }
 
-/// What the caller watches during a fit: the headline score of a head on a set, and each
-/// epoch's statistics as it ends (progress bars, logs).
+/// What the caller watches during a fit: the headline score of a head on a set, each epoch's
+/// statistics as it ends (progress bars, logs), and where each epoch is committed (resumable).
 pub struct Watch<'a> {
     /// The headline metric of a head on a set (higher is better).
     pub score: &'a mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
     /// Called after every epoch.
     pub on_epoch: &'a mut dyn FnMut(&EpochStats),
+    /// Checkpoint folder of the fit (None: no checkpoints).
+    pub checkpoints: Option<&'a FitCheckpoints>,
 }
 
 /// Train a detection head on `train` feature maps (shape `chw`), validating on `val` each epoch
@@ -450,7 +453,7 @@ pub fn train_detect_head(
     data: DetectData<'_>,
     device: &Device,
     watch: Watch<'_>,
-) -> (DetectHead, Vec<EpochStats>, usize) {
+) -> Result<(DetectHead, Vec<EpochStats>, usize), CheckpointError> {
     let (chw, input_size) = (data.chw, data.input_size);
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -524,7 +527,7 @@ pub fn fine_tune_detect_head(
     data: DetectData<'_>,
     device: &Device,
     watch: Watch<'_>,
-) -> (DetectHead, Vec<EpochStats>, usize) {
+) -> Result<(DetectHead, Vec<EpochStats>, usize), CheckpointError> {
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1));
     let prepare = |m: DetectHead| match m {
@@ -551,14 +554,18 @@ fn fit_head(
     device: &Device,
     rng: &mut ChaCha8Rng,
     watch: Watch<'_>,
-) -> (DetectHead, Vec<EpochStats>, usize) {
+) -> Result<(DetectHead, Vec<EpochStats>, usize), CheckpointError> {
     let DetectData {
         chw,
         input_size,
         train,
         val,
     } = data;
-    let Watch { score, on_epoch } = watch;
+    let Watch {
+        score,
+        on_epoch,
+        checkpoints,
+    } = watch;
     let ad = &device.clone().autodiff();
     let settings = FitSettings {
         epochs: ft.map_or(cfg.epochs, |f| f.epochs),
@@ -592,6 +599,7 @@ fn fit_head(
                     model: *head,
                     rng,
                     start_is_candidate,
+                    checkpoints,
                 },
                 train.x.len(),
                 &mut |m: &SingleHead, idx, rng| {
@@ -610,8 +618,8 @@ fn fit_head(
                     )
                 },
                 on_epoch,
-            );
-            (DetectHead::Single(Box::new(model)), history, best_epoch)
+            )?;
+            Ok((DetectHead::Single(Box::new(model)), history, best_epoch))
         }
         DetectHead::Grid(head, spec) => {
             let Fitted {
@@ -624,6 +632,7 @@ fn fit_head(
                     model: *head,
                     rng,
                     start_is_candidate,
+                    checkpoints,
                 },
                 train.x.len(),
                 &mut |m: &GridHead, idx, rng| {
@@ -643,8 +652,8 @@ fn fit_head(
                     )
                 },
                 on_epoch,
-            );
-            (DetectHead::Grid(Box::new(model), spec), history, best_epoch)
+            )?;
+            Ok((DetectHead::Grid(Box::new(model), spec), history, best_epoch))
         }
     }
 }
