@@ -15,6 +15,7 @@ pub mod data;
 pub mod demo;
 pub mod deploy;
 pub mod detect;
+pub mod doctor;
 pub mod eval;
 pub mod fleet;
 pub mod imagenet;

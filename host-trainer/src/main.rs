@@ -85,6 +85,9 @@ enum Command {
     Fleet(cli::fleet::FleetCommand),
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo(cli::demo::DemoArgs),
+    /// Check this machine for each step (weights, disk, ssh, the board's toolchain, serial
+    /// ports, boards of an inventory) and say how to fix what is missing.
+    Doctor(cli::doctor::DoctorArgs),
     /// Print a shell completion script (e.g. `kestrel completions bash >
     /// ~/.local/share/bash-completion/completions/kestrel`).
     Completions {
@@ -138,6 +141,7 @@ fn run() -> anyhow::Result<()> {
         Command::Install(a) => drop(kestrel_trainer::install::run(a)?),
         Command::Fleet(c) => cli::fleet::run(c, &ctx)?,
         Command::Demo(a) => cli::demo::run(a, &ctx)?,
+        Command::Doctor(a) => cli::doctor::run(a, &ctx)?,
         Command::Completions { shell } => clap_complete::generate(
             *shell,
             &mut Cli::command(),

@@ -294,6 +294,29 @@ fn a_fleet_deploy_goes_canary_first_reports_every_board_and_resumes() {
         "{table}"
     );
 
+    // `kestrel doctor -i` asks the same question of every board, one check each.
+    let out = Command::new(bin("kestrel"))
+        .args(["doctor", "--json", "-i", inv])
+        .env("KESTREL_WEIGHTS", kestrel_e2e::weights())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "u5 is unreachable: not ready");
+    let report: kestrel_trainer::doctor::Report = serde_json::from_slice(&out.stdout).unwrap();
+    let board = |name: &str| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.name == format!("board {name}"))
+            .unwrap_or_else(|| panic!("no check of {name}: {report:?}"))
+    };
+    use kestrel_trainer::doctor::Status;
+    assert_eq!(board("c1").status, Status::Ok, "{:?}", board("c1"));
+    assert_eq!(board("r4").status, Status::Warn, "r4 runs no agent");
+    assert_eq!(board("u5").status, Status::Missing);
+    assert!(!report.ready);
+    let weights = report.checks.iter().find(|c| c.name == "weights").unwrap();
+    assert_eq!(weights.status, Status::Ok);
+
     step("status");
     // 3. A canary whose agent died: it fails its health check, is put back, the rest wait.
     boards[0].stop_agent();

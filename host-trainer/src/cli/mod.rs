@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod doctor;
 pub mod embed;
 pub mod eval;
 pub mod exit;
