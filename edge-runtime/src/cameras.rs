@@ -33,6 +33,7 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `kestrel-edge cameras`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  kestrel-edge cameras\n  kestrel-edge cameras --json")]
 pub struct CamerasArgs {
     /// Print the list as JSON.
     #[arg(long)]

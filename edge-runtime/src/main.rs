@@ -39,12 +39,18 @@ enum Command {
     /// Serve deploys: keep bundles in a store, install them atomically, forward telemetry.
     Agent(cli::agent::AgentArgs),
     /// The bundle store from the command line (what `kestrel deploy --ssh` runs on the board).
+    #[command(
+        after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel list --json\n  kestrel-edge store --store /var/lib/kestrel rollback"
+    )]
     Store(cli::store::StoreArgs),
     /// Run an exported trunk on pictures and print one JSON line per picture.
     Embed(cli::embed::EmbedArgs),
     /// Load a trunk or a bundle, optimise it, and print what tract will run.
     Info(cli::info::InfoArgs),
     /// Print a shell completion script (e.g. `kestrel-edge completions bash`).
+    #[command(
+        after_help = "Examples:\n  kestrel-edge completions bash > ~/.local/share/bash-completion/completions/kestrel-edge"
+    )]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,

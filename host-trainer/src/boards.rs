@@ -8,6 +8,9 @@ use kestrel_shared::board::{boards_in, boards_table, load_builtin_boards};
 
 /// `kestrel boards` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel boards\n  kestrel boards boards/my-board.toml --json     # check a board file of your own"
+)]
 pub struct BoardsArgs {
     /// Board files or directories of board files to read instead of the built-in ones (each file
     /// is validated; the first bad one is reported with its field).

@@ -41,6 +41,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Download and verify the pretrained weights into the cache; print their path.
+    #[command(
+        after_help = "Examples:\n  kestrel fetch-weights                       # into the cache, sha256 checked; prints the path\n  kestrel fetch-weights --weights ~/Downloads/mobilenet_v2-b0353104.pth   # check a copied file"
+    )]
     FetchWeights,
     /// Classify photos with the full pretrained ImageNet model.
     Predict(cli::predict::PredictArgs),
@@ -56,9 +59,15 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Check a dataset in any layout without training, or convert it to another layout.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  kestrel data check shelf/\n  kestrel data convert shelf/ --to coco --out shelf-coco/"
+    )]
     Data(cli::data::DataCommand),
     /// Write synthetic labelled pictures (no download needed).
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  kestrel synth detect --preset multi --count 300 --val-count 60 --out scenes/\n  kestrel synth classify --per-class 40 --out shapes/"
+    )]
     Synth(cli::synth::SynthCommand),
     /// Export a trained run as a model bundle for the board: trunk.onnx, head.onnx (int8 by
     /// default), model.onnx (both in one graph) and manifest.json; prints sizes and the fp32 vs
@@ -82,6 +91,9 @@ enum Command {
     Install(kestrel_trainer::install::InstallArgs),
     /// Many boards from an Ansible inventory: deploy (canaries first), status, rollback, install.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  kestrel fleet status -i hosts.ini\n  kestrel fleet deploy bundles/shelf-v2 -i hosts.ini --canary 1 --canary-wait 30"
+    )]
     Fleet(cli::fleet::FleetCommand),
     /// The main job: weights, classification, trunk export, edge runtime, metrics.
     Demo(cli::demo::DemoArgs),
@@ -90,6 +102,9 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// Print a shell completion script (e.g. `kestrel completions bash >
     /// ~/.local/share/bash-completion/completions/kestrel`).
+    #[command(
+        after_help = "Examples:\n  kestrel completions bash > ~/.local/share/bash-completion/completions/kestrel\n  kestrel completions zsh > ~/.zfunc/_kestrel"
+    )]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,

@@ -271,28 +271,52 @@ fn exit_statuses_say_what_failed_and_completions_are_printed() {
     );
 }
 
-/// Every example in a subcommand's `--help` parses: each example's arguments, followed by
-/// `--help`, get through clap (an unknown flag or a bad value would fail before the help).
+/// The subcommands listed under "Commands:" in a help text (`help` aside).
+fn subcommands(help: &str) -> Vec<String> {
+    help.split("Commands:\n")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .take_while(|l| l.starts_with("  "))
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|name| *name != "help")
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every subcommand of both binaries, groups and leaves, found through their `--help`.
+fn every_command() -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    for program in ["kestrel", "kestrel-edge"] {
+        let mut todo: Vec<Vec<String>> = vec![Vec::new()];
+        while let Some(path) = todo.pop() {
+            let (ok, help, err) =
+                kestrel_e2e::run(Command::new(bin(program)).args(&path).arg("--help"));
+            assert!(ok, "{program} {path:?} --help: {err}");
+            for sub in subcommands(&help) {
+                let mut p = path.clone();
+                p.push(sub);
+                todo.push(p);
+            }
+            if !path.is_empty() {
+                out.push((program, path));
+            }
+        }
+    }
+    out
+}
+
+/// Every subcommand's `--help` has examples, and every example parses: its arguments, followed
+/// by `--help`, get through clap (an unknown flag or a bad value would fail before the help).
 #[test]
 fn help_examples_parse() {
-    let commands: &[(&str, &[&str])] = &[
-        ("kestrel", &["train", "classify"]),
-        ("kestrel", &["train", "detect"]),
-        ("kestrel", &["export"]),
-        ("kestrel", &["deploy"]),
-        ("kestrel", &["fleet", "deploy"]),
-        ("kestrel", &["fleet", "status"]),
-        ("kestrel", &["fleet", "rollback"]),
-        ("kestrel", &["install"]),
-        ("kestrel", &["predict"]),
-        ("kestrel", &["bench"]),
-        ("kestrel-edge", &["run"]),
-        ("kestrel-edge", &["bench"]),
-        ("kestrel-edge", &["capture"]),
-    ];
+    let commands = every_command();
+    assert!(commands.len() >= 40, "{commands:?}");
     let mut checked = 0;
     for (program, sub) in commands {
-        let (ok, help, err) = kestrel_e2e::run(Command::new(bin(program)).args(*sub).arg("--help"));
+        let (ok, help, err) = kestrel_e2e::run(Command::new(bin(program)).args(&sub).arg("--help"));
         assert!(ok, "{program} {sub:?} --help: {err}");
         let examples: Vec<&str> = help
             .split("Examples:\n")
@@ -305,7 +329,7 @@ fn help_examples_parse() {
         assert!(!examples.is_empty(), "{help}");
         for example in examples {
             // The command, without a trailing comment or redirection.
-            let command = example.split(['#', '>']).next().unwrap();
+            let command = example.split(['#', '>', '<']).next().unwrap();
             let words: Vec<String> = command
                 .split_whitespace()
                 .map(|w| w.trim_matches('\'').to_string())
@@ -324,5 +348,5 @@ fn help_examples_parse() {
         }
     }
     println!("{checked} examples parse");
-    assert!(checked >= 30, "{checked}");
+    assert!(checked >= 80, "{checked}");
 }

@@ -10,6 +10,9 @@ use crate::agent::{Agent, AgentConfig, BundleHost, NoLoop};
 
 /// `kestrel-edge agent` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel-edge agent --store /var/lib/kestrel --serial /dev/ttyS0 --trust /etc/kestrel/trust\n  kestrel-edge agent --store /var/lib/kestrel --source camera:/dev/video0 --json   # detections on stdout too"
+)]
 pub struct AgentArgs {
     /// Store directory (blobs/, bundles/, current).
     #[arg(long)]

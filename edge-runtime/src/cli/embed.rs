@@ -8,6 +8,9 @@ use crate::{Threads, Trunk};
 
 /// `kestrel-edge embed` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel-edge embed --trunk trunks/pooled photo.jpg\n  kestrel-edge embed --trunk trunks/pooled --values photo.jpg > embedding.json"
+)]
 pub struct EmbedArgs {
     /// Trunk directory (or its trunk.json) written by `kestrel export-trunk`.
     #[arg(long)]

@@ -8,6 +8,9 @@ use crate::{Threads, Trunk};
 
 /// `kestrel-edge info` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel-edge info --bundle /var/lib/kestrel/current\n  kestrel-edge info --trunk trunks/pooled"
+)]
 pub struct InfoArgs {
     /// Trunk directory (or its trunk.json).
     #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]

@@ -48,12 +48,18 @@ pub struct StoreArgs {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum StoreCommand {
     /// Blobs, bundles and the current bundle.
+    #[command(
+        after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel list\n  kestrel-edge store --store /var/lib/kestrel list --json"
+    )]
     List {
         /// As one JSON object (what `kestrel deploy --ssh` reads).
         #[arg(long)]
         json: bool,
     },
     /// Store a blob read from standard input; its sha256 is checked before it is kept.
+    #[command(
+        after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel put-blob SHA256 < blob\n  kestrel-edge store --store /var/lib/kestrel put-blob SHA256 --size 3500000 --offset 1048576 < rest"
+    )]
     PutBlob {
         /// The blob's sha256 (64 lowercase hex digits).
         sha256: String,
@@ -67,6 +73,9 @@ pub enum StoreCommand {
         offset: u64,
     },
     /// Install a bundle whose blobs are stored, validate it, and make it current.
+    #[command(
+        after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel install --id shelf-v2 --manifest SHA256 --trust /etc/kestrel/trust"
+    )]
     Install {
         /// Bundle id (a plain name).
         #[arg(long)]
@@ -82,8 +91,10 @@ pub enum StoreCommand {
         allow_downgrade: bool,
     },
     /// Make the bundle installed before the current one current again.
+    #[command(after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel rollback")]
     Rollback,
     /// Re-hash every blob; fails if any does not match its name.
+    #[command(after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel verify")]
     Verify,
 }
 

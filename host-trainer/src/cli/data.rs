@@ -13,9 +13,15 @@ pub enum DataCommand {
     /// Read a dataset without training: the layout found, classes, pictures and objects per
     /// split and class, box sizes, and every problem as `file:line: what`. Exits non-zero when
     /// there is a problem.
+    #[command(
+        after_help = "Examples:\n  kestrel data check shelf/                      # any layout: YOLO, Roboflow, COCO, VOC, ImageFolder\n  kestrel data check shelf/images --annotations shelf/export.json"
+    )]
     Check(CheckArgs),
     /// Write a detection dataset in another layout (pictures hard-linked, or copied across file
     /// systems): `--to yolo|coco|voc`.
+    #[command(
+        after_help = "Examples:\n  kestrel data convert shelf-voc/ --to yolo --out shelf-yolo/\n  kestrel data convert shelf/ --to coco --out shelf-coco/ --strict"
+    )]
     Convert(ConvertArgs),
 }
 

@@ -9,6 +9,9 @@ use super::Context;
 
 /// Arguments of `kestrel demo`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel demo                               # the whole path on synthetic data, into ./demo\n  kestrel demo --out /tmp/demo --weights mobilenet_v2-b0353104.pth"
+)]
 pub struct DemoArgs {
     /// Output directory.
     #[arg(long, default_value = "kestrel-demo")]

@@ -10,6 +10,9 @@ use super::Context;
 
 /// Arguments of `kestrel export-trunk`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel export-trunk --cut pooled --out trunks/pooled\n  kestrel-edge embed --trunk trunks/pooled photo.jpg"
+)]
 pub struct ExportTrunkArgs {
     /// features.0 .. features.18, or stride8 / stride16 / stride32 / pooled.
     #[arg(long, default_value = "pooled")]
@@ -36,6 +39,9 @@ pub fn export_trunk(a: &ExportTrunkArgs, ctx: &Context) -> anyhow::Result<()> {
 
 /// Arguments of `kestrel embed`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel embed photos/cat.jpg photos/dog.jpg\n  kestrel embed --cut stride16 --values photo.jpg > embedding.json"
+)]
 pub struct EmbedArgs {
     /// Pictures.
     #[arg(required = true)]

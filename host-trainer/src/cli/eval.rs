@@ -9,6 +9,9 @@ use crate::run_config::run_task;
 
 /// Arguments of `kestrel eval`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel eval runs/classify/train --data photos-2025/\n  kestrel eval runs/detect/train --data shelf-test/ > test-metrics.json"
+)]
 pub struct EvalArgs {
     /// Run directory written by `kestrel train classify` or `kestrel train detect`.
     pub run: PathBuf,

@@ -31,6 +31,9 @@ pub enum FleetCommand {
     #[command(after_help = "Examples:\n  kestrel fleet rollback -i hosts.ini --limit 'shelf-*'")]
     Rollback(FleetArgs),
     /// `kestrel install` on every selected board (binary, service, trust list).
+    #[command(
+        after_help = "Examples:\n  kestrel fleet install -i hosts.ini --board raspberry-pi-4\n  kestrel fleet install -i hosts.yml --limit traps"
+    )]
     Install(FleetInstallArgs),
 }
 

@@ -13,8 +13,14 @@ use crate::data::synth::{SHAPES, SynthClassify, write_classify};
 #[derive(Debug, clap::Subcommand)]
 pub enum SynthCommand {
     /// Detection scenes with boxes, written as a YOLO (default) or COCO dataset.
+    #[command(
+        after_help = "Examples:\n  kestrel synth detect --preset book --count 2000 --val-count 500 --out book/\n  kestrel synth detect --preset multi --width 480 --height 360 --format coco --out multi/"
+    )]
     Detect(SynthDetectArgs),
     /// Shapes (circle, cross, square, triangle) on varied backgrounds, as OUT/<label>/*.png.
+    #[command(
+        after_help = "Examples:\n  kestrel synth classify --out shapes/\n  kestrel synth classify --per-class 100 --size 96 --seed 7 --out shapes/"
+    )]
     Classify(SynthClassifyArgs),
 }
 

@@ -103,6 +103,9 @@ pub struct DeployArgs {
 
 /// `kestrel rollback` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel rollback --serial /dev/ttyUSB0\n  kestrel rollback --ssh pi@shelf-1.local"
+)]
 pub struct RollbackArgs {
     /// The board.
     #[command(flatten)]
@@ -111,6 +114,9 @@ pub struct RollbackArgs {
 
 /// `kestrel monitor` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel monitor --serial /dev/ttyUSB0                 # telemetry lines until Ctrl-C\n  kestrel monitor --serial /dev/ttyUSB0 --count 10 > lines.jsonl"
+)]
 pub struct MonitorArgs {
     /// Serial device connected to the board's agent.
     #[arg(long)]
@@ -128,6 +134,9 @@ pub struct MonitorArgs {
 
 /// `kestrel keygen` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel keygen                             # then `kestrel export` signs with it\n  kestrel keygen --out keys/shop --force"
+)]
 pub struct KeygenArgs {
     /// Directory for kestrel.key and kestrel.pub (default: ~/.config/kestrel, or
     /// $KESTREL_CONFIG_DIR).
@@ -198,6 +207,9 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
 
 /// `kestrel status` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kestrel status --ssh pi@shelf-1.local\n  kestrel status --serial /dev/ttyUSB0 --json"
+)]
 pub struct StatusArgs {
     /// The board.
     #[command(flatten)]
