@@ -1,0 +1,242 @@
+//! The whole path a user takes, with the real binaries: pictures -> a trained detector -> a
+//! signed int8 bundle -> deployed over a serial line to a running agent (a separate process, with
+//! a trust list and a replay of held-out scenes as its camera) -> detections coming back as
+//! telemetry -> their mAP@0.5 on the host, against what the bundle measured before it travelled.
+//!
+//! The serial cable is two pseudo-terminal pairs joined by a thread (a null modem): the agent
+//! opens one slave, `kestrel deploy` and `kestrel monitor` open the other, as they would open
+//! /dev/ttyUSB0.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kestrel_e2e::{bin, kestrel, run_ok};
+use kestrel_shared::BBox;
+use kestrel_shared::detect::Detection;
+use kestrel_shared::transport::{TTYPort, Transport, pty_pair};
+use kestrel_trainer::eval::{EvalInput, evaluate};
+
+/// Copies bytes both ways between two pty masters until `stop`.
+fn null_modem(a: TTYPort, b: TTYPort, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    let pump = |mut from: TTYPort, mut to: TTYPort, stop: Arc<AtomicBool>| {
+        std::thread::spawn(move || {
+            let _ = serialport::SerialPort::set_timeout(&mut from, Duration::from_millis(20));
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::SeqCst) {
+                match from.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        // Nobody on the other end yet: the bytes are lost, as on a real line.
+                        let _ = to.write_all(&buf[..n]);
+                    }
+                    // Timed out, or no one has the slave open (EIO): wait and look again.
+                    _ => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    };
+    let (a2, b2) = (a.try_clone_native().unwrap(), b.try_clone_native().unwrap());
+    vec![pump(a, b, stop.clone()), pump(b2, a2, stop)]
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let data = tmp.path().join("data");
+    let size = ["--width", "160", "--height", "120"];
+    run_ok(
+        kestrel(&cache)
+            .args(["synth", "detect", "--preset", "multi", "--seed", "3"])
+            .args(["--count", "200", "--val-count", "31"])
+            .args(size)
+            .arg("--out")
+            .arg(&data),
+    );
+    let run = tmp.path().join("run");
+    run_ok(
+        kestrel(&cache)
+            .args(["train", "detect", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run)
+            .args([
+                "--head",
+                "grid",
+                "--objectness",
+                "iou",
+                "--shift-cells",
+                "1",
+            ])
+            .args(["--lr-schedule", "cosine", "--epochs", "30"])
+            // The board reports what scores at least this; the bundle's own mAP is measured from
+            // the same threshold (the AP threshold), so the two numbers can be compared.
+            .args(["--patience", "0", "--score-threshold", "0.05"])
+            .args(size),
+    );
+    // A release key, and the board's trust list holding its public half.
+    let keys = tmp.path().join("keys");
+    let (out, _) = run_ok(kestrel(&cache).arg("keygen").arg("--out").arg(&keys));
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("trust line for the board: "))
+        .unwrap_or_else(|| panic!("no trust line: {out}"));
+    let trust = tmp.path().join("trust");
+    std::fs::write(&trust, format!("{line}\n")).unwrap();
+    let bundle = tmp.path().join("bundle");
+    run_ok(
+        kestrel(&cache)
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(&bundle)
+            .args(["--quantize", "all", "--sign"])
+            .arg(keys.join("kestrel.key")),
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
+    let id = kestrel_trainer::deploy::LocalBundle::open(&bundle, true)
+        .unwrap()
+        .id;
+    assert!(
+        manifest["signature"].is_object(),
+        "a signed bundle: {manifest}"
+    );
+
+    // The board: an agent on its end of the line, its camera a replay of the held-out scenes.
+    let val_dir = data.join("images/val");
+    let (agent_master, agent_slave) = pty_pair().unwrap();
+    let (host_master, host_slave) = pty_pair().unwrap();
+    let (agent_tty, host_tty) = (agent_slave.describe(), host_slave.describe());
+    drop((agent_slave, host_slave));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pumps = null_modem(agent_master, host_master, stop.clone());
+    let store = tmp.path().join("store");
+    let _agent = Agent(
+        Command::new(bin("kestrel-edge"))
+            .args(["agent", "--store"])
+            .arg(&store)
+            .args(["--serial", &agent_tty, "--trust"])
+            .arg(&trust)
+            .arg("--source")
+            .arg(format!("dir:{}", val_dir.display()))
+            .args(["--fps", "4", "--loop", "--threads", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The user deploys over the line (retrying while the agent starts), then listens.
+    let start = Instant::now();
+    let report = loop {
+        let out = kestrel(&cache)
+            .arg("deploy")
+            .arg(&bundle)
+            .args(["--serial", &host_tty, "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(start.elapsed() < Duration::from_secs(30), "deploy: {err}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    println!("deploy: {report}");
+    assert!(report.contains("signature verified"), "{report}");
+    let (lines, _) = run_ok(
+        kestrel(&cache)
+            .args([
+                "monitor",
+                "--serial",
+                &host_tty,
+                "--seconds",
+                "20",
+                "--count",
+                "400",
+            ])
+            .env("RUST_LOG", "warn"),
+    );
+    stop.store(true, Ordering::SeqCst);
+    for p in pumps {
+        p.join().unwrap();
+    }
+
+    // Each telemetry line is one frame of the replay: frame i shows picture i mod n, in name order.
+    let dataset = kestrel_trainer::data::annotations::load_with(&data, None, false).unwrap();
+    let mut val = dataset.val.clone();
+    val.sort_by(|a, b| a.path.cmp(&b.path));
+    let n = val.len();
+    let mut seen: Vec<Option<Vec<Detection>>> = vec![None; n];
+    let mut fps = 0.0f64;
+    for l in lines.lines() {
+        let t: serde_json::Value = serde_json::from_str(l).unwrap();
+        let frame = t["frame"].as_u64().unwrap();
+        if t["bundle"].as_str() != Some(id.as_str()) || frame == 0 {
+            continue; // before the install, or a heartbeat
+        }
+        fps = t["fps"].as_f64().unwrap_or(0.0);
+        let dets = t["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let b: Vec<f32> = serde_json::from_value(d["box"].clone()).unwrap();
+                Detection {
+                    class: d["class"].as_u64().unwrap() as usize,
+                    score: d["score"].as_f64().unwrap() as f32,
+                    bbox: BBox::new(b[0], b[1], b[2], b[3]),
+                }
+            })
+            .collect();
+        seen[(frame % n as u64) as usize].get_or_insert(dets);
+    }
+    let covered: Vec<usize> = (0..n).filter(|&i| seen[i].is_some()).collect();
+    assert!(
+        covered.len() * 10 >= n * 9,
+        "only {} of {n} pictures came back:\n{lines}",
+        covered.len()
+    );
+    let truth: Vec<Vec<_>> = covered.iter().map(|&i| val[i].objects.clone()).collect();
+    let ignored: Vec<Vec<_>> = covered.iter().map(|&i| val[i].ignored.clone()).collect();
+    let dets: Vec<Vec<Detection>> = covered.iter().map(|&i| seen[i].clone().unwrap()).collect();
+    let labels = manifest["labels"].as_array().unwrap().len();
+    let board = evaluate(
+        &EvalInput {
+            ground_truth: &truth,
+            ignored: &ignored,
+            detections: &dets,
+            classes: labels,
+        },
+        0.0,
+    )
+    .unwrap();
+    let before = manifest["metrics"]["bundle"]["map50"].as_f64().unwrap();
+    println!(
+        "board: mAP@0.5 {:.3} on {} of {n} pictures at {fps:.1} fps; the bundle before deploying: {before:.3}",
+        board.map50,
+        covered.len()
+    );
+    assert!(
+        before > 0.05,
+        "a detector that finds nothing proves nothing"
+    );
+    assert!(
+        (board.map50 - before).abs() <= 0.05,
+        "board {} vs bundle {before}",
+        board.map50
+    );
+}
