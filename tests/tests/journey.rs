@@ -124,7 +124,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
     let stop = Arc::new(AtomicBool::new(false));
     let pumps = null_modem(agent_master, host_master, stop.clone());
     let store = tmp.path().join("store");
-    let _agent = Agent(
+    let mut agent = Agent(
         Command::new(bin("kestrel-edge"))
             .args(["agent", "--store"])
             .arg(&store)
@@ -140,23 +140,32 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
     );
 
     // The user deploys over the line (retrying while the agent starts), then listens.
-    let start = Instant::now();
-    let report = loop {
-        let out = kestrel(&cache)
-            .arg("deploy")
-            .arg(&bundle)
-            .args(["--serial", &host_tty, "--json"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
+    let deploy = |bundle: &std::path::Path| -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let out = kestrel(&cache)
+                .arg("deploy")
+                .arg(bundle)
+                .args(["--serial", &host_tty, "--json"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break serde_json::from_slice(&out.stdout).unwrap();
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(start.elapsed() < Duration::from_secs(30), "deploy: {err}");
+            std::thread::sleep(Duration::from_millis(300));
         }
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(start.elapsed() < Duration::from_secs(30), "deploy: {err}");
-        std::thread::sleep(Duration::from_millis(300));
     };
+    let report = deploy(&bundle);
     println!("deploy: {report}");
-    assert!(report.contains("signature verified"), "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("signature verified"),
+        "{report}"
+    );
     let (lines, _) = run_ok(
         kestrel(&cache)
             .args([
@@ -170,10 +179,6 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
             ])
             .env("RUST_LOG", "warn"),
     );
-    stop.store(true, Ordering::SeqCst);
-    for p in pumps {
-        p.join().unwrap();
-    }
 
     // Each telemetry line is one frame of the replay: frame i shows picture i mod n, in name order.
     let dataset = kestrel_trainer::data::annotations::load_with(&data, None, false).unwrap();
@@ -239,4 +244,80 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         "board {} vs bundle {before}",
         board.map50
     );
+
+    // Retrain the head only (another seed, the same trunk) and deploy again: only the head and
+    // the manifest cross the line, and the running agent switches between two frames.
+    let run2 = tmp.path().join("run2");
+    run_ok(
+        kestrel(&cache)
+            .args(["train", "detect", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run2)
+            .args(["--head", "grid", "--seed", "1", "--epochs", "5"])
+            .args(["--score-threshold", "0.05"])
+            .args(size),
+    );
+    let bundle2 = tmp.path().join("bundle2");
+    run_ok(
+        kestrel(&cache)
+            .arg("export")
+            .arg(&run2)
+            .arg("--out")
+            .arg(&bundle2)
+            .args(["--quantize", "all", "--sign"])
+            .arg(keys.join("kestrel.key")),
+    );
+    let id2 = kestrel_trainer::deploy::LocalBundle::open(&bundle2, true)
+        .unwrap()
+        .id;
+    let last_frame = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|t| t["frame"].as_u64())
+        .max()
+        .unwrap();
+    let report2 = deploy(&bundle2);
+    println!("retrained head: {report2}");
+    let sent = |name: &str| {
+        report2["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .map_or(0, |b| b["bytes_sent"].as_u64().unwrap())
+    };
+    assert_eq!(
+        sent("trunk.nnef.tar"),
+        0,
+        "the board has the trunk: {report2}"
+    );
+    assert!(
+        sent("head.nnef.tar") > 0 && sent("manifest.json") > 0,
+        "{report2}"
+    );
+    let (lines2, _) = run_ok(
+        kestrel(&cache)
+            .args(["monitor", "--serial", &host_tty, "--seconds", "4"])
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent kept running through the switch"
+    );
+    let frames2: Vec<u64> = lines2
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|t| t["bundle"].as_str() == Some(id2.as_str()))
+        .filter_map(|t| t["frame"].as_u64())
+        .collect();
+    assert!(!frames2.is_empty(), "no frame of {id2}:\n{lines2}");
+    assert!(
+        frames2.iter().all(|&f| f > last_frame),
+        "the frame count goes on ({last_frame} before): {frames2:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for p in pumps {
+        p.join().unwrap();
+    }
 }
