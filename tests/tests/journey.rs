@@ -321,3 +321,102 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         p.join().unwrap();
     }
 }
+
+/// Classification, as a user runs it: an ImageFolder -> `kestrel train classify` -> `kestrel
+/// export` -> `kestrel-edge run --source dir:` on the board's side; every picture gets the label
+/// `kestrel predict --run` gives it on the host, with the same probability up to the int8 head.
+#[test]
+fn pictures_to_a_classifier_that_predicts_on_the_board_as_on_the_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let data = tmp.path().join("data");
+    run_ok(
+        kestrel(&cache)
+            .args([
+                "synth",
+                "classify",
+                "--per-class",
+                "8",
+                "--size",
+                "64",
+                "--seed",
+                "9",
+            ])
+            .arg("--out")
+            .arg(&data),
+    );
+    let run = tmp.path().join("run");
+    run_ok(
+        kestrel(&cache)
+            .args(["train", "classify", "--epochs", "10", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&run),
+    );
+    let bundle = tmp.path().join("bundle");
+    run_ok(
+        kestrel(&cache)
+            .arg("export")
+            .arg(&run)
+            .arg("--out")
+            .arg(&bundle)
+            .arg("--no-sign"),
+    );
+    // The pictures the board's camera would see, in one folder.
+    let pics = tmp.path().join("pics");
+    std::fs::create_dir(&pics).unwrap();
+    for class in std::fs::read_dir(&data).unwrap() {
+        for p in std::fs::read_dir(class.unwrap().path()).unwrap() {
+            let p = p.unwrap().path();
+            std::fs::copy(&p, pics.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut names: Vec<_> = std::fs::read_dir(&pics)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let (board, _) = run_ok(
+        Command::new(bin("kestrel-edge"))
+            .args(["run", "--threads", "1", "--bundle"])
+            .arg(&bundle)
+            .arg("--source")
+            .arg(format!("dir:{}", pics.display())),
+    );
+    let (host, _) = run_ok(
+        kestrel(&cache)
+            .args(["predict", "--json", "--run"])
+            .arg(&run)
+            .args(&names),
+    );
+    let board: Vec<serde_json::Value> = board
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let host: Vec<serde_json::Value> = host
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(board.len(), names.len());
+    assert_eq!(host.len(), names.len());
+    let mut labels = std::collections::BTreeSet::new();
+    for (i, (b, h)) in board.iter().zip(&host).enumerate() {
+        assert_eq!(b["frame"].as_u64(), Some(i as u64));
+        let (bl, hl) = (&b["classification"]["label"], &h["top"][0]["label"]);
+        assert_eq!(bl, hl, "{}: board {b}, host {h}", names[i].display());
+        let (bs, hs) = (
+            b["classification"]["score"].as_f64().unwrap(),
+            h["top"][0]["score"].as_f64().unwrap(),
+        );
+        assert!(
+            (bs - hs).abs() < 0.02,
+            "{}: board {bs}, host {hs}",
+            names[i].display()
+        );
+        labels.insert(bl.to_string());
+    }
+    assert!(
+        labels.len() >= 2,
+        "a classifier that says one thing proves little: {labels:?}"
+    );
+}
