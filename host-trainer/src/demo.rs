@@ -3,7 +3,8 @@
 //! Today: fetch the weights, classify the sample photos with burn, export the frozen trunk to
 //! ONNX, run it in the edge runtime (tract) on the same photos, check both sides agree, and train
 //! a classification head on a synthetic set through the two-model approach (then fine-tune it),
-//! and a multi-object grid detector on synthetic scenes.
+//! and a multi-object grid detector on synthetic scenes; its signed bundle is deployed over a
+//! serial line to a `kestrel-edge agent` process, whose detections come back (`demo_board`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -277,6 +278,27 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
         "== 7. The edge runtime (kestrel-edge, tract) on a replayed camera video of the validation scenes"
     );
     let edge = edge_on_video(&out.join("bundle-detect"), &out.join("scenes"), out)?;
+    println!(
+        "== 8. The board: the bundle signed, deployed over a serial line to a kestrel-edge agent (a replay of validation scenes as its camera), its detections read back"
+    );
+    let scenes = crate::data::annotations::load(&out.join("scenes"), false)?;
+    let board = crate::demo_board::run(
+        &out.join("bundle-detect"),
+        &scenes.val,
+        &det.labels,
+        out,
+        &crate::progress::Bars,
+    )?;
+    println!(
+        "   {} scenes came back at {:.1} fps: mAP@0.5 {:.3} from the board, {:.3} from the same bundle on this machine; {} bytes on the line in {:.1} s; snapshot {}",
+        board.scenes,
+        board.fps,
+        board.map50,
+        board.host_map50,
+        board.bytes_sent,
+        board.deploy_seconds,
+        board.snapshot.display()
+    );
     let metrics = out.join("metrics.json");
     std::fs::write(
         &metrics,
@@ -288,6 +310,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
             "detect": det,
             "bundle": bundle,
             "edge": edge,
+            "board": board,
         }))? + "\n",
     )?;
     println!(

@@ -13,6 +13,7 @@ pub mod classify;
 pub mod cli;
 pub mod data;
 pub mod demo;
+pub mod demo_board;
 pub mod deploy;
 pub mod detect;
 pub mod doctor;

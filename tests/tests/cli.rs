@@ -163,6 +163,19 @@ fn demo_classifies_exports_and_agrees_with_the_edge_runtime() {
     let acc = metrics["classify"]["val_accuracy"].as_f64().unwrap();
     assert!(acc >= 0.7, "demo head validation accuracy {acc}");
     assert!(dir.path().join("run-classify/head.bpk").exists());
+    // The detector went to a board over a serial line and its detections came back.
+    let board = &metrics["board"];
+    assert_eq!(board["link"], "serial", "{board}");
+    assert!(board["scenes"].as_u64().unwrap() >= 20, "{board}");
+    assert!(board["bytes_sent"].as_u64().unwrap() > 100_000, "{board}");
+    assert!(board["fps"].as_f64().unwrap() > 0.0, "{board}");
+    let (on_board, here) = (
+        board["map50"].as_f64().unwrap(),
+        board["host_map50"].as_f64().unwrap(),
+    );
+    assert!(here > 0.1, "{board}");
+    assert!((on_board - here).abs() <= 0.05, "{board}");
+    assert!(dir.path().join("board-snapshot.png").is_file());
 }
 
 /// `kestrel boards` lists the built-in boards, reads the repository's board files the same way,

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kestrel_e2e::{bin, kestrel, run_ok};
-use kestrel_shared::BBox;
 use kestrel_shared::detect::Detection;
 use kestrel_shared::transport::{TTYPort, Transport, pty_pair};
+use kestrel_trainer::deploy::serial::MonitorLine;
 use kestrel_trainer::eval::{EvalInput, evaluate};
 
 /// Copies bytes both ways between two pty masters until `stop`.
@@ -188,26 +188,12 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
     let mut seen: Vec<Option<Vec<Detection>>> = vec![None; n];
     let mut fps = 0.0f64;
     for l in lines.lines() {
-        let t: serde_json::Value = serde_json::from_str(l).unwrap();
-        let frame = t["frame"].as_u64().unwrap();
-        if t["bundle"].as_str() != Some(id.as_str()) || frame == 0 {
+        let t: MonitorLine = serde_json::from_str(l).unwrap();
+        if t.bundle.as_deref() != Some(id.as_str()) || t.frame == 0 {
             continue; // before the install, or a heartbeat
         }
-        fps = t["fps"].as_f64().unwrap_or(0.0);
-        let dets = t["detections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| {
-                let b: Vec<f32> = serde_json::from_value(d["box"].clone()).unwrap();
-                Detection {
-                    class: d["class"].as_u64().unwrap() as usize,
-                    score: d["score"].as_f64().unwrap() as f32,
-                    bbox: BBox::new(b[0], b[1], b[2], b[3]),
-                }
-            })
-            .collect();
-        seen[(frame % n as u64) as usize].get_or_insert(dets);
+        fps = f64::from(t.fps);
+        seen[(t.frame % n as u64) as usize].get_or_insert(t.detections);
     }
     let covered: Vec<usize> = (0..n).filter(|&i| seen[i].is_some()).collect();
     assert!(

@@ -467,7 +467,8 @@ pub fn monitor(
         let deadline = end.map_or(step, |e| e.min(step));
         match conn.next_any(deadline)? {
             Some(Message::Telemetry(t)) => {
-                let line = telemetry_json(&t);
+                let line = serde_json::to_string(&MonitorLine::from(&t))
+                    .expect("a monitor line always serialises");
                 writeln!(out, "{line}").map_err(|e| DeployError::Link {
                     what: "writing telemetry".into(),
                     source: e,
@@ -487,15 +488,38 @@ pub fn monitor(
     Ok(printed)
 }
 
-/// One telemetry message as JSON (what `kestrel monitor` prints per line).
-pub fn telemetry_json(t: &Telemetry) -> serde_json::Value {
-    serde_json::json!({
-        "bundle": t.bundle,
-        "frame": t.frame,
-        "fps": t.fps,
-        "temperature_c": t.temperature_c,
-        "detections": t.detections.iter().map(|d| serde_json::json!({
-            "class": d.class, "score": d.score, "box": d.bbox,
-        })).collect::<Vec<_>>(),
-    })
+/// One telemetry message as `kestrel monitor` prints it, a JSON line (the one writer and reader
+/// of that format: `kestrel demo` reads its own monitor's lines back).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MonitorLine {
+    /// The bundle running.
+    pub bundle: Option<String>,
+    /// The frame's index in the board's source (0 in a heartbeat).
+    pub frame: u64,
+    /// The board's frames per second.
+    pub fps: f32,
+    /// SoC temperature, when the board has a sensor.
+    pub temperature_c: Option<f32>,
+    /// The frame's detections, boxes in the frame's pixels.
+    pub detections: Vec<kestrel_shared::Detection>,
+}
+
+impl From<&Telemetry> for MonitorLine {
+    fn from(t: &Telemetry) -> Self {
+        MonitorLine {
+            bundle: t.bundle.clone(),
+            frame: t.frame,
+            fps: t.fps,
+            temperature_c: t.temperature_c,
+            detections: t
+                .detections
+                .iter()
+                .map(|d| kestrel_shared::Detection {
+                    class: d.class as usize,
+                    score: d.score,
+                    bbox: kestrel_shared::BBox::new(d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]),
+                })
+                .collect(),
+        }
+    }
 }
