@@ -213,10 +213,13 @@ pub struct AttachedLoop {
 }
 
 /// Start the loop `args` describe for an agent (`None` when no `--source` was given).
+/// Every frame also goes to `<store>/watch.sock` for `kestrel-edge watch` (boards reached over
+/// SSH show their detections that way).
 pub fn attach(
     args: &AgentLoopArgs,
     board: Option<&kestrel_shared::Board>,
     handle: AgentHandle,
+    store: &std::path::Path,
 ) -> anyhow::Result<Option<AttachedLoop>> {
     let Some(source) = args.source.clone() else {
         return Ok(None);
@@ -243,7 +246,10 @@ pub fn attach(
         stop.clone(),
     )?;
     let state = handle.loop_state.clone();
-    let mut sinks: Vec<Box<dyn Sink + Send>> = vec![Box::new(TelemetrySink::new(handle))];
+    let mut sinks: Vec<Box<dyn Sink + Send>> = vec![
+        Box::new(TelemetrySink::new(handle)),
+        Box::new(crate::watch::WatchSink::bind(store)?),
+    ];
     if args.json {
         sinks.push(Box::new(crate::sink::JsonLines::new(std::io::stdout())));
     }

@@ -25,6 +25,7 @@ pub mod source;
 pub mod stats;
 pub mod store;
 pub mod trunk;
+pub mod watch;
 pub mod watchdog;
 
 pub use bundle::{Bundle, BundleError, BundleOptions};

@@ -43,6 +43,8 @@ enum Command {
         after_help = "Examples:\n  kestrel-edge store --store /var/lib/kestrel list --json\n  kestrel-edge store --store /var/lib/kestrel rollback"
     )]
     Store(cli::store::StoreArgs),
+    /// The running agent's detections, a JSON line per frame (what `kestrel monitor --ssh` runs).
+    Watch(cli::watch::WatchArgs),
     /// Run an exported trunk on pictures and print one JSON line per picture.
     Embed(cli::embed::EmbedArgs),
     /// Load a trunk or a bundle, optimise it, and print what tract will run.
@@ -101,6 +103,7 @@ fn run() -> anyhow::Result<()> {
             cli::agent::run(args)?
         }
         Command::Store(args) => cli::store::run(args)?,
+        Command::Watch(args) => cli::watch::run(&args)?,
         Command::Embed(mut args) => {
             args.threads = threads;
             cli::embed::run(&args)?

@@ -322,6 +322,43 @@ pub struct Telemetry {
     pub detections: Vec<WireDetection>,
 }
 
+/// One telemetry message as the host prints it, a JSON line: what `kestrel monitor` writes for a
+/// serial board and what `kestrel-edge watch` writes on a board reached over SSH (the one
+/// format of both, read back by `kestrel demo` and the tests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorLine {
+    /// The bundle running.
+    pub bundle: Option<String>,
+    /// The frame's index in the board's source (0 in a heartbeat).
+    pub frame: u64,
+    /// The board's frames per second.
+    pub fps: f32,
+    /// SoC temperature, when the board has a sensor.
+    pub temperature_c: Option<f32>,
+    /// The frame's detections, boxes in the frame's pixels.
+    pub detections: Vec<Detection>,
+}
+
+impl From<&Telemetry> for MonitorLine {
+    fn from(t: &Telemetry) -> Self {
+        MonitorLine {
+            bundle: t.bundle.clone(),
+            frame: t.frame,
+            fps: t.fps,
+            temperature_c: t.temperature_c,
+            detections: t
+                .detections
+                .iter()
+                .map(|d| Detection {
+                    class: d.class as usize,
+                    score: d.score,
+                    bbox: d.bbox.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Error codes a peer can act on; unknown codes from a newer peer are kept as [`ErrorCode::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "u16", into = "u16")]

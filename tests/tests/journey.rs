@@ -8,12 +8,13 @@
 //! /dev/ttyUSB0.
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kestrel_e2e::{bin, kestrel, run_ok};
+use kestrel_e2e::{bin, kestrel, loopback_ssh_options, run_ok, ssh_user, start_sshd};
 use kestrel_shared::detect::Detection;
 use kestrel_shared::transport::{TTYPort, Transport, pty_pair};
 use kestrel_trainer::deploy::serial::MonitorLine;
@@ -50,21 +51,33 @@ impl Drop for Agent {
     }
 }
 
-#[test]
-fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("cache");
-    let data = tmp.path().join("data");
-    let size = ["--width", "160", "--height", "120"];
+/// What the first steps leave: scenes, a trained detector's signed int8 bundle, the key and a
+/// trust list for the board.
+struct Trained {
+    cache: PathBuf,
+    data: PathBuf,
+    keys: PathBuf,
+    trust: PathBuf,
+    bundle: PathBuf,
+    id: String,
+    manifest: serde_json::Value,
+}
+
+const SIZE: [&str; 4] = ["--width", "160", "--height", "120"];
+
+/// Synthetic scenes -> `kestrel train detect` -> `kestrel keygen` -> a signed `kestrel export`.
+fn trained_detector(tmp: &Path) -> Trained {
+    let cache = tmp.join("cache");
+    let data = tmp.join("data");
     run_ok(
         kestrel(&cache)
             .args(["synth", "detect", "--preset", "multi", "--seed", "3"])
             .args(["--count", "200", "--val-count", "31"])
-            .args(size)
+            .args(SIZE)
             .arg("--out")
             .arg(&data),
     );
-    let run = tmp.path().join("run");
+    let run = tmp.join("run");
     run_ok(
         kestrel(&cache)
             .args(["train", "detect", "--data"])
@@ -83,18 +96,18 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
             // The board reports what scores at least this; the bundle's own mAP is measured from
             // the same threshold (the AP threshold), so the two numbers can be compared.
             .args(["--patience", "0", "--score-threshold", "0.05"])
-            .args(size),
+            .args(SIZE),
     );
     // A release key, and the board's trust list holding its public half.
-    let keys = tmp.path().join("keys");
+    let keys = tmp.join("keys");
     let (out, _) = run_ok(kestrel(&cache).arg("keygen").arg("--out").arg(&keys));
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix("trust line for the board: "))
         .unwrap_or_else(|| panic!("no trust line: {out}"));
-    let trust = tmp.path().join("trust");
+    let trust = tmp.join("trust");
     std::fs::write(&trust, format!("{line}\n")).unwrap();
-    let bundle = tmp.path().join("bundle");
+    let bundle = tmp.join("bundle");
     run_ok(
         kestrel(&cache)
             .arg("export")
@@ -115,6 +128,89 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         "a signed bundle: {manifest}"
     );
 
+    Trained {
+        cache,
+        data,
+        keys,
+        trust,
+        bundle,
+        id,
+        manifest,
+    }
+}
+
+/// The mAP@0.5 of the detections in monitor `lines` of bundle `id` (frame i shows picture i mod n
+/// of the held-out scenes, in name order), the pictures that came back of n, and the last fps.
+fn board_map(lines: &str, id: &str, t: &Trained) -> (f64, usize, usize, f64) {
+    let dataset = kestrel_trainer::data::annotations::load_with(&t.data, None, false).unwrap();
+    let mut val = dataset.val.clone();
+    val.sort_by(|a, b| a.path.cmp(&b.path));
+    let n = val.len();
+    let mut seen: Vec<Option<Vec<Detection>>> = vec![None; n];
+    let mut fps = 0.0f64;
+    for l in lines.lines() {
+        let m: MonitorLine = serde_json::from_str(l).unwrap();
+        if m.bundle.as_deref() != Some(id) || m.frame == 0 {
+            continue; // before the install, or a heartbeat
+        }
+        fps = f64::from(m.fps);
+        seen[(m.frame % n as u64) as usize].get_or_insert(m.detections);
+    }
+    let covered: Vec<usize> = (0..n).filter(|&i| seen[i].is_some()).collect();
+    let truth: Vec<Vec<_>> = covered.iter().map(|&i| val[i].objects.clone()).collect();
+    let ignored: Vec<Vec<_>> = covered.iter().map(|&i| val[i].ignored.clone()).collect();
+    let dets: Vec<Vec<Detection>> = covered.iter().map(|&i| seen[i].clone().unwrap()).collect();
+    let map50 = if covered.is_empty() {
+        0.0
+    } else {
+        evaluate(
+            &EvalInput {
+                ground_truth: &truth,
+                ignored: &ignored,
+                detections: &dets,
+                classes: t.manifest["labels"].as_array().unwrap().len(),
+            },
+            0.0,
+        )
+        .unwrap()
+        .map50
+    };
+    (map50, covered.len(), n, fps)
+}
+
+/// The board's mAP against the bundle's own, measured before it travelled.
+fn assert_same_map(lines: &str, t: &Trained, link: &str) {
+    let (map50, covered, n, fps) = board_map(lines, &t.id, t);
+    let before = t.manifest["metrics"]["bundle"]["map50"].as_f64().unwrap();
+    println!(
+        "board over {link}: mAP@0.5 {map50:.3} on {covered} of {n} pictures at {fps:.1} fps; the bundle before deploying: {before:.3}"
+    );
+    assert!(
+        covered * 10 >= n * 9,
+        "only {covered} of {n} pictures came back over {link}:\n{lines}"
+    );
+    assert!(
+        before > 0.05,
+        "a detector that finds nothing proves nothing"
+    );
+    assert!(
+        (map50 - before).abs() <= 0.05,
+        "board {map50} vs bundle {before} over {link}"
+    );
+}
+
+#[test]
+fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = trained_detector(tmp.path());
+    let Trained {
+        cache,
+        data,
+        keys,
+        trust,
+        bundle,
+        ..
+    } = &t;
     // The board: an agent on its end of the line, its camera a replay of the held-out scenes.
     let val_dir = data.join("images/val");
     let (agent_master, agent_slave) = pty_pair().unwrap();
@@ -129,7 +225,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
             .args(["agent", "--store"])
             .arg(&store)
             .args(["--serial", &agent_tty, "--trust"])
-            .arg(&trust)
+            .arg(trust)
             .arg("--source")
             .arg(format!("dir:{}", val_dir.display()))
             .args(["--fps", "4", "--loop", "--threads", "1"])
@@ -143,7 +239,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
     let deploy = |bundle: &std::path::Path| -> serde_json::Value {
         let start = Instant::now();
         loop {
-            let out = kestrel(&cache)
+            let out = kestrel(cache)
                 .arg("deploy")
                 .arg(bundle)
                 .args(["--serial", &host_tty, "--json"])
@@ -157,7 +253,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
             std::thread::sleep(Duration::from_millis(300));
         }
     };
-    let report = deploy(&bundle);
+    let report = deploy(bundle);
     println!("deploy: {report}");
     assert!(
         report["message"]
@@ -167,7 +263,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         "{report}"
     );
     let (lines, _) = run_ok(
-        kestrel(&cache)
+        kestrel(cache)
             .args([
                 "monitor",
                 "--serial",
@@ -180,73 +276,24 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
             .env("RUST_LOG", "warn"),
     );
 
-    // Each telemetry line is one frame of the replay: frame i shows picture i mod n, in name order.
-    let dataset = kestrel_trainer::data::annotations::load_with(&data, None, false).unwrap();
-    let mut val = dataset.val.clone();
-    val.sort_by(|a, b| a.path.cmp(&b.path));
-    let n = val.len();
-    let mut seen: Vec<Option<Vec<Detection>>> = vec![None; n];
-    let mut fps = 0.0f64;
-    for l in lines.lines() {
-        let t: MonitorLine = serde_json::from_str(l).unwrap();
-        if t.bundle.as_deref() != Some(id.as_str()) || t.frame == 0 {
-            continue; // before the install, or a heartbeat
-        }
-        fps = f64::from(t.fps);
-        seen[(t.frame % n as u64) as usize].get_or_insert(t.detections);
-    }
-    let covered: Vec<usize> = (0..n).filter(|&i| seen[i].is_some()).collect();
-    assert!(
-        covered.len() * 10 >= n * 9,
-        "only {} of {n} pictures came back:\n{lines}",
-        covered.len()
-    );
-    let truth: Vec<Vec<_>> = covered.iter().map(|&i| val[i].objects.clone()).collect();
-    let ignored: Vec<Vec<_>> = covered.iter().map(|&i| val[i].ignored.clone()).collect();
-    let dets: Vec<Vec<Detection>> = covered.iter().map(|&i| seen[i].clone().unwrap()).collect();
-    let labels = manifest["labels"].as_array().unwrap().len();
-    let board = evaluate(
-        &EvalInput {
-            ground_truth: &truth,
-            ignored: &ignored,
-            detections: &dets,
-            classes: labels,
-        },
-        0.0,
-    )
-    .unwrap();
-    let before = manifest["metrics"]["bundle"]["map50"].as_f64().unwrap();
-    println!(
-        "board: mAP@0.5 {:.3} on {} of {n} pictures at {fps:.1} fps; the bundle before deploying: {before:.3}",
-        board.map50,
-        covered.len()
-    );
-    assert!(
-        before > 0.05,
-        "a detector that finds nothing proves nothing"
-    );
-    assert!(
-        (board.map50 - before).abs() <= 0.05,
-        "board {} vs bundle {before}",
-        board.map50
-    );
+    assert_same_map(&lines, &t, "serial");
 
     // Retrain the head only (another seed, the same trunk) and deploy again: only the head and
     // the manifest cross the line, and the running agent switches between two frames.
     let run2 = tmp.path().join("run2");
     run_ok(
-        kestrel(&cache)
+        kestrel(cache)
             .args(["train", "detect", "--data"])
-            .arg(&data)
+            .arg(data)
             .arg("--out")
             .arg(&run2)
             .args(["--head", "grid", "--seed", "1", "--epochs", "5"])
             .args(["--score-threshold", "0.05"])
-            .args(size),
+            .args(SIZE),
     );
     let bundle2 = tmp.path().join("bundle2");
     run_ok(
-        kestrel(&cache)
+        kestrel(cache)
             .arg("export")
             .arg(&run2)
             .arg("--out")
@@ -283,7 +330,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         "{report2}"
     );
     let (lines2, _) = run_ok(
-        kestrel(&cache)
+        kestrel(cache)
             .args(["monitor", "--serial", &host_tty, "--seconds", "4"])
             .env("RUST_LOG", "warn"),
     );
@@ -405,4 +452,64 @@ fn pictures_to_a_classifier_that_predicts_on_the_board_as_on_the_host() {
         labels.len() >= 2,
         "a classifier that says one thing proves little: {labels:?}"
     );
+}
+
+/// The same detection journey to a board reached over SSH (an sshd on 127.0.0.1): `kestrel
+/// deploy --ssh` stores and installs the signed bundle against the board's trust list, the agent
+/// running beside switches to it, and `kestrel monitor --ssh` reads its detections back through
+/// `kestrel-edge watch`. Without sshd the test fails, unless `KESTREL_SKIP_SSHD=1`.
+#[test]
+fn the_same_detection_journey_over_ssh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = start_sshd(tmp.path()) else {
+        return;
+    };
+    let t = trained_detector(tmp.path());
+    let store = tmp.path().join("store");
+    let _agent = Agent(
+        Command::new(bin("kestrel-edge"))
+            .args(["agent", "--store"])
+            .arg(&store)
+            .arg("--trust")
+            .arg(&t.trust)
+            .arg("--source")
+            .arg(format!("dir:{}", t.data.join("images/val").display()))
+            .args(["--fps", "4", "--loop", "--threads", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let target = format!("{}@127.0.0.1:{}", ssh_user(), sshd.port);
+    let ssh = |c: &mut Command| {
+        c.args(["--ssh", &target, "--remote-bin"])
+            .arg(bin("kestrel-edge"))
+            .arg("--store")
+            .arg(&store);
+        for o in loopback_ssh_options(&sshd) {
+            c.arg("--ssh-option").arg(o);
+        }
+    };
+    let mut deploy = kestrel(&t.cache);
+    deploy
+        .arg("deploy")
+        .arg(&t.bundle)
+        .arg("--json")
+        .arg("--remote-trust")
+        .arg(&t.trust);
+    ssh(&mut deploy);
+    let (out, _) = run_ok(&mut deploy);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    println!("deploy over ssh: {report}");
+    // The board's store answers with what it installed and the key that signed it.
+    let installed: serde_json::Value =
+        serde_json::from_str(report["message"].as_str().unwrap()).unwrap();
+    assert_eq!(installed["current"], t.id.as_str(), "{report}");
+    assert!(installed["signed_by"].is_string(), "{report}");
+    // The agent notices the new current bundle on its own; then a pass of the replay and more.
+    let mut monitor = kestrel(&t.cache);
+    monitor.args(["monitor", "--seconds", "14"]);
+    ssh(&mut monitor);
+    let (lines, _) = run_ok(&mut monitor);
+    assert_same_map(&lines, &t, "ssh");
 }

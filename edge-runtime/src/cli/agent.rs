@@ -74,7 +74,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     cfg.heartbeat = Duration::from_secs_f64(args.telemetry_interval.max(0.1));
     let (mut agent, handle) = Agent::new(cfg)?;
     let board = kestrel_shared::Board::resolve(&args.board).ok();
-    let attached = crate::agent_loop::attach(&args.detect, board.as_ref(), handle.clone())?;
+    let attached =
+        crate::agent_loop::attach(&args.detect, board.as_ref(), handle.clone(), &args.store)?;
     // SIGINT / SIGTERM: stop the agent and the loop cleanly (pin low, server closed).
     let signalled = super::run::stop_on_signals()?;
     {

@@ -10,6 +10,7 @@ pub mod embed;
 pub mod info;
 pub mod run;
 pub mod store;
+pub mod watch;
 
 use std::io::IsTerminal;
 

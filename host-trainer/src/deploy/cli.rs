@@ -115,15 +115,13 @@ pub struct RollbackArgs {
 /// `kestrel monitor` arguments.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Examples:\n  kestrel monitor --serial /dev/ttyUSB0                 # telemetry lines until Ctrl-C\n  kestrel monitor --serial /dev/ttyUSB0 --count 10 > lines.jsonl"
+    after_help = "Examples:\n  kestrel monitor --serial /dev/ttyUSB0                 # telemetry lines until Ctrl-C\n  kestrel monitor --serial /dev/ttyUSB0 --count 10 > lines.jsonl\n  kestrel monitor --ssh pi@shelf-1.local --seconds 30    # through kestrel-edge watch on the board"
 )]
 pub struct MonitorArgs {
-    /// Serial device connected to the board's agent.
-    #[arg(long)]
-    pub serial: String,
-    /// Baud rate.
-    #[arg(long, default_value_t = 115_200)]
-    pub baud: u32,
+    /// The board: its serial line (telemetry), or SSH (`kestrel-edge watch` on the board reads
+    /// the agent's detection loop).
+    #[command(flatten)]
+    pub link: BoardArgs,
     /// Stop after this many telemetry messages.
     #[arg(long)]
     pub count: Option<usize>,
@@ -253,16 +251,46 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<BoardStatus> {
     Ok(status)
 }
 
-/// `kestrel monitor`.
+/// `kestrel monitor`: the board's detections as JSON lines ([`super::serial::MonitorLine`]), from
+/// its serial telemetry or, over SSH, from `kestrel-edge watch`.
 pub fn monitor(args: &MonitorArgs) -> anyhow::Result<()> {
-    let mut port = kestrel_shared::transport::open_serial(&args.serial, args.baud)?;
     let duration = args.seconds.map(Duration::from_secs_f64);
-    super::serial::monitor(
-        &mut port,
-        &mut std::io::stdout().lock(),
-        args.count,
-        duration,
-    )?;
+    match (&args.link.serial, &args.link.ssh) {
+        (Some(dev), _) => {
+            let mut port = kestrel_shared::transport::open_serial(dev, args.link.baud)?;
+            super::serial::monitor(
+                &mut port,
+                &mut std::io::stdout().lock(),
+                args.count,
+                duration,
+            )?;
+        }
+        (None, Some(target)) => {
+            let mut remote = Vec::new();
+            if let Some(c) = args.count {
+                remote.extend(["--count".to_string(), c.to_string()]);
+            }
+            if let Some(s) = args.seconds {
+                remote.extend(["--seconds".to_string(), s.to_string()]);
+            }
+            let o = args.link.ssh_options(target);
+            let status =
+                o.watch_command(&remote)?
+                    .status()
+                    .map_err(|e| super::DeployError::Ssh {
+                        what: format!("running {}", o.program),
+                        detail: e.to_string(),
+                    })?;
+            if !status.success() {
+                return Err(super::DeployError::Ssh {
+                    what: format!("kestrel-edge watch on {target}"),
+                    detail: format!("{status} (its error is above)"),
+                }
+                .into());
+            }
+        }
+        (None, None) => anyhow::bail!("say which board: --serial DEVICE or --ssh USER@HOST"),
+    }
     Ok(())
 }
 

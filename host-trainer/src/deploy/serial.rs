@@ -9,13 +9,15 @@
 //! bundle and reports its answer. Retransmission timeouts follow the baud rate: a window must
 //! have time to drain. Without a terminal the progress is a line every few seconds.
 
+/// The JSON line `kestrel monitor` prints per telemetry message.
+pub use kestrel_shared::wire::MonitorLine;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
 use kestrel_shared::transport::Transport;
 use kestrel_shared::wire::{
-    self, FileOffer, FrameDecoder, Hello, Message, PROTOCOL_VERSION, Sender, Telemetry,
+    self, FileOffer, FrameDecoder, Hello, Message, PROTOCOL_VERSION, Sender,
 };
 
 use super::link::{BoardLink, BoardStatus, InstallRequest, LineBytes};
@@ -486,40 +488,4 @@ pub fn monitor(
         }
     }
     Ok(printed)
-}
-
-/// One telemetry message as `kestrel monitor` prints it, a JSON line (the one writer and reader
-/// of that format: `kestrel demo` reads its own monitor's lines back).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct MonitorLine {
-    /// The bundle running.
-    pub bundle: Option<String>,
-    /// The frame's index in the board's source (0 in a heartbeat).
-    pub frame: u64,
-    /// The board's frames per second.
-    pub fps: f32,
-    /// SoC temperature, when the board has a sensor.
-    pub temperature_c: Option<f32>,
-    /// The frame's detections, boxes in the frame's pixels.
-    pub detections: Vec<kestrel_shared::Detection>,
-}
-
-impl From<&Telemetry> for MonitorLine {
-    fn from(t: &Telemetry) -> Self {
-        MonitorLine {
-            bundle: t.bundle.clone(),
-            frame: t.frame,
-            fps: t.fps,
-            temperature_c: t.temperature_c,
-            detections: t
-                .detections
-                .iter()
-                .map(|d| kestrel_shared::Detection {
-                    class: d.class as usize,
-                    score: d.score,
-                    bbox: kestrel_shared::BBox::new(d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]),
-                })
-                .collect(),
-        }
-    }
 }
