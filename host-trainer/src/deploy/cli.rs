@@ -274,6 +274,7 @@ pub fn monitor(args: &MonitorArgs) -> anyhow::Result<()> {
                 remote.extend(["--seconds".to_string(), s.to_string()]);
             }
             let o = args.link.ssh_options(target);
+            let remote: Vec<&str> = remote.iter().map(String::as_str).collect();
             let status =
                 o.watch_command(&remote)?
                     .status()

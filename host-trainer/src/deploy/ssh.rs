@@ -133,10 +133,9 @@ fn ssh_err(what: &str, detail: String) -> DeployError {
 }
 
 impl SshOptions {
-    /// The ssh command running `kestrel-edge watch --store DIR ARGS...` on the board: the
-    /// agent's detections as JSON lines on its stdout.
-    pub fn watch_command(&self, args: &[String]) -> Result<Command, DeployError> {
-        let mut remote = vec![quote(&self.remote_bin), "watch".into(), "--store".into()];
+    /// The ssh command running `kestrel-edge SUB --store DIR ARGS...` on the board.
+    fn edge_command(&self, sub: &str, args: &[&str]) -> Result<Command, DeployError> {
+        let mut remote = vec![quote(&self.remote_bin), sub.into(), "--store".into()];
         remote.push(quote(&self.store));
         remote.extend(args.iter().map(|a| quote(a)));
         ssh_command(
@@ -147,17 +146,15 @@ impl SshOptions {
         )
     }
 
+    /// The ssh command running `kestrel-edge watch --store DIR ARGS...` on the board: the
+    /// agent's detections as JSON lines on its stdout.
+    pub fn watch_command(&self, args: &[&str]) -> Result<Command, DeployError> {
+        self.edge_command("watch", args)
+    }
+
     /// The ssh command running `kestrel-edge store --store DIR ARGS...` on the board.
     pub fn store_command(&self, args: &[&str]) -> Result<Command, DeployError> {
-        let mut remote = vec![quote(&self.remote_bin), "store".into(), "--store".into()];
-        remote.push(quote(&self.store));
-        remote.extend(args.iter().map(|a| quote(a)));
-        ssh_command(
-            &self.program,
-            &self.target,
-            &self.options,
-            &remote.join(" "),
-        )
+        self.edge_command("store", args)
     }
 
     /// Runs a store command; its stdout on success, else an error with its stderr.
