@@ -624,6 +624,17 @@ pub fn inspect(path: &Path) -> Result<OptimizedOps, BundleError> {
             });
             continue;
         }
+        if let Some(q) = node.op_as::<crate::kernels::ops::KestrelQConv3x3>() {
+            // Kestrel's int8 3x3 convolution: the same product on patches of the codes.
+            matmuls.push(MatMulInfo {
+                node: node.name.clone(),
+                a: "I8".into(),
+                b: "U8".into(),
+                accumulator: "I32".into(),
+                kernel: format!("KestrelQConv3x3 ({})", q.isa.name()),
+            });
+            continue;
+        }
         let Some(mm) = node.op_as::<OptMatMul>() else {
             continue;
         };

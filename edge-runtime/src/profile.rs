@@ -77,6 +77,7 @@ pub fn kind_of(model: &TypedModel, node: &TypedNode) -> OpKind {
         "KestrelDepthwise3x3" | "DepthWiseConv" => return OpKind::Depthwise,
         "KestrelDense3x3" | "KestrelQDense3x3" => return OpKind::Stem,
         "KestrelPointwise" | "KestrelQPointwise" => return OpKind::Pointwise,
+        "KestrelQConv3x3" => return OpKind::OtherConv,
         "DirectSpatialConv" | "BlockedConv" | "ConvHir" | "Conv" => return conv_kind(node),
         n if is_im2col(n) => return conv_kind(node),
         _ => {}

@@ -9,6 +9,7 @@ pub mod conv3x3;
 pub mod ops;
 pub mod pass;
 pub mod qconv1x1;
+pub mod qconv3x3;
 pub mod simd;
 
 pub use pass::{PassReport, install};

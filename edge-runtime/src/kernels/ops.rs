@@ -9,6 +9,7 @@ use tract_nnef::tract_core::internal::*;
 
 use super::conv1x1::{MR, NC, Pointwise};
 use super::qconv1x1::{QIsa, QNR, QPointwise, padded};
+use super::qconv3x3::QConv3x3;
 
 /// Pixels from which a pointwise convolution's threads split the plane's columns rather than
 /// its output channels (each then reads a part of the input instead of all of it).
@@ -563,23 +564,7 @@ impl EvalOp for KestrelQPointwise {
                         Ok(())
                     },
                 )?;
-                // Threads take column ranges of every output channel.
-                let mut tiles: Vec<usize> = (0..pixels.div_ceil(QNR)).collect();
-                let base = SharedOut(out.as_mut_ptr());
-                let base = &base;
-                let codes = &codes;
-                tract_linalg::multithread::par_chunks_mut(
-                    &mut tiles,
-                    1,
-                    c.outputs * pixels * c.inputs,
-                    |first, chunk| {
-                        let cols = first * QNR..((first + chunk.len()) * QNR).min(pixels);
-                        // SAFETY: the chunks' column ranges are disjoint, and `out` is this
-                        // image's whole output.
-                        unsafe { c.run_columns(self.isa, codes, pixels, r, cols, base.0) };
-                        Ok(())
-                    },
-                )?;
+                run_q_tiles(c, self.isa, &codes, pixels, r, out)?;
             }
         }
         Ok(tvec!(output.into_tvalue()))
@@ -609,6 +594,155 @@ impl TypedOp for KestrelQPointwise {
             Cost::FMA(i8::datum_type()),
             others * (c.inputs * c.outputs)
         )))
+    }
+
+    tract_nnef::tract_core::as_op!();
+}
+
+/// Runs `conv`'s tiles over one image's quantized input `codes` (planes of `pixels`) into `out`
+/// (`[outputs, pixels]`), threads taking column ranges of every output channel.
+fn run_q_tiles(
+    conv: &QPointwise,
+    isa: QIsa,
+    codes: &[u8],
+    pixels: usize,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(out.len() == conv.outputs * pixels, "output size");
+    let mut tiles: Vec<usize> = (0..pixels.div_ceil(QNR)).collect();
+    let base = SharedOut(out.as_mut_ptr());
+    let base = &base;
+    tract_linalg::multithread::par_chunks_mut(
+        &mut tiles,
+        1,
+        conv.outputs * pixels * conv.inputs,
+        |first, chunk| {
+            let cols = first * QNR..((first + chunk.len()) * QNR).min(pixels);
+            // SAFETY: the chunks' column ranges are disjoint, and `out` is this image's whole
+            // output.
+            unsafe { conv.run_columns(isa, codes, pixels, res, cols, base.0) };
+            Ok(())
+        },
+    )
+}
+
+/// An int8 3x3 convolution on many input channels ([`QConv3x3`]: patches of int8 codes through
+/// the int8 pointwise tiles): float in, float out. It replaces tract's quantize, int8
+/// convolution, cast, rescale, bias and clamp, as a detector head's int8 bundle has them.
+#[derive(Debug, Clone)]
+pub struct KestrelQConv3x3 {
+    /// The convolution.
+    pub conv: Arc<QConv3x3>,
+    /// NCHW (true) or CHW (tract drops a batch axis of 1).
+    pub batched: bool,
+    /// The int8 path it runs with.
+    pub isa: QIsa,
+}
+
+impl PartialEq for KestrelQConv3x3 {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa && self.batched == other.batched && *self.conv == *other.conv
+    }
+}
+impl Eq for KestrelQConv3x3 {}
+
+impl Op for KestrelQConv3x3 {
+    fn name(&self) -> StaticName {
+        "KestrelQConv3x3".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let c = &self.conv;
+        Ok(vec![format!(
+            "{} -> {} channels, stride {}, input x{} + {}, clamp [{}, {}], {}",
+            c.inputs,
+            c.outputs(),
+            c.geom.stride,
+            c.gemm.quant.scale,
+            c.gemm.quant.zero_point,
+            c.gemm.clamp.lo,
+            c.gemm.clamp.hi,
+            self.isa.name()
+        )])
+    }
+
+    tract_nnef::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for KestrelQConv3x3 {
+    tract_nnef::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let c = &self.conv;
+        let g = c.geom;
+        let view = input.try_as_plain_ram()?;
+        let x = view.as_slice::<f32>()?;
+        let image = c.inputs * g.in_plane();
+        ensure!(x.len() % image == 0, "input size");
+        let n = x.len() / image;
+        let mut output =
+            unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.outputs(), &g))? };
+        let mut codes = vec![0u8; c.codes_len()];
+        let mut patches = vec![0u8; c.patches_len()];
+        {
+            let mut out_view = output.try_as_plain_ram_mut()?;
+            let out = out_view.as_slice_mut::<f32>()?;
+            let in_row = padded(g.in_plane()) * 4;
+            let out_row = padded(g.out_plane()) * 4;
+            for (i, out) in out
+                .chunks_exact_mut(c.outputs() * g.out_plane())
+                .enumerate()
+            {
+                let img = &x[i * image..(i + 1) * image];
+                tract_linalg::multithread::par_chunks_mut(
+                    &mut codes,
+                    in_row,
+                    image,
+                    |first, chunk| {
+                        c.quantize(self.isa, img, first, chunk);
+                        Ok(())
+                    },
+                )?;
+                let codes = &codes;
+                tract_linalg::multithread::par_chunks_mut(
+                    &mut patches,
+                    out_row,
+                    c.patches_len(),
+                    |first, chunk| {
+                        c.patches(self.isa, codes, first, chunk);
+                        Ok(())
+                    },
+                )?;
+                run_q_tiles(&c.gemm, self.isa, &patches, g.out_plane(), None, out)?;
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for KestrelQConv3x3 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (c, g) = (&self.conv, &self.conv.geom);
+        Ok(tvec!(output_fact(
+            inputs[0],
+            self.batched,
+            [c.inputs, g.h, g.w],
+            [c.outputs(), g.oh, g.ow],
+            "KestrelQConv3x3"
+        )?))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let n = if self.batched {
+            inputs[0].shape[0].clone()
+        } else {
+            1.into()
+        };
+        let c = &self.conv;
+        let macs = c.outputs() * c.inputs * c.geom.out_plane() * 9;
+        Ok(tvec!((Cost::FMA(i8::datum_type()), n * macs)))
     }
 
     tract_nnef::tract_core::as_op!();

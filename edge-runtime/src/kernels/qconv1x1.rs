@@ -76,6 +76,18 @@ impl QIsa {
         matches!(self, QIsa::Portable | QIsa::Vnni)
     }
 
+    /// Whether the CPU sums four int8 products per lane in one instruction (`vpdpbusd`,
+    /// `sdot`).
+    pub fn dot_product(self) -> bool {
+        matches!(self, QIsa::Vnni | QIsa::NeonDot)
+    }
+
+    /// How the tiles read the int8 code `code`: its byte, or `code + 128` where codes are
+    /// stored unsigned.
+    pub fn stored(self, code: i8) -> u8 {
+        (code as u8) ^ if self.unsigned() { 0x80 } else { 0 }
+    }
+
     /// Name for `info` and the benchmark.
     pub fn name(self) -> &'static str {
         match self {
@@ -110,17 +122,25 @@ pub struct QPointwise {
     /// four weights of output channel `p * QMR + r` for inputs `4g..4g + 4`, as one `i32`'s bytes
     /// (zero past the last channel and input).
     packed: Vec<i32>,
+    /// The same weights as the NEON tile without dot products reads them: half panel `h`
+    /// (output channels `4h..4h + 4`), pair `p` of groups, at `(h * pairs + p) * 32`: per
+    /// channel its weights for groups `2p` and `2p + 1`, each repeated in four lanes, so that
+    /// one load fills four registers with two channels' broadcast weights.
+    #[cfg(target_arch = "aarch64")]
+    packed_lanes: Vec<i32>,
     /// What the stored codes add to each output channel's sum over `(code - zero point) * w`,
     /// subtracted before the cast: `(128 + zero point) * sum(w)` for unsigned codes, `zero point *
     /// sum(w)` for signed ones (zero-padded to whole panels).
     correction: [Vec<i32>; 2],
-    /// Per output channel, `[-c, 0, -c, 0]` with `c` the signed codes' correction: where the
-    /// NEON tile without dot products starts each accumulator, so that folding its lanes
-    /// pairwise takes the correction off once.
+    /// Per output channel, `[-c, 0, -c, 0]` four times, with `c` the signed codes' correction:
+    /// where the NEON tile without dot products starts each of the channel's four accumulators
+    /// (one load per channel), so that folding its lanes pairwise takes the correction off once.
     pair_start: Vec<i32>,
     /// Per output channel: the float multiplier (input scale x weight scale) and the bias.
     scale: Vec<f32>,
     bias: Vec<f32>,
+    /// Per output channel, its bias in four lanes (one load per half panel in the NEON store).
+    bias_lanes: Vec<f32>,
     /// Applied after the residual addition.
     pub clamp: Clamp,
 }
@@ -168,21 +188,38 @@ impl QPointwise {
             correction[0][o] = a0 * sum;
             correction[1][o] = (128 + a0) * sum;
         }
-        let pair_start = correction[0].iter().flat_map(|&c| [-c, 0, -c, 0]).collect();
+        let pair_start = correction[0]
+            .iter()
+            .flat_map(|&c| [-c, 0, -c, 0].repeat(4))
+            .collect();
         let pad = |v: &[f32]| {
             let mut v = v.to_vec();
             v.resize(panels * QMR, 0.0);
             v
         };
+        let bias = pad(rescale.1);
+        #[cfg(target_arch = "aarch64")]
+        let packed_lanes = (0..panels * 2)
+            .flat_map(|h| (0..groups / 2).map(move |p| (h, p)))
+            .flat_map(|(h, p)| {
+                let (panel, r0) = (h / 2, 4 * (h % 2));
+                (r0..r0 + 4)
+                    .flat_map(move |r| [2 * p, 2 * p + 1].map(|g| (panel * groups + g) * QMR + r))
+            })
+            .flat_map(|i| [packed[i]; 4])
+            .collect();
         QPointwise {
+            #[cfg(target_arch = "aarch64")]
+            packed_lanes,
             inputs,
             outputs,
             quant,
             packed,
             correction,
             pair_start,
+            bias_lanes: bias.iter().flat_map(|&b| [b; 4]).collect(),
             scale: pad(rescale.0),
-            bias: pad(rescale.1),
+            bias,
             clamp,
         }
     }
@@ -208,24 +245,7 @@ impl QPointwise {
     /// rows of `padded(pixels) * 4` bytes): pixel `n` of group `g` holds the unsigned codes of
     /// inputs `4g..4g + 4` (128 for inputs past the last, whose weights are zero).
     pub fn quantize(&self, isa: QIsa, x: &[f32], pixels: usize, first: usize, dst: &mut [u8]) {
-        let row = padded(pixels) * 4;
-        for (i, out) in dst.chunks_exact_mut(row).enumerate() {
-            let g = first + i;
-            let rows: [Option<&[f32]>; 4] = std::array::from_fn(|j| {
-                let k = 4 * g + j;
-                (k < self.inputs).then(|| &x[k * pixels..(k + 1) * pixels])
-            });
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `QIsa::Vnni` is only chosen where the CPU has AVX-512F/BW.
-                QIsa::Vnni => unsafe { x86::quantize_group(self.quant, rows, pixels, out) },
-                #[cfg(target_arch = "aarch64")]
-                QIsa::Neon | QIsa::NeonDot => unsafe {
-                    arm::quantize_group(self.quant, rows, pixels, out)
-                },
-                _ => quantize_group(self.quant, rows, pixels, out, isa.unsigned()),
-            }
-        }
+        quantize_groups(isa, self.quant, self.inputs, x, pixels, first, dst);
     }
 
     /// Output columns `cols` (a range of whole [`QNR`] tiles, the last one may be partial) of
@@ -282,6 +302,37 @@ impl QPointwise {
 /// Pixels of a plane rounded up to whole tiles (the quantized rows' length).
 pub fn padded(pixels: usize) -> usize {
     pixels.div_ceil(QNR) * QNR
+}
+
+/// Quantizes groups `first..` of one image's `inputs` planes `x` (`[inputs, pixels]`) into `dst`
+/// (whole rows of `padded(pixels) * 4` bytes), `isa`'s way: pixel `n` of group `g` holds the
+/// codes of inputs `4g..4g + 4` (code 0 for inputs past the last), stored as
+/// [`QIsa::stored`] gives them.
+pub fn quantize_groups(
+    isa: QIsa,
+    quant: InputQuant,
+    inputs: usize,
+    x: &[f32],
+    pixels: usize,
+    first: usize,
+    dst: &mut [u8],
+) {
+    let row = padded(pixels) * 4;
+    for (i, out) in dst.chunks_exact_mut(row).enumerate() {
+        let g = first + i;
+        let rows: [Option<&[f32]>; 4] = std::array::from_fn(|j| {
+            let k = 4 * g + j;
+            (k < inputs).then(|| &x[k * pixels..(k + 1) * pixels])
+        });
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `QIsa::Vnni` is only chosen where the CPU has AVX-512F/BW.
+            QIsa::Vnni => unsafe { x86::quantize_group(quant, rows, pixels, out) },
+            #[cfg(target_arch = "aarch64")]
+            QIsa::Neon | QIsa::NeonDot => unsafe { arm::quantize_group(quant, rows, pixels, out) },
+            _ => quantize_group(quant, rows, pixels, out, isa.unsigned()),
+        }
+    }
 }
 
 /// One call's worth of work: `width` pixels from `col`, output channels of panel `panel`.
@@ -794,6 +845,77 @@ mod arm {
         };
     }
 
+    /// The twelve products and sums of [`smull_row`] for one output channel, its weights for the
+    /// two groups already broadcast in `$wa` and `$wb` (`$p`: four temporaries; accumulators
+    /// `$a0..$a3`).
+    macro_rules! smull_products {
+        ($wa:literal, $wb:literal, $p0:literal, $p1:literal, $p2:literal, $p3:literal,
+         $a0:literal, $a1:literal, $a2:literal, $a3:literal) => {
+            concat!(
+                "smull ",
+                $p0,
+                ".8h, v0.8b, ",
+                $wa,
+                ".8b\n",
+                "smull2 ",
+                $p1,
+                ".8h, v0.16b, ",
+                $wa,
+                ".16b\n",
+                "smull ",
+                $p2,
+                ".8h, v1.8b, ",
+                $wa,
+                ".8b\n",
+                "smull2 ",
+                $p3,
+                ".8h, v1.16b, ",
+                $wa,
+                ".16b\n",
+                "smlal ",
+                $p0,
+                ".8h, v2.8b, ",
+                $wb,
+                ".8b\n",
+                "smlal2 ",
+                $p1,
+                ".8h, v2.16b, ",
+                $wb,
+                ".16b\n",
+                "smlal ",
+                $p2,
+                ".8h, v3.8b, ",
+                $wb,
+                ".8b\n",
+                "smlal2 ",
+                $p3,
+                ".8h, v3.16b, ",
+                $wb,
+                ".16b\n",
+                "sadalp ",
+                $a0,
+                ".4s, ",
+                $p0,
+                ".8h\n",
+                "sadalp ",
+                $a1,
+                ".4s, ",
+                $p1,
+                ".8h\n",
+                "sadalp ",
+                $a2,
+                ".4s, ",
+                $p2,
+                ".8h\n",
+                "sadalp ",
+                $a3,
+                ".4s, ",
+                $p3,
+                ".8h\n",
+            )
+        };
+    }
+
     /// Four output channels (half a panel) x 8 pixels over `pairs` pairs of input groups, in
     /// assembly so that every value stays in a register: per pair, the two groups' codes in two
     /// `ld1` (`x`, `x + row`, each advancing two rows), then per channel its two weights
@@ -852,6 +974,199 @@ mod arm {
         }
     }
 
+    /// The operands of [`smull_store`] and [`smull_store_res`]: half a panel's whole 8-pixel
+    /// blocks, all four channels live.
+    struct HalfBlocks {
+        /// Consecutive blocks of 8 pixels.
+        blocks: usize,
+        /// The first block's codes (first group row).
+        x: *const i8,
+        /// The half panel's weights in `packed_lanes`.
+        w: *const i32,
+        /// Pairs of groups.
+        pairs: usize,
+        /// Bytes per group row.
+        row: usize,
+        /// The four channels' `pair_start`s (16 `i32`s each).
+        start: *const i32,
+        /// The four channels' multipliers.
+        scale: *const f32,
+        /// The four channels' `bias_lanes`.
+        bias: *const f32,
+        /// The clamp's bounds.
+        lo: *const f32,
+        hi: *const f32,
+        /// The first channel's first output pixel; the next channel's is `plane` bytes on.
+        out: *mut f32,
+        /// The residual at the same place as `out`, if there is one.
+        res: *const f32,
+        /// Bytes from one channel's plane to the next.
+        plane: usize,
+    }
+
+    /// The fused store of [`smull_store`]: fold the pairs, cast, rescale, bias, (residual),
+    /// clamp and store four rows of 8 floats. `$res`: the residual's four loads and additions,
+    /// or nothing.
+    macro_rules! smull_store_asm {
+        ($name:ident, $($res:literal),*) => {
+            /// Half a panel x whole 8-pixel blocks, from the codes to the stored floats in one
+            /// assembly block: per block, the accumulators start from four loads of
+            /// `pair_start`; per pair of groups, two loads of codes and two of broadcast weights
+            /// (`packed_lanes`) feed 48 products and sums (54 instructions for 256
+            /// multiply-adds, against [`smull_half`]'s 60); then the sums are folded (`addp`), cast,
+            /// multiplied by lane, biased, clamped and stored by row with post-increments
+            /// (tract's order of operations, so the result is bit for bit the same). The Rust
+            /// loop and store it replaces cost about 160 instructions per block besides the
+            /// products; this costs 72 (80 with the residual).
+            ///
+            /// # Safety
+            /// As [`smull_half`] for `x` (for every block), `w` and `pairs`; `start`, `scale`,
+            /// `bias`, `lo`, `hi` readable as [`HalfBlocks`] says; 4 rows of `8 * blocks` floats
+            /// writable from `out` (and readable from `res`) `plane` bytes apart.
+            #[inline(always)]
+            unsafe fn $name(h: &HalfBlocks) {
+                debug_assert!(h.pairs >= 1 && h.blocks >= 1, "the loops run at least once");
+                // SAFETY: as the function's contract.
+                unsafe {
+                    std::arch::asm!(
+                        "3:",
+                        "mov {xa}, {x}",
+                        "add {xb}, {x}, {row}",
+                        "mov {wa}, {w}",
+                        "mov {n}, {pairs}",
+                        "mov {st}, {start}",
+                        "mov {o}, {out}",
+                        "mov {r}, {res}",
+                        "ld1 {{v16.4s, v17.4s, v18.4s, v19.4s}}, [{st}], #64",
+                        "ld1 {{v20.4s, v21.4s, v22.4s, v23.4s}}, [{st}], #64",
+                        "ld1 {{v24.4s, v25.4s, v26.4s, v27.4s}}, [{st}], #64",
+                        "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{st}]",
+                        "2:",
+                        "ld1 {{v0.16b, v1.16b}}, [{xa}], {step}",
+                        "ld1 {{v2.16b, v3.16b}}, [{xb}], {step}",
+                        "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{wa}], #64",
+                        smull_products!("v4", "v5", "v8", "v9", "v10", "v11", "v16", "v17", "v18", "v19"),
+                        smull_products!("v6", "v7", "v12", "v13", "v14", "v15", "v20", "v21", "v22", "v23"),
+                        "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{wa}], #64",
+                        smull_products!("v4", "v5", "v8", "v9", "v10", "v11", "v24", "v25", "v26", "v27"),
+                        smull_products!("v6", "v7", "v12", "v13", "v14", "v15", "v28", "v29", "v30", "v31"),
+                        "subs {n}, {n}, #1",
+                        "b.ne 2b",
+                        "addp v0.4s, v16.4s, v17.4s",
+                        "addp v1.4s, v18.4s, v19.4s",
+                        "addp v2.4s, v20.4s, v21.4s",
+                        "addp v3.4s, v22.4s, v23.4s",
+                        "addp v4.4s, v24.4s, v25.4s",
+                        "addp v5.4s, v26.4s, v27.4s",
+                        "addp v6.4s, v28.4s, v29.4s",
+                        "addp v7.4s, v30.4s, v31.4s",
+                        "ld1 {{v8.4s}}, [{scale}]",
+                        "ld1 {{v10.4s, v11.4s, v12.4s, v13.4s}}, [{bias}]",
+                        "scvtf v0.4s, v0.4s",
+                        "scvtf v1.4s, v1.4s",
+                        "scvtf v2.4s, v2.4s",
+                        "scvtf v3.4s, v3.4s",
+                        "scvtf v4.4s, v4.4s",
+                        "scvtf v5.4s, v5.4s",
+                        "scvtf v6.4s, v6.4s",
+                        "scvtf v7.4s, v7.4s",
+                        "fmul v0.4s, v0.4s, v8.s[0]",
+                        "fmul v1.4s, v1.4s, v8.s[0]",
+                        "fmul v2.4s, v2.4s, v8.s[1]",
+                        "fmul v3.4s, v3.4s, v8.s[1]",
+                        "fmul v4.4s, v4.4s, v8.s[2]",
+                        "fmul v5.4s, v5.4s, v8.s[2]",
+                        "fmul v6.4s, v6.4s, v8.s[3]",
+                        "fmul v7.4s, v7.4s, v8.s[3]",
+                        "fadd v0.4s, v0.4s, v10.4s",
+                        "fadd v1.4s, v1.4s, v10.4s",
+                        "fadd v2.4s, v2.4s, v11.4s",
+                        "fadd v3.4s, v3.4s, v11.4s",
+                        "fadd v4.4s, v4.4s, v12.4s",
+                        "fadd v5.4s, v5.4s, v12.4s",
+                        "fadd v6.4s, v6.4s, v13.4s",
+                        "fadd v7.4s, v7.4s, v13.4s",
+                        $($res,)*
+                        "ld1r {{v14.4s}}, [{lo}]",
+                        "ld1r {{v15.4s}}, [{hi}]",
+                        "fmax v0.4s, v0.4s, v14.4s",
+                        "fmax v1.4s, v1.4s, v14.4s",
+                        "fmax v2.4s, v2.4s, v14.4s",
+                        "fmax v3.4s, v3.4s, v14.4s",
+                        "fmax v4.4s, v4.4s, v14.4s",
+                        "fmax v5.4s, v5.4s, v14.4s",
+                        "fmax v6.4s, v6.4s, v14.4s",
+                        "fmax v7.4s, v7.4s, v14.4s",
+                        "fmin v0.4s, v0.4s, v15.4s",
+                        "fmin v1.4s, v1.4s, v15.4s",
+                        "fmin v2.4s, v2.4s, v15.4s",
+                        "fmin v3.4s, v3.4s, v15.4s",
+                        "fmin v4.4s, v4.4s, v15.4s",
+                        "fmin v5.4s, v5.4s, v15.4s",
+                        "fmin v6.4s, v6.4s, v15.4s",
+                        "fmin v7.4s, v7.4s, v15.4s",
+                        "st1 {{v0.4s, v1.4s}}, [{o}], {plane}",
+                        "st1 {{v2.4s, v3.4s}}, [{o}], {plane}",
+                        "st1 {{v4.4s, v5.4s}}, [{o}], {plane}",
+                        "st1 {{v6.4s, v7.4s}}, [{o}]",
+                        "add {x}, {x}, #32",
+                        "add {out}, {out}, #32",
+                        "add {res}, {res}, #32",
+                        "subs {blocks}, {blocks}, #1",
+                        "b.ne 3b",
+                        blocks = inout(reg) h.blocks => _,
+                        x = inout(reg) h.x => _,
+                        row = in(reg) h.row,
+                        w = in(reg) h.w,
+                        pairs = in(reg) h.pairs,
+                        start = in(reg) h.start,
+                        out = inout(reg) h.out => _,
+                        res = inout(reg) h.res => _,
+                        xa = out(reg) _,
+                        xb = out(reg) _,
+                        wa = out(reg) _,
+                        n = out(reg) _,
+                        st = out(reg) _,
+                        o = out(reg) _,
+                        r = out(reg) _,
+                        step = in(reg) 2 * h.row,
+                        scale = in(reg) h.scale,
+                        bias = in(reg) h.bias,
+                        lo = in(reg) h.lo,
+                        hi = in(reg) h.hi,
+                        plane = in(reg) h.plane,
+                        out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                        out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                        out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                        out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+                        out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                        out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                        out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                        out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                        options(nostack),
+                    );
+                }
+            }
+        };
+    }
+
+    smull_store_asm!(smull_store, "// no residual");
+    smull_store_asm!(
+        smull_store_res,
+        "ld1 {{v16.4s, v17.4s}}, [{r}], {plane}",
+        "fadd v0.4s, v0.4s, v16.4s",
+        "fadd v1.4s, v1.4s, v17.4s",
+        "ld1 {{v16.4s, v17.4s}}, [{r}], {plane}",
+        "fadd v2.4s, v2.4s, v16.4s",
+        "fadd v3.4s, v3.4s, v17.4s",
+        "ld1 {{v16.4s, v17.4s}}, [{r}], {plane}",
+        "fadd v4.4s, v4.4s, v16.4s",
+        "fadd v5.4s, v5.4s, v17.4s",
+        "ld1 {{v16.4s, v17.4s}}, [{r}]",
+        "fadd v6.4s, v6.4s, v16.4s",
+        "fadd v7.4s, v7.4s, v17.4s"
+    );
+
     /// [`QMR`] output channels x 8 pixels per step without dot products: the products of two
     /// groups of four input channels summed in 16 bits (`smull` + `smlal`: at most 2 x 128 x 127,
     /// no overflow), then pairwise into 32 bits (`sadalp`); lanes hold pairs of channels of two
@@ -865,15 +1180,51 @@ mod arm {
         let c = t.conv;
         let groups = c.groups();
         let row = padded(t.pixels) * 4;
-        for block in 0..t.width.div_ceil(8) {
-            for half in 0..2 {
+        for half in 0..2 {
+            let o = t.panel * QMR + 4 * half;
+            // Whole blocks of four live channels in one call; the rest below.
+            let fused = if c.outputs >= o + 4 { t.width / 8 } else { 0 };
+            if fused > 0 {
+                let at = o * t.pixels + t.col;
+                // SAFETY: reads inside `q` (whole padded rows, an even number of groups),
+                // `packed`, `pair_start`, `scale` and `bias_lanes` (whole panels); the blocks and
+                // the four channels are inside the plane (checked above); writes as
+                // `run_columns`. The residual's pointer is only read when there is one.
+                unsafe {
+                    let h = HalfBlocks {
+                        blocks: fused,
+                        x: t.q.as_ptr().add(t.col * 4).cast::<i8>(),
+                        w: c.packed_lanes
+                            .as_ptr()
+                            .add((2 * t.panel + half) * groups / 2 * 32),
+                        pairs: groups / 2,
+                        row,
+                        start: c.pair_start.as_ptr().add(16 * o),
+                        scale: c.scale.as_ptr().add(o),
+                        bias: c.bias_lanes.as_ptr().add(4 * o),
+                        lo: &c.clamp.lo,
+                        hi: &c.clamp.hi,
+                        out: out.add(at),
+                        res: t
+                            .res
+                            .map_or(std::ptr::null(), |r| r.as_ptr().wrapping_add(at)),
+                        plane: t.pixels * 4,
+                    };
+                    if t.res.is_some() {
+                        smull_store_res(&h);
+                    } else {
+                        smull_store(&h);
+                    }
+                }
+            }
+            for block in fused..t.width.div_ceil(8) {
+                // A plane's last pixels or a panel's last channels.
                 // SAFETY: reads inside `q` (whole padded rows, an even number of groups),
                 // `packed` (whole panels) and `pair_start` (whole panels); writes as
                 // `run_columns`.
                 unsafe {
-                    let o = t.panel * QMR + 4 * half;
                     let start: [int32x4_t; 4] =
-                        std::array::from_fn(|r| vld1q_s32(c.pair_start.as_ptr().add(4 * (o + r))));
+                        std::array::from_fn(|r| vld1q_s32(c.pair_start.as_ptr().add(16 * (o + r))));
                     let acc = smull_half(
                         t.q.as_ptr().add((t.col + 8 * block) * 4).cast::<i8>(),
                         c.packed.as_ptr().add(t.panel * groups * QMR + 4 * half),
