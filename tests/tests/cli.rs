@@ -363,3 +363,148 @@ fn help_examples_parse() {
     println!("{checked} examples parse");
     assert!(checked >= 80, "{checked}");
 }
+
+/// The path of the generated command reference, and how to regenerate it.
+const REFERENCE: &str = "docs/COMMANDS.md";
+const BLESS: &str =
+    "KESTREL_BLESS=1 cargo test -p kestrel-e2e --test cli command_reference_is_current";
+
+/// `docs/COMMANDS.md`, the reference of every command and option, is exactly what the binaries'
+/// `--help` print now: a changed option fails this test until the reference is regenerated
+/// (`KESTREL_BLESS=1` writes it), so the reference cannot drift from the code.
+#[test]
+fn command_reference_is_current() {
+    let mut commands = every_command();
+    commands.extend([("kestrel", Vec::new()), ("kestrel-edge", Vec::new())]);
+    commands.sort();
+    let title = |program: &str, sub: &[String]| {
+        std::iter::once(program.to_string())
+            .chain(sub.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut doc = format!(
+        "# Command reference\n\n\
+         Every command of `kestrel` (the workstation) and `kestrel-edge` (the board) with every \
+         option, as their `--help` prints it. Generated: `tests/tests/cli.rs` fails when this \
+         file differs from the binaries' help, and `{BLESS}` rewrites it. The README tells what \
+         the commands are for and how they fit together.\n\n"
+    );
+    for (program, sub) in &commands {
+        let name = title(program, sub);
+        let anchor = name.replace(' ', "-");
+        doc += &format!("- [`{name}`](#{anchor})\n");
+    }
+    for (program, sub) in &commands {
+        let (ok, help, err) = kestrel_e2e::run(
+            Command::new(bin(program))
+                .args(sub)
+                .arg("--help")
+                .env("COLUMNS", "100"),
+        );
+        assert!(ok, "{program} {sub:?} --help: {err}");
+        let help: String = help.lines().map(|l| format!("{}\n", l.trim_end())).collect();
+        doc += &format!("\n## {}\n\n```text\n{help}```\n", title(program, sub));
+    }
+    let path = kestrel_e2e::workspace().join(REFERENCE);
+    if std::env::var("KESTREL_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &doc).unwrap();
+        println!("wrote {} ({} commands)", path.display(), commands.len());
+        return;
+    }
+    let current = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; write it with `{BLESS}`", path.display()));
+    if current != doc {
+        let line = current
+            .lines()
+            .zip(doc.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| current.lines().count().min(doc.lines().count()));
+        panic!(
+            "{REFERENCE} differs from the binaries' --help from line {}:\n  file: {:?}\n  help: {:?}\n\
+             Regenerate it with `{BLESS}` and commit it.",
+            line + 1,
+            current.lines().nth(line).unwrap_or("<end>"),
+            doc.lines().nth(line).unwrap_or("<end>"),
+        );
+    }
+}
+
+/// Every `kestrel` and `kestrel-edge` command in the code blocks of the README and the docs parses
+/// (its arguments followed by `--help` get through clap), so a tutorial cannot show an option
+/// that no longer exists.
+#[test]
+fn documented_commands_parse() {
+    let root = kestrel_e2e::workspace();
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") && !path.ends_with(REFERENCE) {
+            files.push(path);
+        }
+    }
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut fenced = false;
+        // Code lines, continuation lines (`\` at the end) joined, with their first line number.
+        let mut lines: Vec<(usize, String)> = Vec::new();
+        let mut continued = false;
+        let mut shell = false;
+        for (n, line) in text.lines().enumerate() {
+            if let Some(tag) = line.trim_start().strip_prefix("```") {
+                fenced = !fenced;
+                // Shell blocks: untagged or tagged as a shell (not `text` diagrams or `ini`).
+                shell = fenced && ["", "sh", "bash", "shell", "console"].contains(&tag.trim());
+                continue;
+            }
+            // Indented (4 spaces) or shell-block code lines.
+            let code = match line.strip_prefix("    ") {
+                Some(code) if !fenced => code,
+                _ if shell => line,
+                _ => {
+                    continued = false;
+                    continue;
+                }
+            };
+            let (code, more) = match code.trim_end().strip_suffix('\\') {
+                Some(head) => (head, true),
+                None => (code, false),
+            };
+            match lines.last_mut() {
+                Some((_, last)) if continued => *last += &format!(" {code}"),
+                _ => lines.push((n, code.to_string())),
+            }
+            continued = more;
+        }
+        for (n, code) in &lines {
+            // A prompt or `sudo` before the command.
+            let code = code.trim_start().trim_start_matches("$ ");
+            let code = code.strip_prefix("sudo ").unwrap_or(code);
+            for command in code.split("&&") {
+                let command = command.split(['#', '>', '<', '|']).next().unwrap().trim();
+                let words: Vec<String> = command
+                    .split_whitespace()
+                    .map(|w| w.trim_matches(['\'', '"']).to_string())
+                    .collect();
+                let Some(program) = words.first() else {
+                    continue;
+                };
+                if program != "kestrel" && program != "kestrel-edge" {
+                    continue;
+                }
+                let (ok, _, err) =
+                    kestrel_e2e::run(Command::new(bin(program)).args(&words[1..]).arg("--help"));
+                assert!(
+                    ok,
+                    "{}:{}: {command:?} does not parse: {err}",
+                    file.display(),
+                    n + 1
+                );
+                checked += 1;
+            }
+        }
+    }
+    println!("{checked} documented commands parse");
+    assert!(checked >= 20, "{checked}");
+}
