@@ -65,6 +65,12 @@ cargo build -p kestrel-edge --target "$AARCH64" --all-targets
 echo "test: aarch64 build of kestrel-edge and its tests took $(($(date +%s) - start)) s"
 aarch64-linux-gnu-strip -o "$PARITY_DIR/kestrel-edge.stripped" "$TARGET_DIR/$AARCH64/debug/kestrel-edge"
 echo "test: aarch64 kestrel-edge (dev profile), stripped: $(stat -c %s "$PARITY_DIR/kestrel-edge.stripped") bytes"
+# The SSH journey with that binary as the board (under qemu as a Pi 4's core): deploy, the agent's
+# detections back through `kestrel monitor --ssh`, the same mAP as the bundle.
+start=$(date +%s)
+KESTREL_AARCH64_EDGE="$PARITY_DIR/kestrel-edge.stripped" cargo test -p kestrel-e2e --test journey -- \
+  --ignored the_ssh_journey_with_the_boards_own_binary_under_qemu
+echo "test: the SSH journey with the aarch64 agent under qemu took $(($(date +%s) - start)) s"
 # The runner in .cargo/config.toml runs each test binary under qemu-aarch64 (the Pi 4's A72).
 cargo test -p kestrel-edge -p kestrel-shared --target "$AARCH64"
 # Kestrel's NEON kernels against tract's own ops on the Pi 5's core as well.

@@ -199,6 +199,91 @@ fn assert_same_map(lines: &str, t: &Trained, link: &str) {
     );
 }
 
+/// A board on the far end of a serial line: an agent process (`program` and the arguments before
+/// `agent`: the x86 binary, or the aarch64 one under qemu) on one pty pair, with a trust list and
+/// a replay of the held-out scenes as its camera, joined by a null modem to the pty the host
+/// opens.
+struct SerialBoard {
+    agent: Agent,
+    host_tty: String,
+    stop: Arc<AtomicBool>,
+    pumps: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SerialBoard {
+    fn start(t: &Trained, store: &Path, mut program: Command) -> SerialBoard {
+        let val_dir = t.data.join("images/val");
+        let (agent_master, agent_slave) = pty_pair().unwrap();
+        let (host_master, host_slave) = pty_pair().unwrap();
+        let (agent_tty, host_tty) = (agent_slave.describe(), host_slave.describe());
+        drop((agent_slave, host_slave));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pumps = null_modem(agent_master, host_master, stop.clone());
+        let agent = Agent(
+            program
+                .args(["agent", "--store"])
+                .arg(store)
+                .args(["--serial", &agent_tty, "--trust"])
+                .arg(&t.trust)
+                .arg("--source")
+                .arg(format!("dir:{}", val_dir.display()))
+                .args(["--fps", "4", "--loop", "--threads", "1"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        SerialBoard {
+            agent,
+            host_tty,
+            stop,
+            pumps,
+        }
+    }
+
+    /// `kestrel deploy BUNDLE --serial` (retrying while the agent starts, up to `patience`): its
+    /// JSON report.
+    fn deploy(&self, t: &Trained, bundle: &Path, patience: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let out = kestrel(&t.cache)
+                .arg("deploy")
+                .arg(bundle)
+                .args(["--serial", &self.host_tty, "--json"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break serde_json::from_slice(&out.stdout).unwrap();
+            }
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(start.elapsed() < patience, "deploy: {err}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// `kestrel monitor --serial` for `seconds`: the telemetry lines.
+    fn monitor(&self, t: &Trained, seconds: u32) -> String {
+        let (lines, _) = run_ok(
+            kestrel(&t.cache)
+                .args(["monitor", "--serial", &self.host_tty, "--seconds"])
+                .arg(seconds.to_string())
+                .args(["--count", "400"])
+                .env("RUST_LOG", "warn"),
+        );
+        lines
+    }
+}
+
+impl Drop for SerialBoard {
+    fn drop(&mut self) {
+        let _ = self.agent.0.kill();
+        self.stop.store(true, Ordering::SeqCst);
+        for p in self.pumps.drain(..) {
+            let _ = p.join();
+        }
+    }
+}
+
 #[test]
 fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
     let tmp = tempfile::tempdir().unwrap();
@@ -207,52 +292,17 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         cache,
         data,
         keys,
-        trust,
         bundle,
         ..
     } = &t;
-    // The board: an agent on its end of the line, its camera a replay of the held-out scenes.
-    let val_dir = data.join("images/val");
-    let (agent_master, agent_slave) = pty_pair().unwrap();
-    let (host_master, host_slave) = pty_pair().unwrap();
-    let (agent_tty, host_tty) = (agent_slave.describe(), host_slave.describe());
-    drop((agent_slave, host_slave));
-    let stop = Arc::new(AtomicBool::new(false));
-    let pumps = null_modem(agent_master, host_master, stop.clone());
-    let store = tmp.path().join("store");
-    let mut agent = Agent(
-        Command::new(bin("kestrel-edge"))
-            .args(["agent", "--store"])
-            .arg(&store)
-            .args(["--serial", &agent_tty, "--trust"])
-            .arg(trust)
-            .arg("--source")
-            .arg(format!("dir:{}", val_dir.display()))
-            .args(["--fps", "4", "--loop", "--threads", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mut board = SerialBoard::start(
+        &t,
+        &tmp.path().join("store"),
+        Command::new(bin("kestrel-edge")),
     );
 
     // The user deploys over the line (retrying while the agent starts), then listens.
-    let deploy = |bundle: &std::path::Path| -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            let out = kestrel(cache)
-                .arg("deploy")
-                .arg(bundle)
-                .args(["--serial", &host_tty, "--json"])
-                .output()
-                .unwrap();
-            if out.status.success() {
-                break serde_json::from_slice(&out.stdout).unwrap();
-            }
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(start.elapsed() < Duration::from_secs(30), "deploy: {err}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    };
+    let deploy = |bundle: &Path| board.deploy(&t, bundle, Duration::from_secs(30));
     let report = deploy(bundle);
     println!("deploy: {report}");
     assert!(
@@ -262,20 +312,7 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
             .contains("signature verified"),
         "{report}"
     );
-    let (lines, _) = run_ok(
-        kestrel(cache)
-            .args([
-                "monitor",
-                "--serial",
-                &host_tty,
-                "--seconds",
-                "20",
-                "--count",
-                "400",
-            ])
-            .env("RUST_LOG", "warn"),
-    );
-
+    let lines = board.monitor(&t, 20);
     assert_same_map(&lines, &t, "serial");
 
     // Retrain the head only (another seed, the same trunk) and deploy again: only the head and
@@ -329,13 +366,9 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         sent("head.nnef.tar") > 0 && sent("manifest.json") > 0,
         "{report2}"
     );
-    let (lines2, _) = run_ok(
-        kestrel(cache)
-            .args(["monitor", "--serial", &host_tty, "--seconds", "4"])
-            .env("RUST_LOG", "warn"),
-    );
+    let lines2 = board.monitor(&t, 4);
     assert!(
-        agent.0.try_wait().unwrap().is_none(),
+        board.agent.0.try_wait().unwrap().is_none(),
         "the agent kept running through the switch"
     );
     let frames2: Vec<u64> = lines2
@@ -349,10 +382,6 @@ fn pictures_to_a_deployed_detector_whose_detections_come_back_over_serial() {
         frames2.iter().all(|&f| f > last_frame),
         "the frame count goes on ({last_frame} before): {frames2:?}"
     );
-    stop.store(true, Ordering::SeqCst);
-    for p in pumps {
-        p.join().unwrap();
-    }
 }
 
 /// Classification, as a user runs it: an ImageFolder -> `kestrel train classify` -> `kestrel
@@ -460,6 +489,43 @@ fn pictures_to_a_classifier_that_predicts_on_the_board_as_on_the_host() {
 /// `kestrel-edge watch`. Without sshd the test fails, unless `KESTREL_SKIP_SSHD=1`.
 #[test]
 fn the_same_detection_journey_over_ssh() {
+    ssh_journey(Path::new(&bin("kestrel-edge")), 14, "ssh");
+}
+
+/// The SSH journey with the board's own binary: `kestrel-edge` built for aarch64, run by
+/// qemu-aarch64 as a Cortex-A72 (a Pi 4's core, tract's NEON kernels and Kestrel's int8 `smull`
+/// tiles) for the agent and for every command `kestrel` runs on the board over SSH.
+/// `scripts/test.sh` builds it and runs this test with `KESTREL_AARCH64_EDGE` set. (Not over
+/// serial: qemu-user 7.2 has no `TCGETS2`, so the agent cannot set up a tty under emulation.)
+#[test]
+#[ignore = "needs the aarch64 kestrel-edge: scripts/test.sh runs it with KESTREL_AARCH64_EDGE"]
+fn the_ssh_journey_with_the_boards_own_binary_under_qemu() {
+    let edge = std::env::var("KESTREL_AARCH64_EDGE").expect(
+        "KESTREL_AARCH64_EDGE must name the aarch64 kestrel-edge (scripts/test.sh builds it)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The board's `kestrel-edge`: the aarch64 binary under emulation, as one executable.
+    let wrapper = dir.path().join("kestrel-edge");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu '{edge}' \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&wrapper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).unwrap();
+    let (ok, out, err) = kestrel_e2e::run(Command::new(&wrapper).arg("--version"));
+    assert!(ok, "the aarch64 kestrel-edge under qemu: {err}");
+    println!("board binary: {}", out.trim());
+    ssh_journey(&wrapper, 40, "ssh, the aarch64 agent under qemu");
+}
+
+/// A trained detector deployed over SSH (to the sshd on 127.0.0.1) to an agent `edge` runs, with
+/// `edge` as the board's `kestrel-edge` for every remote command; `kestrel monitor --ssh` for
+/// `seconds`, and the mAP of what came back against the bundle's own.
+fn ssh_journey(edge: &Path, seconds: u32, link: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let Some(sshd) = start_sshd(tmp.path()) else {
         return;
@@ -467,7 +533,7 @@ fn the_same_detection_journey_over_ssh() {
     let t = trained_detector(tmp.path());
     let store = tmp.path().join("store");
     let _agent = Agent(
-        Command::new(bin("kestrel-edge"))
+        Command::new(edge)
             .args(["agent", "--store"])
             .arg(&store)
             .arg("--trust")
@@ -483,7 +549,7 @@ fn the_same_detection_journey_over_ssh() {
     let target = format!("{}@127.0.0.1:{}", ssh_user(), sshd.port);
     let ssh = |c: &mut Command| {
         c.args(["--ssh", &target, "--remote-bin"])
-            .arg(bin("kestrel-edge"))
+            .arg(edge)
             .arg("--store")
             .arg(&store);
         for o in loopback_ssh_options(&sshd) {
@@ -500,7 +566,7 @@ fn the_same_detection_journey_over_ssh() {
     ssh(&mut deploy);
     let (out, _) = run_ok(&mut deploy);
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    println!("deploy over ssh: {report}");
+    println!("deploy over {link}: {report}");
     // The board's store answers with what it installed and the key that signed it.
     let installed: serde_json::Value =
         serde_json::from_str(report["message"].as_str().unwrap()).unwrap();
@@ -508,8 +574,10 @@ fn the_same_detection_journey_over_ssh() {
     assert!(installed["signed_by"].is_string(), "{report}");
     // The agent notices the new current bundle on its own; then a pass of the replay and more.
     let mut monitor = kestrel(&t.cache);
-    monitor.args(["monitor", "--seconds", "14"]);
+    monitor
+        .args(["monitor", "--seconds"])
+        .arg(seconds.to_string());
     ssh(&mut monitor);
     let (lines, _) = run_ok(&mut monitor);
-    assert_same_map(&lines, &t, "ssh");
+    assert_same_map(&lines, &t, link);
 }
