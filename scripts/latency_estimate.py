@@ -85,6 +85,25 @@ KESTREL_INSNS = {
         "cortex-a72": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 136.8e6, "mmm": 129.7e6},
         "cortex-a76": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 86.2e6, "mmm": 76.7e6},
     },
+    # 2026-12-05 (session 18): the head's int8 3x3 convolutions through Kestrel's int8 tiles (and
+    # the stem too on the A76), the A72 tile's store in assembly with pre-broadcast weights.
+    # "mmm" = int8 tiles with quantize (head included) + depthwise + stem + patches
+    # (A72: 86.9 + 13.8 + 10.6 M; A76: 57.7 + 13.8 + 2.0 M). fp32 is unchanged (12-04 rows).
+    "int8, Kestrel's kernels (12-05)": {
+        "cortex-a72": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 113.8e6, "mmm": 111.3e6},
+        "cortex-a76": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 75.9e6, "mmm": 73.5e6},
+    },
+    # The MobileNetV2 classifier (224x224, pooled, dense head), the same build and method:
+    # fp32 pointwise 83.6 + depthwise 11.1 + stem 6.1 M; int8 A72 76.4 + 11.1 + 6.9 M, A76
+    # 46.8 + 11.1 + 1.1 M.
+    "fp32 classifier (12-05)": {
+        "cortex-a72": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 104.5e6, "mmm": 100.9e6},
+        "cortex-a76": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 104.3e6, "mmm": 100.9e6},
+    },
+    "int8 classifier (12-05)": {
+        "cortex-a72": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 98.6e6, "mmm": 94.4e6},
+        "cortex-a76": {"decode": 7.9e6, "preprocess": 9.1e6, "inference": 63.2e6, "mmm": 59.0e6},
+    },
 }
 # Assumptions (docs/latency.md labels them):
 # IPC of JPEG decode / resize code (integer-heavy, little SIMD): A72 1.0-1.5, A76 1.5-2.5.
@@ -92,7 +111,9 @@ OVERHEAD_IPC = {"pi4": (1.0, 1.25, 1.5), "pi5": (1.5, 2.0, 2.5)}
 # Speed-up of the inference from 1 to 3 threads (low, point, high).
 THREAD3 = {"fp32": (1.3, 1.45, 1.6), "int8": (1.1, 1.25, 1.4), "fp32 trunk + int8 head": (1.3, 1.45, 1.6),
            "fp32, Kestrel's kernels": (1.3, 1.45, 1.6), "fp32, Kestrel's kernels (12-04)": (1.3, 1.45, 1.6),
-           "int8, Kestrel's kernels (12-04)": (1.3, 1.45, 1.6)}
+           "int8, Kestrel's kernels (12-04)": (1.3, 1.45, 1.6),
+           "int8, Kestrel's kernels (12-05)": (1.3, 1.45, 1.6),
+           "fp32 classifier (12-05)": (1.3, 1.45, 1.6), "int8 classifier (12-05)": (1.3, 1.45, 1.6)}
 # Frame rate from 1 to 3 frames in flight (one core each, decode included): x86 measured 1.72-1.76x
 # on 2 frames / 2 cores (0.86-0.88 per core); a Pi's memory (1 MB L2 on the Pi 4) may take more.
 FLIGHT3 = (2.0, 2.4, 2.7)
