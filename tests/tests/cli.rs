@@ -403,7 +403,10 @@ fn command_reference_is_current() {
                 .env("COLUMNS", "100"),
         );
         assert!(ok, "{program} {sub:?} --help: {err}");
-        let help: String = help.lines().map(|l| format!("{}\n", l.trim_end())).collect();
+        let help: String = help
+            .lines()
+            .map(|l| format!("{}\n", l.trim_end()))
+            .collect();
         doc += &format!("\n## {}\n\n```text\n{help}```\n", title(program, sub));
     }
     let path = kestrel_e2e::workspace().join(REFERENCE);
