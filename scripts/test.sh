@@ -10,9 +10,14 @@ skips() { env | grep -E '^KESTREL_(SKIP_[A-Z0-9_]+|PARITY_SKIP)=' | sort | tr '\
 SKIPS="$(skips)"
 echo "test: skipped on request: ${SKIPS:-nothing}"
 cargo build --workspace --all-targets
+# The binaries of that build. `cargo run -p` or `cargo test -p` would build the dependencies again
+# with the one package's features (cargo's resolver 2), minutes more on a fresh machine.
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+KESTREL="$TARGET_DIR/debug/kestrel"
+EDGE="$TARGET_DIR/debug/kestrel-edge"
 # The tests use the same weights cache as `kestrel`; fetch once up front so a failure is reported
 # plainly instead of inside a test.
-cargo run -q -p kestrel-trainer --bin kestrel -- --quiet fetch-weights
+"$KESTREL" --quiet fetch-weights
 # The trainer needs only the inference core of kestrel-edge (this build of it, alone, has no board
 # I/O): no camera, live view, GPIO or mozjpeg crate may creep back into its dependencies.
 if cargo tree -p kestrel-trainer -e normal --prefix none \
@@ -34,32 +39,31 @@ echo "test: wgpu backend against flex (feature build included) took $(($(date +%
 # output of the x86 `kestrel-edge embed --values` on the sample photos
 # (edge-runtime/tests/aarch64_parity.rs explains the protocol).
 AARCH64=aarch64-unknown-linux-gnu
-TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 PARITY_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kestrel-parity.XXXXXX")"
 trap 'rm -rf "$PARITY_DIR"' EXIT
-cargo run -q -p kestrel-trainer --bin kestrel -- --quiet export-trunk --cut features.2 \
+"$KESTREL" --quiet export-trunk --cut features.2 \
   --out "$PARITY_DIR/trunk" >/dev/null
-cargo run -q -p kestrel-edge --bin kestrel-edge -- embed --values --trunk "$PARITY_DIR/trunk" \
+"$EDGE" embed --values --trunk "$PARITY_DIR/trunk" \
   "$PWD/host-trainer/assets/chelsea.png" "$PWD/host-trainer/assets/coffee.png" \
   >"$PARITY_DIR/reference.jsonl"
 # A small detector as fp32 and int8 bundles, JPEG frames, and the x86 runtime's detections on them.
-cargo run -q -p kestrel-trainer --bin kestrel -- --quiet synth detect --preset multi --seed 2 \
+"$KESTREL" --quiet synth detect --preset multi --seed 2 \
   --count 40 --val-count 8 --width 160 --height 120 --out "$PARITY_DIR/scenes" >/dev/null
-cargo run -q -p kestrel-trainer --bin kestrel -- --quiet train detect --data "$PARITY_DIR/scenes" \
+"$KESTREL" --quiet train detect --data "$PARITY_DIR/scenes" \
   --width 160 --height 120 --epochs 3 --out "$PARITY_DIR/run" >/dev/null
-cargo run -q -p kestrel-trainer --bin kestrel -- --quiet export "$PARITY_DIR/run" --quantize none \
+"$KESTREL" --quiet export "$PARITY_DIR/run" --quantize none \
   --out "$PARITY_DIR/bundle" >/dev/null
-cargo run -q -p kestrel-trainer --bin kestrel -- --quiet export "$PARITY_DIR/run" --quantize all \
+"$KESTREL" --quiet export "$PARITY_DIR/run" --quantize all \
   --calibration 8 --out "$PARITY_DIR/bundle-int8" >/dev/null
-cargo run -q -p kestrel-edge --bin kestrel-edge -- capture --label frames --count 8 \
+"$EDGE" capture --label frames --count 8 \
   --out "$PARITY_DIR" --source "dir:$PARITY_DIR/scenes/images/val" 2>/dev/null
 for b in bundle bundle-int8; do
-  cargo run -q -p kestrel-edge --bin kestrel-edge -- run --bundle "$PARITY_DIR/$b" \
+  "$EDGE" run --bundle "$PARITY_DIR/$b" \
     --source "dir:$PARITY_DIR/frames" --score-threshold 0 >"$PARITY_DIR/$b-reference.jsonl"
 done
 export KESTREL_PARITY_DIR="$PARITY_DIR"
 # On x86 the parity test is ignored by default; run it here to check the reference itself.
-cargo test -q -p kestrel-edge --test aarch64_parity -- --include-ignored
+cargo test -q --workspace --test aarch64_parity -- --include-ignored
 start=$(date +%s)
 cargo build -p kestrel-edge --target "$AARCH64" --all-targets
 echo "test: aarch64 build of kestrel-edge and its tests took $(($(date +%s) - start)) s"
@@ -68,7 +72,7 @@ echo "test: aarch64 kestrel-edge (dev profile), stripped: $(stat -c %s "$PARITY_
 # The SSH journey with that binary as the board (under qemu as a Pi 4's core): deploy, the agent's
 # detections back through `kestrel monitor --ssh`, the same mAP as the bundle.
 start=$(date +%s)
-KESTREL_AARCH64_EDGE="$PARITY_DIR/kestrel-edge.stripped" cargo test -p kestrel-e2e --test journey -- \
+KESTREL_AARCH64_EDGE="$PARITY_DIR/kestrel-edge.stripped" cargo test --workspace --test journey -- \
   --ignored the_ssh_journey_with_the_boards_own_binary_under_qemu
 echo "test: the SSH journey with the aarch64 agent under qemu took $(($(date +%s) - start)) s"
 # The runner in .cargo/config.toml runs each test binary under qemu-aarch64 (the Pi 4's A72).

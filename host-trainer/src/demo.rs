@@ -238,6 +238,7 @@ pub fn run(pretrained: &Pretrained, cut: CutPoint, out: &Path) -> anyhow::Result
             dropout: 0.0,
             objectness: Default::default(),
             lr_schedule: Default::default(),
+            single_form: Default::default(),
         },
         decode: DecodeSettings {
             score_threshold: 0.3,

@@ -314,6 +314,7 @@ mod tests {
                 dropout: 0.0,
                 objectness: Default::default(),
                 lr_schedule: Default::default(),
+                single_form: Default::default(),
             },
             decode: DecodeSettings {
                 score_threshold: 0.3,

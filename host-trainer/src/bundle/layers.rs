@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 
 use crate::classify::finetune::TopModel;
 use crate::classify::head::Head;
-use crate::detect::heads::{GridHead, SingleHead};
+use crate::detect::heads::{ATTENTION_CHANNELS, AttentionHead, GridHead, SingleHead};
 use crate::mobilenet::{ConvBn, InvertedResidual, MobileNetV2};
 use crate::onnx::fold_batchnorm;
 
@@ -97,6 +97,15 @@ pub enum Layer {
     Flatten,
     /// Multiplication by a constant.
     Scale(f32),
+    /// `[N, C, H, W] -> [N, K]` ([`AttentionHead`]): the 1x1 convolution `out` gives `1 + K`
+    /// channels per cell; the softmax over the `H * W` cells of channel 0 weighs the other `K`
+    /// channels plus `base` (`[K, H * W]`), summed over the cells.
+    AttentionPool {
+        /// The output convolution (a [`Layer::Conv`] with `1 + K` output channels).
+        out: Box<Layer>,
+        /// Values added to each cell's channels before the weighted sum, `[K, H * W]` row-major.
+        base: Vec<f32>,
+    },
 }
 
 /// A network as a list of layers.
@@ -114,6 +123,7 @@ impl Net {
                 match l {
                     Layer::Conv(_) | Layer::Dense(_) => out.push(l),
                     Layer::Residual(inner) => walk(inner, out),
+                    Layer::AttentionPool { out: conv, .. } => walk(std::slice::from_ref(conv), out),
                     _ => {}
                 }
             }
@@ -283,6 +293,21 @@ pub fn single_head(h: &SingleHead, first: usize) -> Net {
     layers.push(dense("head.hidden", &h.hidden, Activation::Relu));
     layers.push(dense("head.out", &h.out, Activation::None));
     layers.push(Layer::Scale(h.scale as f32));
+    Net { layers }
+}
+
+/// The single-object head as attention over the cells of a `hw` map (tuned blocks
+/// `features.{first}..` first, if any).
+pub fn attention_head(h: &AttentionHead, first: usize, hw: [usize; 2]) -> Net {
+    let mut layers = blocks(first, &h.blocks);
+    layers.push(conv("head.conv1", &h.conv1, Activation::Relu));
+    layers.push(conv("head.conv2", &h.conv2, Activation::Relu));
+    debug_assert_eq!(h.out.weight.dims()[0], ATTENTION_CHANNELS);
+    layers.push(Layer::AttentionPool {
+        out: Box::new(conv("head.out", &h.out, Activation::None)),
+        base: h.cell_base(hw[0], hw[1]),
+    });
+    layers.push(Layer::Scale(h.width as f32));
     Net { layers }
 }
 

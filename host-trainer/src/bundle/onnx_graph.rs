@@ -110,6 +110,10 @@ impl Emitter<'_> {
     fn tap(&mut self, layer: &str, x: &str) {
         if let Some(taps) = &mut self.taps {
             let name = format!("{TAP_PREFIX}{layer}");
+            // A layer written as two convolutions (an attention pool's output) is tapped once.
+            if taps.contains(&name) {
+                return;
+            }
             self.g.node_into("Identity", &[x], &name, vec![]);
             taps.push(name);
         }
@@ -212,6 +216,47 @@ impl Emitter<'_> {
         self.act(y, d.act)
     }
 
+    /// An int64 vector constant (shapes, axes, slice bounds).
+    fn ints(&mut self, prefix: &str, v: &[i64]) -> String {
+        let raw = v.iter().flat_map(|i| i.to_le_bytes()).collect();
+        self.g.initializer(prefix, &[v.len()], DataType::Int64, raw)
+    }
+
+    /// [`Layer::AttentionPool`] in ops every runtime and tract's NNEF writer know: the output
+    /// convolution as two (the logit's row, the other rows; one name, so one quantization and one
+    /// calibration tap), each reshaped to `[N, channels, H * W]`, Softmax over the cells, Add of
+    /// the base, Mul, ReduceSum (opset 13).
+    fn attention_pool(&mut self, x: &str, out: &Layer, base: &[f32]) -> String {
+        let Layer::Conv(c) = out else {
+            unreachable!("an attention pool's output layer is a convolution")
+        };
+        let per: usize = c.dims[1..].iter().product();
+        let rows = |r: std::ops::Range<usize>| Conv {
+            weight: c.weight[r.start * per..r.end * per].to_vec(),
+            dims: [r.len(), c.dims[1], c.dims[2], c.dims[3]],
+            bias: c.bias[r].to_vec(),
+            ..c.clone()
+        };
+        let k = c.out_channels() - 1;
+        let logits = self.conv(x, &rows(0..1));
+        let values = self.conv(x, &rows(1..k + 1));
+        let shape = self.ints("shape", &[0, 0, -1]);
+        let logits = self.g.node("Reshape", &[&logits, &shape], vec![]);
+        let values = self.g.node("Reshape", &[&values, &shape], vec![]);
+        let weights = self
+            .g
+            .node("Softmax", &[&logits], vec![("axis", Attr::Int(2))]);
+        let b = self.g.constant("cell_base", &[1, k, base.len() / k], base);
+        let placed = self.g.node("Add", &[&values, &b], vec![]);
+        let weighted = self.g.node("Mul", &[&placed, &weights], vec![]);
+        let axes = self.ints("axes", &[2]);
+        self.g.node(
+            "ReduceSum",
+            &[&weighted, &axes],
+            vec![("keepdims", Attr::Int(0))],
+        )
+    }
+
     fn layers(&mut self, mut x: String, layers: &[Layer]) -> String {
         for l in layers {
             x = match l {
@@ -230,6 +275,7 @@ impl Emitter<'_> {
                     let k = self.g.constant("k", &[], &[*s]);
                     self.g.node("Mul", &[&x, &k], vec![])
                 }
+                Layer::AttentionPool { out, base } => self.attention_pool(&x, out, base),
             };
         }
         x

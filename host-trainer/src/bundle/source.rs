@@ -181,6 +181,11 @@ fn open_detector(pretrained: &Pretrained, run: &Path, cache: &Path) -> anyhow::R
     let kind = o.train.head;
     let (head, head_output, grid) = match &d.head {
         DetectHead::Single(h) => (layers::single_head(h, first), vec![1, 5], None),
+        DetectHead::Attention(h) => (
+            layers::attention_head(h, first, [out[2], out[3]]),
+            vec![1, 5],
+            None,
+        ),
         DetectHead::Grid(h, spec) => (
             layers::grid_head(h, first),
             vec![1, spec.channels(), out[2], out[3]],

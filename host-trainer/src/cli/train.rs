@@ -11,6 +11,7 @@ use crate::classify::train::TrainDefaults;
 use crate::classify::{
     ClassifyOptions, HeadKind, LrSchedule, OptimizerKind, TrainConfig, train_classify,
 };
+use crate::detect::heads::SingleForm;
 use crate::detect::loss::Objectness;
 use crate::detect::run::{DetectOptions, train_detect};
 use crate::detect::train::{
@@ -246,6 +247,10 @@ pub struct DetectArgs {
     /// object centres only (FOMO-style).
     #[arg(long, value_enum, default_value_t = DetectHeadKind::Grid)]
     pub head: DetectHeadKind,
+    /// Form of the single head: attention (a box per cell of the map, averaged by softmax
+    /// attention over the cells) or dense (the book's: flatten, dense, dense 5).
+    #[arg(long, value_enum, default_value_t = SingleForm::Attention)]
+    pub single_form: SingleForm,
     /// Model input width (default 224 for single, 320 otherwise); pictures are stretched to it.
     #[arg(long)]
     pub width: Option<u32>,
@@ -286,7 +291,7 @@ pub struct DetectArgs {
 impl DetectArgs {
     /// The run's options, the head's defaults applied.
     pub fn options(&self) -> DetectOptions {
-        let d = DetectDefaults::of(self.head);
+        let d = DetectDefaults::of(self.head, self.single_form);
         let t = &self.train;
         let r = t.resolve(&d.train);
         DetectOptions {
@@ -310,6 +315,7 @@ impl DetectArgs {
                 dropout: self.dropout,
                 objectness: self.objectness,
                 lr_schedule: r.lr_schedule,
+                single_form: self.single_form,
             },
             decode: DecodeSettings {
                 score_threshold: self.score_threshold,

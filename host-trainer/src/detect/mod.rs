@@ -6,6 +6,6 @@ pub mod loss;
 pub mod run;
 pub mod train;
 
-pub use heads::{GridConfig, GridHead, SingleHead};
+pub use heads::{AttentionHead, GridConfig, GridHead, SingleForm, SingleHead};
 pub use run::{DetectOptions, DetectScores, DetectSummary, TrainedDetector, train_detect};
 pub use train::{DetectHead, DetectHeadKind, DetectTrainConfig, FeatureSet};

@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::heads::{GridConfig, SingleHead};
+use super::heads::{AttentionHead, GridConfig, SingleForm, SingleHead};
 use super::train::{
     DecodeSettings, DetectData, DetectFineTune, DetectHead, DetectHeadKind, DetectTrainConfig,
     FeatureSet, Watch, decode, feature_maps, fine_tune_detect_head, raw_outputs, to_input,
@@ -167,7 +167,7 @@ pub fn scores(
         opts.decode.score_threshold,
     )?;
     let (mean_iou, class_accuracy) = match head {
-        DetectHead::Single(_) => {
+        DetectHead::Single(_) | DetectHead::Attention(_) => {
             let (iou, acc) = single_object_scores(&set.objects, &dets);
             (Some(iou), Some(acc))
         }
@@ -603,6 +603,7 @@ pub fn to_picture(
 fn save_head(head: &DetectHead, path: &Path) -> anyhow::Result<()> {
     match head {
         DetectHead::Single(h) => crate::checkpoint::save(h.as_ref(), path),
+        DetectHead::Attention(h) => crate::checkpoint::save(h.as_ref(), path),
         DetectHead::Grid(h, _) => crate::checkpoint::save(h.as_ref(), path),
     }
 }
@@ -656,8 +657,8 @@ impl TrainedDetector {
                 path.display()
             )
         };
-        let head = match options.train.head {
-            DetectHeadKind::Single => {
+        let head = match (options.train.head, options.train.single_form) {
+            (DetectHeadKind::Single, SingleForm::Dense) => {
                 let mut h = SingleHead::new(
                     cut_chw.iter().product(),
                     options.train.units,
@@ -669,7 +670,19 @@ impl TrainedDetector {
                 h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
                 DetectHead::Single(Box::new(h))
             }
-            kind => {
+            (DetectHeadKind::Single, SingleForm::Attention) => {
+                let mut h = AttentionHead::new(
+                    cut_chw[0],
+                    options.train.units,
+                    (options.width, options.height),
+                    &mut rng,
+                    &device,
+                );
+                h.blocks = blocks;
+                h.load_from(&mut store).map_err(|e| bad(e.to_string()))?;
+                DetectHead::Attention(Box::new(h))
+            }
+            (kind, _) => {
                 let spec = kestrel_shared::decode::GridSpec {
                     classes: labels.len(),
                     stride: options.cut.stride(),

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::heads::{GridConfig, GridHead, SingleHead};
+use super::heads::{AttentionHead, GridConfig, GridHead, SingleForm, SingleHead};
 use super::loss::{GridTargets, Objectness, book_loss, book_target, grid_loss};
 use crate::checkpoint::{CheckpointError, FitCheckpoints};
 use crate::classify::embed::{EmbeddingCache, Skipped, embed_samples};
@@ -51,11 +51,12 @@ pub struct DetectDefaults {
 }
 
 impl DetectDefaults {
-    /// The defaults of `head`: the book's single head works on 224x224 pictures with a dense 200
-    /// layer (unstable at 1e-3, hence 3e-4) and sees each scene anywhere in the picture (shift 64
-    /// cells), since its dense layer otherwise meets each position only a few times; grid heads
-    /// are convolutional and need no shift.
-    pub fn of(head: DetectHeadKind) -> Self {
+    /// The defaults of `head` (and, for the single head, its form): the single head works on
+    /// 224x224 pictures and sees each scene anywhere in the picture (shift 64 cells), which the
+    /// dense form needs since its dense layer otherwise meets each position only a few times (its
+    /// dense 200 is unstable at 1e-3, hence 3e-4); the attention form is convolutional, 64 wide
+    /// like the grid head, and keeps the shift as augmentation. Grid heads need no shift.
+    pub fn of(head: DetectHeadKind, form: SingleForm) -> Self {
         let train = TrainDefaults {
             lr: 1e-3,
             lr_schedule: LrSchedule::Constant,
@@ -65,15 +66,22 @@ impl DetectDefaults {
             fine_tune_epochs: 10,
             fine_tune_lr_divisor: 10.0,
         };
-        match head {
-            DetectHeadKind::Single => DetectDefaults {
+        match (head, form) {
+            (DetectHeadKind::Single, SingleForm::Dense) => DetectDefaults {
                 width: 224,
                 height: 224,
                 units: 200,
                 shift_cells: 64,
                 train: TrainDefaults { lr: 3e-4, ..train },
             },
-            DetectHeadKind::Grid | DetectHeadKind::Centroids => DetectDefaults {
+            (DetectHeadKind::Single, SingleForm::Attention) => DetectDefaults {
+                width: 224,
+                height: 224,
+                units: 64,
+                shift_cells: 64,
+                train,
+            },
+            (DetectHeadKind::Grid | DetectHeadKind::Centroids, _) => DetectDefaults {
                 width: 320,
                 height: 240,
                 units: 64,
@@ -118,6 +126,9 @@ pub struct DetectTrainConfig {
     /// Learning-rate schedule of both phases.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Form of the single-object head (runs written before the choice used the book's dense head).
+    #[serde(default = "SingleForm::legacy")]
+    pub single_form: SingleForm,
 }
 
 /// Feature maps of a set of annotated pictures, with their objects in model-input pixels.
@@ -301,11 +312,13 @@ fn pick_shift(
     )
 }
 
-/// A trained detection head of either kind.
+/// A trained detection head of any kind.
 #[derive(Debug)]
 pub enum DetectHead {
     /// The book's head.
     Single(Box<SingleHead>),
+    /// The single-object head as attention over cells (same outputs as the book's).
+    Attention(Box<AttentionHead>),
     /// A grid head (boxes or centroids).
     Grid(Box<GridHead>, GridSpec),
 }
@@ -323,6 +336,11 @@ pub fn raw_outputs(
         let input = stack_maps(x, chunk, chw, device);
         let flat: Vec<f32> = match head {
             DetectHead::Single(h) => h
+                .forward(input)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32"),
+            DetectHead::Attention(h) => h
                 .forward(input)
                 .into_data()
                 .try_to_vec::<f32>()
@@ -359,7 +377,7 @@ pub fn decode(
     settings: &DecodeSettings,
 ) -> Vec<Detection> {
     match head {
-        DetectHead::Single(_) => {
+        DetectHead::Single(_) | DetectHead::Attention(_) => {
             let r: [f32; 5] = raw.try_into().expect("five outputs");
             vec![decode_single(&r, input_size.0 as f32)]
         }
@@ -390,6 +408,10 @@ pub fn mean_loss(
         let input = stack_maps(&set.x, chunk, chw, device);
         let l = match head {
             DetectHead::Single(h) => book_loss(
+                h.forward(input),
+                single_targets(&set.objects, chunk, size, device),
+            ),
+            DetectHead::Attention(h) => book_loss(
                 h.forward(input),
                 single_targets(&set.objects, chunk, size, device),
             ),
@@ -457,15 +479,20 @@ pub fn train_detect_head(
     let (chw, input_size) = (data.chw, data.input_size);
     let ad = device.clone().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let head = match cfg.head {
-        DetectHeadKind::Single => DetectHead::Single(Box::new(SingleHead::new(
-            chw.iter().product(),
-            cfg.units,
-            input_size.0 as f64,
-            &mut rng,
-            &ad,
-        ))),
-        DetectHeadKind::Grid | DetectHeadKind::Centroids => {
+    let head = match (cfg.head, cfg.single_form) {
+        (DetectHeadKind::Single, SingleForm::Dense) => {
+            DetectHead::Single(Box::new(SingleHead::new(
+                chw.iter().product(),
+                cfg.units,
+                input_size.0 as f64,
+                &mut rng,
+                &ad,
+            )))
+        }
+        (DetectHeadKind::Single, SingleForm::Attention) => DetectHead::Attention(Box::new(
+            AttentionHead::new(chw[0], cfg.units, input_size, &mut rng, &ad),
+        )),
+        (DetectHeadKind::Grid | DetectHeadKind::Centroids, _) => {
             let spec = GridSpec {
                 classes,
                 stride,
@@ -535,6 +562,10 @@ pub fn fine_tune_detect_head(
             h.blocks = blocks.clone();
             DetectHead::Single(Box::new(h.fork(&ad).train().map(&mut RunningStats)))
         }
+        DetectHead::Attention(mut h) => {
+            h.blocks = blocks.clone();
+            DetectHead::Attention(Box::new(h.fork(&ad).train().map(&mut RunningStats)))
+        }
         DetectHead::Grid(mut h, spec) => {
             h.blocks = blocks.clone();
             DetectHead::Grid(Box::new(h.fork(&ad).train().map(&mut RunningStats)), spec)
@@ -587,40 +618,38 @@ fn fit_head(
         dropout: 0.0,
         ..aug
     };
+    let mut single = SingleFit {
+        train,
+        val,
+        chw,
+        aug,
+        size,
+        objectness,
+        ad,
+        device,
+        score,
+    };
     match head {
-        DetectHead::Single(head) => {
-            let Fitted {
-                model,
-                history,
-                best_epoch,
-            } = fit_batches(
-                settings,
-                FitStart {
-                    model: *head,
-                    rng,
-                    start_is_candidate,
-                    checkpoints,
-                },
-                train.x.len(),
-                &mut |m: &SingleHead, idx, rng| {
-                    let (x, objects) = shifted_batch(train, idx, chw, &aug, rng, ad);
-                    let all: Vec<usize> = (0..idx.len()).collect();
-                    BatchLoss {
-                        loss: book_loss(m.forward(x), single_targets(&objects, &all, size, ad)),
-                        hits: None,
-                    }
-                },
-                &mut |m: &SingleHead| {
-                    let h = DetectHead::Single(Box::new(m.clone()));
-                    (
-                        mean_loss(&h, val, chw, size, objectness, device),
-                        score(&h, val),
-                    )
-                },
-                on_epoch,
-            )?;
-            Ok((DetectHead::Single(Box::new(model)), history, best_epoch))
-        }
+        DetectHead::Single(head) => single.fit(
+            settings,
+            FitStart {
+                model: *head,
+                rng,
+                start_is_candidate,
+                checkpoints,
+            },
+            on_epoch,
+        ),
+        DetectHead::Attention(head) => single.fit(
+            settings,
+            FitStart {
+                model: *head,
+                rng,
+                start_is_candidate,
+                checkpoints,
+            },
+            on_epoch,
+        ),
         DetectHead::Grid(head, spec) => {
             let Fitted {
                 model,
@@ -648,13 +677,98 @@ fn fit_head(
                     let h = DetectHead::Grid(Box::new(m.clone()), spec);
                     (
                         mean_loss(&h, val, chw, size, objectness, device),
-                        score(&h, val),
+                        (single.score)(&h, val),
                     )
                 },
                 on_epoch,
             )?;
             Ok((DetectHead::Grid(Box::new(model), spec), history, best_epoch))
         }
+    }
+}
+
+/// A single-object head of either form, as the shared loop trains it: `[N, 5]` in input pixels.
+trait FiveOutputs: Module + Clone {
+    fn five(&self, x: Tensor<4>) -> Tensor<2>;
+    fn into_head(self) -> DetectHead;
+}
+
+impl FiveOutputs for SingleHead {
+    fn five(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward(x)
+    }
+    fn into_head(self) -> DetectHead {
+        DetectHead::Single(Box::new(self))
+    }
+}
+
+impl FiveOutputs for AttentionHead {
+    fn five(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward(x)
+    }
+    fn into_head(self) -> DetectHead {
+        DetectHead::Attention(Box::new(self))
+    }
+}
+
+/// What the loop of a single-object head reads: the sets, the augmentation, the book's loss.
+struct SingleFit<'a, 'w> {
+    train: &'a FeatureSet,
+    val: &'a FeatureSet,
+    chw: [usize; 3],
+    aug: Augment,
+    size: f32,
+    objectness: Objectness,
+    ad: &'a Device,
+    device: &'a Device,
+    score: &'w mut dyn FnMut(&DetectHead, &FeatureSet) -> f64,
+}
+
+impl SingleFit<'_, '_> {
+    /// Train a single-object head with the book's loss on shifted batches.
+    fn fit<M: FiveOutputs>(
+        &mut self,
+        settings: FitSettings,
+        start: FitStart<'_, M>,
+        on_epoch: &mut dyn FnMut(&EpochStats),
+    ) -> Result<(DetectHead, Vec<EpochStats>, usize), CheckpointError> {
+        let SingleFit {
+            train,
+            val,
+            chw,
+            aug,
+            size,
+            objectness,
+            ad,
+            device,
+            ref mut score,
+        } = *self;
+        let Fitted {
+            model,
+            history,
+            best_epoch,
+        } = fit_batches(
+            settings,
+            start,
+            train.x.len(),
+            &mut |m: &M, idx, rng| {
+                let (x, objects) = shifted_batch(train, idx, chw, &aug, rng, ad);
+                let all: Vec<usize> = (0..idx.len()).collect();
+                BatchLoss {
+                    loss: book_loss(m.five(x), single_targets(&objects, &all, size, ad)),
+                    hits: None,
+                }
+            },
+            &mut |m: &M| {
+                let h = m.clone().into_head();
+                (
+                    mean_loss(&h, val, chw, size, objectness, device),
+                    score(&h, val),
+                )
+            },
+            on_epoch,
+        )?;
+        Ok((model.into_head(), history, best_epoch))
     }
 }
 
