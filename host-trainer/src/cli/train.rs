@@ -260,7 +260,8 @@ pub struct DetectArgs {
     /// Trunk cut point: stride16 (features.13, default) or stride8 (features.6) for small objects.
     #[arg(long, default_value = "stride16")]
     pub cut: CutPoint,
-    /// Hidden units of the single head's dense layer (default 200) or the grid head's width (64).
+    /// Width of the single head (its convolutions: default 64; the dense form's hidden layer: 200)
+    /// or of the grid head's convolutions (64).
     #[arg(long)]
     pub units: Option<usize>,
     /// Lowest score `predict` reports (also the threshold of precision / recall in the metrics).
@@ -277,7 +278,7 @@ pub struct DetectArgs {
     /// anywhere in the picture; 0 for grid heads, which are convolutional).
     #[arg(long)]
     pub shift_cells: Option<usize>,
-    /// Dropout on the single head's flattened feature map (0 = off).
+    /// Dropout on the feature map the single head reads, in training (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// Grid head objectness: focal (target 1) or iou (target = the IoU of the cell's box, so the

@@ -117,7 +117,7 @@ pub struct DetectTrainConfig {
     /// no trunk run. 0 = off.
     #[serde(default)]
     pub shift_cells: usize,
-    /// Dropout on the single head's flattened map (0 = off); ignored by grid heads.
+    /// Dropout on the feature map a single head reads, in training (0 = off); ignored by grid heads.
     #[serde(default)]
     pub dropout: f64,
     /// How a grid head's objectness is trained (focal against 1, or against the box's IoU).
