@@ -8,7 +8,8 @@
 //! output channel: by lane on NEON, broadcast on x86) and *channel tiles* (vectors over output
 //! channels, each multiplied by one broadcast pixel, written out transposed). Pixel tiles do the
 //! work; channel tiles take the last columns of a plane when fewer than a vector (49 = 48 + 1 on
-//! 7x7), and with AVX2 alone (no AVX-512) small planes and convolutions of many inputs.
+//! 7x7). (With AVX2 alone they also took small planes and convolutions of many inputs until the
+//! 4 x 24 pixel tile, which beats them on every MobileNetV2 shape on Zen 2.)
 
 use super::conv3x3::Clamp;
 use super::simd::{Isa, Lanes};
@@ -17,7 +18,7 @@ use super::simd::{Isa, Lanes};
 /// of a plane in whole panels.
 pub const MR: usize = 8;
 /// Column granularity of [`Pointwise::run_columns`] (how threads split a large plane): a multiple
-/// of every pixel tile's width (12 on NEON, 16 with AVX2 and portable, 48 with AVX-512).
+/// of every pixel tile's width (12 on NEON, 24 with AVX2, 16 portable, 48 with AVX-512).
 pub const NC: usize = 48;
 /// Input channels summed in one pass over a tile: its input rows and weights stay in the L1
 /// cache.
@@ -25,12 +26,6 @@ const KC: usize = 256;
 /// Bytes of input one column block may span, so a block stays in the L2 cache while every panel
 /// of weights runs over it.
 const BLOCK_BYTES: usize = 96 * 1024;
-/// With AVX2 alone (no AVX-512), planes of fewer pixels than this, or up to 32x32 convolutions
-/// of at least this many inputs, take the channel tiles (whose 12 accumulators beat the 8 of
-/// the pixel tiles when the transposed store is paid over enough input channels; measured on
-/// 56x56 144 -> 24, the pixel tiles win again).
-const CHANNEL_TILES_BELOW: usize = 64;
-const CHANNEL_TILES_FROM_INPUTS: usize = 128;
 
 /// A 1x1 convolution with bias and clamp fused, its weights packed in panels of [`MR`] output
 /// channels.
@@ -238,14 +233,100 @@ unsafe fn tile_avx<const NV: usize>(
     unsafe { tile::<super::simd::Avx, 4, NV>(k, a, b, ldb, bias, s) }
 }
 
-/// AVX2: 4 rows by 16 pixels (8 accumulators, 2 pixel vectors and a broadcast weight: 4 rows
-/// by 24 pixels take all 16 registers, and LLVM then spills one and moves the others around),
-/// half a panel.
+/// The AVX2 pixel tile of 4 rows by 24 pixels: 12 accumulators, 3 pixel vectors and a broadcast
+/// weight take all 16 registers, so its loop is written out (LLVM spilled one accumulator and
+/// moved the others around). Per input channel 3 loads and 4 broadcasts feed 12 multiply-adds,
+/// where the 4 x 16 tile has 6 for 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn tile_avx_24(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    bias: *const f32,
+    s: Store,
+) {
+    use super::simd::Avx;
+    // SAFETY: the caller's pointers cover `k` input channels of 24 pixels (rows `ldb` apart)
+    // and of 4 packed weights ([`MR`] apart); the loop only reads them.
+    unsafe {
+        // (No closures here: they do not inherit the target feature, and were called per
+        // vector.)
+        let [
+            [Avx(mut c00), Avx(mut c01), Avx(mut c02)],
+            [Avx(mut c10), Avx(mut c11), Avx(mut c12)],
+            [Avx(mut c20), Avx(mut c21), Avx(mut c22)],
+            [Avx(mut c30), Avx(mut c31), Avx(mut c32)],
+        ] = start::<Avx, 4, 3>(&s, None);
+        std::arch::asm!(
+            "test {k}, {k}",
+            "jz 3f",
+            "2:",
+            "vmovups {b0}, ymmword ptr [{bp}]",
+            "vmovups {b1}, ymmword ptr [{bp} + 32]",
+            "vmovups {b2}, ymmword ptr [{bp} + 64]",
+            "vbroadcastss {w}, dword ptr [{ap}]",
+            "vfmadd231ps {c00}, {w}, {b0}",
+            "vfmadd231ps {c01}, {w}, {b1}",
+            "vfmadd231ps {c02}, {w}, {b2}",
+            "vbroadcastss {w}, dword ptr [{ap} + 4]",
+            "vfmadd231ps {c10}, {w}, {b0}",
+            "vfmadd231ps {c11}, {w}, {b1}",
+            "vfmadd231ps {c12}, {w}, {b2}",
+            "vbroadcastss {w}, dword ptr [{ap} + 8]",
+            "vfmadd231ps {c20}, {w}, {b0}",
+            "vfmadd231ps {c21}, {w}, {b1}",
+            "vfmadd231ps {c22}, {w}, {b2}",
+            "vbroadcastss {w}, dword ptr [{ap} + 12]",
+            "vfmadd231ps {c30}, {w}, {b0}",
+            "vfmadd231ps {c31}, {w}, {b1}",
+            "vfmadd231ps {c32}, {w}, {b2}",
+            "add {ap}, {astep}",
+            "add {bp}, {bstep}",
+            "dec {k}",
+            "jnz 2b",
+            "3:",
+            k = inout(reg) k => _,
+            ap = inout(reg) a => _,
+            bp = inout(reg) b => _,
+            astep = in(reg) MR * 4,
+            bstep = in(reg) ldb * 4,
+            b0 = out(ymm_reg) _,
+            b1 = out(ymm_reg) _,
+            b2 = out(ymm_reg) _,
+            w = out(ymm_reg) _,
+            c00 = inout(ymm_reg) c00,
+            c01 = inout(ymm_reg) c01,
+            c02 = inout(ymm_reg) c02,
+            c10 = inout(ymm_reg) c10,
+            c11 = inout(ymm_reg) c11,
+            c12 = inout(ymm_reg) c12,
+            c20 = inout(ymm_reg) c20,
+            c21 = inout(ymm_reg) c21,
+            c22 = inout(ymm_reg) c22,
+            c30 = inout(ymm_reg) c30,
+            c31 = inout(ymm_reg) c31,
+            c32 = inout(ymm_reg) c32,
+            options(nostack, readonly),
+        );
+        let acc = [
+            [Avx(c00), Avx(c01), Avx(c02)],
+            [Avx(c10), Avx(c11), Avx(c12)],
+            [Avx(c20), Avx(c21), Avx(c22)],
+            [Avx(c30), Avx(c31), Avx(c32)],
+        ];
+        finish::<Avx, 4, 3>(&acc, Some(bias), s)
+    }
+}
+
+/// AVX2: 4 rows (half a panel) by up to 24 pixels; the 24-pixel tile is [`tile_avx_24`].
 #[cfg(target_arch = "x86_64")]
 const AVX_TILES: Tiles = Tiles {
     rows: 4,
     lanes: 8,
-    f: &[tile_avx::<1>, tile_avx::<2>],
+    f: &[tile_avx::<1>, tile_avx::<2>, tile_avx_24],
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -409,16 +490,8 @@ impl Run<'_> {
                 Some(f) => unsafe { self.channels(out, f) },
                 None => unsafe { self.rows(out, tiles) },
             },
-            // Channel tiles with AVX2 alone for small planes and many input channels;
-            // else pixel tiles, and channel tiles for the last columns if fewer than a vector.
+            // Pixel tiles, and channel tiles for the last columns if fewer than a vector.
             Path::Auto => match channels {
-                Some(f)
-                    if isa == Isa::Avx2Fma
-                        && tiles.lanes == 8
-                        && (self.pixels < CHANNEL_TILES_BELOW
-                            || self.pixels < 1024
-                                && self.pw.inputs >= CHANNEL_TILES_FROM_INPUTS) =>
-                unsafe { self.channels(out, f) },
                 Some(f) => {
                     let (c0, c1) = self.cols;
                     let cs = c1 - (c1 - c0) % tiles.lanes;

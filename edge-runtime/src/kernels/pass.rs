@@ -1463,7 +1463,10 @@ mod tests {
     #[test]
     #[ignore]
     fn pointwise_speed() {
-        for (k, m, hw) in crate::kernels::testutil::POINTWISE_SHAPES {
+        for (k, m, hw) in crate::kernels::testutil::POINTWISE_SHAPES
+            .into_iter()
+            .chain([(16, 96, 139), (24, 144, 70)])
+        {
             let case = Case {
                 n: 1,
                 cin: k,
