@@ -40,6 +40,10 @@ pub struct Pointwise {
     packed: Vec<f32>,
     /// One bias per output channel, zero-padded to whole panels.
     bias: Vec<f32>,
+    /// Empty, or one multiplier per output channel (zero-padded to whole panels) applied to the
+    /// sums before the bias: an int8 convolution's rescale, where its integer sums are exact in
+    /// f32 ([`Self::with_scale`]).
+    scale: Vec<f32>,
     /// Fused activation, applied after the residual addition.
     pub clamp: Clamp,
 }
@@ -81,8 +85,30 @@ impl Pointwise {
             outputs,
             packed,
             bias: padded,
+            scale: Vec::new(),
             clamp,
         }
+    }
+
+    /// The same convolution with its sums multiplied by `scale` (one per output channel) before
+    /// the bias, each operation rounded on its own (no fused multiply-add): what tract does to
+    /// an int8 convolution's sums, so that integer-valued inputs and weights whose sums stay
+    /// below 2^24 give tract's results bit for bit. Not on NEON, whose tiles start from the
+    /// bias.
+    pub fn with_scale(mut self, scale: &[f32]) -> Self {
+        assert_eq!(
+            scale.len(),
+            self.outputs,
+            "one multiplier per output channel"
+        );
+        self.scale = scale.to_vec();
+        self.scale.resize(self.bias.len(), 0.0);
+        self
+    }
+
+    /// The multipliers from row `row` on, if any.
+    fn scale_at(&self, row: usize) -> Option<*const f32> {
+        (!self.scale.is_empty()).then(|| self.scale[row..].as_ptr())
     }
 
     /// Panels of [`MR`] output channels (the last may be partial).
@@ -142,6 +168,8 @@ impl Pointwise {
         let run = Run {
             pw: self,
             x,
+            ldx: pixels,
+            xcol0: 0,
             pixels,
             residual,
             first_row: first_panel * MR,
@@ -190,6 +218,8 @@ impl Pointwise {
         let run = Run {
             pw: self,
             x,
+            ldx: pixels,
+            xcol0: 0,
             pixels,
             residual,
             first_row: 0,
@@ -197,6 +227,55 @@ impl Pointwise {
             cols: (cols.start, cols.end),
         };
         unsafe { run.dispatch(isa, path.0, path.1, out) }
+    }
+
+    /// [`Self::run_columns`] from an input holding only those columns: `x` is `[inputs,
+    /// cols.len()]`, a block of the plane's `pixels` columns (`residual` and `out` are whole
+    /// planes). How a caller that prepares the input block by block (an int8 convolution's
+    /// codes) keeps each block in the cache.
+    ///
+    /// # Safety
+    /// As [`Self::run_columns`].
+    pub unsafe fn run_block(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        pixels: usize,
+        residual: Option<&[f32]>,
+        cols: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        assert!(
+            cols.start.is_multiple_of(NC) && cols.end <= pixels,
+            "columns"
+        );
+        assert_eq!(
+            x.len(),
+            self.inputs * cols.len(),
+            "input is [inputs, columns]"
+        );
+        if let Some(r) = residual {
+            assert_eq!(
+                r.len(),
+                self.outputs * pixels,
+                "residual is [outputs, pixels]"
+            );
+        }
+        if cols.is_empty() {
+            return;
+        }
+        let run = Run {
+            pw: self,
+            x,
+            ldx: cols.len(),
+            xcol0: cols.start,
+            pixels,
+            residual,
+            first_row: 0,
+            rows: self.outputs,
+            cols: (cols.start, cols.end),
+        };
+        unsafe { run.dispatch(isa, Path::Auto, true, out) }
     }
 }
 
@@ -453,7 +532,11 @@ const NEON_CHANNELS: ChannelTiles = channel_tiles!(channel_neon);
 #[derive(Clone, Copy)]
 struct Run<'a> {
     pw: &'a Pointwise,
+    /// The input: `inputs` rows `ldx` apart, holding columns `xcol0..xcol0 + ldx` of the plane
+    /// (the whole plane: 0 and `pixels`).
     x: &'a [f32],
+    ldx: usize,
+    xcol0: usize,
     pixels: usize,
     residual: Option<&'a [f32]>,
     /// A multiple of [`MR`].
@@ -513,6 +596,11 @@ impl Run<'_> {
         }
     }
 
+    /// Input channel `k`, column `c` of the plane.
+    fn xp(&self, k: usize, c: usize) -> *const f32 {
+        self.x[k * self.ldx + c - self.xcol0..].as_ptr()
+    }
+
     /// Packed weights of row `r` of the call (`first_row + r`), from input channel `k0`.
     fn weights(&self, r: usize, k0: usize) -> *const f32 {
         let row = self.first_row + r;
@@ -530,10 +618,12 @@ impl Run<'_> {
         // tile of one vector, read from `tail` (zero-padded) if that vector would pass the
         // plane's end.
         let cs = c1 - (c1 - c0) % t.lanes;
-        let tail: Vec<f32> = if cs < c1 && cs + t.lanes > n {
+        let x_end = self.xcol0 + self.ldx;
+        let tail: Vec<f32> = if cs < c1 && cs + t.lanes > x_end {
             let mut v = vec![0f32; k * t.lanes];
             for (c, row) in v.chunks_exact_mut(t.lanes).enumerate() {
-                row[..n - cs].copy_from_slice(&self.x[c * n + cs..(c + 1) * n]);
+                let from = c * self.ldx + cs - self.xcol0;
+                row[..x_end - cs].copy_from_slice(&self.x[from..from + x_end - cs]);
             }
             v
         } else {
@@ -563,14 +653,14 @@ impl Run<'_> {
                             let store = Store {
                                 dst: dst.add(c),
                                 ld: n,
+                                scale: self.pw.scale_at(row),
                                 res: res.map(|r| r.add(c)),
                                 lo,
                                 hi,
                                 accumulate: k0 > 0,
                                 finish: k0 + kl == k,
                             };
-                            let b = self.x.as_ptr().add(k0 * n + c);
-                            t.f[nv - 1](kl, a, b, n, bias, store);
+                            t.f[nv - 1](kl, a, self.xp(k0, c), self.ldx, bias, store);
                         }
                         c += nv * t.lanes;
                     }
@@ -596,9 +686,9 @@ impl Run<'_> {
             while c < c1 {
                 let (nv, cols, b, ldb) = if c < cs {
                     let nv = (cs - c).min(width) / t.lanes;
-                    (nv, nv * t.lanes, unsafe { self.x.as_ptr().add(c) }, n)
+                    (nv, nv * t.lanes, self.xp(0, c), self.ldx)
                 } else if tail.is_empty() {
-                    (1, c1 - c, unsafe { self.x.as_ptr().add(c) }, n)
+                    (1, c1 - c, self.xp(0, c), self.ldx)
                 } else {
                     (1, c1 - c, tail.as_ptr(), t.lanes)
                 };
@@ -606,6 +696,7 @@ impl Run<'_> {
                     let none = Store {
                         dst: scratch.as_mut_ptr(),
                         ld: width,
+                        scale: self.pw.scale_at(row),
                         res: None,
                         lo: f32::NEG_INFINITY,
                         hi: f32::INFINITY,
@@ -642,7 +733,11 @@ impl Run<'_> {
             let panels = live.div_ceil(MR);
             let row = self.first_row + r0;
             let a = self.weights(r0, 0);
-            let bias = self.pw.bias[row..].as_ptr();
+            let bias = &self.pw.bias[row..];
+            let scale = self.pw.scale_at(row).map(|_| &self.pw.scale[row..]);
+            // With multipliers, the tiles sum alone and the bias comes after the rescale.
+            let zeros = [0f32; 2 * MR];
+            let tile_bias = if scale.is_some() { &zeros[..] } else { bias };
             let dst = unsafe { out.add(r0 * n) };
             let res = self.residual.map(|r| r[row * n..].as_ptr());
             let mut c = c0;
@@ -653,25 +748,29 @@ impl Run<'_> {
                         k,
                         a,
                         k * MR,
-                        self.x.as_ptr().add(c),
-                        n,
-                        bias,
+                        self.xp(0, c),
+                        self.ldx,
+                        tile_bias.as_ptr(),
                         buf.as_mut_ptr(),
                     );
                     let ldbuf = panels * MR;
                     for r in 0..live {
                         let d = dst.add(r * n + c);
+                        let sum = |j: usize| match scale {
+                            Some(s) => buf[j * ldbuf + r] * s[r] + bias[r],
+                            None => buf[j * ldbuf + r],
+                        };
                         match res {
                             Some(res) => {
                                 let res = res.add(r * n + c);
                                 for j in 0..px {
-                                    let v = buf[j * ldbuf + r] + *res.add(j);
+                                    let v = sum(j) + *res.add(j);
                                     *d.add(j) = v.max(lo).min(hi);
                                 }
                             }
                             None => {
                                 for j in 0..px {
-                                    *d.add(j) = buf[j * ldbuf + r].max(lo).min(hi);
+                                    *d.add(j) = sum(j).max(lo).min(hi);
                                 }
                             }
                         }
@@ -691,6 +790,8 @@ impl Run<'_> {
 struct Store {
     dst: *mut f32,
     ld: usize,
+    /// Multipliers of the rows' sums, applied before the bias ([`Pointwise::with_scale`]).
+    scale: Option<*const f32>,
     res: Option<*const f32>,
     lo: f32,
     hi: f32,
@@ -744,10 +845,15 @@ unsafe fn finish<L: Lanes, const R: usize, const NV: usize>(
         for (r, row) in acc.iter().enumerate() {
             let d = store.dst.add(r * store.ld);
             let bias = bias.map(|b| L::splat(*b.add(r)));
+            let scale = store.scale.map(|s| L::splat(*s.add(r)));
             for (v, x) in row.iter().enumerate() {
+                let x = match scale {
+                    Some(s) => x.mul(s),
+                    None => *x,
+                };
                 let mut y = match bias {
                     Some(b) => x.add(b),
-                    None => *x,
+                    None => x,
                 };
                 if let Some(res) = store.res {
                     y = y.add(L::load(res.add(r * store.ld + v * L::N)));
@@ -1104,6 +1210,53 @@ mod tests {
                             "{:?} {:?} value {}: reference {} vs kernel {}", isa, path, i, a, b
                         );
                     }
+                }
+            }
+        }
+
+        /// With multipliers ([`Pointwise::with_scale`]) on integer inputs and weights, run
+        /// block by block from inputs holding only each block's columns ([`Pointwise::run_block`]),
+        /// the results equal `sum * scale + bias (+ residual)`, clamped, bit for bit: how an int8
+        /// convolution's f32 route matches tract.
+        #[test]
+        fn scaled_blocks_are_exact(
+            k in 1usize..40, m in 1usize..30, n in 1usize..400, blocks in 1usize..4,
+            residual in any::<bool>(), relu6 in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let clamp = if relu6 { Clamp { lo: 0.0, hi: 6.0 } } else { Clamp::NONE };
+            let ints = |len, seed| -> Vec<f32> {
+                values(len, seed).iter().map(|v| (v * 127.0).round()).collect()
+            };
+            let (x, w) = (ints(k * n, seed), ints(m * k, seed + 1));
+            let b = values(m, seed + 2);
+            let scale: Vec<f32> = values(m, seed + 4).iter().map(|v| 1e-4 * (1.5 + v)).collect();
+            let r = residual.then(|| values(m * n, seed + 3));
+            let pw = Pointwise::new(k, m, &w, &b, clamp).with_scale(&scale);
+            let want: Vec<f32> = (0..m * n)
+                .map(|i| {
+                    let (o, j) = (i / n, i % n);
+                    let sum: i64 = (0..k).map(|c| (x[c * n + j] * w[o * k + c]) as i64).sum();
+                    let mut y = sum as f32 * scale[o] + b[o];
+                    if let Some(r) = &r {
+                        y += r[i];
+                    }
+                    y.max(clamp.lo).min(clamp.hi)
+                })
+                .collect();
+            let width = blocks * NC;
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Neon) {
+                let mut got = vec![f32::NAN; m * n];
+                let mut c0 = 0;
+                while c0 < n {
+                    let c1 = (c0 + width).min(n);
+                    let block: Vec<f32> = (0..k)
+                        .flat_map(|c| x[c * n + c0..c * n + c1].iter().copied())
+                        .collect();
+                    unsafe { pw.run_block(isa, &block, n, r.as_deref(), c0..c1, got.as_mut_ptr()) };
+                    c0 = c1;
+                }
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: {} vs {}", isa, i, a, b);
                 }
             }
         }

@@ -397,43 +397,7 @@ impl EvalOp for KestrelPointwise {
                 let img = &x[i * xi..(i + 1) * xi];
                 let r = res.map(|r| &r[i * oi..(i + 1) * oi]);
                 let out = &mut out[i * oi..(i + 1) * oi];
-                if pixels >= COLUMN_SPLIT {
-                    // A large plane: threads take column ranges of every output channel, each
-                    // reading only its part of the input.
-                    let mut tiles: Vec<usize> = (0..pixels.div_ceil(NC)).collect();
-                    let base = SharedOut(out.as_mut_ptr());
-                    let base = &base;
-                    tract_linalg::multithread::par_chunks_mut(
-                        &mut tiles,
-                        1,
-                        c.outputs * pixels * c.inputs,
-                        |first, chunk| {
-                            let cols = first * NC..((first + chunk.len()) * NC).min(pixels);
-                            // SAFETY: the chunks' column ranges are disjoint, and `out` is
-                            // this image's whole output.
-                            unsafe { c.run_columns(self.isa, img, r, cols, base.0) };
-                            Ok(())
-                        },
-                    )?;
-                    continue;
-                }
-                // Whole panels of MR channels split across threads; the partial one after.
-                let whole = c.outputs / MR;
-                let (head, tail) = out.split_at_mut(whole * MR * pixels);
-                if !head.is_empty() {
-                    tract_linalg::multithread::par_chunks_mut(
-                        head,
-                        MR * pixels,
-                        whole * MR * pixels * c.inputs,
-                        |first, chunk| {
-                            c.run_rows(self.isa, img, r, first, chunk);
-                            Ok(())
-                        },
-                    )?;
-                }
-                if !tail.is_empty() {
-                    c.run_rows(self.isa, img, r, whole, tail);
-                }
+                run_f32_tiles(c, self.isa, img, pixels, r, out)?;
             }
         }
         Ok(tvec!(output.into_tvalue()))
@@ -546,7 +510,12 @@ impl EvalOp for KestrelQPointwise {
         let n = if self.batched[0] { input.shape()[0] } else { 1 };
         let pixels = x.len() / (n * c.inputs).max(1);
         let mut output = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        let mut codes = vec![0u8; c.packed_len(pixels)];
+        let float = c.float_route(self.isa);
+        let mut codes = scratch::take::<u8>(if float.is_some() {
+            0
+        } else {
+            c.packed_len(pixels)
+        });
         {
             let mut out_view = output.try_as_plain_ram_mut()?;
             let out = out_view.as_slice_mut::<f32>()?;
@@ -555,6 +524,10 @@ impl EvalOp for KestrelQPointwise {
                 let img = &x[i * xi..(i + 1) * xi];
                 let r = res.map(|r| &r[i * oi..(i + 1) * oi]);
                 let out = &mut out[i * oi..(i + 1) * oi];
+                if let Some(f) = float {
+                    run_float_route(c, f, img, pixels, r, out)?;
+                    continue;
+                }
                 tract_linalg::multithread::par_chunks_mut(
                     &mut codes,
                     padded(pixels) * 4,
@@ -567,6 +540,7 @@ impl EvalOp for KestrelQPointwise {
                 run_q_tiles(c, self.isa, &codes, pixels, r, out)?;
             }
         }
+        scratch::give(codes);
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -597,6 +571,94 @@ impl TypedOp for KestrelQPointwise {
     }
 
     tract_nnef::tract_core::as_op!();
+}
+
+/// Runs `conv` over one image `img` (`[inputs, pixels]`) into `out` (`[outputs, pixels]`): a
+/// large plane in column ranges of every output channel per thread (each reading only its part
+/// of the input), else whole panels of [`MR`] channels per thread.
+fn run_f32_tiles(
+    c: &Pointwise,
+    isa: Isa,
+    img: &[f32],
+    pixels: usize,
+    r: Option<&[f32]>,
+    out: &mut [f32],
+) -> TractResult<()> {
+    if pixels >= COLUMN_SPLIT {
+        let mut tiles: Vec<usize> = (0..pixels.div_ceil(NC)).collect();
+        let base = SharedOut(out.as_mut_ptr());
+        let base = &base;
+        return tract_linalg::multithread::par_chunks_mut(
+            &mut tiles,
+            1,
+            c.outputs * pixels * c.inputs,
+            |first, chunk| {
+                let cols = first * NC..((first + chunk.len()) * NC).min(pixels);
+                // SAFETY: the chunks' column ranges are disjoint, and `out` is this image's
+                // whole output.
+                unsafe { c.run_columns(isa, img, r, cols, base.0) };
+                Ok(())
+            },
+        );
+    }
+    // Whole panels of MR channels split across threads; the partial one after.
+    let whole = c.outputs / MR;
+    let (head, tail) = out.split_at_mut(whole * MR * pixels);
+    if !head.is_empty() {
+        tract_linalg::multithread::par_chunks_mut(
+            head,
+            MR * pixels,
+            whole * MR * pixels * c.inputs,
+            |first, chunk| {
+                c.run_rows(isa, img, r, first, chunk);
+                Ok(())
+            },
+        )?;
+    }
+    if !tail.is_empty() {
+        c.run_rows(isa, img, r, whole, tail);
+    }
+    Ok(())
+}
+
+/// Columns per block of an int8 convolution's f32 route: its codes (`inputs x` this many
+/// floats, 96 KB at 32 inputs) are made just before the tiles read them, in the cache.
+const FLOAT_BLOCK: usize = 16 * NC;
+
+/// Runs `conv`'s f32 route `f` ([`QPointwise::float_route`]) over one image `img` into `out`:
+/// threads take column ranges, each making the codes of a block of columns and running the
+/// tiles on it (one pass over memory, where codes made for the whole plane first cost 2x on a
+/// 32 -> 16 convolution at 120x160).
+fn run_float_route(
+    conv: &QPointwise,
+    f: &Pointwise,
+    img: &[f32],
+    pixels: usize,
+    res: Option<&[f32]>,
+    out: &mut [f32],
+) -> TractResult<()> {
+    ensure!(out.len() == conv.outputs * pixels, "output size");
+    let mut blocks: Vec<usize> = (0..pixels.div_ceil(FLOAT_BLOCK)).collect();
+    let base = SharedOut(out.as_mut_ptr());
+    let base = &base;
+    tract_linalg::multithread::par_chunks_mut(
+        &mut blocks,
+        1,
+        conv.outputs * pixels * conv.inputs,
+        |first, chunk| {
+            let mut codes = scratch::take::<f32>(conv.inputs * FLOAT_BLOCK);
+            for b in first..first + chunk.len() {
+                let cols = b * FLOAT_BLOCK..((b + 1) * FLOAT_BLOCK).min(pixels);
+                let codes = &mut codes[..conv.inputs * cols.len()];
+                conv.float_codes(img, pixels, cols.clone(), codes);
+                // SAFETY: the blocks' column ranges are disjoint, and `out` is this image's
+                // whole output.
+                unsafe { f.run_block(Isa::Avx2Fma, codes, pixels, res, cols, base.0) };
+            }
+            scratch::give(codes);
+            Ok(())
+        },
+    )
 }
 
 /// Runs `conv`'s tiles over one image's quantized input `codes` (planes of `pixels`) into `out`
@@ -684,8 +746,8 @@ impl EvalOp for KestrelQConv3x3 {
         let n = x.len() / image;
         let mut output =
             unsafe { Tensor::uninitialized::<f32>(&out_shape(self.batched, n, c.outputs(), &g))? };
-        let mut codes = vec![0u8; c.codes_len()];
-        let mut patches = vec![0u8; c.patches_len()];
+        let mut codes = scratch::take::<u8>(c.codes_len());
+        let mut patches = scratch::take::<u8>(c.patches_len());
         {
             let mut out_view = output.try_as_plain_ram_mut()?;
             let out = out_view.as_slice_mut::<f32>()?;
@@ -718,6 +780,8 @@ impl EvalOp for KestrelQConv3x3 {
                 run_q_tiles(&c.gemm, self.isa, &patches, g.out_plane(), None, out)?;
             }
         }
+        scratch::give(codes);
+        scratch::give(patches);
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -746,4 +810,46 @@ impl TypedOp for KestrelQConv3x3 {
     }
 
     tract_nnef::tract_core::as_op!();
+}
+
+/// Scratch buffers of the int8 ops, kept per thread across layers and frames: a fresh buffer of
+/// a few MB per layer and frame cost page faults and zeroing (about 0.3 ms of a 32 -> 16
+/// convolution at 120x160 on Zen 2). Every op writes its buffer whole before reading it.
+mod scratch {
+    use std::cell::RefCell;
+
+    /// The element types with a pool.
+    pub(super) trait Pooled: Copy + Default + 'static {
+        fn with_pool<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> R;
+    }
+
+    macro_rules! pooled {
+        ($t:ty) => {
+            impl Pooled for $t {
+                fn with_pool<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> R {
+                    thread_local! {
+                        static POOL: RefCell<Vec<Vec<$t>>> = const { RefCell::new(Vec::new()) };
+                    }
+                    POOL.with_borrow_mut(f)
+                }
+            }
+        };
+    }
+    pooled!(u8);
+    pooled!(f32);
+
+    /// A buffer of `len` elements (contents unspecified): the largest kept one, else new.
+    pub(super) fn take<T: Pooled>(len: usize) -> Vec<T> {
+        let mut v = T::with_pool(|pool| pool.pop()).unwrap_or_default();
+        v.resize(len, T::default());
+        v
+    }
+
+    /// Keeps `v` for the next [`take`] on this thread.
+    pub(super) fn give<T: Pooled>(v: Vec<T>) {
+        T::with_pool(|pool| {
+            pool.push(v);
+            pool.sort_by_key(|v| v.capacity());
+        });
+    }
 }

@@ -10,6 +10,8 @@
 //! channel. Every step is the integer or float operation tract does, in its order and without
 //! fused multiply-adds, so results equal tract's bit for bit.
 
+#[cfg(target_arch = "x86_64")]
+use super::conv1x1::Pointwise;
 use super::conv3x3::Clamp;
 
 /// Output channels per packed panel of weights.
@@ -55,7 +57,8 @@ impl QIsa {
             return Some(QIsa::Vnni);
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return Some(QIsa::Avx2);
         }
         #[cfg(target_arch = "aarch64")]
@@ -160,7 +163,20 @@ pub struct QPointwise {
     bias_lanes: Vec<f32>,
     /// Applied after the residual addition.
     pub clamp: Clamp,
+    /// The zero point the product subtracts.
+    a0: i32,
+    /// With AVX2 alone and few inputs: the same convolution in f32 on the codes minus `a0`
+    /// ([`Self::float_route`]).
+    #[cfg(target_arch = "x86_64")]
+    float: Option<Box<Pointwise>>,
 }
+
+/// Inputs up to which an int8 1x1 convolution runs in f32 on its codes with AVX2 alone: there
+/// two FMA pipes beat `vpmaddwd`'s one and the pairwise fold (Zen 2, 16 -> 96 at 139x139: 0.89
+/// against 1.39 ms), while many inputs favour the int8 tiles (43-47 GMAC/s against 35-44). The
+/// sums stay exact: `inputs x 255 x 128 < 2^24`.
+#[cfg(target_arch = "x86_64")]
+const FLOAT_ROUTE_MAX_INPUTS: usize = 32;
 
 impl QPointwise {
     /// A convolution from `[outputs, inputs]` int8 weights (row-major), the input's
@@ -237,11 +253,19 @@ impl QPointwise {
                     })
             })
             .collect();
+        #[cfg(target_arch = "x86_64")]
+        let float = (inputs <= FLOAT_ROUTE_MAX_INPUTS).then(|| {
+            let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+            Box::new(Pointwise::new(inputs, outputs, &w, rescale.1, clamp).with_scale(rescale.0))
+        });
         QPointwise {
             #[cfg(target_arch = "aarch64")]
             packed_lanes,
             #[cfg(target_arch = "x86_64")]
             packed16,
+            #[cfg(target_arch = "x86_64")]
+            float,
+            a0,
             inputs,
             outputs,
             quant,
@@ -252,6 +276,50 @@ impl QPointwise {
             scale: pad(rescale.0),
             bias,
             clamp,
+        }
+    }
+
+    /// The f32 convolution `isa` runs instead of the int8 tiles, if any: with AVX2 alone and
+    /// few inputs, on the codes minus the zero point ([`Self::float_codes`]), whose sums are
+    /// exact in f32, rescaled and biased as tract does, so the results are the same bit for
+    /// bit.
+    pub fn float_route(&self, isa: QIsa) -> Option<&super::conv1x1::Pointwise> {
+        #[cfg(target_arch = "x86_64")]
+        if isa == QIsa::Avx2 {
+            return self.float.as_deref();
+        }
+        let _ = isa;
+        None
+    }
+
+    /// Columns `cols` of one image's `x` (`[inputs, pixels]`) as `code - a0` in f32, into `dst`
+    /// (`[inputs, cols.len()]`): the input of [`Self::float_route`].
+    pub fn float_codes(
+        &self,
+        x: &[f32],
+        pixels: usize,
+        cols: std::ops::Range<usize>,
+        dst: &mut [f32],
+    ) {
+        if cols.is_empty() {
+            return;
+        }
+        for (k, out) in dst.chunks_exact_mut(cols.len()).enumerate() {
+            let row = &x[k * pixels + cols.start..k * pixels + cols.end];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                unsafe { x86::float_codes(self.quant, self.a0, row, out) };
+                continue;
+            }
+            for (o, &v) in out.iter_mut().zip(row) {
+                let q = tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
+                    v,
+                    self.quant.scale,
+                    self.quant.zero_point,
+                );
+                *o = (q as i32 - self.a0) as f32;
+            }
         }
     }
 
@@ -580,6 +648,42 @@ mod x86 {
                     _mm512_mask_storeu_ps(out.add(at), mask, y);
                 }
             }
+        }
+    }
+
+    /// [`super::QPointwise::float_codes`] of one row, eight values at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn float_codes(quant: InputQuant, a0: i32, row: &[f32], out: &mut [f32]) {
+        let scale = _mm256_set1_ps(quant.scale);
+        let (lo, hi) = (_mm256_set1_ps(-PRE_CLAMP), _mm256_set1_ps(PRE_CLAMP));
+        let zp = _mm256_set1_epi32(quant.zero_point);
+        let (qlo, qhi) = (_mm256_set1_epi32(-128), _mm256_set1_epi32(127));
+        let a0 = _mm256_set1_epi32(a0);
+        let mut n = 0;
+        while n < row.len() {
+            let live = (row.len() - n).min(8);
+            let mut buf = [0f32; 8];
+            let (src, dst) = if live == 8 {
+                (row[n..].as_ptr(), out[n..].as_mut_ptr())
+            } else {
+                buf[..live].copy_from_slice(&row[n..n + live]);
+                (buf.as_ptr(), buf.as_mut_ptr())
+            };
+            // SAFETY: `src` and `dst` hold 8 floats (the row's or `buf`'s).
+            unsafe {
+                let v = _mm256_min_ps(
+                    _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src), scale), lo),
+                    hi,
+                );
+                // Round half to even (the default rounding mode), as tract.
+                let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zp);
+                let q = _mm256_min_epi32(_mm256_max_epi32(q, qlo), qhi);
+                _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_sub_epi32(q, a0)));
+            }
+            if live < 8 {
+                out[n..n + live].copy_from_slice(&buf[..live]);
+            }
+            n += 8;
         }
     }
 
@@ -1499,6 +1603,8 @@ mod tests {
     #[test]
     fn every_path_equals_the_definition_bit_for_bit() {
         let isas = QIsa::available();
+        // Convolutions that took the f32 route (AVX2 alone, few inputs).
+        let mut floats = 0;
         for case in 0..24u64 {
             let k = 1 + (case as usize * 37) % 203;
             let m = 1 + (case as usize * 11) % 41;
@@ -1553,8 +1659,34 @@ mod tests {
                     .zip(&want)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{isa:?} k={k} m={m} pixels={pixels} case {case}");
+                if let Some(f) = conv.float_route(isa) {
+                    let mut codes = vec![0f32; k * pixels];
+                    conv.float_codes(&x, pixels, 0..pixels, &mut codes);
+                    let mut got = vec![f32::NAN; m * pixels];
+                    f.run_rows(
+                        crate::kernels::simd::Isa::detect(),
+                        &codes,
+                        res.as_deref(),
+                        0,
+                        &mut got,
+                    );
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{isa:?} in f32: k={k} m={m} pixels={pixels} case {case}"
+                    );
+                    floats += 1;
+                }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if isas.contains(&QIsa::Avx2) {
+            assert!(floats > 0, "no case took the f32 route");
+        }
+        let _ = floats;
     }
 
     /// Not a test: `cargo test -p kestrel-edge --lib qconv1x1::tests::int8_pointwise_speed --
@@ -1563,7 +1695,7 @@ mod tests {
     #[test]
     #[ignore]
     fn int8_pointwise_speed() {
-        let extra = [(16, 96, 139), (24, 144, 70)];
+        let extra = [(16, 96, 139), (32, 16, 139), (24, 144, 70), (144, 24, 70)];
         for (k, m, hw) in crate::kernels::testutil::POINTWISE_SHAPES
             .into_iter()
             .chain(extra)
@@ -1611,6 +1743,29 @@ mod tests {
                     tt * 1e3,
                     macs / tt / 1e9
                 );
+                if let Some(f) = conv.float_route(isa) {
+                    let mut codes = vec![0f32; k * pixels];
+                    let (mut tq, mut tt) = (f64::MAX, f64::MAX);
+                    for _ in 0..3 {
+                        let t = std::time::Instant::now();
+                        for _ in 0..reps {
+                            conv.float_codes(&x, pixels, 0..pixels, &mut codes);
+                        }
+                        tq = tq.min(t.elapsed().as_secs_f64() / reps as f64);
+                        let t = std::time::Instant::now();
+                        for _ in 0..reps {
+                            let fisa = crate::kernels::simd::Isa::detect();
+                            f.run_rows(fisa, &codes, None, 0, &mut out);
+                        }
+                        tt = tt.min(t.elapsed().as_secs_f64() / reps as f64);
+                    }
+                    line += &format!(
+                        ", in f32: codes {:.3} ms, tiles {:.3} ms ({:.1} GMAC/s)",
+                        tq * 1e3,
+                        tt * 1e3,
+                        macs / tt / 1e9
+                    );
+                }
             }
             println!("{line}");
         }
