@@ -34,9 +34,12 @@ fn pointwise_fact(
         "a Kestrel pointwise op takes f32"
     );
     let [bi, bo] = batched.map(usize::from);
+    // Two axes of pixels after the channels (a convolution), or none (a dense layer's rows).
     ensure!(
-        fact.rank() == 3 + bi && fact.shape[bi] == inputs.to_dim(),
-        "a Kestrel pointwise op expects {inputs} channels on axis {bi} of a rank {} input, got {:?}",
+        (fact.rank() == 3 + bi || fact.rank() == 1 + bi) && fact.shape[bi] == inputs.to_dim(),
+        "a Kestrel pointwise op expects {inputs} channels on axis {bi} of a rank {} or {} input, \
+         got {:?}",
+        1 + bi,
         3 + bi,
         fact.shape
     );
