@@ -612,13 +612,17 @@ pub fn inspect(path: &Path) -> Result<OptimizedOps, BundleError> {
     let mut matmuls = Vec::new();
     for node in optimized.nodes() {
         ops.push(node.op().name().to_string());
+        // The input's codes as Kestrel's int8 tiles store them: unsigned bytes (code + 128) for
+        // `vpdpbusd`, else signed.
+        let codes =
+            |isa: crate::kernels::qconv1x1::QIsa| if isa.stored(0) == 0x80 { "U8" } else { "I8" };
         if let Some(q) = node.op_as::<crate::kernels::ops::KestrelQPointwise>() {
-            // Kestrel's int8 1x1 convolution: int8 weights against the input's codes (stored
-            // as unsigned bytes, code + 128), int32 sums.
+            // Kestrel's int8 1x1 convolution (or dense layer): int8 weights against the input's
+            // codes, int32 sums.
             matmuls.push(MatMulInfo {
                 node: node.name.clone(),
                 a: "I8".into(),
-                b: "U8".into(),
+                b: codes(q.isa).into(),
                 accumulator: "I32".into(),
                 kernel: format!("KestrelQPointwise ({})", q.isa.name()),
             });
@@ -629,7 +633,7 @@ pub fn inspect(path: &Path) -> Result<OptimizedOps, BundleError> {
             matmuls.push(MatMulInfo {
                 node: node.name.clone(),
                 a: "I8".into(),
-                b: "U8".into(),
+                b: codes(q.isa).into(),
                 accumulator: "I32".into(),
                 kernel: format!("KestrelQConv3x3 ({})", q.isa.name()),
             });
