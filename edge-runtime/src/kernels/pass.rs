@@ -1175,6 +1175,37 @@ mod tests {
     /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
     /// input, the int8 einsum with its nine inputs, cast, per-channel rescale and bias, then an
     /// optional residual and ReLU6.
+    /// The codes `q` times constant int8 `weights` through tract's quantized einsum (`axes`, the
+    /// codes' zero point `a0`, no bias, unit scales, int32 sums), cast to f32.
+    fn int8_product(
+        m: &mut TypedModel,
+        q: OutletId,
+        axes: &str,
+        weights: Tensor,
+        a0: Tensor,
+    ) -> OutletId {
+        let wq = m.add_const("w", weights).unwrap();
+        let zero = m.add_const("zero", tensor0(0i32)).unwrap();
+        let a0 = m.add_const("a0", a0).unwrap();
+        let one = m.add_const("one", tensor0(1f32)).unwrap();
+        let einsum = EinSum::newq(axes.parse().unwrap(), i32::datum_type(), i32::datum_type());
+        let acc = m
+            .wire_node(
+                "product",
+                einsum,
+                &[q, wq, zero, a0, one, zero, one, zero, one],
+            )
+            .unwrap()[0];
+        m.wire_node(
+            "cast",
+            Cast {
+                to: f32::datum_type(),
+            },
+            &[acc],
+        )
+        .unwrap()[0]
+    }
+
     fn qmodel(
         [n, cin, cout, h, w]: [usize; 5],
         residual: bool,
@@ -1194,33 +1225,8 @@ mod tests {
             .iter()
             .map(|v| (v * 31.9) as i8)
             .collect();
-        let wq = m
-            .add_const("w", Tensor::from_shape(&[cout, cin], &weights).unwrap())
-            .unwrap();
-        let zero = m.add_const("zero", tensor0(0i32)).unwrap();
-        let a0 = m.add_const("a0", tensor0(zp)).unwrap();
-        let one = m.add_const("one", tensor0(1f32)).unwrap();
-        let einsum = EinSum::newq(
-            "NIHW,OI,,,,,,,->NOHW".parse().unwrap(),
-            i32::datum_type(),
-            i32::datum_type(),
-        );
-        let acc = m
-            .wire_node(
-                "conv",
-                einsum,
-                &[q, wq, zero, a0, one, zero, one, zero, one],
-            )
-            .unwrap()[0];
-        let mut y = m
-            .wire_node(
-                "cast",
-                Cast {
-                    to: f32::datum_type(),
-                },
-                &[acc],
-            )
-            .unwrap()[0];
+        let weights = Tensor::from_shape(&[cout, cin], &weights).unwrap();
+        let mut y = int8_product(&mut m, q, "NIHW,OI,,,,,,,->NOHW", weights, tensor0(zp));
         let per_channel = |v: Vec<f32>| Tensor::from_shape(&[1, cout, 1, 1], &v).unwrap();
         let scales = per_channel(
             values(cout, seed + 2)
@@ -1306,33 +1312,8 @@ mod tests {
             .iter()
             .map(|v| ((v * 40.0) as i8).max(if seed.is_multiple_of(2) { -127 } else { -128 }))
             .collect();
-        let wq = m
-            .add_const("w", Tensor::from_shape(&[k, m_out], &weights).unwrap())
-            .unwrap();
-        let zero = m.add_const("zero", tensor0(0i32)).unwrap();
-        let a0 = m.add_const("a0", tensor0(zp as i8)).unwrap();
-        let one = m.add_const("one", tensor0(1f32)).unwrap();
-        let einsum = EinSum::newq(
-            "mk,kn,,,,,,,->mn".parse().unwrap(),
-            i32::datum_type(),
-            i32::datum_type(),
-        );
-        let acc = m
-            .wire_node(
-                "dense",
-                einsum,
-                &[q, wq, zero, a0, one, zero, one, zero, one],
-            )
-            .unwrap()[0];
-        let mut y = m
-            .wire_node(
-                "cast",
-                Cast {
-                    to: f32::datum_type(),
-                },
-                &[acc],
-            )
-            .unwrap()[0];
+        let weights = Tensor::from_shape(&[k, m_out], &weights).unwrap();
+        let mut y = int8_product(&mut m, q, "mk,kn,,,,,,,->mn", weights, tensor0(zp as i8));
         let per_output = |v: Vec<f32>| Tensor::from_shape(&[1, m_out], &v).unwrap();
         let scales = values(m_out, seed + 2)
             .iter()
