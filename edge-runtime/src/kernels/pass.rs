@@ -1175,6 +1175,14 @@ mod tests {
     /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
     /// input, the int8 einsum with its nine inputs, cast, per-channel rescale and bias, then an
     /// optional residual and ReLU6.
+    /// `x` through tract's `QuantizeLinear` with multiplier `scale` and a zero point drawn from
+    /// `seed`: the codes and the zero point.
+    fn quantized(m: &mut TypedModel, x: OutletId, scale: f32, seed: u64) -> (OutletId, i32) {
+        let zp = (seed % 200) as i32 - 100;
+        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(scale, zp as i8);
+        (m.wire_node("q", quant, &[x]).unwrap()[0], zp)
+    }
+
     /// The codes `q` times constant int8 `weights` through tract's quantized einsum (`axes`, the
     /// codes' zero point `a0`, no bias, unit scales, int32 sums), cast to f32.
     fn int8_product(
@@ -1215,12 +1223,7 @@ mod tests {
         use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
-        let zp = (seed % 200) as i32 - 100;
-        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(
-            10.0 + (seed % 30) as f32,
-            zp as i8,
-        );
-        let q = m.wire_node("q", quant, &[x]).unwrap()[0];
+        let (q, zp) = quantized(&mut m, x, 10.0 + (seed % 30) as f32, seed);
         let weights: Vec<i8> = values(cin * cout, seed + 1)
             .iter()
             .map(|v| (v * 31.9) as i8)
@@ -1300,12 +1303,7 @@ mod tests {
         use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([rows, k])).unwrap();
-        let zp = (seed % 200) as i32 - 100;
-        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(
-            10.0 + (seed % 30) as f32,
-            zp as i8,
-        );
-        let q = m.wire_node("q", quant, &[x]).unwrap()[0];
+        let (q, zp) = quantized(&mut m, x, 10.0 + (seed % 30) as f32, seed);
         // Kestrel's quantizer keeps weights in [-127, 127]; odd seeds also have -128 (another
         // quantizer's), which the Pi 4's tiles leave to tract.
         let weights: Vec<i8> = values(k * m_out, seed + 1)
@@ -1393,12 +1391,7 @@ mod tests {
         use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
-        let zp = (seed % 200) as i32 - 100;
-        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(
-            20.0 + (seed % 40) as f32,
-            zp as i8,
-        );
-        let q = m.wire_node("q", quant, &[x]).unwrap()[0];
+        let (q, zp) = quantized(&mut m, x, 20.0 + (seed % 40) as f32, seed);
         let weights: Vec<i8> = values(cout * cin * k * k, seed + 1)
             .iter()
             .map(|v| (v * 31.9) as i8)
