@@ -39,7 +39,8 @@ fn run_ok_stdout(c: &mut Command) -> String {
     run_ok(c).0
 }
 
-/// A tiny classification run: 4 shapes x 10 pictures of 64 px.
+/// A tiny classification run: 4 shapes x 10 pictures of 64 px, on the frozen trunk unless
+/// `extra` asks for phase 2.
 fn classify_run(tmp: &Path, cache: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let data = tmp.join("shapes");
     if !data.exists() {
@@ -58,13 +59,24 @@ fn classify_run(tmp: &Path, cache: &Path, name: &str, extra: &[&str]) -> PathBuf
             .arg("--out")
             .arg(&run)
             .args(["--epochs", "12", "--val-fraction", "0.25", "--units", "32"])
-            .args(extra),
+            .args(frozen_unless_asked(extra)),
     );
     run
 }
 
+/// `extra`, with `--fine-tune-blocks 0` unless it sets the blocks: these tests look at the
+/// frozen-trunk bundle (phase 2 is the default for classification and the grid head).
+fn frozen_unless_asked<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = extra.to_vec();
+    if !args.contains(&"--fine-tune-blocks") {
+        args.extend(["--fine-tune-blocks", "0"]);
+    }
+    args
+}
+
 /// A tiny detection run on 160x120 scenes (stride-16 map of 10x8 cells), or on 224x224 book
-/// scenes for `single` (the attention form) and `single-dense` (the book's dense head).
+/// scenes for `single` (the attention form) and `single-dense` (the book's dense head), on the
+/// frozen trunk.
 fn detect_run(tmp: &Path, cache: &Path, name: &str, head: &str) -> PathBuf {
     let (preset, size): (&str, &[&str]) = match head {
         "single" | "single-dense" => ("book", &["--width", "224", "--height", "224"]),
@@ -92,7 +104,7 @@ fn detect_run(tmp: &Path, cache: &Path, name: &str, head: &str) -> PathBuf {
             .arg(&data)
             .arg("--out")
             .arg(&run)
-            .args(head_args)
+            .args(frozen_unless_asked(head_args))
             .args(["--epochs", "10", "--patience", "0"])
             .args(size),
     );

@@ -40,7 +40,8 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     let run1 = tmp.path().join("run1");
     let (_, stderr) = run_ok(
         kestrel(&cache)
-            .args(["train", "classify", "--epochs", "25", "--data"])
+            .args(["train", "classify", "--fine-tune-blocks", "0"])
+            .args(["--epochs", "25", "--data"])
             .arg(&data)
             .arg("--out")
             .arg(&run1),
@@ -216,7 +217,8 @@ fn trains_a_head_on_synthetic_shapes_and_reuses_the_embedding_cache() {
     let run3 = tmp.path().join("run3");
     run_ok(
         kestrel(&cache)
-            .args(["train", "classify", "--epochs", "25", "--data"])
+            .args(["train", "classify", "--fine-tune-blocks", "0"])
+            .args(["--epochs", "25", "--data"])
             .arg(&data)
             .arg("--out")
             .arg(&run3),
@@ -325,8 +327,7 @@ fn fine_tuning_writes_phase_two_and_the_run_still_predicts() {
                 "classify",
                 "--epochs",
                 "10",
-                "--fine-tune-blocks",
-                "2",
+                // Phase 2 on the top 2 blocks is the default: not asked for here.
                 "--fine-tune-epochs",
                 "2",
                 "--data",

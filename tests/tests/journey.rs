@@ -470,8 +470,10 @@ fn pictures_to_a_classifier_that_predicts_on_the_board_as_on_the_host() {
             b["classification"]["score"].as_f64().unwrap(),
             h["top"][0]["score"].as_f64().unwrap(),
         );
+        // The default bundle's head is int8, and with phase 2 (the default) it holds the
+        // fine-tuned blocks too: the label must agree, the probability within 0.05.
         assert!(
-            (bs - hs).abs() < 0.02,
+            (bs - hs).abs() < 0.05,
             "{}: board {bs}, host {hs}",
             names[i].display()
         );

@@ -110,10 +110,11 @@ pub struct TrainingFlags {
     #[arg(long)]
     pub strict: bool,
     /// Phase 2: after the head, fine-tune the top N inverted-residual blocks below the cut with
-    /// it (default 0 = off).
+    /// it (0 = off; default 2 for classification, 3 for the grid head, 0 for the other heads).
     #[arg(long)]
     pub fine_tune_blocks: Option<usize>,
-    /// Epochs of phase 2 (default 5 for classification, 10 for detection).
+    /// Epochs of phase 2 (default 5 for classification, 6 for the grid head, 10 for the other
+    /// heads).
     #[arg(long)]
     pub fine_tune_epochs: Option<usize>,
     /// Learning rate of phase 2 (default: a hundredth of --lr for classification, where BatchNorm
@@ -193,7 +194,12 @@ impl ClassifyArgs {
     /// The run's options, defaults applied.
     pub fn options(&self) -> ClassifyOptions {
         let t = &self.train;
-        let r = t.resolve(&TrainDefaults::CLASSIFY);
+        let mut r = t.resolve(&TrainDefaults::CLASSIFY);
+        // Phase 2 trains the blocks under a head on the pooled vector only: by default it runs
+        // where it can, and an explicit --fine-tune-blocks with another cut is refused later.
+        if t.fine_tune_blocks.is_none() && self.cut != CutPoint::Pooled {
+            r.fine_tune_blocks = 0;
+        }
         ClassifyOptions {
             data: self.data.clone(),
             cut: self.cut,
@@ -294,7 +300,22 @@ impl DetectArgs {
     pub fn options(&self) -> DetectOptions {
         let d = DetectDefaults::of(self.head, self.single_form);
         let t = &self.train;
-        let r = t.resolve(&d.train);
+        let mut r = t.resolve(&d.train);
+        // The default phase 2 unfreezes at most the blocks that work at the cut's stride; an
+        // explicit --fine-tune-blocks that does not fit is refused later, with the range.
+        if t.fine_tune_blocks.is_none() {
+            r.fine_tune_blocks = (1..=r.fine_tune_blocks)
+                .rev()
+                .find(|&blocks| {
+                    let f = DetectFineTune {
+                        blocks,
+                        epochs: r.fine_tune_epochs,
+                        lr: r.fine_tune_lr,
+                    };
+                    f.prefix_cut(self.cut).is_ok()
+                })
+                .unwrap_or(0);
+        }
         DetectOptions {
             data: self.data.clone(),
             annotations: self.annotations.clone(),
@@ -447,4 +468,62 @@ fn print_detect(s: &crate::detect::run::DetectSummary, out: &std::path::Path) {
         s.train_seconds,
         out.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `kestrel train ARGS...` as the command line parses it.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        task: TrainCommand,
+    }
+
+    fn phase2_blocks(args: &[&str]) -> usize {
+        let cli = Cli::try_parse_from(["train"].iter().chain(args)).expect("arguments parse");
+        let blocks = match cli.task {
+            TrainCommand::Classify(a) => a.options().fine_tune.map(|f| f.blocks),
+            TrainCommand::Detect(a) => a.options().fine_tune.map(|f| f.blocks),
+        };
+        blocks.unwrap_or(0)
+    }
+
+    #[test]
+    fn phase2_runs_by_default_where_it_fits_the_cut() {
+        assert_eq!(phase2_blocks(&["classify", "--data", "d"]), 2);
+        assert_eq!(
+            phase2_blocks(&["classify", "--data", "d", "--cut", "stride16"]),
+            0
+        );
+        assert_eq!(phase2_blocks(&["detect", "--data", "d"]), 3);
+        // Below stride8 (features.6) only two blocks keep the cut's stride.
+        assert_eq!(
+            phase2_blocks(&["detect", "--data", "d", "--cut", "stride8"]),
+            2
+        );
+        assert_eq!(
+            phase2_blocks(&["detect", "--data", "d", "--head", "single"]),
+            0
+        );
+        assert_eq!(
+            phase2_blocks(&["detect", "--data", "d", "--head", "centroids"]),
+            0
+        );
+        // What the user asks for is kept (and checked against the cut when the run starts).
+        let off = ["detect", "--data", "d", "--fine-tune-blocks", "0"];
+        assert_eq!(phase2_blocks(&off), 0);
+        let asked = [
+            "classify",
+            "--data",
+            "d",
+            "--cut",
+            "stride16",
+            "--fine-tune-blocks",
+            "1",
+        ];
+        assert_eq!(phase2_blocks(&asked), 1);
+    }
 }

@@ -55,7 +55,10 @@ impl DetectDefaults {
     /// 224x224 pictures and sees each scene anywhere in the picture (shift 64 cells), which the
     /// dense form needs since its dense layer otherwise meets each position only a few times (its
     /// dense 200 is unstable at 1e-3, hence 3e-4); the attention form is convolutional, 64 wide
-    /// like the grid head, and keeps the shift as augmentation. Grid heads need no shift.
+    /// like the grid head, and keeps the shift as augmentation. Grid heads need no shift. The
+    /// grid head fine-tunes the top 3 blocks for 6 epochs after its own fit: on the multi preset
+    /// (3,000 / 500 scenes, seed 0) that took mAP@0.5 from 0.803 to 0.828 and mAP@0.5:0.95 from
+    /// 0.468 to 0.501, in 7 min 49 s instead of 4 min 01 s on 2 cores.
     pub fn of(head: DetectHeadKind, form: SingleForm) -> Self {
         let train = TrainDefaults {
             lr: 1e-3,
@@ -81,13 +84,26 @@ impl DetectDefaults {
                 shift_cells: 64,
                 train,
             },
-            (DetectHeadKind::Grid | DetectHeadKind::Centroids, _) => DetectDefaults {
-                width: 320,
-                height: 240,
-                units: 64,
-                shift_cells: 0,
-                train,
+            (DetectHeadKind::Grid, _) => DetectDefaults {
+                train: TrainDefaults {
+                    fine_tune_blocks: 3,
+                    fine_tune_epochs: 6,
+                    ..train
+                },
+                ..Self::grid(train)
             },
+            (DetectHeadKind::Centroids, _) => Self::grid(train),
+        }
+    }
+
+    /// The grid-shaped heads' input and width: 320x240, 64 wide, no shift.
+    fn grid(train: TrainDefaults) -> Self {
+        DetectDefaults {
+            width: 320,
+            height: 240,
+            units: 64,
+            shift_cells: 0,
+            train,
         }
     }
 }
