@@ -1770,4 +1770,117 @@ mod tests {
             println!("{line}");
         }
     }
+
+    /// Not a test: `cargo test -p kestrel-edge --lib qconv1x1::tests::multiply_rates --
+    /// --ignored --nocapture` measures the CPU's peak multiply-add rates in registers, one
+    /// thread: `vpmaddwd` (the AVX2 int8 tile's product, 16 per instruction), `vfmadd231ps` (the
+    /// f32 tiles', 8), both interleaved, and `vpmaddubsw` + `vpmaddwd` (32 int8 products in two
+    /// instructions, exact only for weights of 7 bits). It says how fast int8 can be against f32
+    /// with AVX2 alone: on Zen 2 all four reach the same ~53 products per ns.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[ignore]
+    fn multiply_rates() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            panic!("this CPU has no AVX2 + FMA: nothing to measure");
+        }
+        const LOOPS: u64 = 20_000_000;
+        /// Best of 5 of `f`'s seconds.
+        fn best(f: impl Fn()) -> f64 {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        }
+        // SAFETY (each block): register-only instructions of AVX2/FMA, which the CPU has;
+        // every register written is declared clobbered.
+        let fma = best(|| unsafe {
+            std::arch::asm!(
+                "2:",
+                "vfmadd231ps ymm0, ymm14, ymm15", "vfmadd231ps ymm1, ymm14, ymm15",
+                "vfmadd231ps ymm2, ymm14, ymm15", "vfmadd231ps ymm3, ymm14, ymm15",
+                "vfmadd231ps ymm4, ymm14, ymm15", "vfmadd231ps ymm5, ymm14, ymm15",
+                "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
+                "vfmadd231ps ymm8, ymm14, ymm15", "vfmadd231ps ymm9, ymm14, ymm15",
+                "vfmadd231ps ymm10, ymm14, ymm15", "vfmadd231ps ymm11, ymm14, ymm15",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) LOOPS => _,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
+                out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm14") _, out("ymm15") _,
+                options(nostack, nomem),
+            )
+        });
+        let madd = best(|| unsafe {
+            std::arch::asm!(
+                "2:",
+                "vpmaddwd ymm8, ymm14, ymm15", "vpaddd ymm0, ymm0, ymm8",
+                "vpmaddwd ymm9, ymm13, ymm15", "vpaddd ymm1, ymm1, ymm9",
+                "vpmaddwd ymm10, ymm14, ymm13", "vpaddd ymm2, ymm2, ymm10",
+                "vpmaddwd ymm11, ymm13, ymm13", "vpaddd ymm3, ymm3, ymm11",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) LOOPS => _,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm8") _,
+                out("ymm9") _, out("ymm10") _, out("ymm11") _, out("ymm13") _, out("ymm14") _,
+                out("ymm15") _,
+                options(nostack, nomem),
+            )
+        });
+        let mixed = best(|| unsafe {
+            std::arch::asm!(
+                "2:",
+                "vpmaddwd ymm12, ymm14, ymm15", "vpaddd ymm8, ymm8, ymm12",
+                "vfmadd231ps ymm0, ymm14, ymm15", "vfmadd231ps ymm1, ymm14, ymm15",
+                "vpmaddwd ymm12, ymm13, ymm15", "vpaddd ymm9, ymm9, ymm12",
+                "vfmadd231ps ymm2, ymm14, ymm15", "vfmadd231ps ymm3, ymm14, ymm15",
+                "vpmaddwd ymm11, ymm14, ymm13", "vpaddd ymm10, ymm10, ymm11",
+                "vfmadd231ps ymm4, ymm14, ymm15", "vfmadd231ps ymm5, ymm14, ymm15",
+                "vpmaddwd ymm11, ymm13, ymm13", "vpaddd ymm10, ymm10, ymm11",
+                "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) LOOPS => _,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
+                out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _, out("ymm14") _,
+                out("ymm15") _,
+                options(nostack, nomem),
+            )
+        });
+        let ubsw = best(|| unsafe {
+            std::arch::asm!(
+                "vpcmpeqw ymm10, ymm10, ymm10",
+                "2:",
+                "vpmaddubsw ymm4, ymm15, ymm14", "vpmaddwd ymm4, ymm4, ymm10",
+                "vpaddd ymm0, ymm0, ymm4",
+                "vpmaddubsw ymm5, ymm15, ymm13", "vpmaddwd ymm5, ymm5, ymm10",
+                "vpaddd ymm1, ymm1, ymm5",
+                "vpmaddubsw ymm6, ymm13, ymm14", "vpmaddwd ymm6, ymm6, ymm10",
+                "vpaddd ymm2, ymm2, ymm6",
+                "vpmaddubsw ymm7, ymm13, ymm15", "vpmaddwd ymm7, ymm7, ymm10",
+                "vpaddd ymm3, ymm3, ymm7",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) LOOPS => _,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
+                out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm10") _, out("ymm13") _,
+                out("ymm14") _, out("ymm15") _,
+                options(nostack, nomem),
+            )
+        });
+        let rate = |macs_per_loop: u64, secs: f64| (LOOPS * macs_per_loop) as f64 / secs / 1e9;
+        let rows = [
+            ("vfmadd231ps (f32)", rate(12 * 8, fma)),
+            ("vpmaddwd (int8 as int16)", rate(4 * 16, madd)),
+            ("vpmaddwd + vfmadd231ps, 1:2", rate(4 * 16 + 8 * 8, mixed)),
+            ("vpmaddubsw + vpmaddwd (7-bit weights)", rate(4 * 32, ubsw)),
+        ];
+        for (name, r) in rows {
+            println!("{name:<40} {r:6.1} multiply-adds per ns");
+            assert!(r > 0.0 && r.is_finite(), "{name}: no rate");
+        }
+    }
 }
