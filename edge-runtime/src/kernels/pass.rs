@@ -1172,9 +1172,6 @@ mod tests {
             .to_vec()
     }
 
-    /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
-    /// input, the int8 einsum with its nine inputs, cast, per-channel rescale and bias, then an
-    /// optional residual and ReLU6.
     /// `x` through tract's `QuantizeLinear` with multiplier `scale` and a zero point drawn from
     /// `seed`: the codes and the zero point.
     fn quantized(m: &mut TypedModel, x: OutletId, scale: f32, seed: u64) -> (OutletId, i32) {
@@ -1214,13 +1211,36 @@ mod tests {
         .unwrap()[0]
     }
 
+    /// `y` times a per-output multiplier, plus a per-output bias, as tract rescales an int8
+    /// product: both constants of `shape` (one value per output), drawn from `seed`.
+    fn rescaled(m: &mut TypedModel, y: OutletId, shape: &[usize], seed: u64) -> OutletId {
+        use tract_nnef::tract_core::ops::math::Mul;
+        let n = shape.iter().product();
+        let scales: Vec<f32> = values(n, seed)
+            .iter()
+            .map(|v| 1e-3 * (v.abs() + 0.1))
+            .collect();
+        let s = m
+            .add_const("s", Tensor::from_shape(shape, &scales).unwrap())
+            .unwrap();
+        let bias = Tensor::from_shape(shape, &values(n, seed + 1)).unwrap();
+        let b = m.add_const("b", bias).unwrap();
+        let y = m
+            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
+            .unwrap()[0];
+        m.wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
+            .unwrap()[0]
+    }
+
+    /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
+    /// input, the int8 einsum with its nine inputs, cast, per-channel rescale and bias, then an
+    /// optional residual and ReLU6.
     fn qmodel(
         [n, cin, cout, h, w]: [usize; 5],
         residual: bool,
         relu6: bool,
         seed: u64,
     ) -> (TypedModel, Tensor) {
-        use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
         let (q, zp) = quantized(&mut m, x, 10.0 + (seed % 30) as f32, seed);
@@ -1229,23 +1249,8 @@ mod tests {
             .map(|v| (v * 31.9) as i8)
             .collect();
         let weights = Tensor::from_shape(&[cout, cin], &weights).unwrap();
-        let mut y = int8_product(&mut m, q, "NIHW,OI,,,,,,,->NOHW", weights, tensor0(zp));
-        let per_channel = |v: Vec<f32>| Tensor::from_shape(&[1, cout, 1, 1], &v).unwrap();
-        let scales = per_channel(
-            values(cout, seed + 2)
-                .iter()
-                .map(|v| 1e-3 * (v.abs() + 0.1))
-                .collect(),
-        );
-        let bias = per_channel(values(cout, seed + 3));
-        let s = m.add_const("s", scales).unwrap();
-        let b = m.add_const("b", bias).unwrap();
-        y = m
-            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
-            .unwrap()[0];
-        y = m
-            .wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
-            .unwrap()[0];
+        let y = int8_product(&mut m, q, "NIHW,OI,,,,,,,->NOHW", weights, tensor0(zp));
+        let mut y = rescaled(&mut m, y, &[1, cout, 1, 1], seed + 2);
         if residual {
             y = m
                 .wire_node("residual", TypedBinOp(Box::new(Add), None), &[x, y])
@@ -1300,7 +1305,6 @@ mod tests {
     /// `mk,kn->mn` with weights `[k, m]` and an int8 zero point, cast, rescale and bias per
     /// output, and a ReLU.
     fn qdense([rows, k, m_out]: [usize; 3], relu: bool, seed: u64) -> (TypedModel, Tensor) {
-        use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([rows, k])).unwrap();
         let (q, zp) = quantized(&mut m, x, 10.0 + (seed % 30) as f32, seed);
@@ -1311,22 +1315,8 @@ mod tests {
             .map(|v| ((v * 40.0) as i8).max(if seed.is_multiple_of(2) { -127 } else { -128 }))
             .collect();
         let weights = Tensor::from_shape(&[k, m_out], &weights).unwrap();
-        let mut y = int8_product(&mut m, q, "mk,kn,,,,,,,->mn", weights, tensor0(zp as i8));
-        let per_output = |v: Vec<f32>| Tensor::from_shape(&[1, m_out], &v).unwrap();
-        let scales = values(m_out, seed + 2)
-            .iter()
-            .map(|v| 1e-3 * (v.abs() + 0.1))
-            .collect();
-        let s = m.add_const("s", per_output(scales)).unwrap();
-        let b = m
-            .add_const("b", per_output(values(m_out, seed + 3)))
-            .unwrap();
-        y = m
-            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
-            .unwrap()[0];
-        y = m
-            .wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
-            .unwrap()[0];
+        let y = int8_product(&mut m, q, "mk,kn,,,,,,,->mn", weights, tensor0(zp as i8));
+        let mut y = rescaled(&mut m, y, &[1, m_out], seed + 2);
         if relu {
             let lo = m.add_const("lo", tensor2(&[[0f32]])).unwrap();
             y = m
@@ -1388,7 +1378,6 @@ mod tests {
         pads: [usize; 4],
         seed: u64,
     ) -> (TypedModel, Tensor) {
-        use tract_nnef::tract_core::ops::math::Mul;
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
         let (q, zp) = quantized(&mut m, x, 20.0 + (seed % 40) as f32, seed);
@@ -1432,23 +1421,7 @@ mod tests {
                 &[acc],
             )
             .unwrap()[0];
-        let per_channel = |v: Vec<f32>| Tensor::from_shape(&[1, cout, 1, 1], &v).unwrap();
-        let scales = per_channel(
-            values(cout, seed + 2)
-                .iter()
-                .map(|v| 1e-3 * (v.abs() + 0.1))
-                .collect(),
-        );
-        let s = m.add_const("s", scales).unwrap();
-        let b = m
-            .add_const("b", per_channel(values(cout, seed + 3)))
-            .unwrap();
-        y = m
-            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
-            .unwrap()[0];
-        y = m
-            .wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
-            .unwrap()[0];
+        y = rescaled(&mut m, y, &[1, cout, 1, 1], seed + 2);
         let lo = m.add_const("lo", tensor4(&[[[[0f32]]]])).unwrap();
         let hi = m.add_const("hi", tensor4(&[[[[6f32]]]])).unwrap();
         y = m
