@@ -74,7 +74,9 @@ pub fn kind_of(model: &TypedModel, node: &TypedNode) -> OpKind {
         }
     };
     match name.as_ref() {
-        "KestrelDepthwise3x3" | "DepthWiseConv" => return OpKind::Depthwise,
+        "KestrelDepthwise3x3" | "KestrelQDepthwise3x3" | "DepthWiseConv" => {
+            return OpKind::Depthwise;
+        }
         "KestrelDense3x3" | "KestrelQDense3x3" => return OpKind::Stem,
         "KestrelPointwise" | "KestrelQPointwise" => return OpKind::Pointwise,
         "KestrelQConv3x3" => return OpKind::OtherConv,

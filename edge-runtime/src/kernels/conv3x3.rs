@@ -238,38 +238,45 @@ impl Depthwise3x3 {
     /// `[n, channels, h, w]` in `input` (plane `p` is channel `p % channels` of image
     /// `p / channels`).
     pub fn run_planes(&self, isa: Isa, input: &[f32], first: usize, out: &mut [f32]) {
+        let ip = self.geom.in_plane();
+        assert!(input.len() >= first * ip, "input too short");
+        self.run_from(isa, &input[first * ip..], first, out);
+    }
+
+    /// Computes `out.len() / out_plane` output planes from as many planes at the start of
+    /// `input`, the first of them plane `plane` of the batch (channel `plane % channels`): a
+    /// block of planes copied out of a larger input.
+    pub fn run_from(&self, isa: Isa, input: &[f32], plane: usize, out: &mut [f32]) {
         let (ip, op) = (self.geom.in_plane(), self.geom.out_plane());
         assert_eq!(out.len() % op, 0, "output is not whole planes");
-        assert!(
-            input.len() >= (first + out.len() / op) * ip,
-            "input too short"
-        );
+        assert!(input.len() >= out.len() / op * ip, "input too short");
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { dw_avx(self, input, first, out) },
+            Isa::Avx2Fma => unsafe { dw_avx(self, input, plane, out) },
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => unsafe {
-                dw_planes::<super::simd::Neon, 2, true>(self, input, first, out)
+                dw_planes::<super::simd::Neon, 2, true>(self, input, plane, out)
             },
-            _ => unsafe { dw_planes::<f32, 1, true>(self, input, first, out) },
+            _ => unsafe { dw_planes::<f32, 1, true>(self, input, plane, out) },
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dw_avx(dw: &Depthwise3x3, input: &[f32], first: usize, out: &mut [f32]) {
-    unsafe { dw_planes::<super::simd::Avx, 1, false>(dw, input, first, out) }
+unsafe fn dw_avx(dw: &Depthwise3x3, input: &[f32], plane: usize, out: &mut [f32]) {
+    unsafe { dw_planes::<super::simd::Avx, 1, false>(dw, input, plane, out) }
 }
 
-/// The planes of a depthwise convolution, `V` vectors of a row per step; `DIRECT`: planes with
+/// The planes of a depthwise convolution from the planes at the start of `input`, the first of
+/// them plane `plane` of the batch; `V` vectors of a row per step; `DIRECT`: planes with
 /// a zero border of one are read in place, in column strips (see [`walk_plan`]). AVX2 keeps the
 /// padded copy (reading stride 1 in place was slower there).
 #[inline(always)]
 unsafe fn dw_planes<L: Lanes, const V: usize, const DIRECT: bool>(
     dw: &Depthwise3x3,
     input: &[f32],
-    first: usize,
+    plane: usize,
     out: &mut [f32],
 ) {
     let g = &dw.geom;
@@ -278,24 +285,22 @@ unsafe fn dw_planes<L: Lanes, const V: usize, const DIRECT: bool>(
     // stays as it was).
     if DIRECT && let Some(plan) = walk_plan::<L>(g) {
         for (i, oplane) in out.chunks_exact_mut(op).enumerate() {
-            let p = first + i;
-            let c = p % dw.channels;
+            let c = (plane + i) % dw.channels;
             let k: &[f32; 9] = dw.weights[c * 9..c * 9 + 9].try_into().expect("9 taps");
             let consts = unsafe { Consts::new(k, dw.bias[c], dw.clamp) };
-            let plane = &input[p * ip..(p + 1) * ip];
+            let iplane = &input[i * ip..(i + 1) * ip];
             for &(strip, x0) in &plan {
                 // SAFETY: the plan's strips read inside the input plane and write inside the
                 // output plane (see walk_plan).
-                unsafe { strip(plane, oplane, &consts, g, x0) };
+                unsafe { strip(iplane, oplane, &consts, g, x0) };
             }
         }
         return;
     }
     let mut padded = Padded::take();
     for (i, oplane) in out.chunks_exact_mut(op).enumerate() {
-        let p = first + i;
-        let c = p % dw.channels;
-        padded.fill::<L>(&input[p * ip..(p + 1) * ip], g);
+        let c = (plane + i) % dw.channels;
+        padded.fill::<L>(&input[i * ip..(i + 1) * ip], g);
         let k: &[f32; 9] = dw.weights[c * 9..c * 9 + 9].try_into().expect("9 taps");
         unsafe { dw_plane::<L, V>(&padded, k, dw.bias[c], dw.clamp, g, oplane.as_mut_ptr()) };
     }
@@ -950,31 +955,39 @@ impl Int8Dense {
     /// `quantize_linear_f32_i8` per value (NEON: sixteen at a time, the same arithmetic).
     fn codes(&self, image: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; image.len()];
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of every aarch64 target.
-        let done = unsafe { neon_codes(self.quant, self.a0, image, &mut out) };
-        #[cfg(target_arch = "x86_64")]
-        let done = if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            unsafe { avx2_codes(self.quant, self.a0, image, &mut out) }
-        } else {
-            0
-        };
-        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
-        let done = 0;
-        for (o, &x) in out[done..].iter_mut().zip(&image[done..]) {
-            let c = tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
-                x,
-                self.quant.scale,
-                self.quant.zero_point,
-            );
-            *o = (c as i32 - self.a0) as f32;
-        }
+        float_codes(self.quant, self.a0, image, &mut out);
         out
     }
 }
 
-/// [`Int8Dense::codes`] for the whole vectors of `image`; returns how many values it did.
+/// `x`'s int8 codes minus the zero point `a0` a product subtracts, as floats, into `out`:
+/// tract's `quantize_linear_f32_i8` per value (AVX2 or NEON where the CPU has them, the same
+/// arithmetic).
+pub(super) fn float_codes(quant: super::qconv1x1::InputQuant, a0: i32, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "codes of every value");
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of every aarch64 target.
+    let done = unsafe { neon_codes(quant, a0, x, out) };
+    #[cfg(target_arch = "x86_64")]
+    let done = if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { avx2_codes(quant, a0, x, out) }
+    } else {
+        0
+    };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    let done = 0;
+    for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
+        let c = tract_nnef::tract_core::ops::quant::quantize_linear_f32_i8(
+            v,
+            quant.scale,
+            quant.zero_point,
+        );
+        *o = (c as i32 - a0) as f32;
+    }
+}
+
+/// [`float_codes`] for the whole vectors of `image`; returns how many values it did.
 /// `fcvtns` rounds half to even and saturates (NaN to 0), as Rust's cast in tract's function.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
@@ -1004,7 +1017,7 @@ unsafe fn neon_codes(
     whole
 }
 
-/// [`Int8Dense::codes`] for the whole vectors of `image` on x86; returns how many values it
+/// [`float_codes`] for the whole vectors of `image` on x86; returns how many values it
 /// did. `x * scale` is held within +-512 before the conversion (beyond, every code saturates
 /// anyway, and the conversion would overflow); `cvtps` rounds half to even, as tract.
 #[cfg(target_arch = "x86_64")]

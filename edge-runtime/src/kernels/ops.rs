@@ -8,8 +8,10 @@ use tract_nnef::prelude::*;
 use tract_nnef::tract_core::internal::*;
 
 use super::conv1x1::{MR, NC, Pointwise};
-use super::qconv1x1::{QIsa, QNR, QPointwise, padded};
+use super::qconv1x1::{InputQuant, QIn, QIsa, QNR, QPointwise, padded};
 use super::qconv3x3::QConv3x3;
+use super::qdepthwise::{QDepthwise3x3, QOut};
+use super::scratch;
 
 /// Pixels from which a pointwise convolution's threads split the plane's columns rather than
 /// its output channels (each then reads a part of the input instead of all of it).
@@ -28,10 +30,12 @@ fn pointwise_fact(
     fact: &TypedFact,
     batched: [bool; 2],
     [inputs, outputs]: [usize; 2],
+    input_type: DatumType,
 ) -> TractResult<TVec<TypedFact>> {
     ensure!(
-        fact.datum_type == f32::datum_type(),
-        "a Kestrel pointwise op takes f32"
+        fact.datum_type == input_type,
+        "a Kestrel pointwise op takes {input_type:?}, got {:?}",
+        fact.datum_type
     );
     let [bi, bo] = batched.map(usize::from);
     // Two axes of pixels after the channels (a convolution), or none (a dense layer's rows).
@@ -192,6 +196,153 @@ impl TypedOp for KestrelDepthwise {
         };
         let macs = self.conv.channels * self.conv.geom.out_plane() * 9;
         Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
+    }
+
+    tract_nnef::tract_core::as_op!();
+}
+
+/// An int8 depthwise 3x3 convolution with its quantization, rescale, bias and clamp fused
+/// ([`QDepthwise3x3`]): float or int8 codes in, float or the next layer's codes out (an int8
+/// chain).
+#[derive(Debug, Clone)]
+pub struct KestrelQDepthwise {
+    /// The convolution.
+    pub conv: Arc<QDepthwise3x3>,
+    /// NCHW (true) or CHW (tract drops a batch axis of 1).
+    pub batched: bool,
+    /// The float kernel it runs with.
+    pub isa: Isa,
+    /// Whether the input is already int8 codes, quantized as this convolution quantizes.
+    pub codes_in: bool,
+    /// Writes the int8 codes of the op after it, quantized this way, rather than floats.
+    pub codes_out: Option<InputQuant>,
+}
+
+impl PartialEq for KestrelQDepthwise {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa
+            && self.batched == other.batched
+            && self.codes_in == other.codes_in
+            && self.codes_out == other.codes_out
+            && *self.conv == *other.conv
+    }
+}
+impl Eq for KestrelQDepthwise {}
+
+impl Op for KestrelQDepthwise {
+    fn name(&self) -> StaticName {
+        "KestrelQDepthwise3x3".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let c = &self.conv;
+        Ok(vec![format!(
+            "{} channels, stride {}, clamp [{}, {}], {} in, {} out, {}",
+            c.channels(),
+            c.geom().stride,
+            c.clamp.lo,
+            c.clamp.hi,
+            if self.codes_in { "int8" } else { "f32" },
+            if self.codes_out.is_some() {
+                "int8"
+            } else {
+                "f32"
+            },
+            self.isa.name()
+        )])
+    }
+
+    tract_nnef::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for KestrelQDepthwise {
+    tract_nnef::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let c = &self.conv;
+        let g = *c.geom();
+        let view = input.try_as_plain_ram()?;
+        let x = if self.codes_in {
+            QIn::Codes(view.as_slice::<i8>()?)
+        } else {
+            QIn::Float(view.as_slice::<f32>()?)
+        };
+        ensure!(x.len() % (c.channels() * g.in_plane()) == 0, "input size");
+        let n = x.len() / (c.channels() * g.in_plane());
+        let shape = out_shape(self.batched, n, c.channels(), &g);
+        let total = n * c.channels() * g.out_plane() * 9;
+        let output = match self.codes_out {
+            None => planes_tensor::<f32>(&shape, g.out_plane(), total, |first, chunk| {
+                c.run_planes(self.isa, x, first, QOut::Float(chunk))
+            })?,
+            Some(q) => planes_tensor::<i8>(&shape, g.out_plane(), total, |first, chunk| {
+                c.run_planes(self.isa, x, first, QOut::Codes(chunk, q))
+            })?,
+        };
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+/// A tensor of `shape` whose planes of `plane` values `f(first, planes)` computes, the planes
+/// split across tract's executor (`cost`: the work, for its choice of threads).
+fn planes_tensor<T: Datum + Copy>(
+    shape: &[usize],
+    plane: usize,
+    cost: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) -> TractResult<Tensor> {
+    let mut output = unsafe { Tensor::uninitialized::<T>(shape)? };
+    {
+        let mut view = output.try_as_plain_ram_mut()?;
+        tract_linalg::multithread::par_chunks_mut(
+            view.as_slice_mut::<T>()?,
+            plane,
+            cost,
+            |first, chunk| {
+                f(first, chunk);
+                Ok(())
+            },
+        )?;
+    }
+    Ok(output)
+}
+
+impl TypedOp for KestrelQDepthwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (c, g) = (&self.conv, self.conv.geom());
+        let fact = inputs[0];
+        let want = if self.codes_in {
+            i8::datum_type()
+        } else {
+            f32::datum_type()
+        };
+        ensure!(
+            fact.datum_type == want,
+            "KestrelQDepthwise3x3 takes {want:?}, got {:?}",
+            fact.datum_type
+        );
+        let out = output_fact(
+            &f32::fact(fact.shape.clone()),
+            self.batched,
+            [c.channels(), g.h, g.w],
+            [c.channels(), g.oh, g.ow],
+            "KestrelQDepthwise3x3",
+        )?;
+        Ok(tvec!(match self.codes_out {
+            None => out,
+            Some(_) => i8::fact(out.shape),
+        }))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let n = if self.batched {
+            inputs[0].shape[0].clone()
+        } else {
+            1.into()
+        };
+        let macs = self.conv.channels() * self.conv.geom().out_plane() * 9;
+        Ok(tvec!((Cost::FMA(i8::datum_type()), n * macs)))
     }
 
     tract_nnef::tract_core::as_op!();
@@ -413,6 +564,7 @@ impl TypedOp for KestrelPointwise {
             inputs[0],
             self.batched,
             [self.conv.inputs, self.conv.outputs],
+            f32::datum_type(),
         )
     }
 
@@ -436,7 +588,8 @@ impl TypedOp for KestrelPointwise {
 }
 
 /// An int8 1x1 convolution with its quantization and requantization fused
-/// ([`QPointwise`]): float in, float out, int8 products inside.
+/// ([`QPointwise`]): float in (or the int8 codes of an int8 chain), float out, int8 products
+/// inside.
 #[derive(Debug, Clone)]
 pub struct KestrelQPointwise {
     /// The convolution.
@@ -447,6 +600,9 @@ pub struct KestrelQPointwise {
     pub residual: bool,
     /// The kernels.
     pub isa: QIsa,
+    /// Whether the input is already int8 codes (written by the op before it, quantized as this
+    /// convolution quantizes) rather than floats.
+    pub codes_in: bool,
 }
 
 impl PartialEq for KestrelQPointwise {
@@ -454,6 +610,7 @@ impl PartialEq for KestrelQPointwise {
         self.isa == other.isa
             && self.batched == other.batched
             && self.residual == other.residual
+            && self.codes_in == other.codes_in
             && *self.conv == *other.conv
     }
 }
@@ -467,10 +624,11 @@ impl Op for KestrelQPointwise {
     fn info(&self) -> TractResult<Vec<String>> {
         let c = &self.conv;
         Ok(vec![format!(
-            "{} -> {} channels{}, input x{} + {}, clamp [{}, {}], {}",
+            "{} -> {} channels{}{}, input x{} + {}, clamp [{}, {}], {}",
             c.inputs,
             c.outputs,
             if self.residual { ", residual" } else { "" },
+            if self.codes_in { ", int8 codes in" } else { "" },
             c.quant.scale,
             c.quant.zero_point,
             c.clamp.lo,
@@ -495,7 +653,11 @@ impl EvalOp for KestrelQPointwise {
             .context("concrete shape")?
             .to_vec();
         let view = input.try_as_plain_ram()?;
-        let x = view.as_slice::<f32>()?;
+        let x = if self.codes_in {
+            QIn::Codes(view.as_slice::<i8>()?)
+        } else {
+            QIn::Float(view.as_slice::<f32>()?)
+        };
         let res_view = if self.residual {
             ensure!(
                 inputs.len() == 2,
@@ -524,7 +686,10 @@ impl EvalOp for KestrelQPointwise {
             let out = out_view.as_slice_mut::<f32>()?;
             let (xi, oi) = (c.inputs * pixels, c.outputs * pixels);
             for i in 0..n {
-                let img = &x[i * xi..(i + 1) * xi];
+                let img = match x {
+                    QIn::Float(x) => QIn::Float(&x[i * xi..(i + 1) * xi]),
+                    QIn::Codes(x) => QIn::Codes(&x[i * xi..(i + 1) * xi]),
+                };
                 let r = res.map(|r| &r[i * oi..(i + 1) * oi]);
                 let out = &mut out[i * oi..(i + 1) * oi];
                 if let Some(f) = float {
@@ -554,6 +719,11 @@ impl TypedOp for KestrelQPointwise {
             inputs[0],
             self.batched,
             [self.conv.inputs, self.conv.outputs],
+            if self.codes_in {
+                i8::datum_type()
+            } else {
+                f32::datum_type()
+            },
         )
     }
 
@@ -635,7 +805,7 @@ const FLOAT_BLOCK: usize = 16 * NC;
 fn run_float_route(
     conv: &QPointwise,
     f: &Pointwise,
-    img: &[f32],
+    img: QIn,
     pixels: usize,
     res: Option<&[f32]>,
     out: &mut [f32],
@@ -813,46 +983,4 @@ impl TypedOp for KestrelQConv3x3 {
     }
 
     tract_nnef::tract_core::as_op!();
-}
-
-/// Scratch buffers of the int8 ops, kept per thread across layers and frames: a fresh buffer of
-/// a few MB per layer and frame cost page faults and zeroing (about 0.3 ms of a 32 -> 16
-/// convolution at 120x160 on Zen 2). Every op writes its buffer whole before reading it.
-mod scratch {
-    use std::cell::RefCell;
-
-    /// The element types with a pool.
-    pub(super) trait Pooled: Copy + Default + 'static {
-        fn with_pool<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> R;
-    }
-
-    macro_rules! pooled {
-        ($t:ty) => {
-            impl Pooled for $t {
-                fn with_pool<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> R {
-                    thread_local! {
-                        static POOL: RefCell<Vec<Vec<$t>>> = const { RefCell::new(Vec::new()) };
-                    }
-                    POOL.with_borrow_mut(f)
-                }
-            }
-        };
-    }
-    pooled!(u8);
-    pooled!(f32);
-
-    /// A buffer of `len` elements (contents unspecified): the largest kept one, else new.
-    pub(super) fn take<T: Pooled>(len: usize) -> Vec<T> {
-        let mut v = T::with_pool(|pool| pool.pop()).unwrap_or_default();
-        v.resize(len, T::default());
-        v
-    }
-
-    /// Keeps `v` for the next [`take`] on this thread.
-    pub(super) fn give<T: Pooled>(v: Vec<T>) {
-        T::with_pool(|pool| {
-            pool.push(v);
-            pool.sort_by_key(|v| v.capacity());
-        });
-    }
 }

@@ -17,10 +17,12 @@ use tract_nnef::tract_core::ops::quant::QuantizeLinearI8;
 use super::conv1x1::Pointwise;
 use super::conv3x3::{Clamp, Dense3x3, Depthwise3x3, Geometry, Int8Dense, MAX_DENSE_INPUTS};
 use super::ops::{
-    KestrelDense, KestrelDepthwise, KestrelPointwise, KestrelQConv3x3, KestrelQPointwise,
+    KestrelDense, KestrelDepthwise, KestrelPointwise, KestrelQConv3x3, KestrelQDepthwise,
+    KestrelQPointwise,
 };
 use super::qconv1x1::{InputQuant, QIsa, QPointwise};
 use super::qconv3x3::QConv3x3;
+use super::qdepthwise::QDepthwise3x3;
 use super::simd::Isa;
 
 /// What the pass replaced.
@@ -42,6 +44,10 @@ pub struct PassReport {
     pub int8_dense: usize,
     /// int8 3x3 convolutions on more channels (a detector head's) now run by Kestrel.
     pub int8_conv: usize,
+    /// int8 depthwise 3x3 convolutions now run by Kestrel.
+    pub int8_depthwise: usize,
+    /// int8 ops that now hand the next int8 op its codes rather than floats (int8 chains).
+    pub int8_chains: usize,
 }
 
 impl PassReport {
@@ -53,6 +59,7 @@ impl PassReport {
             + self.int8_pointwise
             + self.int8_dense
             + self.int8_conv
+            + self.int8_depthwise
     }
 }
 
@@ -62,6 +69,8 @@ enum Kind {
     Dense(Dense3x3),
     /// An int8 convolution on more than [`MAX_DENSE_INPUTS`] channels, with its int8 path.
     Int8(QConv3x3, QIsa),
+    /// An int8 depthwise convolution.
+    Int8Depthwise(QDepthwise3x3),
 }
 
 /// A constant input's values as f32, if the wire is a constant.
@@ -777,6 +786,99 @@ fn as_qconv3x3(
     Ok(Some((Kind::Dense(dense), operands.input, fused)))
 }
 
+/// An int8 bundle's depthwise 3x3 convolution at `node` (`ConvInteger` with one group per
+/// channel), with the quantization before it and the cast, rescale and bias after it: the
+/// kernel ([`QDepthwise3x3`]), its float input and the nodes it replaces before the clamp.
+fn as_qdepthwise(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(Kind, OutletId, Vec<usize>)>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    if conv.q_params != Some(i32::datum_type()) {
+        return Ok(None);
+    }
+    let Some(operands) = int8_operands(model, node)? else {
+        return Ok(None);
+    };
+    let Some((cin, geom)) = conv3x3_geometry(model, node, conv)? else {
+        return Ok(None);
+    };
+    if conv.group != cin
+        || conv.output_channels() != cin
+        || operands.weights.shape() != [cin, 1, 3, 3]
+    {
+        return Ok(None);
+    }
+    let out_rank = model.outlet_fact(OutletId::new(node.id, 0))?.rank();
+    let layout = EinsumLayout {
+        k: cin,
+        m: cin,
+        batched: [out_rank == 4; 2],
+        dense: false,
+    };
+    let Some(Rescale {
+        nodes: fused,
+        scale,
+        bias,
+    }) = rescale_after(model, node, &layout)?
+    else {
+        return Ok(None);
+    };
+    let codes = operands.weights.try_as_plain_ram()?;
+    let conv = QDepthwise3x3::new(
+        geom,
+        codes.as_slice::<i8>()?,
+        operands.quant,
+        operands.a0,
+        (&scale, &bias),
+        Clamp::NONE,
+    );
+    Ok(Some((Kind::Int8Depthwise(conv), operands.input, fused)))
+}
+
+/// Links int8 ops into chains: where a Kestrel int8 depthwise convolution's only reader is a
+/// Kestrel int8 pointwise one, the depthwise writes the pointwise's int8 codes (its
+/// quantization applied at the store, the same arithmetic) and the pointwise reads them: a
+/// quarter of the bytes through memory, and no quantize pass.
+fn chain_codes(model: &mut TypedModel, report: &mut PassReport) -> TractResult<()> {
+    let outputs = model.output_outlets()?.to_vec();
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(dw) = node.op_as::<KestrelQDepthwise>() else {
+            continue;
+        };
+        let out = OutletId::new(id, 0);
+        let succ = &node.outputs[0].successors;
+        if dw.codes_out.is_some() || succ.len() != 1 || succ[0].slot != 0 || outputs.contains(&out)
+        {
+            continue;
+        }
+        let next = succ[0].node;
+        let Some(pw) = model.node(next).op_as::<KestrelQPointwise>() else {
+            continue;
+        };
+        if pw.codes_in {
+            continue;
+        }
+        let dw = KestrelQDepthwise {
+            codes_out: Some(pw.conv.quant),
+            ..dw.clone()
+        };
+        let pw = KestrelQPointwise {
+            codes_in: true,
+            ..pw.clone()
+        };
+        let fact = i8::fact(model.outlet_fact(out)?.shape.clone());
+        model.node_mut(id).op = Box::new(dw);
+        model.node_mut(next).op = Box::new(pw);
+        model.set_outlet_fact(out, fact)?;
+        report.int8_chains += 1;
+    }
+    Ok(())
+}
+
 /// Replaces the matched einsum and what follows it with one [`KestrelPointwise`] or
 /// [`KestrelQPointwise`].
 fn install_pointwise(
@@ -812,6 +914,7 @@ fn install_pointwise(
                 batched: found.batched,
                 residual,
                 isa,
+                codes_in: false,
             };
             patch.wire_node(name, op, &taps)?[0]
         }
@@ -881,6 +984,12 @@ pub fn install_with(
                     found = Some(Found::Conv3x3(id, kind, Some((input, chain))));
                     break;
                 }
+                if qisa.is_some()
+                    && let Some((kind, input, chain)) = as_qdepthwise(model, node)?
+                {
+                    found = Some(Found::Conv3x3(id, kind, Some((input, chain))));
+                    break;
+                }
                 tracing::debug!("{} stays tract's: {:?}", node.name, node.op());
                 left.insert(node.name.clone());
             }
@@ -895,6 +1004,7 @@ pub fn install_with(
             }
         }
     }
+    chain_codes(model, &mut report)?;
     Ok(report)
 }
 
@@ -951,6 +1061,18 @@ fn install_conv3x3(
                 conv: Arc::new(d.clone()),
                 batched,
                 isa,
+            };
+            patch.wire_node(name, op, &[tap])?[0]
+        }
+        Kind::Int8Depthwise(q) => {
+            q.clamp = clamp;
+            report.int8_depthwise += 1;
+            let op = KestrelQDepthwise {
+                conv: Arc::new(q.clone()),
+                batched,
+                isa,
+                codes_in: false,
+                codes_out: None,
             };
             patch.wire_node(name, op, &[tap])?[0]
         }
@@ -1056,6 +1178,22 @@ mod tests {
         }
         m.select_output_outlets(&[y]).unwrap();
         m
+    }
+
+    /// Whether Kestrel's output `got` equals tract's `want` bit for bit (`what`: the paths run).
+    fn same_bits(want: &[f32], got: &[f32], what: &str) -> Result<(), TestCaseError> {
+        prop_assert_eq!(want.len(), got.len());
+        for (i, (a, b)) in want.iter().zip(got).enumerate() {
+            prop_assert!(
+                a.to_bits() == b.to_bits(),
+                "{} value {}: tract {} vs kestrel {}",
+                what,
+                i,
+                a,
+                b
+            );
+        }
+        Ok(())
     }
 
     /// Runs the case with tract's kernels and with Kestrel's on `isa`; returns both outputs and
@@ -1221,15 +1359,26 @@ mod tests {
             .map(|v| 1e-3 * (v.abs() + 0.1))
             .collect();
         let s = m
-            .add_const("s", Tensor::from_shape(shape, &scales).unwrap())
+            .add_const(
+                m.unique_name("s").into_owned(),
+                Tensor::from_shape(shape, &scales).unwrap(),
+            )
             .unwrap();
         let bias = Tensor::from_shape(shape, &values(n, seed + 1)).unwrap();
-        let b = m.add_const("b", bias).unwrap();
+        let b = m.add_const(m.unique_name("b").into_owned(), bias).unwrap();
         let y = m
-            .wire_node("mul", TypedBinOp(Box::new(Mul), None), &[y, s])
+            .wire_node(
+                m.unique_name("mul").into_owned(),
+                TypedBinOp(Box::new(Mul), None),
+                &[y, s],
+            )
             .unwrap()[0];
-        m.wire_node("add", TypedBinOp(Box::new(Add), None), &[y, b])
-            .unwrap()[0]
+        m.wire_node(
+            m.unique_name("add").into_owned(),
+            TypedBinOp(Box::new(Add), None),
+            &[y, b],
+        )
+        .unwrap()[0]
     }
 
     /// An int8 bundle's 1x1 convolution as tract declutters it: `QuantizeLinear` of a float
@@ -1293,10 +1442,7 @@ mod tests {
                 prop_assert_eq!(report.residuals, usize::from(residual));
                 prop_assert_eq!(report.clamps, if relu6 { 2 } else { 0 });
                 let got = run_f32(ours, &input);
-                prop_assert_eq!(want.len(), got.len());
-                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", qisa, i, a, b);
-                }
+                same_bits(&want, &got, &format!("{qisa:?}"))?;
             }
         }
     }
@@ -1350,10 +1496,7 @@ mod tests {
                 let replaced = !(qisa == QIsa::Neon && min_weight);
                 prop_assert_eq!(report.int8_pointwise, usize::from(replaced), "{:?}", qisa);
                 let got = run_f32(ours, &input);
-                prop_assert_eq!(want.len(), got.len());
-                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", qisa, i, a, b);
-                }
+                same_bits(&want, &got, &format!("{qisa:?}"))?;
             }
         }
     }
@@ -1380,60 +1523,104 @@ mod tests {
     ) -> (TypedModel, Tensor) {
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([n, cin, h, w])).unwrap();
-        let (q, zp) = quantized(&mut m, x, 20.0 + (seed % 40) as f32, seed);
-        let weights: Vec<i8> = values(cout * cin * k * k, seed + 1)
+        let layer = QLayer {
+            channels: [cin, cout],
+            k,
+            group: 1,
+            stride,
+            pads,
+            relu6: true,
+        };
+        let y = qconv_layer(&mut m, x, &layer, seed);
+        m.select_output_outlets(&[y]).unwrap();
+        let input =
+            Tensor::from_shape(&[n, cin, h, w], &values(n * cin * h * w, seed + 4)).unwrap();
+        (m, input)
+    }
+
+    /// One int8 convolution of a test model.
+    struct QLayer {
+        /// Input and output channels.
+        channels: [usize; 2],
+        /// Kernel size.
+        k: usize,
+        /// Groups (the channels for a depthwise convolution).
+        group: usize,
+        stride: usize,
+        pads: [usize; 4],
+        relu6: bool,
+    }
+
+    /// An int8 bundle's convolution on `x` as tract reads it: `QuantizeLinear`, the int8
+    /// convolution with its nine inputs, cast, per-channel rescale and bias, ReLU6 (optional);
+    /// node names made unique, so that layers can follow one another.
+    fn qconv_layer(m: &mut TypedModel, x: OutletId, l: &QLayer, seed: u64) -> OutletId {
+        let [cin, cout] = l.channels;
+        let k = l.k;
+        let name = |m: &TypedModel, s: &str| m.unique_name(s).into_owned();
+        let zp = (seed % 200) as i32 - 100;
+        let quant = tract_nnef::tract_core::ops::quant::quantize_linear_i8(
+            20.0 + (seed % 40) as f32,
+            zp as i8,
+        );
+        let q = m.wire_node(name(m, "q"), quant, &[x]).unwrap()[0];
+        let per = cin / l.group;
+        let weights: Vec<i8> = values(cout * per * k * k, seed + 1)
             .iter()
             .map(|v| (v * 31.9) as i8)
             .collect();
         let wq = m
             .add_const(
-                "w",
-                Tensor::from_shape(&[cout, cin, k, k], &weights).unwrap(),
+                name(m, "w"),
+                Tensor::from_shape(&[cout, per, k, k], &weights).unwrap(),
             )
             .unwrap();
-        let zero = m.add_const("zero", tensor0(0i32)).unwrap();
-        let a0 = m.add_const("a0", tensor0(zp)).unwrap();
-        let one = m.add_const("one", tensor0(1f32)).unwrap();
-        let [top, left, bottom, right] = pads;
+        let zero = m.add_const(name(m, "zero"), tensor0(0i32)).unwrap();
+        let a0 = m.add_const(name(m, "a0"), tensor0(zp)).unwrap();
+        let one = m.add_const(name(m, "one"), tensor0(1f32)).unwrap();
+        let [top, left, bottom, right] = l.pads;
         let conv = Conv {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NCHW,
                 kernel_shape: tvec![k, k],
                 padding: PaddingSpec::Explicit(tvec![top, left], tvec![bottom, right]),
                 dilations: None,
-                strides: Some(tvec![stride, stride]),
+                strides: Some(tvec![l.stride, l.stride]),
                 input_channels: cin,
                 output_channels: cout,
             },
             kernel_fmt: KernelFormat::OIHW,
-            group: 1,
+            group: l.group,
             q_params: Some(i32::datum_type()),
         };
         let acc = m
-            .wire_node("conv", conv, &[q, wq, zero, a0, one, zero, one, zero, one])
+            .wire_node(
+                name(m, "conv"),
+                conv,
+                &[q, wq, zero, a0, one, zero, one, zero, one],
+            )
             .unwrap()[0];
         let mut y = m
             .wire_node(
-                "cast",
+                name(m, "cast"),
                 Cast {
                     to: f32::datum_type(),
                 },
                 &[acc],
             )
             .unwrap()[0];
-        y = rescaled(&mut m, y, &[1, cout, 1, 1], seed + 2);
-        let lo = m.add_const("lo", tensor4(&[[[[0f32]]]])).unwrap();
-        let hi = m.add_const("hi", tensor4(&[[[[6f32]]]])).unwrap();
-        y = m
-            .wire_node("max", TypedBinOp(Box::new(Max), None), &[y, lo])
-            .unwrap()[0];
-        y = m
-            .wire_node("min", TypedBinOp(Box::new(Min), None), &[y, hi])
-            .unwrap()[0];
-        m.select_output_outlets(&[y]).unwrap();
-        let input =
-            Tensor::from_shape(&[n, cin, h, w], &values(n * cin * h * w, seed + 4)).unwrap();
-        (m, input)
+        y = rescaled(m, y, &[1, cout, 1, 1], seed + 2);
+        if l.relu6 {
+            let lo = m.add_const(name(m, "lo"), tensor4(&[[[[0f32]]]])).unwrap();
+            let hi = m.add_const(name(m, "hi"), tensor4(&[[[[6f32]]]])).unwrap();
+            y = m
+                .wire_node(name(m, "max"), TypedBinOp(Box::new(Max), None), &[y, lo])
+                .unwrap()[0];
+            y = m
+                .wire_node(name(m, "min"), TypedBinOp(Box::new(Min), None), &[y, hi])
+                .unwrap()[0];
+        }
+        y
     }
 
     proptest! {
@@ -1456,10 +1643,7 @@ mod tests {
                 prop_assert_eq!(report.int8_dense, 1, "{:?}", isa);
                 prop_assert_eq!(report.clamps, 2);
                 let got = run_f32(ours, &input);
-                prop_assert_eq!(want.len(), got.len());
-                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", isa, i, a, b);
-                }
+                same_bits(&want, &got, &format!("{isa:?}"))?;
             }
         }
     }
@@ -1494,10 +1678,81 @@ mod tests {
                 );
                 prop_assert_eq!(report.clamps, 2);
                 let got = run_f32(ours, &input);
-                prop_assert_eq!(want.len(), got.len());
-                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                    prop_assert!(a.to_bits() == b.to_bits(), "{:?} value {}: tract {} vs kestrel {}", qisa, i, a, b);
-                }
+                same_bits(&want, &got, &format!("{qisa:?}"))?;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Kestrel's int8 depthwise op (the float kernel on the codes, exact) computes what
+        /// tract's quantize, grouped int8 convolution (padded with the zero point), cast,
+        /// rescale, bias and clamp compute, bit for bit, on every float instruction set, read
+        /// from the graph or back from NNEF.
+        #[test]
+        fn kestrel_int8_depthwise_equals_tract(
+            n in 1usize..3, c in 2usize..20, h in 1usize..16, w in 1usize..40,
+            stride in 1usize..=2, pads in proptest::array::uniform4(0usize..=2),
+            relu6 in any::<bool>(), nnef in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", f32::fact([n, c, h, w])).unwrap();
+            let layer = QLayer { channels: [c, c], k: 3, group: c, stride, pads, relu6 };
+            let y = qconv_layer(&mut m, x, &layer, seed);
+            m.select_output_outlets(&[y]).unwrap();
+            let input =
+                Tensor::from_shape(&[n, c, h, w], &values(n * c * h * w, seed + 4)).unwrap();
+            let want = run_f32(m.clone().into_decluttered().unwrap(), &input);
+            prop_assume!(!want.is_empty());
+            for isa in Isa::available() {
+                let mut ours = if nnef { through_nnef(&m) } else { m.clone() }
+                    .into_decluttered()
+                    .unwrap();
+                let report = install_with(&mut ours, isa, Some(QIsa::Portable)).unwrap();
+                prop_assert_eq!(report.int8_depthwise, 1, "{:?}", isa);
+                prop_assert_eq!(report.clamps, if relu6 { 2 } else { 0 });
+                let got = run_f32(ours, &input);
+                same_bits(&want, &got, &format!("{isa:?}"))?;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// An int8 depthwise convolution read only by an int8 pointwise one (an inverted
+        /// residual block's depthwise and projection) becomes an int8 chain: the depthwise
+        /// writes the pointwise's codes, and the pair still computes what tract computes, bit
+        /// for bit, with every float and int8 path, read from the graph or back from NNEF.
+        #[test]
+        fn int8_chain_equals_tract(
+            n in 1usize..3, c in 2usize..48, cout in 1usize..24, h in 1usize..14,
+            w in 1usize..30, stride in 1usize..=2, relu6 in any::<bool>(), nnef in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", f32::fact([n, c, h, w])).unwrap();
+            let dw = QLayer { channels: [c, c], k: 3, group: c, stride, pads: [1; 4], relu6: true };
+            let y = qconv_layer(&mut m, x, &dw, seed);
+            let pw = QLayer { channels: [c, cout], k: 1, group: 1, stride: 1, pads: [0; 4], relu6 };
+            let y = qconv_layer(&mut m, y, &pw, seed / 2);
+            m.select_output_outlets(&[y]).unwrap();
+            let input =
+                Tensor::from_shape(&[n, c, h, w], &values(n * c * h * w, seed + 4)).unwrap();
+            let want = run_f32(m.clone().into_decluttered().unwrap(), &input);
+            for (isa, qisa) in Isa::available().into_iter().flat_map(|i| QIsa::available().into_iter().map(move |q| (i, q))) {
+                let mut ours = if nnef { through_nnef(&m) } else { m.clone() }
+                    .into_decluttered()
+                    .unwrap();
+                let report = install_with(&mut ours, isa, Some(qisa)).unwrap();
+                prop_assert_eq!(
+                    (report.int8_depthwise, report.int8_pointwise, report.int8_chains),
+                    (1, 1, 1),
+                    "{:?} {:?}", isa, qisa
+                );
+                let got = run_f32(ours, &input);
+                same_bits(&want, &got, &format!("{isa:?} {qisa:?}"))?;
             }
         }
     }
@@ -1535,10 +1790,7 @@ mod tests {
             );
             prop_assert_eq!(report.clamps, 2);
             let got = run_f32(ours, &input);
-            prop_assert_eq!(want.len(), got.len());
-            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                prop_assert!(a.to_bits() == b.to_bits(), "value {}: tract {} vs kestrel {}", i, a, b);
-            }
+            same_bits(&want, &got, "")?;
         }
     }
 

@@ -125,6 +125,30 @@ pub struct InputQuant {
     pub zero_point: i32,
 }
 
+/// The planes going into an int8 convolution.
+#[derive(Debug, Clone, Copy)]
+pub enum QIn<'a> {
+    /// Floats, quantized by the convolution.
+    Float(&'a [f32]),
+    /// int8 codes the layer before wrote, quantized as the convolution would (an int8 chain).
+    Codes(&'a [i8]),
+}
+
+impl QIn<'_> {
+    /// Values.
+    pub fn len(&self) -> usize {
+        match self {
+            QIn::Float(x) => x.len(),
+            QIn::Codes(x) => x.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An int8 1x1 convolution with its requantization fused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QPointwise {
@@ -296,7 +320,7 @@ impl QPointwise {
     /// (`[inputs, cols.len()]`): the input of [`Self::float_route`].
     pub fn float_codes(
         &self,
-        x: &[f32],
+        x: QIn,
         pixels: usize,
         cols: std::ops::Range<usize>,
         dst: &mut [f32],
@@ -304,6 +328,18 @@ impl QPointwise {
         if cols.is_empty() {
             return;
         }
+        let x = match x {
+            QIn::Float(x) => x,
+            QIn::Codes(c) => {
+                for (k, out) in dst.chunks_exact_mut(cols.len()).enumerate() {
+                    let row = &c[k * pixels + cols.start..k * pixels + cols.end];
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o = (v as i32 - self.a0) as f32;
+                    }
+                }
+                return;
+            }
+        };
         for (k, out) in dst.chunks_exact_mut(cols.len()).enumerate() {
             let row = &x[k * pixels + cols.start..k * pixels + cols.end];
             #[cfg(target_arch = "x86_64")]
@@ -343,7 +379,7 @@ impl QPointwise {
     /// Quantizes groups `first..` of one image's input `x` (`[inputs, pixels]`) into `dst` (whole
     /// rows of `padded(pixels) * 4` bytes): pixel `n` of group `g` holds the unsigned codes of
     /// inputs `4g..4g + 4` (128 for inputs past the last, whose weights are zero).
-    pub fn quantize(&self, isa: QIsa, x: &[f32], pixels: usize, first: usize, dst: &mut [u8]) {
+    pub fn quantize(&self, isa: QIsa, x: QIn, pixels: usize, first: usize, dst: &mut [u8]) {
         quantize_groups(isa, self.quant, self.inputs, x, pixels, first, dst);
     }
 
@@ -423,7 +459,7 @@ pub fn quantize_groups(
     isa: QIsa,
     quant: InputQuant,
     inputs: usize,
-    x: &[f32],
+    x: QIn,
     pixels: usize,
     first: usize,
     dst: &mut [u8],
@@ -431,6 +467,17 @@ pub fn quantize_groups(
     let row = padded(pixels) * 4;
     for (i, out) in dst.chunks_exact_mut(row).enumerate() {
         let g = first + i;
+        let x = match x {
+            QIn::Float(x) => x,
+            QIn::Codes(c) => {
+                let rows: [Option<&[i8]>; 4] = std::array::from_fn(|j| {
+                    let k = 4 * g + j;
+                    (k < inputs).then(|| &c[k * pixels..(k + 1) * pixels])
+                });
+                pack_codes(isa, rows, pixels, out);
+                continue;
+            }
+        };
         let rows: [Option<&[f32]>; 4] = std::array::from_fn(|j| {
             let k = 4 * g + j;
             (k < inputs).then(|| &x[k * pixels..(k + 1) * pixels])
@@ -445,6 +492,68 @@ pub fn quantize_groups(
             #[cfg(target_arch = "aarch64")]
             QIsa::Neon | QIsa::NeonDot => unsafe { arm::quantize_group(quant, rows, pixels, out) },
             _ => quantize_group(quant, rows, pixels, out, isa.unsigned()),
+        }
+    }
+}
+
+/// One group of four rows of codes the layer before wrote (an int8 chain), laid out as
+/// [`quantize_groups`] lays out its codes: the same bytes, without the arithmetic.
+fn pack_codes(isa: QIsa, rows: [Option<&[i8]>; 4], pixels: usize, out: &mut [u8]) {
+    let flip = if isa.unsigned() { 0x80 } else { 0 };
+    let mut n = 0;
+    while n < padded(pixels) {
+        let live = pixels.saturating_sub(n).min(16);
+        let block: [[i8; 16]; 4] = std::array::from_fn(|j| {
+            let mut b = [0i8; 16];
+            if let Some(r) = rows[j]
+                && live > 0
+            {
+                b[..live].copy_from_slice(&r[n..n + live]);
+            }
+            b
+        });
+        let dst: &mut [u8; 64] = (&mut out[n * 4..n * 4 + 64])
+            .try_into()
+            .expect("whole tiles of 16 pixels");
+        interleave16(&block, flip, dst);
+        n += 16;
+    }
+}
+
+/// Sixteen pixels of four rows of codes, pixel by pixel (`x ^ flip` per byte): SSE2's or
+/// NEON's byte interleaving where there is one.
+#[inline(always)]
+fn interleave16(rows: &[[i8; 16]; 4], flip: u8, out: &mut [u8; 64]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of every x86-64 target; the loads and stores stay in the arrays.
+    unsafe {
+        use std::arch::x86_64::*;
+        let r: [__m128i; 4] = std::array::from_fn(|j| _mm_loadu_si128(rows[j].as_ptr().cast()));
+        let (a, b) = (_mm_unpacklo_epi8(r[0], r[1]), _mm_unpackhi_epi8(r[0], r[1]));
+        let (c, d) = (_mm_unpacklo_epi8(r[2], r[3]), _mm_unpackhi_epi8(r[2], r[3]));
+        let f = _mm_set1_epi8(flip as i8);
+        let px = [
+            _mm_unpacklo_epi16(a, c),
+            _mm_unpackhi_epi16(a, c),
+            _mm_unpacklo_epi16(b, d),
+            _mm_unpackhi_epi16(b, d),
+        ];
+        for (k, v) in px.into_iter().enumerate() {
+            _mm_storeu_si128(out[16 * k..].as_mut_ptr().cast(), _mm_xor_si128(v, f));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of every aarch64 target; the loads and stores stay in the arrays.
+    unsafe {
+        use std::arch::aarch64::*;
+        let f = vdupq_n_s8(flip as i8);
+        let r = |j: usize| veorq_s8(vld1q_s8(rows[j].as_ptr()), f);
+        vst4q_s8(out.as_mut_ptr().cast(), int8x16x4_t(r(0), r(1), r(2), r(3)));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    for (n, px) in out.chunks_exact_mut(4).enumerate() {
+        for (j, b) in px.iter_mut().enumerate() {
+            *b = rows[j][n] as u8 ^ flip;
         }
     }
 }
@@ -1645,7 +1754,7 @@ mod tests {
             let want = reference(&spec, &x, res.as_deref());
             for &isa in &isas {
                 let mut q = vec![0u8; conv.packed_len(pixels)];
-                conv.quantize(isa, &x, pixels, 0, &mut q);
+                conv.quantize(isa, QIn::Float(&x), pixels, 0, &mut q);
                 let mut got = vec![f32::NAN; m * pixels];
                 // Two column ranges, as two threads would split the plane.
                 let split = (pixels / 2).div_ceil(QNR) * QNR;
@@ -1661,7 +1770,7 @@ mod tests {
                 assert!(same, "{isa:?} k={k} m={m} pixels={pixels} case {case}");
                 if let Some(f) = conv.float_route(isa) {
                     let mut codes = vec![0f32; k * pixels];
-                    conv.float_codes(&x, pixels, 0..pixels, &mut codes);
+                    conv.float_codes(QIn::Float(&x), pixels, 0..pixels, &mut codes);
                     let mut got = vec![f32::NAN; m * pixels];
                     f.run_rows(
                         crate::kernels::simd::Isa::detect(),
@@ -1725,7 +1834,7 @@ mod tests {
                 for _ in 0..3 {
                     let t = std::time::Instant::now();
                     for _ in 0..reps {
-                        conv.quantize(isa, &x, pixels, 0, &mut q);
+                        conv.quantize(isa, QIn::Float(&x), pixels, 0, &mut q);
                     }
                     tq = tq.min(t.elapsed().as_secs_f64() / reps as f64);
                     let t = std::time::Instant::now();
@@ -1749,7 +1858,7 @@ mod tests {
                     for _ in 0..3 {
                         let t = std::time::Instant::now();
                         for _ in 0..reps {
-                            conv.float_codes(&x, pixels, 0..pixels, &mut codes);
+                            conv.float_codes(QIn::Float(&x), pixels, 0..pixels, &mut codes);
                         }
                         tq = tq.min(t.elapsed().as_secs_f64() / reps as f64);
                         let t = std::time::Instant::now();

@@ -5,7 +5,7 @@
 //! same on 32-bit lanes with its own packing; this one keeps every byte a byte.
 
 use super::conv3x3::{Clamp, Geometry};
-use super::qconv1x1::{InputQuant, QIsa, QPointwise, padded, quantize_groups};
+use super::qconv1x1::{InputQuant, QIn, QIsa, QPointwise, padded, quantize_groups};
 
 /// An int8 3x3 convolution (group 1) with its requantization fused.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +81,15 @@ impl QConv3x3 {
     /// (whole rows of [`Self::codes_len`]'s layout).
     pub fn quantize(&self, isa: QIsa, x: &[f32], first: usize, codes: &mut [u8]) {
         let plane = self.geom.h * self.geom.w;
-        quantize_groups(isa, self.gemm.quant, self.inputs, x, plane, first, codes);
+        quantize_groups(
+            isa,
+            self.gemm.quant,
+            self.inputs,
+            QIn::Float(x),
+            plane,
+            first,
+            codes,
+        );
     }
 
     /// Patch rows `first..` from the quantized input `codes` into `dst` (whole rows of
