@@ -21,8 +21,11 @@ pub const MR: usize = 8;
 /// of every pixel tile's width (12 on NEON, 24 with AVX2, 16 portable, 48 with AVX-512).
 pub const NC: usize = 48;
 /// Input channels summed in one pass over a tile: its input rows and weights stay in the L1
-/// cache.
-const KC: usize = 256;
+/// cache. On x86 128: a 7x7 plane's 48 columns of 256 channels (48 KB) overflowed Zen 2's 32 KB
+/// L1 and every tile of 4 channels streamed them from L2 again; with 128 (24 KB) the 7x7 layers
+/// went from 37-40 to 42-43 GMAC/s (`pointwise_speed`), the other shapes unchanged. aarch64
+/// keeps 256 (more partial-sum passes would add instructions; not measured on a board).
+const KC: usize = if cfg!(target_arch = "x86_64") { 128 } else { 256 };
 /// Bytes of input one column block may span, so a block stays in the L2 cache while every panel
 /// of weights runs over it.
 const BLOCK_BYTES: usize = 96 * 1024;
