@@ -25,7 +25,11 @@ pub const NC: usize = 48;
 /// L1 and every tile of 4 channels streamed them from L2 again; with 128 (24 KB) the 7x7 layers
 /// went from 37-40 to 42-43 GMAC/s (`pointwise_speed`), the other shapes unchanged. aarch64
 /// keeps 256 (more partial-sum passes would add instructions; not measured on a board).
-const KC: usize = if cfg!(target_arch = "x86_64") { 128 } else { 256 };
+const KC: usize = if cfg!(target_arch = "x86_64") {
+    128
+} else {
+    256
+};
 /// Bytes of input one column block may span, so a block stays in the L2 cache while every panel
 /// of weights runs over it.
 const BLOCK_BYTES: usize = 96 * 1024;

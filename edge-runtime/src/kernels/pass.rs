@@ -709,6 +709,57 @@ fn as_qpointwise(
     }))
 }
 
+/// An int8 bundle's 3x3 convolution (`ConvInteger`, any groups) as the pass finds it: its int8
+/// operands, channels, groups, geometry, and the cast, rescale and bias after it.
+struct Int8Conv3x3 {
+    operands: Int8Operands,
+    cin: usize,
+    cout: usize,
+    group: usize,
+    geom: Geometry,
+    rescale: Rescale,
+}
+
+/// The int8 3x3 convolution at `node`, if it is one Kestrel's kernels read: tract's quantized
+/// `Conv` with the operands of [`int8_operands`], the layout of [`conv3x3_geometry`], `[cout,
+/// cin / group, 3, 3]` weights and the rescale of [`rescale_after`].
+fn int8_conv3x3(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Int8Conv3x3>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    if conv.q_params != Some(i32::datum_type()) {
+        return Ok(None);
+    }
+    let Some(operands) = int8_operands(model, node)? else {
+        return Ok(None);
+    };
+    let Some((cin, geom)) = conv3x3_geometry(model, node, conv)? else {
+        return Ok(None);
+    };
+    let (cout, group) = (conv.output_channels(), conv.group);
+    if group == 0 || cin % group != 0 || operands.weights.shape() != [cout, cin / group, 3, 3] {
+        return Ok(None);
+    }
+    let out_rank = model.outlet_fact(OutletId::new(node.id, 0))?.rank();
+    let layout = EinsumLayout {
+        k: cin,
+        m: cout,
+        batched: [out_rank == 4; 2],
+        dense: false,
+    };
+    let Some(rescale) = rescale_after(model, node, &layout)? else {
+        return Ok(None);
+    };
+    Ok(Some(Int8Conv3x3 {
+        operands,
+        cin,
+        cout,
+        group,
+        geom,
+        rescale,
+    }))
+}
+
 /// An int8 bundle's 3x3 convolution at `node` (`ConvInteger`, group 1), with the quantization
 /// before it and the cast, rescale and bias after it: the kernel, its float input and the nodes
 /// it replaces before the clamp: patches of int8 codes through the int8 tiles of `isa`
@@ -720,38 +771,22 @@ fn as_qconv3x3(
     node: &TypedNode,
     isa: QIsa,
 ) -> TractResult<Option<(Kind, OutletId, Vec<usize>)>> {
-    let Some(conv) = node.op_as::<Conv>() else {
-        return Ok(None);
-    };
-    if conv.q_params != Some(i32::datum_type()) || conv.group != 1 {
-        return Ok(None);
-    }
-    let Some(operands) = int8_operands(model, node)? else {
-        return Ok(None);
-    };
-    let Some((cin, geom)) = conv3x3_geometry(model, node, conv)? else {
-        return Ok(None);
-    };
-    let cout = conv.output_channels();
-    let w = &operands.weights;
-    if w.shape() != [cout, cin, 3, 3] {
-        return Ok(None);
-    }
-    let out_rank = model.outlet_fact(OutletId::new(node.id, 0))?.rank();
-    let layout = EinsumLayout {
-        k: cin,
-        m: cout,
-        batched: [out_rank == 4; 2],
-        dense: false,
-    };
-    let Some(Rescale {
-        nodes: fused,
-        scale,
-        bias,
-    }) = rescale_after(model, node, &layout)?
+    let Some(Int8Conv3x3 {
+        operands,
+        cin,
+        cout,
+        group: 1,
+        geom,
+        rescale: Rescale {
+            nodes: fused,
+            scale,
+            bias,
+        },
+    }) = int8_conv3x3(model, node)?
     else {
         return Ok(None);
     };
+    let w = &operands.weights;
     let codes = w.try_as_plain_ram()?;
     let codes = codes.as_slice::<i8>()?;
     if cin > MAX_DENSE_INPUTS || isa.dot_product() {
@@ -793,39 +828,24 @@ fn as_qdepthwise(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<(Kind, OutletId, Vec<usize>)>> {
-    let Some(conv) = node.op_as::<Conv>() else {
-        return Ok(None);
-    };
-    if conv.q_params != Some(i32::datum_type()) {
-        return Ok(None);
-    }
-    let Some(operands) = int8_operands(model, node)? else {
-        return Ok(None);
-    };
-    let Some((cin, geom)) = conv3x3_geometry(model, node, conv)? else {
-        return Ok(None);
-    };
-    if conv.group != cin
-        || conv.output_channels() != cin
-        || operands.weights.shape() != [cin, 1, 3, 3]
-    {
-        return Ok(None);
-    }
-    let out_rank = model.outlet_fact(OutletId::new(node.id, 0))?.rank();
-    let layout = EinsumLayout {
-        k: cin,
-        m: cin,
-        batched: [out_rank == 4; 2],
-        dense: false,
-    };
-    let Some(Rescale {
-        nodes: fused,
-        scale,
-        bias,
-    }) = rescale_after(model, node, &layout)?
+    let Some(Int8Conv3x3 {
+        operands,
+        cin,
+        cout,
+        group,
+        geom,
+        rescale: Rescale {
+            nodes: fused,
+            scale,
+            bias,
+        },
+    }) = int8_conv3x3(model, node)?
     else {
         return Ok(None);
     };
+    if group != cin || cout != cin {
+        return Ok(None);
+    }
     let codes = operands.weights.try_as_plain_ram()?;
     let conv = QDepthwise3x3::new(
         geom,
