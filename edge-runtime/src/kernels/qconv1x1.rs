@@ -376,9 +376,10 @@ impl QPointwise {
         self.groups() * padded(pixels) * 4
     }
 
-    /// Quantizes groups `first..` of one image's input `x` (`[inputs, pixels]`) into `dst` (whole
-    /// rows of `padded(pixels) * 4` bytes): pixel `n` of group `g` holds the unsigned codes of
-    /// inputs `4g..4g + 4` (128 for inputs past the last, whose weights are zero).
+    /// Quantizes groups `first..` of one image's input `x` (`[inputs, pixels]`; codes of an int8
+    /// chain are only packed) into `dst` (whole rows of `padded(pixels) * 4` bytes): pixel `n` of
+    /// group `g` holds the codes of inputs `4g..4g + 4` as [`QIsa::stored`] gives them (code 0
+    /// for inputs past the last, whose weights are zero).
     pub fn quantize(&self, isa: QIsa, x: QIn, pixels: usize, first: usize, dst: &mut [u8]) {
         quantize_groups(isa, self.quant, self.inputs, x, pixels, first, dst);
     }
@@ -451,8 +452,9 @@ pub fn padded(pixels: usize) -> usize {
     pixels.div_ceil(QNR) * QNR
 }
 
-/// Quantizes groups `first..` of one image's `inputs` planes `x` (`[inputs, pixels]`) into `dst`
-/// (whole rows of `padded(pixels) * 4` bytes), `isa`'s way: pixel `n` of group `g` holds the
+/// Quantizes groups `first..` of one image's `inputs` planes `x` (`[inputs, pixels]`; codes of
+/// an int8 chain are only packed) into `dst` (whole rows of `padded(pixels) * 4` bytes), `isa`'s
+/// way: pixel `n` of group `g` holds the
 /// codes of inputs `4g..4g + 4` (code 0 for inputs past the last), stored as
 /// [`QIsa::stored`] gives them.
 pub fn quantize_groups(
